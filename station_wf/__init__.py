@@ -1,0 +1,1 @@
+"""station-wf: a durable workflow orchestrator daemon."""

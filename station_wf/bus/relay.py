@@ -1,0 +1,142 @@
+"""Relays from SQLite to JetStream: the outbox (tasks) and the event log (events).
+
+Both read committed rows and publish with a deterministic `Nats-Msg-Id`, and only then forget the
+rows (delete, or advance a cursor), so a crash anywhere publishes again and JetStream drops the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+
+from station_wf.bus.jetstream import Bus
+from station_wf.engine.identity import run_event_subject, step_event_subject
+from station_wf.faults import crash_point
+from station_wf.store.db import SqliteReaders, SqliteWriter
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+IDLE_POLL_S = 1.0
+
+
+class _Relay:
+    """A loop woken by `kick()` (or a poll) that drains its source in batches."""
+
+    name = "relay"
+
+    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, bus: Bus) -> None:
+        self.writer = writer
+        self.readers = readers
+        self.bus = bus
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def drain_once(self) -> int:
+        raise NotImplementedError
+
+    async def drain(self) -> int:
+        total = 0
+        while True:
+            n = await self.drain_once()
+            total += n
+            if n < BATCH:
+                return total
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+            self._wake.clear()
+            try:
+                await self.drain()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS down, stream gone: retry later, rows are safe
+                log.warning("%s: publish failed (%s: %s); retrying in %.1fs", self.name, type(exc).__name__, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                self._wake.set()
+
+
+class OutboxRelay(_Relay):
+    """Publishes outbox rows (invariant 2) and deletes each only after JetStream acked it."""
+
+    name = "outbox relay"
+
+    async def drain_once(self) -> int:
+        rows = await self.readers.fetchall(
+            "SELECT id, subject, msg_id, payload, headers FROM outbox ORDER BY id LIMIT ?", (BATCH,)
+        )
+        if not rows:
+            return 0
+        crash_point("relay.before_publish")
+        results = await asyncio.gather(
+            *(self.bus.publish(r["subject"], r["payload"].encode(), r["msg_id"], json.loads(r["headers"])) for r in rows),
+            return_exceptions=True,
+        )
+        done = [r["id"] for r, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
+        if done:
+            def delete(conn: sqlite3.Connection) -> None:
+                conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in done])
+            await self.writer.run(delete)
+            self.published += len(done)
+        failures = [res for res in results if isinstance(res, BaseException)]
+        if failures:
+            raise failures[0]
+        return len(rows)
+
+
+class EventRelay(_Relay):
+    """Publishes the event log to WORKFLOW_EVENTS in order, remembering a cursor in SQLite."""
+
+    name = "event relay"
+
+    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, bus: Bus) -> None:
+        super().__init__(writer, readers, bus)
+        self._cursor: int | None = None
+
+    async def _publish(self, r: sqlite3.Row) -> None:
+        body = {
+            "runId": r["run_id"], "seq": r["seq"], "type": r["type"], "stepId": r["step_id"],
+            "payload": json.loads(r["payload"]), "actor": r["actor"], "time": r["created_at"],
+        }
+        subject = step_event_subject(r["run_id"], r["step_id"]) if r["step_id"] else run_event_subject(r["run_id"])
+        await self.bus.publish(subject, json.dumps(body).encode(), f"evt:{r['run_id']}:{r['seq']}")
+
+    async def drain_once(self) -> int:
+        if self._cursor is None:
+            row = await self.readers.fetchone("SELECT position FROM relay_cursors WHERE name = 'events'")
+            self._cursor = row["position"] if row else 0
+        rows = await self.readers.fetchall(
+            "SELECT id, run_id, seq, type, step_id, payload, actor, created_at FROM workflow_run_events"
+            " WHERE id > ? ORDER BY id LIMIT ?",
+            (self._cursor, BATCH),
+        )
+        if not rows:
+            return 0
+        # One connection writes the publishes in this order, so the stream keeps a run's seq order.
+        results = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
+        failures = [res for res in results if isinstance(res, BaseException)]
+        if failures:
+            raise failures[0]
+        position = rows[-1]["id"]
+
+        def advance(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO relay_cursors (name, position) VALUES ('events', ?)"
+                " ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+                (position,),
+            )
+        await self.writer.run(advance)
+        self._cursor = position
+        self.published += len(rows)
+        return len(rows)

@@ -1,0 +1,226 @@
+"""`station-wf`: serve, sync, validate, and a thin client over the REST API (run, runs, workflows)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from station_wf.config import Settings, add_settings_flags, settings_from_args, settings_from_env
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+
+
+class CliError(Exception):
+    """Printed as one line, exit code 1."""
+
+
+# -- local commands ---------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from station_wf.daemon import DataDirLocked, serve
+
+    settings = settings_from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except DataDirLocked as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from station_wf.dsl.loader import DefinitionError, load_definition_file
+
+    failed = 0
+    for file in args.files:
+        try:
+            defn = load_definition_file(file)
+        except DefinitionError as exc:
+            failed += 1
+            print(str(exc), file=sys.stderr)
+        except OSError as exc:
+            failed += 1
+            print(f"{file}: {exc.strerror}", file=sys.stderr)
+        else:
+            print(f"{file}: ok ({defn['id']}, {len(defn['states'])} states)")
+    return 1 if failed else 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from station_wf.services.definitions import plan_sync
+    from station_wf.store.db import SqliteWriter
+
+    settings = settings_from_args(args)
+    env = args.env or settings.environment
+    apply = plan_sync(Path(settings.environments_dir), env)
+    writer = SqliteWriter(settings.database_path)
+    writer.start()
+    try:
+        report = writer.run_sync(apply)
+    finally:
+        writer.close()
+    for item in report.registered:
+        print(f"registered {item['workflowId']} v{item['version']} ({item['file']})")
+    for wf in report.unchanged:
+        print(f"unchanged  {wf}")
+    for wf in report.disabled:
+        print(f"disabled   {wf} (file removed)")
+    for err in report.errors:
+        print(err, file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+# -- REST client commands -----------------------------------------------------------------------
+def _api_base(args: argparse.Namespace) -> str:
+    if args.url:
+        return args.url.rstrip("/")
+    return "http://" + settings_from_env().http_addr
+
+
+def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(_api_base(args) + path, data=data, method=method)
+    req.add_header("Accept", "application/json")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    token = args.token or os.environ.get("STATION_API_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.loads(exc.read())["error"]
+            detail = f" {json.dumps(err['details'])}" if err.get("details") else ""
+            raise CliError(f"{exc.code} {err['code']}: {err['message']}{detail}") from None
+        except (ValueError, KeyError, TypeError):
+            raise CliError(f"HTTP {exc.code} from {req.full_url}") from None
+    except urllib.error.URLError as exc:
+        raise CliError(f"cannot reach the daemon at {_api_base(args)}: {exc.reason}") from None
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        run_input = json.loads(args.input) if args.input else {}
+    except ValueError as exc:
+        raise CliError(f"--input is not valid JSON: {exc}") from None
+    body: dict[str, Any] = {"workflowId": args.workflow, "input": run_input}
+    if args.version:
+        body["version"] = args.version
+    run = api_call(args, "POST", "/api/v1/workflow-runs", body)["run"]
+    if not args.wait:
+        _print(run)
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while run["status"] not in TERMINAL:
+        if time.monotonic() > deadline:
+            raise CliError(f"run {run['id']} still {run['status']} after {args.timeout}s")
+        time.sleep(0.2)
+        run = api_call(args, "GET", f"/api/v1/workflow-runs/{run['id']}")
+    _print(run)
+    return 0 if run["status"] == "COMPLETED" else 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    if args.run_id:
+        _print(api_call(args, "GET", f"/api/v1/workflow-runs/{args.run_id}"))
+        return 0
+    query = "&".join(f"{k}={v}" for k, v in (("workflowId", args.workflow), ("status", args.status), ("limit", args.limit)) if v)
+    _print(api_call(args, "GET", "/api/v1/workflow-runs" + (f"?{query}" if query else "")))
+    return 0
+
+
+def cmd_workflows(args: argparse.Namespace) -> int:
+    path = f"/api/v1/workflows/{args.workflow_id}" if args.workflow_id else "/api/v1/workflows"
+    _print(api_call(args, "GET", path))
+    return 0
+
+
+def cmd_demo_agent(args: argparse.Namespace) -> int:
+    from station_wf.demo_agent import serve
+
+    print(f"demo agent on http://{args.host}:{args.port}/agents/greeter", flush=True)
+    serve(args.host, args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="station-wf", description="Durable workflow orchestrator daemon.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon (API, worker, embedded NATS)")
+    add_settings_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    sync = sub.add_parser("sync", help="register environments/<env>/workflows/* as new versions")
+    add_settings_flags(sync)
+    sync.add_argument("--env", help="environment to sync (default: STATION_ENVIRONMENT or 'default')")
+    sync.set_defaults(func=cmd_sync)
+
+    validate = sub.add_parser("validate", help="check workflow files without storing them")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(func=cmd_validate)
+
+    def client(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", help="API base URL (default: http://$STATION_HTTP_ADDR)")
+        p.add_argument("--token", help="API token (default: $STATION_API_TOKEN)")
+
+    run = sub.add_parser("run", help="start a run through the API")
+    run.add_argument("workflow")
+    run.add_argument("--input", help="JSON object")
+    run.add_argument("--version", type=int)
+    run.add_argument("--wait", action="store_true", help="wait until the run ends; exit 1 unless COMPLETED")
+    run.add_argument("--timeout", type=float, default=300.0)
+    client(run)
+    run.set_defaults(func=cmd_run)
+
+    runs = sub.add_parser("runs", help="list runs, or show one")
+    runs.add_argument("run_id", nargs="?")
+    runs.add_argument("--workflow")
+    runs.add_argument("--status")
+    runs.add_argument("--limit", type=int)
+    client(runs)
+    runs.set_defaults(func=cmd_runs)
+
+    workflows = sub.add_parser("workflows", help="list workflows, or show one")
+    workflows.add_argument("workflow_id", nargs="?")
+    client(workflows)
+    workflows.set_defaults(func=cmd_workflows)
+
+    demo = sub.add_parser("demo-agent", help="serve the example environment's HTTP agent (greeter)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8588)
+    demo.set_defaults(func=cmd_demo_agent)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"station-wf: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # bad settings
+        print(f"station-wf: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["Settings", "main"]

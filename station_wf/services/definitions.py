@@ -1,0 +1,182 @@
+"""DefinitionService: workflow files and API bodies in, versioned definitions out."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from station_wf.dsl.loader import (
+    WORKFLOW_FILE_SUFFIXES,
+    DefinitionError,
+    normalize_definition,
+    parse_definition,
+)
+from station_wf.errors import ServiceError, invalid, not_found
+from station_wf.store import definitions as ds
+from station_wf.store.db import SqliteReaders
+
+
+@dataclass
+class SyncReport:
+    environment: str
+    registered: list[dict[str, Any]] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment, "registered": self.registered, "unchanged": self.unchanged,
+            "disabled": self.disabled, "errors": self.errors,
+        }
+
+
+def workflow_files(environments_dir: Path, environment: str) -> list[Path]:
+    directory = Path(environments_dir) / environment / "workflows"
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(WORKFLOW_FILE_SUFFIXES))
+
+
+def plan_sync(environments_dir: Path, environment: str):
+    """Parse every workflow file of the environment (outside any transaction); returns the sync transaction."""
+    report = SyncReport(environment)
+    parsed: list[tuple[dict[str, Any], str, str]] = []
+    seen_ids: dict[str, str] = {}
+    failed_ids: set[str] = set()
+    for file in workflow_files(environments_dir, environment):
+        raw = file.read_text()
+        try:
+            defn = parse_definition(raw, source=str(file))
+        except DefinitionError as exc:
+            report.errors.append(str(exc))
+            guess = _guess_id(raw)
+            if guess:
+                failed_ids.add(guess)  # a broken file must not disable the workflow it defines
+            continue
+        if defn["id"] in seen_ids:
+            report.errors.append(f"{file}: workflow id {defn['id']!r} is also defined in {seen_ids[defn['id']]}")
+            continue
+        seen_ids[defn["id"]] = str(file)
+        parsed.append((defn, raw, str(file)))
+
+    def apply(conn: sqlite3.Connection) -> SyncReport:
+        for defn, raw, file in parsed:
+            reg = ds.register(conn, defn, raw, source="file", source_file=file, environment=environment)
+            if reg.created or reg.reactivated:
+                report.registered.append({"workflowId": reg.workflow_id, "version": reg.version, "file": file})
+            else:
+                report.unchanged.append(reg.workflow_id)
+        report.disabled.extend(ds.disable_missing_files(conn, environment, set(seen_ids) | failed_ids))
+        return report
+
+    return apply
+
+
+def _guess_id(raw: str) -> str | None:
+    try:
+        doc = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return None
+    return doc.get("id") if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
+
+
+def definition_to_api(row: sqlite3.Row, include_definition: bool = True) -> dict[str, Any]:
+    out = {
+        "id": row["workflow_id"],
+        "version": row["version"],
+        "versionLabel": row["version_label"],
+        "name": row["name"],
+        "description": row["description"],
+        "contentHash": row["content_hash"],
+        "status": row["status"],
+        "source": row["source"],
+        "sourceFile": row["source_file"],
+        "environment": row["environment"],
+        "createdAt": row["created_at"],
+    }
+    if include_definition:
+        out["definition"] = json.loads(row["definition"])
+        out["raw"] = row["raw"]
+    return out
+
+
+def parse_api_body(body: Any, raw: str) -> dict[str, Any]:
+    """A definition sent to the API: a JSON object (normalized like a file)."""
+    if not isinstance(body, dict):
+        raise invalid("the body must be a workflow definition object")
+    try:
+        return normalize_definition(body, source="request body")
+    except DefinitionError as exc:
+        raise ServiceError(422, "invalid_definition", "the workflow definition is invalid",
+                           [str(p) for p in exc.problems]) from None
+
+
+class DefinitionService:
+    def __init__(self, readers: SqliteReaders) -> None:
+        self.readers = readers
+
+    async def list(self, status: str | None = None, q: str | None = None) -> list[dict[str, Any]]:
+        rows = await self.readers.fetchall(
+            """SELECT d.*, (SELECT MAX(created_at) FROM workflow_runs r WHERE r.workflow_id = d.workflow_id) AS last_run_at
+               FROM workflow_definitions d
+               WHERE d.version = (SELECT MAX(version) FROM workflow_definitions WHERE workflow_id = d.workflow_id)
+               ORDER BY d.workflow_id"""
+        )
+        out = []
+        for row in rows:
+            if status and row["status"] != status:
+                continue
+            if q and q.lower() not in (row["workflow_id"] + " " + (row["name"] or "")).lower():
+                continue
+            item = definition_to_api(row, include_definition=False)
+            item["lastRunAt"] = row["last_run_at"]
+            out.append(item)
+        return out
+
+    async def get(self, workflow_id: str, version: int | None = None) -> dict[str, Any]:
+        if version is None:
+            row = await self.readers.fetchone(
+                "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC LIMIT 1", (workflow_id,)
+            )
+        else:
+            row = await self.readers.fetchone(
+                "SELECT * FROM workflow_definitions WHERE workflow_id = ? AND version = ?", (workflow_id, version)
+            )
+        if row is None:
+            raise not_found("workflow", workflow_id if version is None else f"{workflow_id}@{version}")
+        return definition_to_api(row)
+
+    async def versions(self, workflow_id: str) -> list[dict[str, Any]]:
+        rows = await self.readers.fetchall(
+            "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC", (workflow_id,)
+        )
+        if not rows:
+            raise not_found("workflow", workflow_id)
+        return [definition_to_api(r, include_definition=False) for r in rows]
+
+
+def tx_create(defn: dict[str, Any], raw: str, *, must_exist: bool):
+    """POST (must not exist) or PUT (must exist): a new version from an API body."""
+    def apply(conn: sqlite3.Connection) -> int:
+        head = ds.latest_row(conn, defn["id"])
+        if must_exist and head is None:
+            raise not_found("workflow", defn["id"])
+        if not must_exist and head is not None:
+            raise ServiceError(409, "conflict", f"workflow {defn['id']!r} exists; PUT /api/v1/workflows/{defn['id']} makes a new version",
+                               {"id": defn["id"], "version": head["version"]})
+        return ds.register(conn, defn, raw, source="api").version
+    return apply
+
+
+def tx_disable(workflow_id: str):
+    def apply(conn: sqlite3.Connection) -> None:
+        if ds.latest_row(conn, workflow_id) is None:
+            raise not_found("workflow", workflow_id)
+        ds.set_status(conn, workflow_id, "disabled")
+    return apply

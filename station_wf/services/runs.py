@@ -1,0 +1,170 @@
+"""RunService: start runs (input checked against the workflow's JSON Schema) and read them back."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import uuid
+from functools import lru_cache
+from typing import Any
+
+from jsonschema.validators import validator_for
+
+from station_wf.engine import interpreter as ip
+from station_wf.errors import ServiceError, invalid, not_found
+from station_wf.store import runs as rs
+from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
+
+MAX_LIST_LIMIT = 1000
+
+
+@lru_cache(maxsize=512)
+def _validator(schema_json: str) -> Any:
+    schema = json.loads(schema_json)
+    cls = validator_for(schema)
+    return cls(schema)
+
+
+def input_problems(schema: dict[str, Any] | None, run_input: Any) -> list[dict[str, Any]]:
+    """Every violation of the input schema, each with its JSON path, message and failing keyword."""
+    problems: list[dict[str, Any]] = []
+    if not isinstance(run_input, dict):
+        return [{"path": "$", "message": "input must be a JSON object", "validator": "type"}]
+    for key in ip.RESERVED_INPUT_KEYS:
+        if key in run_input:
+            problems.append({"path": f"$.{key}", "message": f"input key {key!r} is reserved", "validator": "reserved"})
+    if schema:
+        validator = _validator(json.dumps(schema, sort_keys=True))
+        for err in sorted(validator.iter_errors(run_input), key=lambda e: list(e.absolute_path)):
+            problems.append({"path": err.json_path, "message": err.message, "validator": err.validator})
+    return problems
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def step_to_api(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "stepId": row["step_id"], "stateName": row["state_name"], "stateType": row["state_type"],
+        "branchPath": row["branch_path"], "foreachIndex": row["foreach_index"], "attempt": row["attempt"],
+        "status": row["status"], "executor": row["executor"], "idempotencyKey": row["idempotency_key"],
+        "input": _json(row["input"]), "output": _json(row["output"]), "error": _json(row["error"]),
+        "createdAt": row["created_at"], "startedAt": row["started_at"], "completedAt": row["completed_at"],
+    }
+
+
+def run_to_api(row: sqlite3.Row, steps: list[sqlite3.Row] | None = None, include_context: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": row["run_id"], "workflowId": row["workflow_id"], "workflowVersion": row["workflow_version"],
+        "contentHash": row["content_hash"], "status": row["status"], "input": _json(row["input"]),
+        "error": _json(row["error"]), "version": row["version"], "lastEventSeq": row["event_seq"],
+        "createdAt": row["created_at"], "startedAt": row["started_at"], "updatedAt": row["updated_at"],
+        "completedAt": row["completed_at"],
+    }
+    if include_context:
+        out["context"] = _json(row["context"])
+    if steps is not None:
+        out["steps"] = [step_to_api(s) for s in steps]
+        out["currentSteps"] = [step_to_api(s) for s in steps if s["status"] in ip.OPEN_STEP_STATUSES
+                               or s["status"] in (ip.WAITING_APPROVAL, ip.WAITING_SIGNAL)]
+    return out
+
+
+def encode_cursor(value: int) -> str:
+    return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except ValueError:
+        raise invalid("cursor is not valid", {"cursor": cursor}) from None
+
+
+class RunService:
+    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, on_commit: Any = None) -> None:
+        self.writer = writer
+        self.readers = readers
+        self.on_commit = on_commit
+
+    async def start(self, workflow_id: Any, run_input: Any, version: Any = None, traceparent: str | None = None) -> dict[str, Any]:
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise invalid("workflowId is required", {"field": "workflowId"})
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            raise invalid("version must be a positive integer", {"field": "version"})
+        run_input = {} if run_input is None else run_input
+        if version is None:
+            row = await self.readers.fetchone(
+                "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC LIMIT 1", (workflow_id,)
+            )
+        else:
+            row = await self.readers.fetchone(
+                "SELECT * FROM workflow_definitions WHERE workflow_id = ? AND version = ?", (workflow_id, version)
+            )
+        if row is None:
+            raise not_found("workflow", workflow_id if version is None else f"{workflow_id}@{version}")
+        if row["status"] != "active":
+            raise ServiceError(409, "workflow_disabled", f"workflow {workflow_id!r} is disabled", {"id": workflow_id})
+        defn = json.loads(row["definition"])
+        problems = input_problems(defn.get("inputSchema"), run_input)
+        if problems:
+            raise ServiceError(400, "invalid_input", f"input does not match the input schema of {workflow_id!r}", problems)
+        run_id = str(uuid.uuid4())
+        now = utcnow()
+        context = ip.initial_context(defn, run_id, row["version"], run_input, now)
+        wf_version, digest = row["version"], row["content_hash"]
+
+        def apply(conn: sqlite3.Connection) -> None:
+            rs.insert_run(conn, run_id, workflow_id, wf_version, digest, run_input, context, traceparent, now)
+
+        await self.writer.run(apply)
+        if self.on_commit is not None:
+            self.on_commit()
+        return await self.get(run_id)
+
+    async def get(self, run_id: str) -> dict[str, Any]:
+        row = await self.readers.fetchone("SELECT * FROM workflow_runs WHERE run_id = ?", (run_id,))
+        if row is None:
+            raise not_found("run", run_id)
+        steps = await self.readers.fetchall("SELECT * FROM workflow_run_steps WHERE run_id = ? ORDER BY id", (run_id,))
+        return run_to_api(row, steps)
+
+    async def list(self, workflow_id: str | None, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise invalid(f"limit must be between 1 and {MAX_LIST_LIMIT}", {"limit": limit})
+        where, params = [], []
+        if workflow_id:
+            where.append("workflow_id = ?")
+            params.append(workflow_id)
+        if status:
+            statuses = [s.strip().upper() for s in status.split(",") if s.strip()]
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if cursor:
+            where.append("id < ?")
+            params.append(decode_cursor(cursor))
+        sql = "SELECT * FROM workflow_runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+        rows = await self.readers.fetchall(sql, (*params, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {
+            "runs": [run_to_api(r, include_context=False) for r in rows],
+            "nextCursor": encode_cursor(rows[-1]["id"]) if more else None,
+        }
+
+    async def events(self, run_id: str, after_seq: int, limit: int) -> dict[str, Any]:
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise invalid(f"limit must be between 1 and {MAX_LIST_LIMIT}", {"limit": limit})
+        if await self.readers.fetchone("SELECT 1 FROM workflow_runs WHERE run_id = ?", (run_id,)) is None:
+            raise not_found("run", run_id)
+        rows = await self.readers.fetchall(
+            "SELECT * FROM workflow_run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?", (run_id, after_seq, limit)
+        )
+        events = [
+            {"seq": r["seq"], "type": r["type"], "stepId": r["step_id"], "payload": json.loads(r["payload"]),
+             "actor": r["actor"], "time": r["created_at"]}
+            for r in rows
+        ]
+        return {"events": events, "nextAfterSeq": events[-1]["seq"] if len(events) == limit else None}

@@ -1,0 +1,110 @@
+"""Workflow definitions: versioned by content hash, disabled (never deleted) when their file goes away."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from station_wf.store.db import utcnow
+
+
+def content_hash(raw: str) -> str:
+    return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Registered:
+    workflow_id: str
+    version: int
+    created: bool          # a new version was written
+    reactivated: bool      # the workflow had been disabled and is active again
+
+
+def latest_row(conn: sqlite3.Connection, workflow_id: str) -> sqlite3.Row | None:
+    return conn.execute(
+        "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC LIMIT 1", (workflow_id,)
+    ).fetchone()
+
+
+def register(
+    conn: sqlite3.Connection,
+    definition: dict[str, Any],
+    raw: str,
+    *,
+    source: str,
+    source_file: str | None = None,
+    environment: str | None = None,
+) -> Registered:
+    """Write a new version when the content changed; re-activate a disabled workflow otherwise."""
+    wf_id = definition["id"]
+    digest = content_hash(raw)
+    head = latest_row(conn, wf_id)
+    if head is not None and head["content_hash"] == digest:
+        reactivated = head["status"] != "active"
+        if reactivated:
+            conn.execute("UPDATE workflow_definitions SET status = 'active' WHERE workflow_id = ?", (wf_id,))
+        return Registered(wf_id, head["version"], False, reactivated)
+    version = 1 if head is None else head["version"] + 1
+    conn.execute(
+        """INSERT INTO workflow_definitions (workflow_id, version, version_label, name, description, content_hash,
+               source, source_file, environment, status, definition, raw, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)""",
+        (
+            wf_id, version, definition.get("versionLabel"), definition.get("name"), definition.get("description"),
+            digest, source, source_file, environment, json.dumps(definition), raw, utcnow(),
+        ),
+    )
+    if head is not None and head["status"] != "active":
+        conn.execute("UPDATE workflow_definitions SET status = 'active' WHERE workflow_id = ?", (wf_id,))
+    return Registered(wf_id, version, True, head is not None and head["status"] != "active")
+
+
+def set_status(conn: sqlite3.Connection, workflow_id: str, status: str) -> int:
+    return conn.execute(
+        "UPDATE workflow_definitions SET status = ? WHERE workflow_id = ? AND status != ?", (status, workflow_id, status)
+    ).rowcount
+
+
+def disable_missing_files(conn: sqlite3.Connection, environment: str, present: set[str]) -> list[str]:
+    """Disable file-synced workflows of `environment` whose file is gone; their history stays."""
+    rows = conn.execute(
+        """SELECT d.workflow_id FROM workflow_definitions d
+           WHERE d.version = (SELECT MAX(version) FROM workflow_definitions WHERE workflow_id = d.workflow_id)
+             AND d.source = 'file' AND d.environment = ? AND d.status = 'active'""",
+        (environment,),
+    ).fetchall()
+    gone = [r["workflow_id"] for r in rows if r["workflow_id"] not in present]
+    for wf_id in gone:
+        set_status(conn, wf_id, "disabled")
+    return gone
+
+
+class DefinitionCache:
+    """Parsed definitions by (id, version). Versions are immutable, so entries never go stale."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, int], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, conn: sqlite3.Connection, workflow_id: str, version: int) -> dict[str, Any]:
+        key = (workflow_id, version)
+        found = self._items.get(key)
+        if found is not None:
+            return found
+        row = conn.execute(
+            "SELECT definition FROM workflow_definitions WHERE workflow_id = ? AND version = ?", key
+        ).fetchone()
+        if row is None:
+            raise LookupError(f"workflow {workflow_id!r} version {version} not found")
+        defn = json.loads(row["definition"])
+        with self._lock:
+            self._items[key] = defn
+        return defn
+
+    def put(self, workflow_id: str, version: int, defn: dict[str, Any]) -> None:
+        with self._lock:
+            self._items[(workflow_id, version)] = defn

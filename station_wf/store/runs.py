@@ -1,0 +1,178 @@
+"""Run storage: the transaction functions that commit transitions, their events and their tasks together.
+
+Every function here takes the writer's connection and runs inside the writer's transaction; together
+with the outbox they are what makes invariants 1, 2 and 7 hold.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from station_wf.engine import interpreter as ip
+from station_wf.engine.identity import idempotency_key, run_task_subject, step_task_subject
+from station_wf.store.db import utcnow
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    workflow_id: str
+    workflow_version: int
+    status: str
+    context: dict[str, Any]
+    traceparent: str | None
+
+
+def load_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
+    row = conn.execute(
+        "SELECT run_id, workflow_id, workflow_version, status, context, traceparent FROM workflow_runs WHERE run_id = ?",
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return RunRow(row["run_id"], row["workflow_id"], row["workflow_version"], row["status"],
+                  json.loads(row["context"]), row["traceparent"])
+
+
+def append_event(
+    conn: sqlite3.Connection, run_id: str, kind: str, payload: dict[str, Any], step: str | None = None,
+    actor: str | None = None, now: str | None = None,
+) -> int:
+    """Assign the next gap-free seq inside the caller's transaction (invariant 7)."""
+    seq = conn.execute(
+        "UPDATE workflow_runs SET event_seq = event_seq + 1 WHERE run_id = ? RETURNING event_seq", (run_id,)
+    ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO workflow_run_events (run_id, seq, type, step_id, payload, actor, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (run_id, seq, kind, step, dumps(payload), actor, now or utcnow()),
+    )
+    return seq
+
+
+def enqueue(conn: sqlite3.Connection, subject: str, msg_id: str, payload: dict[str, Any], headers: dict[str, str]) -> None:
+    """A task in the outbox: published by the relay only after this transaction commits (invariant 2)."""
+    conn.execute(
+        "INSERT INTO outbox (subject, msg_id, payload, headers, created_at) VALUES (?, ?, ?, ?, ?)",
+        (subject, msg_id, dumps(payload), dumps(headers), utcnow()),
+    )
+
+
+def enqueue_step_task(conn: sqlite3.Connection, run: RunRow, step: str, attempt: int, key: str) -> None:
+    headers = {"idempotency-key": key}
+    if run.traceparent:
+        headers["traceparent"] = run.traceparent
+    enqueue(conn, step_task_subject(run.run_id, step), f"step:{key}",
+            {"runId": run.run_id, "stepId": step, "attempt": attempt}, headers)
+
+
+def enqueue_run_task(conn: sqlite3.Connection, run_id: str, traceparent: str | None) -> None:
+    headers = {"traceparent": traceparent} if traceparent else {}
+    enqueue(conn, run_task_subject(run_id), f"run:{run_id}:start", {"runId": run_id}, headers)
+
+
+def insert_run(
+    conn: sqlite3.Connection, run_id: str, workflow_id: str, version: int, digest: str, run_input: dict[str, Any],
+    context: dict[str, Any], traceparent: str | None, now: str,
+) -> None:
+    conn.execute(
+        """INSERT INTO workflow_runs (run_id, workflow_id, workflow_version, content_hash, status, input, context,
+               traceparent, created_at, updated_at) VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?, ?, ?)""",
+        (run_id, workflow_id, version, digest, dumps(run_input), dumps(context), traceparent, now, now),
+    )
+    append_event(conn, run_id, "run.created", {"workflowId": workflow_id, "version": version, "input": run_input}, now=now)
+    enqueue_run_task(conn, run_id, traceparent)
+
+
+def _insert_step(conn: sqlite3.Connection, run: RunRow, new: ip.NewStep, now: str) -> tuple[int, str]:
+    """Insert the step's next attempt; a state visited again (a loop) continues the attempt count."""
+    row = conn.execute(
+        "SELECT MAX(attempt) FROM workflow_run_steps WHERE run_id = ? AND step_id = ?", (run.run_id, new.step_id)
+    ).fetchone()
+    attempt = new.attempt if row[0] is None else max(new.attempt, row[0] + 1)
+    key = idempotency_key(run.run_id, new.step_id, attempt)
+    conn.execute(
+        """INSERT INTO workflow_run_steps (run_id, step_id, state_name, state_type, branch_path, foreach_index,
+               attempt, status, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'PENDING', ?, ?)""",
+        (run.run_id, new.step_id, new.state_name, new.state_type, new.branch_path, new.foreach_index, attempt, key, now),
+    )
+    return attempt, key
+
+
+def apply_transition(
+    conn: sqlite3.Connection, run: RunRow, t: ip.Transition, step: ip.StepView | None = None,
+) -> int:
+    """Commit one transition: step, run, context, events, new steps and their tasks. Returns tasks enqueued."""
+    now = utcnow()
+    if step is not None and t.step_status is not None:
+        done = t.step_status not in ip.OPEN_STEP_STATUSES
+        conn.execute(
+            """UPDATE workflow_run_steps SET status = ?, output = COALESCE(?, output), error = COALESCE(?, error),
+                   started_at = COALESCE(started_at, ?), completed_at = CASE WHEN ? THEN ? ELSE completed_at END
+               WHERE run_id = ? AND step_id = ? AND attempt = ?""",
+            (t.step_status, None if t.step_output is None else dumps(t.step_output),
+             None if t.step_error is None else dumps(t.step_error), now, done, now,
+             run.run_id, step.step_id, step.attempt),
+        )
+    sets, params = ["version = version + 1", "updated_at = ?"], [now]
+    if t.context is not None:
+        sets.append("context = ?")
+        params.append(dumps(t.context))
+    if t.run_status is not None:
+        sets.append("status = ?")
+        params.append(t.run_status)
+        if t.run_status == ip.RUNNING:
+            sets.append("started_at = COALESCE(started_at, ?)")
+            params.append(now)
+        if t.run_status in ip.TERMINAL_RUN_STATUSES:
+            sets.append("completed_at = ?")
+            params.append(now)
+    if t.run_error is not None:
+        sets.append("error = ?")
+        params.append(dumps(t.run_error))
+    conn.execute(f"UPDATE workflow_runs SET {', '.join(sets)} WHERE run_id = ?", (*params, run.run_id))
+    for event in t.events:
+        append_event(conn, run.run_id, event.type, event.payload, event.step_id, now=now)
+    for new in t.new_steps:
+        attempt, key = _insert_step(conn, run, new, now)
+        append_event(
+            conn, run.run_id, "step.scheduled",
+            {"stateName": new.state_name, "stateType": new.state_type, "branchPath": new.branch_path,
+             "foreachIndex": new.foreach_index, "attempt": attempt},
+            new.step_id, now=now,
+        )
+        enqueue_step_task(conn, run, new.step_id, attempt, key)
+    return len(t.new_steps)
+
+
+def load_step(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> sqlite3.Row | None:
+    return conn.execute(
+        "SELECT * FROM workflow_run_steps WHERE run_id = ? AND step_id = ? AND attempt = ?", (run_id, step, attempt)
+    ).fetchone()
+
+
+def step_view(row: sqlite3.Row) -> ip.StepView:
+    return ip.StepView(row["step_id"], row["state_name"], row["attempt"], row["branch_path"], row["foreach_index"])
+
+
+def mark_running(conn: sqlite3.Connection, run: RunRow, row: sqlite3.Row, executor: str, rendered: dict[str, Any]) -> None:
+    """Record that an attempt is executing, with exactly the input it was given."""
+    redelivered = row["status"] == ip.RUNNING
+    now = utcnow()
+    conn.execute(
+        """UPDATE workflow_run_steps SET status = 'RUNNING', executor = ?, input = ?, started_at = COALESCE(started_at, ?)
+           WHERE id = ?""",
+        (executor, dumps(rendered), now, row["id"]),
+    )
+    append_event(
+        conn, run.run_id, "step.started",
+        {"attempt": row["attempt"], "executor": executor, "input": rendered, "redelivered": redelivered,
+         "idempotencyKey": row["idempotency_key"]},
+        row["step_id"], now=now,
+    )
