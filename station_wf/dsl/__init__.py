@@ -1,0 +1,1 @@
+"""Workflow definition language: loading, normalizing and validating workflow files."""
