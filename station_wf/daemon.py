@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,9 @@ class Daemon:
 
 
 async def serve(settings: Settings) -> None:
+    # The SQLite writer thread needs the GIL back after each sqlite call; with the default 5 ms switch
+    # interval a busy event loop makes it wait up to 5 ms each time, which dominated step latency.
+    sys.setswitchinterval(0.0005)
     daemon = Daemon(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
