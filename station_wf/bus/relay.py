@@ -7,7 +7,6 @@ rows (delete, or advance a cursor), so a crash anywhere publishes again and JetS
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
@@ -49,13 +48,23 @@ class _Relay:
             if n < BATCH:
                 return total
 
+    async def idle(self) -> None:
+        """Called when nothing woke the relay for a poll period: commit pending ride-alongs."""
+        if self.writer.has_riders():
+            await self.writer.run(lambda conn: None)
+
     async def run(self) -> None:
         backoff = 0.1
         while True:
-            with contextlib.suppress(TimeoutError):
+            woken = True
+            try:
                 await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+            except TimeoutError:
+                woken = False
             self._wake.clear()
             try:
+                if not woken:
+                    await self.idle()
                 await self.drain()
                 backoff = 0.1
             except asyncio.CancelledError:
@@ -68,16 +77,33 @@ class _Relay:
 
 
 class OutboxRelay(_Relay):
-    """Publishes outbox rows (invariant 2) and deletes each only after JetStream acked it."""
+    """Publishes outbox rows (invariant 2) and deletes each only after JetStream acked it.
+
+    Deletes ride along with the next group commit (no fsync of their own); until then the relay
+    remembers what it published, and a crash before the delete only publishes a duplicate that
+    `Nats-Msg-Id` drops. A row that failed to publish is picked up again by the periodic full sweep.
+    """
 
     name = "outbox relay"
 
+    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, bus: Bus) -> None:
+        super().__init__(writer, readers, bus)
+        self._published_ids: set[int] = set()
+        self._high_water = 0
+
+    async def idle(self) -> None:
+        await super().idle()
+        self._high_water = 0  # the next drain sweeps the whole table
+
     async def drain_once(self) -> int:
         rows = await self.readers.fetchall(
-            "SELECT id, subject, msg_id, payload, headers FROM outbox ORDER BY id LIMIT ?", (BATCH,)
+            "SELECT id, subject, msg_id, payload, headers FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+            (self._high_water, BATCH),
         )
+        rows = [r for r in rows if r["id"] not in self._published_ids]
         if not rows:
             return 0
+        self._high_water = rows[-1]["id"]
         crash_point("relay.before_publish")
         results = await asyncio.gather(
             *(self.bus.publish(r["subject"], r["payload"].encode(), r["msg_id"], json.loads(r["headers"])) for r in rows),
@@ -85,13 +111,17 @@ class OutboxRelay(_Relay):
         )
         done = [r["id"] for r, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
         if done:
-            def delete(conn: sqlite3.Connection) -> None:
-                conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in done])
-            await self.writer.run(delete)
+            self._published_ids.update(done)
+
+            def delete(conn: sqlite3.Connection, ids: list[int] = done) -> None:
+                conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                self._published_ids.difference_update(ids)
+            self.writer.ride_along("outbox-delete+", delete)
             self.published += len(done)
-        failures = [res for res in results if isinstance(res, BaseException)]
-        if failures:
-            raise failures[0]
+        failed = [r["id"] for r, res in zip(rows, results, strict=True) if isinstance(res, BaseException)]
+        if failed:
+            self._high_water = min(failed) - 1
+            raise next(res for res in results if isinstance(res, BaseException))
         return len(rows)
 
 
@@ -136,7 +166,7 @@ class EventRelay(_Relay):
                 " ON CONFLICT(name) DO UPDATE SET position = excluded.position",
                 (position,),
             )
-        await self.writer.run(advance)
+        self.writer.ride_along("event-cursor", advance)  # lost in a crash: events republished, deduplicated
         self._cursor = position
         self.published += len(rows)
         return len(rows)

@@ -104,6 +104,8 @@ class SqliteWriter:
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self._riders: dict[str, Callable[[sqlite3.Connection], Any]] = {}
+        self._riders_lock = threading.Lock()
         self.commits = 0
         self.transactions = 0
 
@@ -120,6 +122,19 @@ class SqliteWriter:
         fut: Future = Future()
         self._queue.put((fn, fut))
         return await asyncio.wrap_future(fut)
+
+    def ride_along(self, key: str, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        """Bookkeeping that may be lost in a crash (an outbox delete, a relay cursor): it joins the next
+        group commit instead of paying for its own fsync. A later call with the same key replaces it."""
+        with self._riders_lock:
+            previous = self._riders.get(key)
+            if previous is None or not key.endswith("+"):
+                self._riders[key] = fn
+            else:  # keys ending in "+" accumulate
+                self._riders[key] = lambda conn, a=previous, b=fn: (a(conn), b(conn))
+
+    def has_riders(self) -> bool:
+        return bool(self._riders)
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Blocking variant for CLI commands that run without an event loop."""
@@ -143,6 +158,8 @@ class SqliteWriter:
         while True:
             item = self._queue.get()
             if item is None:
+                if self._riders:
+                    self._commit_group(conn, [])
                 return
             batch = [item]
             stop = False
@@ -157,6 +174,8 @@ class SqliteWriter:
                 batch.append(nxt)
             self._commit_group(conn, batch)
             if stop:
+                if self._riders:
+                    self._commit_group(conn, [])
                 return
 
     def _commit_group(self, conn: sqlite3.Connection, batch: list[tuple[Callable, Future]]) -> None:
@@ -167,6 +186,17 @@ class SqliteWriter:
             for _, fut in batch:
                 fut.set_exception(exc)
             return
+        with self._riders_lock:
+            riders, self._riders = self._riders, {}
+        for key, rider in riders.items():
+            conn.execute("SAVEPOINT rider")
+            try:
+                rider(conn)
+                conn.execute("RELEASE rider")
+            except Exception:  # noqa: BLE001 - bookkeeping only; the row is published again later
+                log.exception("ride-along %s failed", key)
+                conn.execute("ROLLBACK TO rider")
+                conn.execute("RELEASE rider")
         for fn, fut in batch:
             if not fut.set_running_or_notify_cancel():
                 continue
