@@ -185,3 +185,15 @@ def test_lost_queued_task_is_republished(daemon: Daemon, nats_server: NatsServer
     assert len(daemon.agent_server.calls_for("slow")) == 2
     _assert_exactly_once_effects(daemon, done)
     assert "re-published" in daemon.log()
+
+
+def test_long_step_heartbeats_past_ack_wait(daemon: Daemon) -> None:
+    """A step longer than ack_wait keeps its task with in_progress() and runs once."""
+    daemon.add_workflow("three", THREE_STEPS)
+    daemon.add_agent("slow")
+    daemon.agent_server.behave("slow", delay=4.0)
+    daemon.env["STATION_ACK_WAIT_SECONDS"] = "1.5"
+    daemon.start()
+    done = daemon.wait_status(daemon.start_run("three")["id"])
+    assert len(daemon.agent_server.calls_for("slow")) == 1
+    _assert_exactly_once_effects(daemon, done)
