@@ -22,13 +22,24 @@ class StepCall:
     context: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """An executor's output plus what the run's history should show about how it was produced
+    (model, token usage, latency, the rendered prompt). Returning a bare value means no metadata."""
+
+    output: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
 class StepError(Exception):
     """A failed attempt, with a machine-readable type (timeout, validation, agent_error, ...)."""
 
-    def __init__(self, message: str, *, type: str = "agent_error", details: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, type: str = "agent_error", details: dict[str, Any] | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.type = type
         self.details = details or {}
+        self.metadata = metadata or {}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "message": str(self)}

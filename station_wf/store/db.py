@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(os.environ.get("STATION_MIGRATIONS_DIR") or Path(__file__).resolve().parents[2] / "migrations")
 BUSY_TIMEOUT_MS = 30_000
 MAX_GROUP = 256
 
