@@ -26,6 +26,7 @@ from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay
 from station_wf.config import Settings
 from station_wf.engine.reconciler import Reconciler
+from station_wf.engine.timers import TimerLoop
 from station_wf.engine.worker import TaskWorker
 from station_wf.executors.agent_run import AgentRunExecutor
 from station_wf.executors.base import ExecutorRegistry
@@ -97,6 +98,7 @@ class Daemon:
         self.event_relay: EventRelay | None = None
         self.worker: TaskWorker | None = None
         self.reconciler: Reconciler | None = None
+        self.timers: TimerLoop | None = None
         self.server: _ApiServer | None = None
         self._tasks: dict[str, asyncio.Task] = {}
         self._stop = asyncio.Event()
@@ -130,6 +132,7 @@ class Daemon:
         self.worker = TaskWorker(self.writer, self.bus, self.registry, self.definitions, self._kick_relays,
                                  concurrency=s.worker_concurrency, ack_wait=s.ack_wait_seconds)
         self.reconciler = Reconciler(self.readers, self.bus, self.worker, interval=s.reconcile_seconds)
+        self.timers = TimerLoop(self.writer, self.readers, self.definitions, self._kick_relays)
 
         async def on_reconnect() -> None:
             assert self.relay is not None
@@ -140,6 +143,7 @@ class Daemon:
         self._spawn("event-relay", self.event_relay.run())
         self._spawn("worker", self.worker.run())
         self._spawn("reconciler", self.reconciler.run())
+        self._spawn("timers", self.timers.run())
         run_service = RunService(self.writer, self.readers, on_commit=self._kick_relays)
         state = ApiState(run_service, DefinitionService(self.readers), self.writer, self.readiness, s.api_token)
         config = uvicorn.Config(build_app(state), host=s.http_host, port=s.http_port, log_level="warning",
@@ -195,8 +199,12 @@ class Daemon:
             self.server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["api"], 10)
-        if self.reconciler is not None and "reconciler" in self._tasks:
-            await self.reconciler.stop(self._tasks["reconciler"])
+        for name in ("reconciler", "timers"):
+            task = self._tasks.get(name)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self.worker is not None:
             await self.worker.stop(self.settings.shutdown_grace_seconds)
             with contextlib.suppress(Exception):

@@ -1,18 +1,27 @@
 """The pure interpreter: (definition, run state, event) -> the transition to commit. No I/O here.
 
 Everything the engine decides is decided in this module, so it can be tested without a database or a
-broker, and so the shell (worker, API) only loads state, calls one of these functions, and commits
-what it returns in one transaction.
+broker, and so the shell (worker, timers, API) only loads state, calls one of these functions, and
+commits what it returns in one transaction.
+
+Nesting. A step lives in a *scope*, named by its `branch_path`: "" is the top level; each frame adds
+`state:branch` (a parallel branch), `state[i]` (a foreach iteration) or `state!section` (a try
+section), joined with "/". Parallel branches and foreach iterations write into a scope-local object
+(DESIGN 3); try sections are transparent and write where their parent writes. The run's engine
+state (`scopes` and `containers`) is plain JSON stored with the run, so a restart resumes a fan-out
+exactly where it was.
 """
 
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from station_wf.engine.identity import idempotency_key, step_id
-from station_wf.expr.paths import PathError, set_path
+from station_wf.expr.paths import PathError, get_path, set_path
+from station_wf.expr.starlark_eval import ExpressionError, compile_expression, truthy
 from station_wf.expr.templates import TemplateError, render
 
 # Run statuses (PRD 3.6).
@@ -29,9 +38,11 @@ TERMINAL_RUN_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 
 # Step statuses.
 SUCCEEDED = "SUCCEEDED"
-OPEN_STEP_STATUSES = frozenset({PENDING, RUNNING})
+OPEN_STEP_STATUSES = frozenset({PENDING, RUNNING, WAITING_APPROVAL, WAITING_SIGNAL})
+CONTAINER_TYPES = frozenset({"parallel", "foreach", "try"})
 
 RESERVED_INPUT_KEYS = ("workflow", "steps", "ctx")
+EXPRESSION_TIMEOUT_S = 0.1  # the daemon may change it from settings
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,17 @@ class StepView:
     attempt: int
     branch_path: str = ""
     foreach_index: int | None = None
+    status: str = PENDING
+    state_type: str = ""
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    context: dict[str, Any]
+    engine: dict[str, Any]
+    open_steps: tuple[StepView, ...] = ()
+    now: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,26 @@ class NewStep:
     foreach_index: int | None
     attempt: int
     idempotency_key: str
+    delay_seconds: float = 0.0  # > 0: held by a durable timer (retry back-off) before its task
+
+
+@dataclass(frozen=True)
+class StepUpdate:
+    step_id: str
+    attempt: int
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    only_if_open: bool = False  # cancellations: compare-and-set, never overwrite a closed attempt
+
+
+@dataclass(frozen=True)
+class NewTimer:
+    kind: str  # sleep | run_timeout (retry timers come from NewStep.delay_seconds)
+    delay_seconds: float
+    step_id: str | None = None
+    attempt: int | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,35 +116,120 @@ class Transition:
     run_status: str | None = None
     run_error: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
-    step_status: str | None = None
-    step_output: Any = None
-    step_error: dict[str, Any] | None = None
+    engine: dict[str, Any] | None = None
+    step_updates: list[StepUpdate] = field(default_factory=list)
     new_steps: list[NewStep] = field(default_factory=list)
+    timers: list[NewTimer] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
 
-# What the worker must do with a step it received.
 @dataclass(frozen=True)
 class Execute:
+    """The step needs an executor; the shell records it RUNNING with this rendered input."""
+
     action: str
     input: dict[str, Any]
     timeout_seconds: float | None
 
 
-@dataclass(frozen=True)
-class Immediate:
-    """The step's result is known without an executor (inject, transform, switch)."""
-
-    output: Any
-    next_state: str | None = None
+# -- scopes ---------------------------------------------------------------------------------------
+def _frames(path: str) -> list[str]:
+    return path.split("/") if path else []
 
 
-@dataclass(frozen=True)
-class Fail:
-    error: dict[str, Any]
+def _join(path: str, frame: str) -> str:
+    return f"{path}/{frame}" if path else frame
 
 
-Plan = Execute | Immediate | Fail
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _parse_frame(frame: str) -> tuple[str, str, str | int]:
+    """('parallel'|'foreach'|'try', state name, branch name | index | section)."""
+    if frame.endswith("]") and "[" in frame:
+        name, _, idx = frame[:-1].partition("[")
+        return "foreach", name, int(idx)
+    if "!" in frame:
+        name, _, section = frame.partition("!")
+        return "try", name, section
+    name, _, branch = frame.partition(":")
+    return "parallel", name, branch
+
+
+def scope_states(defn: dict[str, Any], branch_path: str) -> dict[str, dict[str, Any]]:
+    """The states visible from a scope: walk the frames down from the top level."""
+    states = defn["states"]
+    for frame in _frames(branch_path):
+        kind, name, key = _parse_frame(frame)
+        container = states[name]
+        if kind == "parallel":
+            states = next(b for b in container["branches"] if b["name"] == key)["states"]
+        elif kind == "foreach":
+            states = container["iterator"]["states"]
+        else:
+            states = container[key]["states"]
+    return states
+
+
+def _scope_start(defn: dict[str, Any], container: dict[str, Any], kind: str, key: str | int) -> str:
+    if kind == "parallel":
+        return next(b for b in container["branches"] if b["name"] == key)["start"]
+    if kind == "foreach":
+        return container["iterator"]["start"]
+    return container[key]["start"]
+
+
+def _innermost_index(path: str) -> int | None:
+    for frame in reversed(_frames(path)):
+        kind, _, key = _parse_frame(frame)
+        if kind == "foreach":
+            return int(key)
+    return None
+
+
+def _owner(engine: dict[str, Any], path: str) -> str:
+    """The scope whose object a step in `path` writes to: try sections are transparent."""
+    while path and engine["scopes"][path]["kind"] == "try":
+        path = _parent(path)
+    return path
+
+
+def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Scope-local values over the outer ones; `steps`-like objects merge one level deep."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def view(rs: RunState, engine: dict[str, Any], path: str) -> dict[str, Any]:
+    """What a step in `path` reads: the context, overlaid with each enclosing scope's vars and writes."""
+    names = rs.context
+    for depth in range(1, len(_frames(path)) + 1):
+        scope = engine["scopes"]["/".join(_frames(path)[:depth])]
+        if scope["kind"] == "try":
+            if scope.get("vars"):
+                names = _overlay(names, scope["vars"])
+            continue
+        names = _overlay(names, {**scope.get("vars", {}), **scope["data"]})
+    return names
+
+
+def _names(rs: RunState, engine: dict[str, Any], path: str) -> dict[str, Any]:
+    names = dict(view(rs, engine, path))
+    names["ctx"] = rs.context
+    return names
+
+
+# -- identities -----------------------------------------------------------------------------------
+def _new_step(run_id: str, state: dict[str, Any], path: str, attempt: int = 1, delay: float = 0.0) -> NewStep:
+    index = _innermost_index(path)
+    sid = step_id(run_id, state["name"], path, index)
+    return NewStep(sid, state["name"], state["type"], path, index, attempt, idempotency_key(run_id, sid, attempt), delay)
 
 
 def initial_context(defn: dict[str, Any], run_id: str, version: int, run_input: dict[str, Any], started_at: str) -> dict[str, Any]:
@@ -119,96 +246,390 @@ def initial_context(defn: dict[str, Any], run_id: str, version: int, run_input: 
     return context
 
 
-def scope_states(defn: dict[str, Any], branch_path: str) -> dict[str, dict[str, Any]]:
-    """The states visible from a step's scope (top level for now; branches and iterators nest here)."""
-    if branch_path:
-        raise NotImplementedError(f"nested scope {branch_path!r} is not supported yet")
-    return defn["states"]
+def empty_engine() -> dict[str, Any]:
+    return {"scopes": {"": {"kind": "top", "data": {}, "last": None}}, "containers": {}}
 
 
-def _new_step(run_id: str, state: dict[str, Any], branch_path: str = "", foreach_index: int | None = None, attempt: int = 1) -> NewStep:
-    sid = step_id(run_id, state["name"], branch_path, foreach_index)
-    return NewStep(
-        step_id=sid,
-        state_name=state["name"],
-        state_type=state["type"],
-        branch_path=branch_path,
-        foreach_index=foreach_index,
-        attempt=attempt,
-        idempotency_key=idempotency_key(run_id, sid, attempt),
-    )
+# -- events ---------------------------------------------------------------------------------------
+def start_run(defn: dict[str, Any], rs: RunState) -> Transition:
+    """The run task: RUNNING, the start state's first step, and the run's durable timeout."""
+    engine = empty_engine()
+    t = Transition(run_status=RUNNING, engine=engine, events=[Event("run.started", {"context": rs.context})])
+    t.new_steps.append(_new_step(rs.run_id, defn["states"][defn["start"]], ""))
+    if defn.get("timeoutSeconds"):
+        t.timers.append(NewTimer("run_timeout", float(defn["timeoutSeconds"])))
+    return t
 
 
-def start_run(defn: dict[str, Any], run_id: str, context: dict[str, Any]) -> Transition:
-    """The run task: RUNNING, and the start state's first step scheduled."""
-    start_state = defn["states"][defn["start"]]
-    first = _new_step(run_id, start_state)
-    return Transition(
-        run_status=RUNNING,
-        new_steps=[first],
-        events=[Event("run.started", {"context": context})],
-    )
-
-
-def plan_step(defn: dict[str, Any], context: dict[str, Any], step: StepView) -> Plan:
-    """Decide how a received step runs: through an executor, or at once from the context."""
+def begin_step(defn: dict[str, Any], rs: RunState, step: StepView) -> Execute | Transition | None:
+    """A step's task arrived: run it through an executor, or decide it here. None: nothing to do."""
     state = scope_states(defn, step.branch_path)[step.state_name]
     kind = state["type"]
-    if kind == "inject":
-        return Immediate(copy.deepcopy(state.get("data")))
+    if step.status != PENDING and (kind != "operation" or step.status != RUNNING):
+        return None  # entered already (containers, sleeps) or closed; only an executor call is re-run
+    engine = copy.deepcopy(rs.engine)
     if kind == "operation":
+        names = view(rs, engine, step.branch_path)
         try:
-            rendered = render(state.get("input") or {}, context)
+            rendered = render(state.get("input") or {}, rs.context, extra=names if step.branch_path else None)
         except TemplateError as exc:
-            return Fail({"type": "template", "message": f"state {state['name']!r}: {exc}"})
+            return step_failed(defn, rs, step, {"type": "template", "message": f"state {state['name']!r}: {exc}"}, retry=False)
+        if state["action"] not in ("agent.run",):
+            return step_failed(defn, rs, step, {"type": "unsupported",
+                                                "message": f"action {state['action']!r} is not supported by this engine yet"}, retry=False)
         return Execute(state["action"], rendered, state.get("timeoutSeconds"))
-    return Fail({"type": "unsupported", "message": f"state type {kind!r} is not supported by this engine yet"})
+    if kind == "inject":
+        return _succeed(defn, rs, engine, step, copy.deepcopy(state.get("data")), started=True)
+    if kind == "switch":
+        return _switch(defn, rs, engine, step, state)
+    if kind == "transform":
+        return _transform(defn, rs, engine, step, state)
+    if kind == "sleep":
+        t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, RUNNING)])
+        t.events.append(Event("step.started", {"attempt": step.attempt, "executor": "sleep",
+                                               "durationSeconds": state["durationSeconds"]}, step.step_id))
+        t.timers.append(NewTimer("sleep", float(state["durationSeconds"]), step.step_id, step.attempt))
+        return t
+    if kind in CONTAINER_TYPES:
+        return _enter_container(defn, rs, engine, step, state)
+    return step_failed(defn, rs, step, {"type": "unsupported", "message": f"state type {kind!r} cannot run here"}, retry=False)
+
+
+def _started(step: StepView, executor: str) -> Event:
+    return Event("step.started", {"attempt": step.attempt, "executor": executor, "redelivered": False}, step.step_id)
+
+
+def _switch(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Transition:
+    names = _names(rs, engine, step.branch_path)
+    if state.get("dataPath"):
+        try:
+            value = get_path(names, state["dataPath"])
+        except PathError as exc:
+            return _fail_now(defn, rs, engine, step, {"type": "switch", "message": f"state {state['name']!r}: dataPath {state['dataPath']!r}: {exc}"})
+        names.update({"result": value, "_value": value, "val": value})
+        if isinstance(value, dict):
+            names.update({k: v for k, v in value.items() if isinstance(k, str) and k.isidentifier() and k not in ("ctx",)})
+    for index, cond in enumerate(state["conditions"]):
+        try:
+            matched = truthy(compile_expression(cond["if"], f"switch {state['name']!r} condition").evaluate(
+                names, timeout_s=EXPRESSION_TIMEOUT_S))
+        except ExpressionError as exc:
+            return _fail_now(defn, rs, engine, step, {"type": "expression", "message": str(exc), "condition": cond["if"],
+                                                      "names": sorted(k for k in names if not k.startswith("__"))})
+        if matched:
+            return _succeed(defn, rs, engine, step, {"next": cond["next"], "matched": index, "condition": cond["if"]},
+                            next_override=cond["next"], started=True)
+    if state.get("defaultNext"):
+        return _succeed(defn, rs, engine, step, {"next": state["defaultNext"], "matched": None},
+                        next_override=state["defaultNext"], started=True)
+    seen = {k: names[k] for k in ("result",) if k in names}
+    return _fail_now(defn, rs, engine, step, {"type": "switch", "message": f"state {state['name']!r}: no condition matched and no defaultNext",
+                                              "details": {"conditions": [c["if"] for c in state["conditions"]], "values": seen}})
+
+
+def _transform(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Transition:
+    names = _names(rs, engine, step.branch_path)
+    names["ctx"] = {**rs.context, "_timestamp": rs.now}
+    scope = engine["scopes"][_owner(engine, step.branch_path)]
+    names["input"] = scope.get("last") if scope.get("last") is not None else {}
+    try:
+        output = compile_expression(state["expression"], f"transform {state['name']!r}").evaluate(names, timeout_s=EXPRESSION_TIMEOUT_S)
+    except ExpressionError as exc:
+        return _fail_now(defn, rs, engine, step, {"type": "expression", "message": str(exc)})
+    return _succeed(defn, rs, engine, step, output, started=True)
+
+
+def _enter_container(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Transition:
+    t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, RUNNING)],
+                   events=[_started(step, state["type"])])
+    record: dict[str, Any] = {"kind": state["type"], "state": state["name"], "path": step.branch_path,
+                              "stepId": step.step_id, "attempt": step.attempt, "children": [], "done": [], "failed": []}
+    if state["type"] == "parallel":
+        engine["containers"][step.step_id] = record
+        for branch in state["branches"]:
+            _open_scope(defn, rs, engine, t, record, f"{state['name']}:{branch['name']}", "branch", {})
+        return t
+    if state["type"] == "foreach":
+        names = _names(rs, engine, step.branch_path)
+        try:
+            items = get_path(names, state["itemsPath"])
+        except PathError as exc:
+            return _fail_now(defn, rs, engine, step, {"type": "foreach", "message": f"state {state['name']!r}: itemsPath {state['itemsPath']!r}: {exc}"}, t)
+        if not isinstance(items, list):
+            return _fail_now(defn, rs, engine, step, {"type": "foreach", "message": f"state {state['name']!r}: itemsPath {state['itemsPath']!r} is {type(items).__name__}, not a list"}, t)
+        if not items:
+            return _succeed(defn, rs, engine, step, [], t=t)
+        record.update({"items": copy.deepcopy(items), "next": 0, "total": len(items)})
+        engine["containers"][step.step_id] = record
+        for _ in range(min(int(state.get("maxConcurrency") or 1), len(items))):
+            _next_iteration(defn, rs, engine, t, record, state)
+        return t
+    # try
+    record["phase"] = "try"
+    engine["containers"][step.step_id] = record
+    _open_scope(defn, rs, engine, t, record, f"{state['name']}!try", "try", {})
+    return t
+
+
+def _open_scope(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any],
+                frame: str, kind: str, variables: dict[str, Any]) -> None:
+    path = _join(record["path"], frame)
+    engine["scopes"][path] = {"kind": kind, "container": record["stepId"], "data": {}, "vars": variables,
+                              "status": RUNNING, "last": None}
+    record["children"].append(path)
+    container = scope_states(defn, record["path"])[record["state"]]
+    fkind, _, key = _parse_frame(frame)
+    start = _scope_start(defn, container, fkind, key)
+    t.new_steps.append(_new_step(rs.run_id, scope_states(defn, path)[start], path))
+
+
+def _next_iteration(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], state: dict[str, Any]) -> None:
+    i = record["next"]
+    record["next"] = i + 1
+    variables = {state.get("itemName") or "item": record["items"][i], "_index": i, "_total": record["total"]}
+    _open_scope(defn, rs, engine, t, record, f"{state['name']}[{i}]", "iteration", variables)
+
+
+def _succeed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, output: Any,
+             next_override: str | None = None, started: bool = False, t: Transition | None = None) -> Transition:
+    """Record the output at resultPath in the step's scope, then move on within the scope."""
+    t = t if t is not None else Transition(engine=engine)
+    t.engine = engine
+    state = scope_states(defn, step.branch_path)[step.state_name]
+    if started:
+        t.events.append(_started(step, "builtin"))
+    write = None
+    if state["type"] != "switch" and not (state["type"] == "try" and not state.get("resultPath")):
+        path = state.get("resultPath") or default_result_path(state)
+        owner = _owner(engine, step.branch_path)
+        try:
+            if owner == "":
+                context = t.context if t.context is not None else copy.deepcopy(rs.context)
+                set_path(context, path, copy.deepcopy(output))
+                t.context = context
+            else:
+                set_path(engine["scopes"][owner]["data"], path, copy.deepcopy(output))
+        except PathError as exc:
+            return _fail_now(defn, rs, engine, step, {"type": "result_path", "message": f"state {state['name']!r}: resultPath {path!r}: {exc}"}, t)
+        write = {"scope": owner, "path": path, "value": output}
+        engine["scopes"][owner]["last"] = output
+    t.step_updates.append(StepUpdate(step.step_id, step.attempt, SUCCEEDED, output=output))
+    payload: dict[str, Any] = {"attempt": step.attempt, "output": output}
+    if write is not None:
+        payload["write"] = write
+    t.events.append(Event("step.succeeded", payload, step.step_id))
+    _advance(defn, rs, engine, t, step.branch_path, state, next_override)
+    return t
 
 
 def default_result_path(state: dict[str, Any]) -> str:
-    """DESIGN 3: inject merges into the root; everything else writes `steps.<state>`."""
+    """DESIGN 3: inject merges into its scope's root; everything else writes `steps.<state>`."""
     if state["type"] == "inject":
         return "ctx"
     return f"steps.{state['name']}"
 
 
-def step_succeeded(
-    defn: dict[str, Any],
-    run_id: str,
-    context: dict[str, Any],
-    step: StepView,
-    output: Any,
-    next_override: str | None = None,
-) -> Transition:
-    """Record the output at resultPath and move on: the next state, or the end of the run."""
-    states = scope_states(defn, step.branch_path)
-    state = states[step.state_name]
-    new_context = copy.deepcopy(context)
-    path = state.get("resultPath") or default_result_path(state)
-    try:
-        set_path(new_context, path, copy.deepcopy(output))
-    except PathError as exc:
-        return step_failed(defn, run_id, context, step, {"type": "result_path", "message": f"state {state['name']!r}: resultPath {path!r}: {exc}"})
-    events = [Event("step.succeeded", {"attempt": step.attempt, "output": output, "write": {"path": path, "value": output}}, step.step_id)]
-    transition = Transition(context=new_context, step_status=SUCCEEDED, step_output=output, events=events)
-    target = next_override or state.get("next")
-    if target and not state.get("end"):
-        nxt = _new_step(run_id, states[target], step.branch_path, step.foreach_index)
-        transition.new_steps.append(nxt)
+def _advance(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, path: str,
+             state: dict[str, Any], next_override: str | None = None) -> None:
+    target = next_override or (None if state.get("end") else state.get("next"))
+    if target:
+        t.new_steps.append(_new_step(rs.run_id, scope_states(defn, path)[target], path))
     else:
-        transition.run_status = COMPLETED
-        events.append(Event("run.completed", {"lastState": state["name"]}))
-    return transition
+        _scope_finished(defn, rs, engine, t, path)
 
 
-def step_failed(defn: dict[str, Any], run_id: str, context: dict[str, Any], step: StepView, error: dict[str, Any]) -> Transition:
-    """A failed attempt with no retry left fails the run (retries come with the retry policy)."""
-    events = [
-        Event("step.failed", {"attempt": step.attempt, "error": error}, step.step_id),
-        Event("run.failed", {"stateName": step.state_name, "stepId": step.step_id, "error": error}),
-    ]
-    return Transition(run_status=FAILED, run_error={**error, "stateName": step.state_name, "stepId": step.step_id},
-                      step_status=FAILED, step_error=error, events=events)
+def _scope_finished(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, path: str) -> None:
+    if path == "":
+        t.run_status = COMPLETED
+        t.events.append(Event("run.completed", {}))
+        return
+    scope = engine["scopes"][path]
+    record = engine["containers"][scope["container"]]
+    if record.get("closed") or scope["status"] != RUNNING:
+        return
+    scope["status"] = SUCCEEDED
+    record["done"].append(path)
+    container = scope_states(defn, record["path"])[record["state"]]
+    if record["kind"] == "parallel":
+        if len(record["done"]) >= _needed(container):
+            _cancel_children(rs, engine, t, record, "join satisfied")
+            result = {}
+            for branch in container["branches"]:
+                child = _join(record["path"], f"{container['name']}:{branch['name']}")
+                if child in record["done"]:
+                    result[branch["name"]] = engine["scopes"][child]["data"]
+            _container_done(defn, rs, engine, t, record, result)
+    elif record["kind"] == "foreach":
+        if record["next"] < record["total"]:
+            _next_iteration(defn, rs, engine, t, record, container)
+        elif len(record["done"]) == record["total"]:
+            result = [engine["scopes"][_join(record["path"], f"{container['name']}[{i}]")]["data"] for i in range(record["total"])]
+            _container_done(defn, rs, engine, t, record, result)
+    else:
+        _try_section_done(defn, rs, engine, t, record, container, error=None)
+
+
+def _needed(container: dict[str, Any]) -> int:
+    join = container.get("join") or {"mode": "all"}
+    if join.get("mode") == "any":
+        return 1
+    if join.get("mode") == "atLeast":
+        return int(join["atLeast"])
+    return len(container["branches"])
+
+
+def _container_step(record: dict[str, Any]) -> StepView:
+    return StepView(record["stepId"], record["state"], record["attempt"], record["path"], _innermost_index(record["path"]),
+                    RUNNING, record["kind"])
+
+
+def _container_done(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], output: Any) -> None:
+    record["closed"] = True
+    _succeed(defn, rs, engine, _container_step(record), output, t=t)
+
+
+def _try_section_done(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any],
+                      container: dict[str, Any], error: dict[str, Any] | None) -> None:
+    """Try -> (catch on error) -> finally -> the container succeeds, or fails with the uncaught error."""
+    phase = record["phase"]
+    if error is not None and phase == "try" and container.get("catch"):
+        record["phase"] = "catch"
+        record["caught"] = error
+        _open_scope(defn, rs, engine, t, record, f"{container['name']}!catch", "try", {"error": error})
+        return
+    if error is not None:
+        record["error"] = error
+    if phase != "finally" and container.get("finally"):
+        record["phase"] = "finally"
+        _open_scope(defn, rs, engine, t, record, f"{container['name']}!finally", "try", {"error": record.get("error")})
+        return
+    if record.get("error") is not None:
+        _container_failed(defn, rs, engine, t, record, record["error"])
+    else:
+        _container_done(defn, rs, engine, t, record, {"caught": record.get("caught")})
+
+
+def _cancel_children(rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], reason: str) -> None:
+    for child in record["children"]:
+        if engine["scopes"][child]["status"] == RUNNING:
+            _cancel_scope(rs, engine, t, child, reason)
+
+
+def _cancel_scope(rs: RunState, engine: dict[str, Any], t: Transition, path: str, reason: str) -> None:
+    """Close every open step at or under `path` (their late results are dropped by compare-and-set)."""
+    for scope_path, scope in engine["scopes"].items():
+        if (scope_path == path or scope_path.startswith(path + "/")) and scope["status"] == RUNNING:
+            scope["status"] = CANCELLED
+    updated = {(u.step_id, u.attempt) for u in t.step_updates}
+    for s in rs.open_steps:
+        if (s.branch_path == path or s.branch_path.startswith(path + "/")) and (s.step_id, s.attempt) not in updated:
+            t.step_updates.append(StepUpdate(s.step_id, s.attempt, CANCELLED, error={"type": "cancelled", "message": reason},
+                                             only_if_open=True))
+            t.events.append(Event("step.cancelled", {"attempt": s.attempt, "reason": reason}, s.step_id))
+
+
+def step_succeeded(defn: dict[str, Any], rs: RunState, step: StepView, output: Any) -> Transition:
+    return _succeed(defn, rs, copy.deepcopy(rs.engine), step, output)
+
+
+def retry_delay(policy: dict[str, Any], step: StepView) -> float:
+    """Exponential back-off, capped; jitter is derived from the step identity so replays agree."""
+    delay = float(policy.get("backoffSeconds", 1.0)) * float(policy.get("backoffRate", 2.0)) ** (step.attempt - 1)
+    if policy.get("maxBackoffSeconds") is not None:
+        delay = min(delay, float(policy["maxBackoffSeconds"]))
+    if policy.get("jitter"):
+        delay *= random.Random(f"{step.step_id}:{step.attempt}").uniform(0.5, 1.0)
+    return delay
+
+
+def step_failed(defn: dict[str, Any], rs: RunState, step: StepView, error: dict[str, Any], retry: bool = True) -> Transition:
+    """A failed attempt: retry after back-off while attempts remain, else fail the scope."""
+    engine = copy.deepcopy(rs.engine)
+    state = scope_states(defn, step.branch_path)[step.state_name]
+    status = TIMED_OUT if error.get("type") == "timeout" else FAILED
+    policy = state.get("retry") if retry else None
+    if policy and step.attempt < int(policy.get("maxAttempts", 1)):
+        delay = retry_delay(policy, step)
+        t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, status, error=error)])
+        t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": True,
+                                              "retryInSeconds": round(delay, 3)}, step.step_id))
+        t.new_steps.append(_new_step(rs.run_id, state, step.branch_path, step.attempt + 1, delay))
+        return t
+    return _fail_now(defn, rs, engine, step, error, status=status)
+
+
+def _fail_now(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, error: dict[str, Any],
+              t: Transition | None = None, status: str = FAILED) -> Transition:
+    t = t if t is not None else Transition(engine=engine)
+    t.engine = engine
+    t.step_updates = [u for u in t.step_updates if (u.step_id, u.attempt) != (step.step_id, step.attempt)]
+    t.step_updates.append(StepUpdate(step.step_id, step.attempt, status, error=error))
+    t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": False}, step.step_id))
+    error = {**error, "stateName": step.state_name, "stepId": step.step_id, "branchPath": step.branch_path}
+    _scope_failed(defn, rs, engine, t, step.branch_path, error)
+    return t
+
+
+def _scope_failed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, path: str, error: dict[str, Any]) -> None:
+    if path == "":
+        _end_run(rs, engine, t, FAILED, error)
+        return
+    scope = engine["scopes"][path]
+    record = engine["containers"][scope["container"]]
+    if record.get("closed"):
+        return
+    container = scope_states(defn, record["path"])[record["state"]]
+    _cancel_scope(rs, engine, t, path, "scope failed")
+    scope["status"] = FAILED
+    record["failed"].append(path)
+    if record["kind"] == "parallel":
+        possible = len(container["branches"]) - len(record["failed"])
+        if possible < _needed(container):
+            _cancel_children(rs, engine, t, record, "another branch failed")
+            _container_failed(defn, rs, engine, t, record, {"type": "branch_failed", "message": f"branch of {record['state']!r} failed", "cause": error})
+    elif record["kind"] == "foreach":
+        _cancel_children(rs, engine, t, record, "another iteration failed")
+        _container_failed(defn, rs, engine, t, record, {"type": "iteration_failed", "message": f"iteration of {record['state']!r} failed", "cause": error})
+    else:
+        _try_section_done(defn, rs, engine, t, record, container, error=error)
+
+
+def _container_failed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], error: dict[str, Any]) -> None:
+    record["closed"] = True
+    step = _container_step(record)
+    t.step_updates.append(StepUpdate(step.step_id, step.attempt, FAILED, error=error))
+    t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": False}, step.step_id))
+    _scope_failed(defn, rs, engine, t, record["path"], {**error, "stateName": record["state"], "stepId": record["stepId"]})
+
+
+def _end_run(rs: RunState, engine: dict[str, Any], t: Transition, status: str, error: dict[str, Any] | None) -> None:
+    _cancel_scope_all(rs, engine, t, f"run {status.lower()}")
+    t.run_status = status
+    t.run_error = error
+    t.events.append(Event(f"run.{status.lower().replace('_', '')}" if status != TIMED_OUT else "run.timed_out",
+                          {"error": error} if error else {}))
+
+
+def _cancel_scope_all(rs: RunState, engine: dict[str, Any], t: Transition, reason: str) -> None:
+    updated = {(u.step_id, u.attempt) for u in t.step_updates}
+    for s in rs.open_steps:
+        if (s.step_id, s.attempt) not in updated:
+            t.step_updates.append(StepUpdate(s.step_id, s.attempt, CANCELLED, error={"type": "cancelled", "message": reason},
+                                             only_if_open=True))
+            t.events.append(Event("step.cancelled", {"attempt": s.attempt, "reason": reason}, s.step_id))
+
+
+def timer_fired(defn: dict[str, Any], rs: RunState, kind: str, step: StepView | None) -> Transition | None:
+    """A durable timer came due. Compare-and-set: a timer whose wait already ended changes nothing."""
+    engine = copy.deepcopy(rs.engine)
+    if kind == "run_timeout":
+        t = Transition(engine=engine)
+        _end_run(rs, engine, t, TIMED_OUT, {"type": "timeout", "message": f"workflow timed out after {defn.get('timeoutSeconds')}s"})
+        return t
+    if kind == "sleep" and step is not None and step.status == RUNNING:
+        state = scope_states(defn, step.branch_path)[step.state_name]
+        return _succeed(defn, rs, engine, step, {"sleptSeconds": state["durationSeconds"]})
+    return None
 
 
 def rebuild_context(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
@@ -217,6 +638,6 @@ def rebuild_context(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] 
     for kind, payload in events:
         if kind == "run.started":
             context = copy.deepcopy(payload["context"])
-        elif kind == "step.succeeded" and context is not None and "write" in payload:
+        elif kind == "step.succeeded" and context is not None and "write" in payload and payload["write"].get("scope", "") == "":
             set_path(context, payload["write"]["path"], copy.deepcopy(payload["write"]["value"]))
     return context

@@ -1,5 +1,8 @@
 """The reconciler (invariant 8): JetStream may forget a task; SQLite knows which runs must progress.
 
+Steps that wait on purpose have no task and are skipped: containers whose children run, sleeps, and
+attempts held by a retry timer.
+
 Every few seconds it lists open steps of running runs (and runs not yet started) that are older than
 a grace period, skips those with live work here or a row still in the outbox, asks JetStream whether
 their task is still queued, and re-publishes the ones that are gone. Publishing uses the task's
@@ -10,7 +13,6 @@ worst, by the worker's step-status check.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -56,7 +58,10 @@ class Reconciler:
         for r in await self.readers.fetchall(
             """SELECT s.run_id, s.step_id, s.attempt, s.idempotency_key, r.traceparent
                FROM workflow_run_steps s JOIN workflow_runs r ON r.run_id = s.run_id
-               WHERE s.status IN ('PENDING', 'RUNNING') AND r.status = 'RUNNING' AND s.created_at < ?""",
+               WHERE s.status IN ('PENDING', 'RUNNING') AND r.status = 'RUNNING' AND s.created_at < ?
+                 AND NOT (s.status = 'RUNNING' AND s.state_type IN ('parallel', 'foreach', 'try', 'sleep'))
+                 AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.run_id = s.run_id AND t.step_id = s.step_id
+                                 AND t.fired_at IS NULL)""",
             (cutoff,),
         ):
             if (r["run_id"], r["step_id"], r["attempt"]) in self.worker.inflight:
@@ -89,8 +94,3 @@ class Reconciler:
         self.republished += count
         self.last_pass = time.monotonic()
         return count
-
-    async def stop(self, task: asyncio.Task) -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 
 from station_wf.bus.jetstream import Bus
 from station_wf.engine import interpreter as ip
-from station_wf.executors.base import ExecutorRegistry, StepCall, StepError
+from station_wf.executors.base import ExecutorRegistry, StepCall, StepError, StepResult
 from station_wf.store import runs as rs
 from station_wf.store.db import SqliteWriter
 from station_wf.store.definitions import DefinitionCache
@@ -203,14 +203,14 @@ class TaskWorker:
                 self._after_commit(begun.tasks)
                 await msg.ack()
                 return
-            output, error = await self._execute(msg, begun.call)
-            tasks = await self.writer.run(lambda c: self._tx_finish_step(c, run_id, step, attempt, output, error))
+            output, error, metadata = await self._execute(msg, begun.call)
+            tasks = await self.writer.run(lambda c: self._tx_finish_step(c, run_id, step, attempt, output, error, metadata))
             self._after_commit(tasks)
             await msg.ack()
         finally:
             self.inflight.discard(key)
 
-    async def _execute(self, msg: Msg, call: StepCall) -> tuple[Any, dict[str, Any] | None]:
+    async def _execute(self, msg: Msg, call: StepCall) -> tuple[Any, dict[str, Any] | None, dict[str, Any] | None]:
         async def heartbeat() -> None:
             while True:
                 await asyncio.sleep(self.heartbeat_s)
@@ -222,14 +222,16 @@ class TaskWorker:
         try:
             executor = self.registry.get(call.action)
             output = await asyncio.wait_for(executor.execute(call), call.timeout_seconds)
-            return output, None
+            if isinstance(output, StepResult):
+                return output.output, None, output.metadata
+            return output, None, None
         except StepError as exc:
-            return None, exc.to_dict()
+            return None, exc.to_dict(), exc.metadata or None
         except TimeoutError:
-            return None, {"type": "timeout", "message": f"step timed out after {call.timeout_seconds}s"}
+            return None, {"type": "timeout", "message": f"step timed out after {call.timeout_seconds}s"}, None
         except Exception as exc:  # noqa: BLE001 - an executor bug is a failed attempt, not a dead worker
             log.exception("executor %s raised", call.action)
-            return None, {"type": "executor_error", "message": f"{type(exc).__name__}: {exc}"}
+            return None, {"type": "executor_error", "message": f"{type(exc).__name__}: {exc}"}, None
         finally:
             beat.cancel()
             self.executed += 1
@@ -241,7 +243,7 @@ class TaskWorker:
         if run is None or run.status != ip.PENDING:
             return 0
         defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
-        return rs.apply_transition(conn, run, ip.start_run(defn, run_id, run.context))
+        return rs.apply_transition(conn, run, ip.start_run(defn, rs.run_state(conn, run)))
 
     def _tx_begin_step(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> _Skip | _Committed | _Run:
         run = rs.load_run(conn, run_id)
@@ -256,22 +258,21 @@ class TaskWorker:
             return _Skip(f"step attempt is {row['status']}")
         defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
         view = rs.step_view(row)
-        plan = ip.plan_step(defn, run.context, view)
-        if isinstance(plan, ip.Fail):
-            return _Committed(rs.apply_transition(conn, run, ip.step_failed(defn, run_id, run.context, view, plan.error), view))
-        if isinstance(plan, ip.Immediate):
-            rs.mark_running(conn, run, row, "builtin", {})
-            t = ip.step_succeeded(defn, run_id, run.context, view, plan.output, plan.next_state)
-            return _Committed(rs.apply_transition(conn, run, t, view))
-        rs.mark_running(conn, run, row, plan.action, plan.input)
+        decided = ip.begin_step(defn, rs.run_state(conn, run), view)
+        if decided is None:
+            return _Skip(f"step attempt is already {row['status']}")
+        if isinstance(decided, ip.Transition):
+            return _Committed(rs.apply_transition(conn, run, decided, view))
+        rs.mark_running(conn, run, row, decided.action, decided.input)
         return _Run(StepCall(
             run_id=run_id, step_id=step, attempt=attempt, idempotency_key=row["idempotency_key"],
-            state_name=row["state_name"], action=plan.action, input=plan.input,
-            timeout_seconds=plan.timeout_seconds, traceparent=run.traceparent, context=run.context,
+            state_name=row["state_name"], action=decided.action, input=decided.input,
+            timeout_seconds=decided.timeout_seconds, traceparent=run.traceparent, context=run.context,
         ))
 
     def _tx_finish_step(
         self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int, output: Any, error: dict[str, Any] | None,
+        metadata: dict[str, Any] | None = None,
     ) -> int:
         run = rs.load_run(conn, run_id)
         if run is None or run.status in ip.TERMINAL_RUN_STATUSES:
@@ -281,8 +282,11 @@ class TaskWorker:
             return 0
         defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
         view = rs.step_view(row)
+        state = rs.run_state(conn, run)
+        if metadata:
+            conn.execute("UPDATE workflow_run_steps SET metadata = ? WHERE id = ?", (rs.dumps(metadata), row["id"]))
         if error is not None:
-            t = ip.step_failed(defn, run_id, run.context, view, error)
+            t = ip.step_failed(defn, state, view, error)
         else:
-            t = ip.step_succeeded(defn, run_id, run.context, view, output)
+            t = ip.step_succeeded(defn, state, view, output)
         return rs.apply_transition(conn, run, t, view)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,18 +28,32 @@ class RunRow:
     workflow_version: int
     status: str
     context: dict[str, Any]
+    engine: dict[str, Any]
     traceparent: str | None
 
 
 def load_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
     row = conn.execute(
-        "SELECT run_id, workflow_id, workflow_version, status, context, traceparent FROM workflow_runs WHERE run_id = ?",
+        "SELECT run_id, workflow_id, workflow_version, status, context, engine_state, traceparent FROM workflow_runs WHERE run_id = ?",
         (run_id,),
     ).fetchone()
     if row is None:
         return None
     return RunRow(row["run_id"], row["workflow_id"], row["workflow_version"], row["status"],
-                  json.loads(row["context"]), row["traceparent"])
+                  json.loads(row["context"]), json.loads(row["engine_state"]), row["traceparent"])
+
+
+def open_steps(conn: sqlite3.Connection, run_id: str) -> tuple[ip.StepView, ...]:
+    rows = conn.execute(
+        "SELECT * FROM workflow_run_steps WHERE run_id = ? AND status IN ('PENDING', 'RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL')",
+        (run_id,),
+    ).fetchall()
+    return tuple(step_view(r) for r in rows)
+
+
+def run_state(conn: sqlite3.Connection, run: RunRow) -> ip.RunState:
+    """Everything the interpreter may look at, read inside the writer's transaction."""
+    return ip.RunState(run.run_id, run.context, run.engine, open_steps(conn, run.run_id), utcnow())
 
 
 def append_event(
@@ -105,25 +120,28 @@ def _insert_step(conn: sqlite3.Connection, run: RunRow, new: ip.NewStep, now: st
     return attempt, key
 
 
-def apply_transition(
-    conn: sqlite3.Connection, run: RunRow, t: ip.Transition, step: ip.StepView | None = None,
-) -> int:
-    """Commit one transition: step, run, context, events, new steps and their tasks. Returns tasks enqueued."""
+def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, step: ip.StepView | None = None) -> int:
+    """Commit one transition: steps, run, context, engine state, events, new steps with their tasks or
+    timers, and timers. Returns the number of tasks enqueued. `step` is unused but kept for callers'
+    clarity about which attempt caused the transition."""
     now = utcnow()
-    if step is not None and t.step_status is not None:
-        done = t.step_status not in ip.OPEN_STEP_STATUSES
+    for u in t.step_updates:
+        done = u.status not in ip.OPEN_STEP_STATUSES
+        guard = " AND status IN ('PENDING', 'RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL')" if u.only_if_open else ""
         conn.execute(
-            """UPDATE workflow_run_steps SET status = ?, output = COALESCE(?, output), error = COALESCE(?, error),
+            f"""UPDATE workflow_run_steps SET status = ?, output = COALESCE(?, output), error = COALESCE(?, error),
                    started_at = COALESCE(started_at, ?), completed_at = CASE WHEN ? THEN ? ELSE completed_at END
-               WHERE run_id = ? AND step_id = ? AND attempt = ?""",
-            (t.step_status, None if t.step_output is None else dumps(t.step_output),
-             None if t.step_error is None else dumps(t.step_error), now, done, now,
-             run.run_id, step.step_id, step.attempt),
+               WHERE run_id = ? AND step_id = ? AND attempt = ?{guard}""",
+            (u.status, None if u.output is None else dumps(u.output), None if u.error is None else dumps(u.error),
+             now, done, now, run.run_id, u.step_id, u.attempt),
         )
     sets, params = ["version = version + 1", "updated_at = ?"], [now]
     if t.context is not None:
         sets.append("context = ?")
         params.append(dumps(t.context))
+    if t.engine is not None:
+        sets.append("engine_state = ?")
+        params.append(dumps(t.engine))
     if t.run_status is not None:
         sets.append("status = ?")
         params.append(t.run_status)
@@ -139,16 +157,37 @@ def apply_transition(
     conn.execute(f"UPDATE workflow_runs SET {', '.join(sets)} WHERE run_id = ?", (*params, run.run_id))
     for event in t.events:
         append_event(conn, run.run_id, event.type, event.payload, event.step_id, now=now)
+    tasks = 0
     for new in t.new_steps:
         attempt, key = _insert_step(conn, run, new, now)
         append_event(
             conn, run.run_id, "step.scheduled",
             {"stateName": new.state_name, "stateType": new.state_type, "branchPath": new.branch_path,
-             "foreachIndex": new.foreach_index, "attempt": attempt},
+             "foreachIndex": new.foreach_index, "attempt": attempt, "delaySeconds": new.delay_seconds or None},
             new.step_id, now=now,
         )
-        enqueue_step_task(conn, run, new.step_id, attempt, key)
-    return len(t.new_steps)
+        if new.delay_seconds > 0:
+            add_timer(conn, run.run_id, "retry", new.delay_seconds, new.step_id, attempt)
+        else:
+            enqueue_step_task(conn, run, new.step_id, attempt, key)
+            tasks += 1
+    for timer in t.timers:
+        add_timer(conn, run.run_id, timer.kind, timer.delay_seconds, timer.step_id, timer.attempt, timer.payload)
+    if t.run_status in ip.TERMINAL_RUN_STATUSES:
+        conn.execute("UPDATE timers SET fired_at = ? WHERE run_id = ? AND fired_at IS NULL", (now, run.run_id))
+    return tasks
+
+
+def add_timer(conn: sqlite3.Connection, run_id: str, kind: str, delay: float, step: str | None = None,
+              attempt: int | None = None, payload: dict[str, Any] | None = None) -> None:
+    """A durable timer (invariant 5): fired by the timer loop, which re-checks state before acting."""
+    body = dict(payload or {})
+    if attempt is not None:
+        body["attempt"] = attempt
+    conn.execute(
+        "INSERT INTO timers (run_id, step_id, kind, due_at, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (run_id, step, kind, time.time() + delay, dumps(body), utcnow()),
+    )
 
 
 def load_step(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> sqlite3.Row | None:
@@ -158,7 +197,8 @@ def load_step(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) ->
 
 
 def step_view(row: sqlite3.Row) -> ip.StepView:
-    return ip.StepView(row["step_id"], row["state_name"], row["attempt"], row["branch_path"], row["foreach_index"])
+    return ip.StepView(row["step_id"], row["state_name"], row["attempt"], row["branch_path"], row["foreach_index"],
+                       row["status"], row["state_type"])
 
 
 def mark_running(conn: sqlite3.Connection, run: RunRow, row: sqlite3.Row, executor: str, rendered: dict[str, Any]) -> None:
