@@ -20,9 +20,25 @@ async def greeter(request: web.Request) -> web.Response:
     })
 
 
+# Canned answers for the incident-triage example's agents (any other name echoes its task).
+CANNED = {
+    "k8s-pod-checker": {"pods": [{"name": "api-7f9c", "ready": True}, {"name": "api-5d2a", "ready": False}]},
+    "slo-analyzer": {"error_rate": 0.08, "window": "15m"},
+    "k8s-remediator": {"restarted": ["api-5d2a"]},
+    "notification-sender": {"sent": True},
+}
+
+
+async def canned(request: web.Request) -> web.Response:
+    body = await request.json()
+    name = request.match_info["name"]
+    return web.json_response(CANNED.get(name, {"agent": name, "task": body.get("task")}))
+
+
 def build_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/agents/greeter", greeter)
+    app.router.add_post("/agents/{name}", canned)
     return app
 
 

@@ -50,6 +50,10 @@ class AgentBehaviour:
     reply: Any = None                 # None: echo a small object
     hold: threading.Event | None = None  # when set, calls wait for it (to kill the daemon mid-call)
     delay: float = 0.0
+    fail_first: int = 0               # answer 500 to this many calls first
+    reply_fn: Callable[[dict[str, Any]], Any] | None = None  # reply computed from the request body
+    active: int = 0
+    max_active: int = 0
 
 
 @dataclass
@@ -85,14 +89,32 @@ def agent_server() -> Iterator[AgentServer]:
         body = await request.json()
         with server.lock:
             server.calls.append(AgentCall(name, request.headers.get("Idempotency-Key"), body))
-        beh = server.behaviours.get(name, AgentBehaviour())
+        beh = server.behaviours.setdefault(name, AgentBehaviour())
+        with server.lock:
+            beh.active += 1
+            beh.max_active = max(beh.max_active, beh.active)
+            failing = beh.fail_first > 0
+            if failing:
+                beh.fail_first -= 1
+        try:
+            return await respond(beh, name, body, failing)
+        finally:
+            with server.lock:
+                beh.active -= 1
+
+    async def respond(beh: AgentBehaviour, name: str, body: dict[str, Any], failing: bool) -> web.Response:
+        if failing:
+            return web.json_response({"error": "injected failure"}, status=500)
         if beh.hold is not None:
             deadline = time.monotonic() + 60
             while not beh.hold.is_set() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
         if beh.delay:
             await asyncio.sleep(beh.delay)
-        reply = beh.reply if beh.reply is not None else {"agent": name, "task": body.get("task"), "ok": True}
+        if beh.reply_fn is not None:
+            reply = beh.reply_fn(body)
+        else:
+            reply = beh.reply if beh.reply is not None else {"agent": name, "task": body.get("task"), "ok": True}
         return web.json_response(reply, status=beh.status)
 
     async def main() -> None:
