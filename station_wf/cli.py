@@ -25,13 +25,14 @@ class CliError(Exception):
 
 # -- local commands ---------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    from station_wf.api.auth import TokenTableError
     from station_wf.daemon import DataDirLocked, serve
 
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(settings))
-    except DataDirLocked as exc:
+    except (DataDirLocked, TokenTableError) as exc:
         raise CliError(str(exc)) from None
     return 0
 

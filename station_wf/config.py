@@ -49,7 +49,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("http_addr", "STATION_HTTP_ADDR", str, "HOST:PORT of the REST API"),
     Option("environments_dir", "STATION_ENVIRONMENTS_DIR", str, "directory holding environments/<env>/"),
     Option("environment", "STATION_ENVIRONMENT", str, "environment synced at start-up"),
-    Option("api_token", "STATION_API_TOKEN", _opt_str, "bearer token required by the API (unset: no auth, loopback only)"),
+    Option("api_token", "STATION_API_TOKEN", _opt_str, "bearer token required by the API, principal 'admin' (unset: no auth, loopback only)"),
+    Option("api_tokens_file", "STATION_API_TOKENS_FILE", _opt_str, 'JSON file {"<token>": {"principal": "alice", "groups": ["platform"]}}'),
+    Option("sse_ping_seconds", "STATION_SSE_PING_SECONDS", float, "seconds between SSE keep-alive pings"),
+    Option("expression_timeout_ms", "STATION_EXPRESSION_TIMEOUT_MS", float, "time bound of one Starlark evaluation"),
     Option("worker_concurrency", "STATION_WORKER_CONCURRENCY", int, "tasks executed at once"),
     Option("ack_wait_seconds", "STATION_ACK_WAIT_SECONDS", float, "JetStream ack_wait; live steps heartbeat at a third of it"),
     Option("reconcile_seconds", "STATION_RECONCILE_SECONDS", float, "period of the reconciler"),
@@ -69,6 +72,9 @@ class Settings:
     environments_dir: str = "./environments"
     environment: str = "default"
     api_token: str | None = None
+    api_tokens_file: str | None = None
+    sse_ping_seconds: float = 15.0
+    expression_timeout_ms: float = 100.0
     worker_concurrency: int = 256
     ack_wait_seconds: float = 30.0
     reconcile_seconds: float = 5.0
@@ -97,9 +103,10 @@ class Settings:
             raise ValueError("STATION_NATS_EMBEDDED is false but STATION_NATS_URL is not set")
         if ":" not in self.http_addr:
             raise ValueError(f"STATION_HTTP_ADDR must be HOST:PORT, got {self.http_addr!r}")
-        if not self.api_token and self.http_host not in ("127.0.0.1", "localhost", "::1"):
+        if not self.api_token and not self.api_tokens_file and self.http_host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(
-                f"refusing to listen on {self.http_host} without STATION_API_TOKEN (unauthenticated API is loopback only)"
+                f"refusing to listen on {self.http_host} without STATION_API_TOKEN or STATION_API_TOKENS_FILE"
+                " (an unauthenticated API is served on loopback only)"
             )
         self.database_path  # noqa: B018 - raises on a bad URL
 

@@ -21,15 +21,19 @@ import uvicorn
 
 from station_wf.agents.catalog import AgentCatalog
 from station_wf.api.app import ApiState, build_app
+from station_wf.api.auth import TokenTable
+from station_wf.api.hub import EventHub
 from station_wf.bus.jetstream import Bus
 from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay
 from station_wf.config import Settings
+from station_wf.engine import interpreter as ip
 from station_wf.engine.reconciler import Reconciler
 from station_wf.engine.timers import TimerLoop
 from station_wf.engine.worker import TaskWorker
 from station_wf.executors.agent_run import AgentRunExecutor
 from station_wf.executors.base import ExecutorRegistry
+from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
 from station_wf.services.runs import RunService
 from station_wf.store.db import SqliteReaders, SqliteWriter
@@ -92,6 +96,9 @@ class Daemon:
         self.registry = ExecutorRegistry()
         self.agent_executor = AgentRunExecutor(self.agents)
         self.registry.register(self.agent_executor)
+        self.tokens = TokenTable.load(settings.api_token, settings.api_tokens_file)
+        self.hub = EventHub(self.readers)
+        ip.EXPRESSION_TIMEOUT_S = settings.expression_timeout_ms / 1000
         self.embedded: EmbeddedNats | None = None
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None
@@ -145,7 +152,11 @@ class Daemon:
         self._spawn("reconciler", self.reconciler.run())
         self._spawn("timers", self.timers.run())
         run_service = RunService(self.writer, self.readers, on_commit=self._kick_relays)
-        state = ApiState(run_service, DefinitionService(self.readers), self.writer, self.readiness, s.api_token)
+        control = ControlService(self.writer, self.readers, self.definitions, run_service, self._kick_relays,
+                                 self.worker.cancel_run)
+        self._spawn("event-hub", self.hub.run())
+        state = ApiState(run_service, DefinitionService(self.readers), self.writer, self.readiness, self.tokens,
+                         control, self.hub, sse_ping=s.sse_ping_seconds)
         config = uvicorn.Config(build_app(state), host=s.http_host, port=s.http_port, log_level="warning",
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=5)
         self.server = _ApiServer(config)
@@ -159,10 +170,12 @@ class Daemon:
         log.info("station-wf ready on http://%s (nats %s, data %s)", s.http_addr, url, self.data_dir.resolve())
 
     def _kick_relays(self) -> None:
+        """After every commit: publish new tasks and events now, and wake SSE subscribers."""
         if self.relay is not None:
             self.relay.kick()
         if self.event_relay is not None:
             self.event_relay.kick()
+        self.hub.kick()
 
     def _spawn(self, name: str, coro: Any) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -209,7 +222,7 @@ class Daemon:
             await self.worker.stop(self.settings.shutdown_grace_seconds)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["worker"], 5)
-        for name in ("outbox-relay", "event-relay"):
+        for name in ("outbox-relay", "event-relay", "event-hub"):
             task = self._tasks.get(name)
             if task is not None:
                 task.cancel()

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from station_wf.api.auth import Principal, TokenTable
+from station_wf.api.hub import EVENT_QUERY, EventHub, Subscriber, event_from_row
+from station_wf.api.idempotency import IdempotencyStore, request_hash
 from station_wf.errors import ServiceError, invalid
+from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, parse_api_body, tx_create, tx_disable
 from station_wf.services.runs import RunService
 
@@ -28,12 +33,33 @@ class ApiState:
     """What handlers need from the daemon; kept explicit so the API never reaches into internals."""
 
     def __init__(self, runs: RunService, definitions: DefinitionService, writer: Any,
-                 readiness: Callable[[], dict[str, bool]], api_token: str | None) -> None:
+                 readiness: Callable[[], dict[str, bool]], tokens: TokenTable, control: ControlService,
+                 hub: EventHub, sse_ping: float = 15.0, extra_routes: list[Route] | None = None) -> None:
         self.runs = runs
         self.definitions = definitions
         self.writer = writer
         self.readiness = readiness
-        self.api_token = api_token
+        self.tokens = tokens
+        self.control = control
+        self.hub = hub
+        self.sse_ping = sse_ping
+        self.idempotency = IdempotencyStore(writer)
+        self.extra_routes = extra_routes or []
+
+    async def readers_events(self, run_id: str, after_seq: int) -> list[dict[str, Any]]:
+        """A run's events after `after_seq`, all of them (paged reads), for an SSE backfill."""
+        out: list[dict[str, Any]] = []
+        while True:
+            rows = await self.runs.readers.fetchall(EVENT_QUERY + " WHERE e.run_id = ? AND e.seq > ? ORDER BY e.seq LIMIT 1000",
+                                                    (run_id, after_seq))
+            out.extend(event_from_row(r) for r in rows)
+            if len(rows) < 1000:
+                return out
+            after_seq = rows[-1]["seq"]
+
+    async def global_backlog(self, after_id: int, sub: Subscriber) -> list[dict[str, Any]]:
+        rows = await self.runs.readers.fetchall(EVENT_QUERY + " WHERE e.id > ? ORDER BY e.id LIMIT 10000", (after_id,))
+        return [e for e in (event_from_row(r) for r in rows) if sub.wants(e)]
 
 
 def error_response(request_id: str, status: int, code: str, message: str, details: Any = None) -> JSONResponse:
@@ -44,9 +70,9 @@ def error_response(request_id: str, status: int, code: str, message: str, detail
 class RequestContext:
     """Pure ASGI middleware: request id, bearer auth, and the 1 MiB body limit, before any handler runs."""
 
-    def __init__(self, app: ASGIApp, api_token: str | None) -> None:
+    def __init__(self, app: ASGIApp, tokens: TokenTable) -> None:
         self.app = app
-        self.api_token = api_token
+        self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,11 +82,14 @@ class RequestContext:
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"]
-        if self.api_token and path.startswith("/api/"):
-            supplied = headers.get("authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {self.api_token}".encode()):
+        if self.tokens.enabled:
+            principal = self.tokens.authenticate(headers.get("authorization"))
+            if principal is None and path.startswith("/api/"):
                 await error_response(request_id, 401, "unauthorized", "missing or wrong bearer token")(scope, receive, send)
                 return
+        else:  # loopback-only development: callers may name themselves
+            principal = Principal(headers.get("x-station-principal") or "anonymous")
+        scope["state"]["principal"] = principal
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             await error_response(request_id, 413, "payload_too_large",
@@ -82,6 +111,32 @@ def request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id", "")
 
 
+def principal_of(request: Request) -> Principal:
+    return request.scope.get("state", {}).get("principal") or Principal("anonymous")
+
+
+async def idempotent(request: Request, state: ApiState, action: Callable[[bytes], Awaitable[Response]]) -> Response:
+    """Run `action(body)` once per Idempotency-Key (when the client sent one)."""
+    body = await read_body(request)
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return await action(body)
+    scope = f"{request.method} {request.url.path} {principal_of(request).name}"
+    return await state.idempotency.run(scope, key, request_hash(request.method, request.url.path, body), lambda: action(body))
+
+
+def parse_json(raw: bytes, required: bool = True) -> Any:
+    if not raw.strip():
+        if required:
+            raise invalid("a JSON body is required", code="malformed_json")
+        return {}
+    try:
+        return json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError as exc:
+        raise invalid(f"malformed JSON: {exc}", {"line": getattr(exc, "lineno", None), "column": getattr(exc, "colno", None)},
+                      code="malformed_json") from None
+
+
 async def read_body(request: Request) -> bytes:
     """Read the body with a hard cap (chunked requests have no content-length to check up front)."""
     chunks, size = [], 0
@@ -95,16 +150,7 @@ async def read_body(request: Request) -> bytes:
 
 async def json_body(request: Request, required: bool = True) -> tuple[Any, str]:
     raw = await read_body(request)
-    if not raw.strip():
-        if required:
-            raise invalid("a JSON body is required", code="malformed_json")
-        return {}, ""
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text), text
-    except ValueError as exc:
-        raise invalid(f"malformed JSON: {exc}", {"line": getattr(exc, "lineno", None), "column": getattr(exc, "colno", None)},
-                      code="malformed_json") from None
+    return parse_json(raw, required), raw.decode("utf-8", errors="replace")
 
 
 def int_param(request: Request, name: str, default: int) -> int:
@@ -143,9 +189,20 @@ def build_app(state: ApiState) -> ASGIApp:
         route("/api/v1/workflows/{workflow_id}/versions", workflow_versions, ["GET"]),
         route("/api/v1/workflow-runs", start_run, ["POST"]),
         route("/api/v1/workflow-runs", list_runs, ["GET"]),
+        route("/api/v1/workflow-runs/stream", global_stream, ["GET"]),
         route("/api/v1/workflow-runs/{run_id}", get_run, ["GET"]),
         route("/api/v1/workflow-runs/{run_id}/events", run_events, ["GET"]),
+        route("/api/v1/workflow-runs/{run_id}/stream", run_stream, ["GET"]),
+        route("/api/v1/workflow-runs/{run_id}/pause", pause_run, ["POST"]),
+        route("/api/v1/workflow-runs/{run_id}/resume", resume_run, ["POST"]),
+        route("/api/v1/workflow-runs/{run_id}/cancel", cancel_run, ["POST"]),
+        route("/api/v1/workflow-runs/{run_id}/signals", send_signal, ["POST"]),
+        route("/api/v1/workflow-runs/{run_id}/approvals", run_approvals, ["GET"]),
+        route("/api/v1/workflow-runs/{run_id}/approvals/{approval_id}/approve", approve, ["POST"]),
+        route("/api/v1/workflow-runs/{run_id}/approvals/{approval_id}/reject", reject, ["POST"]),
+        route("/api/v1/workflow-approvals", approvals_inbox, ["GET"]),
     ]
+    routes.extend(state.extra_routes)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
@@ -153,7 +210,7 @@ def build_app(state: ApiState) -> ASGIApp:
         return error_response(request_id(request), status, code, f"{request.method} {request.url.path}: {code.replace('_', ' ')}")
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
-    return RequestContext(app, state.api_token)
+    return RequestContext(app, state.tokens)
 
 
 async def healthz(request: Request, state: ApiState) -> Response:
@@ -206,15 +263,18 @@ async def workflow_versions(request: Request, state: ApiState) -> Response:
 
 
 async def start_run(request: Request, state: ApiState) -> Response:
-    body, _ = await json_body(request)
-    if not isinstance(body, dict):
-        raise invalid("the body must be a JSON object {workflowId, version?, input}")
-    unknown = sorted(set(body) - {"workflowId", "version", "input"})
-    if unknown:
-        raise invalid(f"unknown field(s): {', '.join(unknown)}", {"fields": unknown})
-    run = await state.runs.start(body.get("workflowId"), body.get("input"), body.get("version"),
-                                 traceparent=request.headers.get("traceparent"))
-    return JSONResponse({"run": run}, status_code=201, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
+    async def action(raw: bytes) -> Response:
+        body = parse_json(raw)
+        if not isinstance(body, dict):
+            raise invalid("the body must be a JSON object {workflowId, version?, input}")
+        unknown = sorted(set(body) - {"workflowId", "version", "input"})
+        if unknown:
+            raise invalid(f"unknown field(s): {', '.join(unknown)}", {"fields": unknown})
+        run = await state.runs.start(body.get("workflowId"), body.get("input"), body.get("version"),
+                                     traceparent=request.headers.get("traceparent"))
+        return JSONResponse({"run": run}, status_code=201, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
+
+    return await idempotent(request, state, action)
 
 
 async def list_runs(request: Request, state: ApiState) -> Response:
@@ -229,3 +289,147 @@ async def get_run(request: Request, state: ApiState) -> Response:
 async def run_events(request: Request, state: ApiState) -> Response:
     return JSONResponse(await state.runs.events(
         request.path_params["run_id"], int_param(request, "afterSeq", 0), int_param(request, "limit", 100)))
+
+
+# -- people in the loop and run control ----------------------------------------------------------
+def _object(raw: bytes) -> dict[str, Any]:
+    body = parse_json(raw, required=False)
+    if not isinstance(body, dict):
+        raise invalid("the body must be a JSON object")
+    return body
+
+
+async def approvals_inbox(request: Request, state: ApiState) -> Response:
+    q = request.query_params
+    status = q.get("status", "pending") or None
+    return JSONResponse({"approvals": await state.control.list_approvals(None if status == "all" else status, q.get("workflowId"))})
+
+
+async def run_approvals(request: Request, state: ApiState) -> Response:
+    return JSONResponse({"approvals": await state.control.run_approvals(request.path_params["run_id"])})
+
+
+async def _decide(request: Request, state: ApiState, approve: bool) -> Response:
+    async def action(raw: bytes) -> Response:
+        body = _object(raw)
+        text = body.get("comment") if approve else body.get("reason", body.get("comment"))
+        approval = await state.control.decide(request.path_params["run_id"], request.path_params["approval_id"], approve,
+                                              principal_of(request), text)
+        return JSONResponse({"approval": approval})
+
+    return await idempotent(request, state, action)
+
+
+async def approve(request: Request, state: ApiState) -> Response:
+    return await _decide(request, state, True)
+
+
+async def reject(request: Request, state: ApiState) -> Response:
+    return await _decide(request, state, False)
+
+
+async def send_signal(request: Request, state: ApiState) -> Response:
+    async def action(raw: bytes) -> Response:
+        body = _object(raw)
+        info = await state.control.signal(request.path_params["run_id"], body.get("name"), body.get("payload"), principal_of(request))
+        return JSONResponse({"signal": info}, status_code=202)
+
+    return await idempotent(request, state, action)
+
+
+async def pause_run(request: Request, state: ApiState) -> Response:
+    return JSONResponse(await state.control.pause(request.path_params["run_id"], principal_of(request)))
+
+
+async def resume_run(request: Request, state: ApiState) -> Response:
+    return JSONResponse(await state.control.resume(request.path_params["run_id"], principal_of(request)))
+
+
+async def cancel_run(request: Request, state: ApiState) -> Response:
+    body = _object(await read_body(request))
+    return JSONResponse(await state.control.cancel(request.path_params["run_id"], body.get("reason"), principal_of(request)))
+
+
+# -- SSE ------------------------------------------------------------------------------------------
+TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.timed_out"})
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId") or "0"
+    try:
+        return max(int(raw), 0)
+    except ValueError:
+        raise invalid("Last-Event-ID must be an integer", {"lastEventId": raw}) from None
+
+
+def _sse(event: dict[str, Any], ident: int) -> dict[str, Any]:
+    data = {k: event[k] for k in ("runId", "seq", "type", "stepId", "payload", "actor", "time") if k in event}
+    return {"event": event["type"], "id": str(ident), "data": json.dumps(data)}
+
+
+async def _follow(sub: Subscriber, state: ApiState):
+    """Queue events until the hub drops us (we fell behind): the client then resumes by Last-Event-ID."""
+    while True:
+        try:
+            event = await asyncio.wait_for(sub.queue.get(), 1.0)
+        except TimeoutError:
+            if sub.overflowed:
+                return
+            continue
+        if event is None:
+            return
+        yield event
+
+
+async def run_stream(request: Request, state: ApiState) -> Response:
+    run_id = request.path_params["run_id"]
+    last = _last_event_id(request)
+    run = await state.runs.get(run_id)  # 404 before the stream starts
+    sub = state.hub.subscribe(Subscriber(run_id=run_id))  # before the backfill: nothing falls between
+
+    async def events():
+        nonlocal last
+        try:
+            backlog = await state.readers_events(run_id, last)
+            for event in backlog:
+                yield _sse(event, event["seq"])
+                last = event["seq"]
+                if event["type"] in TERMINAL_EVENTS:
+                    return
+            if not backlog and run["status"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT") and last >= run["lastEventSeq"]:
+                return
+            async for event in _follow(sub, state):
+                if event["seq"] <= last:
+                    continue
+                yield _sse(event, event["seq"])
+                last = event["seq"]
+                if event["type"] in TERMINAL_EVENTS:
+                    return
+        finally:
+            state.hub.unsubscribe(sub)
+
+    return EventSourceResponse(events(), ping=state.sse_ping)
+
+
+async def global_stream(request: Request, state: ApiState) -> Response:
+    q = request.query_params
+    statuses = frozenset(s.strip().upper() for s in q.get("status", "").split(",") if s.strip()) or None
+    last = _last_event_id(request)
+    sub = state.hub.subscribe(Subscriber(workflow_id=q.get("workflowId") or None, statuses=statuses))
+
+    async def events():
+        nonlocal last
+        try:
+            if last:
+                for event in await state.global_backlog(last, sub):
+                    yield _sse(event, event["id"])
+                    last = event["id"]
+            async for event in _follow(sub, state):
+                if event["id"] <= last:
+                    continue
+                yield _sse(event, event["id"])
+                last = event["id"]
+        finally:
+            state.hub.unsubscribe(sub)
+
+    return EventSourceResponse(events(), ping=state.sse_ping)

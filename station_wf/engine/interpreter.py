@@ -35,6 +35,7 @@ FAILED = "FAILED"
 CANCELLED = "CANCELLED"
 TIMED_OUT = "TIMED_OUT"
 TERMINAL_RUN_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
+ACTIVE_RUN_STATUSES = frozenset({RUNNING, WAITING_APPROVAL, WAITING_SIGNAL})  # tasks are executed
 
 # Step statuses.
 SUCCEEDED = "SUCCEEDED"
@@ -42,6 +43,7 @@ OPEN_STEP_STATUSES = frozenset({PENDING, RUNNING, WAITING_APPROVAL, WAITING_SIGN
 CONTAINER_TYPES = frozenset({"parallel", "foreach", "try"})
 
 RESERVED_INPUT_KEYS = ("workflow", "steps", "ctx")
+WAIT_POLICIES = ("fail", "cancel", "continue")
 EXPRESSION_TIMEOUT_S = 0.1  # the daemon may change it from settings
 
 
@@ -59,12 +61,34 @@ class StepView:
 
 
 @dataclass(frozen=True)
+class Signal:
+    id: int
+    name: str
+    payload: Any
+
+
+@dataclass(frozen=True)
 class RunState:
     run_id: str
     context: dict[str, Any]
     engine: dict[str, Any]
     open_steps: tuple[StepView, ...] = ()
     now: str = ""
+    signals: tuple[Signal, ...] = ()  # delivered, not yet consumed, in delivery order
+
+
+@dataclass(frozen=True)
+class NewApproval:
+    approval_id: str
+    step_id: str
+    attempt: int
+    state_name: str
+    message: str | None
+    summary: Any
+    approvers: list[str]
+    timeout_seconds: float | None
+    on_reject: str
+    on_timeout: str
 
 
 @dataclass(frozen=True)
@@ -121,6 +145,8 @@ class Transition:
     new_steps: list[NewStep] = field(default_factory=list)
     timers: list[NewTimer] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    approvals: list[NewApproval] = field(default_factory=list)
+    consumed_signals: list[tuple[int, str]] = field(default_factory=list)  # (signal id, step id)
 
 
 @dataclass(frozen=True)
@@ -274,9 +300,10 @@ def begin_step(defn: dict[str, Any], rs: RunState, step: StepView) -> Execute | 
             rendered = render(state.get("input") or {}, rs.context, extra=names if step.branch_path else None)
         except TemplateError as exc:
             return step_failed(defn, rs, step, {"type": "template", "message": f"state {state['name']!r}: {exc}"}, retry=False)
-        if state["action"] not in ("agent.run",):
-            return step_failed(defn, rs, step, {"type": "unsupported",
-                                                "message": f"action {state['action']!r} is not supported by this engine yet"}, retry=False)
+        if state["action"] == "human.approval":
+            return _request_approval(defn, rs, engine, step, state, rendered)
+        if state["action"] == "signal.wait":
+            return _wait_for_signal(defn, rs, engine, step, state, rendered)
         return Execute(state["action"], rendered, state.get("timeoutSeconds"))
     if kind == "inject":
         return _succeed(defn, rs, engine, step, copy.deepcopy(state.get("data")), started=True)
@@ -293,6 +320,101 @@ def begin_step(defn: dict[str, Any], rs: RunState, step: StepView) -> Execute | 
     if kind in CONTAINER_TYPES:
         return _enter_container(defn, rs, engine, step, state)
     return step_failed(defn, rs, step, {"type": "unsupported", "message": f"state type {kind!r} cannot run here"}, retry=False)
+
+
+def approval_id_for(step: StepView, run_id: str) -> str:
+    return "apr-" + step_id(run_id, step.step_id, str(step.attempt))[:16]
+
+
+def _request_approval(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView,
+                      state: dict[str, Any], rendered: dict[str, Any]) -> Transition:
+    """The gate: step and run wait; an approval row and, with a timeout, a durable timer."""
+    summary = None
+    if rendered.get("summaryPath"):
+        summary = get_path(view(rs, engine, step.branch_path), rendered["summaryPath"], default=None)
+    timeout = rendered.get("timeoutSeconds") or state.get("timeoutSeconds")
+    approval = NewApproval(
+        approval_id=approval_id_for(step, rs.run_id), step_id=step.step_id, attempt=step.attempt, state_name=step.state_name,
+        message=rendered.get("message"), summary=summary, approvers=list(rendered.get("approvers") or []),
+        timeout_seconds=float(timeout) if timeout else None,
+        on_reject=rendered.get("onReject") or "fail", on_timeout=rendered.get("onTimeout") or "fail",
+    )
+    t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, WAITING_APPROVAL)], approvals=[approval])
+    t.events.append(Event("step.started", {"attempt": step.attempt, "executor": "human.approval", "input": rendered}, step.step_id))
+    t.events.append(Event("approval.requested", {"approvalId": approval.approval_id, "message": approval.message,
+                                                 "summary": summary, "approvers": approval.approvers,
+                                                 "timeoutSeconds": approval.timeout_seconds}, step.step_id))
+    if approval.timeout_seconds:
+        t.timers.append(NewTimer("approval_timeout", approval.timeout_seconds, step.step_id, step.attempt,
+                                 {"approvalId": approval.approval_id}))
+    return t
+
+
+def approval_decided(defn: dict[str, Any], rs: RunState, step: StepView, decision: str, decided_by: str | None,
+                     comment: str | None, policy: str) -> Transition:
+    """approved | rejected | timed_out -> DESIGN 3's result at resultPath, then the onReject/onTimeout policy."""
+    engine = copy.deepcopy(rs.engine)
+    result = {"approved": decision == "approved", "decision": decision, "decidedBy": decided_by,
+              "comment": comment, "decidedAt": rs.now}
+    kind = "approval.timed_out" if decision == "timed_out" else "approval.decided"
+    t = Transition(engine=engine, events=[Event(kind, result, step.step_id)])
+    return _wait_outcome(defn, rs, engine, step, t, result, ok=decision == "approved", policy=policy,
+                         timed_out=decision == "timed_out", what=f"approval {decision.replace('_', ' ')}")
+
+
+def _wait_outcome(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, t: Transition, result: Any,
+                  ok: bool, policy: str, timed_out: bool, what: str) -> Transition:
+    if ok or policy == "continue":
+        return _succeed(defn, rs, engine, step, result, t=t)
+    error = {"type": "wait_timeout" if timed_out else "rejected", "message": f"state {step.state_name!r}: {what}", "result": result}
+    if policy == "cancel":
+        t.step_updates.append(StepUpdate(step.step_id, step.attempt, CANCELLED, output=result, error=error))
+        _end_run(rs, engine, t, CANCELLED, {**error, "stateName": step.state_name})
+        return t
+    return _fail_now(defn, rs, engine, step, error, t, status=TIMED_OUT if timed_out else FAILED)
+
+
+def _wait_for_signal(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView,
+                     state: dict[str, Any], rendered: dict[str, Any]) -> Transition:
+    name = str(rendered.get("signal") or "")
+    t = Transition(engine=engine)
+    t.events.append(Event("step.started", {"attempt": step.attempt, "executor": "signal.wait", "input": rendered}, step.step_id))
+    buffered = next((sig for sig in rs.signals if sig.name == name), None)
+    if buffered is not None:  # arrived before its wait: consumed now, once
+        return signal_received(defn, rs, step, buffered, t=t, engine=engine)
+    t.step_updates.append(StepUpdate(step.step_id, step.attempt, WAITING_SIGNAL))
+    t.events.append(Event("signal.waiting", {"signal": name}, step.step_id))
+    timeout = rendered.get("timeoutSeconds") or state.get("timeoutSeconds")
+    if timeout:
+        t.timers.append(NewTimer("signal_timeout", float(timeout), step.step_id, step.attempt, {"signal": name}))
+    return t
+
+
+def signal_received(defn: dict[str, Any], rs: RunState, step: StepView, sig: Signal, t: Transition | None = None,
+                    engine: dict[str, Any] | None = None) -> Transition:
+    engine = engine if engine is not None else copy.deepcopy(rs.engine)
+    t = t if t is not None else Transition(engine=engine)
+    t.consumed_signals.append((sig.id, step.step_id))
+    t.events.append(Event("signal.consumed", {"signal": sig.name, "signalId": sig.id, "payload": sig.payload}, step.step_id))
+    return _succeed(defn, rs, engine, step, sig.payload, t=t)
+
+
+def derive_status(open_statuses: list[str]) -> str:
+    """An active run's status from its open steps: work pending wins, then approvals, then signals."""
+    if any(s in (PENDING, RUNNING) for s in open_statuses):
+        return RUNNING
+    if WAITING_APPROVAL in open_statuses:
+        return WAITING_APPROVAL
+    if WAITING_SIGNAL in open_statuses:
+        return WAITING_SIGNAL
+    return RUNNING
+
+
+def cancel_run(rs: RunState, reason: str, actor: str | None) -> Transition:
+    engine = copy.deepcopy(rs.engine)
+    t = Transition(engine=engine)
+    _end_run(rs, engine, t, CANCELLED, {"type": "cancelled", "message": reason or "cancelled", "by": actor})
+    return t
 
 
 def _started(step: StepView, executor: str) -> Event:
@@ -572,7 +694,7 @@ def _fail_now(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: 
 
 def _scope_failed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, path: str, error: dict[str, Any]) -> None:
     if path == "":
-        _end_run(rs, engine, t, FAILED, error)
+        _end_run(rs, engine, t, TIMED_OUT if error.get("type") == "wait_timeout" else FAILED, error)
         return
     scope = engine["scopes"][path]
     record = engine["containers"][scope["container"]]
@@ -626,6 +748,13 @@ def timer_fired(defn: dict[str, Any], rs: RunState, kind: str, step: StepView | 
         t = Transition(engine=engine)
         _end_run(rs, engine, t, TIMED_OUT, {"type": "timeout", "message": f"workflow timed out after {defn.get('timeoutSeconds')}s"})
         return t
+    if kind == "approval_timeout" and step is not None and step.status == WAITING_APPROVAL:
+        return None  # decided through approval_decided by the shell, which owns the approval row
+    if kind == "signal_timeout" and step is not None and step.status == WAITING_SIGNAL:
+        state = scope_states(defn, step.branch_path)[step.state_name]
+        policy = (state.get("input") or {}).get("onTimeout") or "fail"
+        t = Transition(engine=engine, events=[Event("signal.timed_out", {}, step.step_id)])
+        return _wait_outcome(defn, rs, engine, step, t, None, ok=False, policy=policy, timed_out=True, what="signal wait timed out")
     if kind == "sleep" and step is not None and step.status == RUNNING:
         state = scope_states(defn, step.branch_path)[step.state_name]
         return _succeed(defn, rs, engine, step, {"sleptSeconds": state["durationSeconds"]})

@@ -58,7 +58,8 @@ class Reconciler:
         for r in await self.readers.fetchall(
             """SELECT s.run_id, s.step_id, s.attempt, s.idempotency_key, r.traceparent
                FROM workflow_run_steps s JOIN workflow_runs r ON r.run_id = s.run_id
-               WHERE s.status IN ('PENDING', 'RUNNING') AND r.status = 'RUNNING' AND s.created_at < ?
+               WHERE s.status IN ('PENDING', 'RUNNING') AND r.status IN ('RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL')
+                 AND s.created_at < ?
                  AND NOT (s.status = 'RUNNING' AND s.state_type IN ('parallel', 'foreach', 'try', 'sleep'))
                  AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.run_id = s.run_id AND t.step_id = s.step_id
                                  AND t.fired_at IS NULL)""",

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from station_wf.engine import control
 from station_wf.engine import interpreter as ip
 from station_wf.store import runs as rs
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
@@ -53,8 +54,11 @@ class TimerLoop:
             self._wake.clear()
 
     async def fire_due(self) -> int:
+        # A paused run's timers wait (still due) and fire on resume.
         rows = await self.readers.fetchall(
-            "SELECT id FROM timers WHERE fired_at IS NULL AND due_at <= ? ORDER BY due_at LIMIT ?", (time.time(), BATCH)
+            """SELECT t.id FROM timers t JOIN workflow_runs r ON r.run_id = t.run_id
+               WHERE t.fired_at IS NULL AND t.due_at <= ? AND r.status != 'PAUSED' ORDER BY t.due_at LIMIT ?""",
+            (time.time(), BATCH),
         )
         if not rows:
             return 0
@@ -83,8 +87,11 @@ class TimerLoop:
             if step_row is None or step_row["status"] not in ip.OPEN_STEP_STATUSES:
                 return
         if timer["kind"] == "retry":
-            if step_row is not None and step_row["status"] == ip.PENDING and run.status == ip.RUNNING:
+            if step_row is not None and step_row["status"] == ip.PENDING and run.status in ip.ACTIVE_RUN_STATUSES:
                 rs.enqueue_step_task(conn, run, step_row["step_id"], step_row["attempt"], step_row["idempotency_key"])
+            return
+        if timer["kind"] == "approval_timeout":
+            control.fire_approval_timeout(conn, self.definitions, run.run_id, payload["approvalId"])
             return
         defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
         view = rs.step_view(step_row) if step_row is not None else None

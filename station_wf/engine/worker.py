@@ -69,6 +69,7 @@ class TaskWorker:
         self.concurrency = concurrency
         self.heartbeat_s = max(ack_wait / 3, 0.5)
         self.inflight: set[tuple[str, str, int]] = set()
+        self._executions: dict[tuple[str, str, int], asyncio.Task] = {}
         self.subscribed = False
         self.executed = 0
         self._active = 0
@@ -163,6 +164,15 @@ class TaskWorker:
                 log.warning("worker: %d in-flight task(s) left unacked for redelivery", len(pending))
                 await asyncio.wait(pending, timeout=5)
 
+    def cancel_run(self, run_id: str) -> int:
+        """Cancel this run's executor calls in flight (closing their connections); their results are dropped."""
+        cancelled = 0
+        for (rid, _, _), task in list(self._executions.items()):
+            if rid == run_id and not task.done():
+                task.cancel()
+                cancelled += 1
+        return cancelled
+
     # -- one task -----------------------------------------------------------------------------
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -219,9 +229,18 @@ class TaskWorker:
 
         beat = asyncio.create_task(heartbeat())
         started = time.monotonic()
+        key = (call.run_id, call.step_id, call.attempt)
         try:
             executor = self.registry.get(call.action)
-            output = await asyncio.wait_for(executor.execute(call), call.timeout_seconds)
+            execution = asyncio.create_task(executor.execute(call))
+            self._executions[key] = execution
+            try:
+                output = await asyncio.wait_for(execution, call.timeout_seconds)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the worker itself is stopping: leave the task unacked
+                return None, {"type": "cancelled", "message": "the run was cancelled during the call"}, None
             if isinstance(output, StepResult):
                 return output.output, None, output.metadata
             return output, None, None
@@ -234,6 +253,7 @@ class TaskWorker:
             return None, {"type": "executor_error", "message": f"{type(exc).__name__}: {exc}"}, None
         finally:
             beat.cancel()
+            self._executions.pop(key, None)
             self.executed += 1
             log.debug("step %s/%s#%d took %.1f ms", call.run_id, call.step_id, call.attempt, (time.monotonic() - started) * 1000)
 
@@ -249,8 +269,8 @@ class TaskWorker:
         run = rs.load_run(conn, run_id)
         if run is None:
             return _Skip("unknown run")
-        if run.status != ip.RUNNING:
-            return _Skip(f"run is {run.status}")
+        if run.status not in ip.ACTIVE_RUN_STATUSES:
+            return _Skip(f"run is {run.status}")  # paused runs get their tasks again on resume
         row = rs.load_step(conn, run_id, step, attempt)
         if row is None:
             return _Skip("unknown step attempt")

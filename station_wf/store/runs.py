@@ -10,6 +10,7 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from station_wf.engine import interpreter as ip
@@ -51,9 +52,17 @@ def open_steps(conn: sqlite3.Connection, run_id: str) -> tuple[ip.StepView, ...]
     return tuple(step_view(r) for r in rows)
 
 
+def pending_signals(conn: sqlite3.Connection, run_id: str) -> tuple[ip.Signal, ...]:
+    rows = conn.execute(
+        "SELECT id, name, payload FROM workflow_signals WHERE run_id = ? AND consumed_by IS NULL ORDER BY id", (run_id,)
+    ).fetchall()
+    return tuple(ip.Signal(r["id"], r["name"], json.loads(r["payload"])) for r in rows)
+
+
 def run_state(conn: sqlite3.Connection, run: RunRow) -> ip.RunState:
     """Everything the interpreter may look at, read inside the writer's transaction."""
-    return ip.RunState(run.run_id, run.context, run.engine, open_steps(conn, run.run_id), utcnow())
+    return ip.RunState(run.run_id, run.context, run.engine, open_steps(conn, run.run_id), utcnow(),
+                       pending_signals(conn, run.run_id))
 
 
 def append_event(
@@ -79,11 +88,13 @@ def enqueue(conn: sqlite3.Connection, subject: str, msg_id: str, payload: dict[s
     )
 
 
-def enqueue_step_task(conn: sqlite3.Connection, run: RunRow, step: str, attempt: int, key: str) -> None:
+def enqueue_step_task(conn: sqlite3.Connection, run: RunRow, step: str, attempt: int, key: str, suffix: str = "") -> None:
+    """`suffix` gives a re-dispatch (resume) its own Nats-Msg-Id, so the broker's de-duplication window
+    does not swallow it."""
     headers = {"idempotency-key": key}
     if run.traceparent:
         headers["traceparent"] = run.traceparent
-    enqueue(conn, step_task_subject(run.run_id, step), f"step:{key}",
+    enqueue(conn, step_task_subject(run.run_id, step), f"step:{key}" + (f":{suffix}" if suffix else ""),
             {"runId": run.run_id, "stepId": step, "attempt": attempt}, headers)
 
 
@@ -173,8 +184,34 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
             tasks += 1
     for timer in t.timers:
         add_timer(conn, run.run_id, timer.kind, timer.delay_seconds, timer.step_id, timer.attempt, timer.payload)
-    if t.run_status in ip.TERMINAL_RUN_STATUSES:
+    for a in t.approvals:
+        expires = None
+        if a.timeout_seconds:
+            expires = datetime.fromtimestamp(time.time() + a.timeout_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        conn.execute(
+            """INSERT INTO workflow_approvals (approval_id, run_id, step_id, attempt, workflow_id, state_name, status, message,
+                   summary, approvers, on_reject, on_timeout, created_at, expires_at)
+               VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)""",
+            (a.approval_id, run.run_id, a.step_id, a.attempt, run.workflow_id, a.state_name, a.message, dumps(a.summary),
+             dumps(a.approvers), a.on_reject, a.on_timeout, now, expires),
+        )
+    for signal_id, consumer in t.consumed_signals:
+        conn.execute("UPDATE workflow_signals SET consumed_by = ?, consumed_at = ? WHERE id = ? AND consumed_by IS NULL",
+                     (consumer, now, signal_id))
+    final = t.run_status if t.run_status is not None else run.status
+    if final in ip.TERMINAL_RUN_STATUSES:
         conn.execute("UPDATE timers SET fired_at = ? WHERE run_id = ? AND fired_at IS NULL", (now, run.run_id))
+        conn.execute("UPDATE workflow_approvals SET status = 'closed', decided_at = ? WHERE run_id = ? AND status = 'pending'",
+                     (now, run.run_id))
+    elif final in ip.ACTIVE_RUN_STATUSES:
+        statuses = [r[0] for r in conn.execute(
+            "SELECT status FROM workflow_run_steps WHERE run_id = ? AND status IN ('PENDING', 'RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL')"
+            " AND NOT (status = 'RUNNING' AND state_type IN ('parallel', 'foreach', 'try'))",
+            (run.run_id,),
+        )]
+        derived = ip.derive_status(statuses)
+        if derived != final:
+            conn.execute("UPDATE workflow_runs SET status = ? WHERE run_id = ?", (derived, run.run_id))
     return tasks
 
 

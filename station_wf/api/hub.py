@@ -1,0 +1,106 @@
+"""In-process fan-out of committed events to SSE subscribers.
+
+Woken after every commit (never a fixed-interval poll): one read of the new rows of
+`workflow_run_events`, then each subscriber whose filter matches gets them on its own bounded queue.
+A subscriber that falls too far behind is dropped; its client reconnects with `Last-Event-ID`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from station_wf.store.db import SqliteReaders
+
+log = logging.getLogger(__name__)
+
+QUEUE_LIMIT = 10_000
+BATCH = 1000
+
+
+@dataclass
+class Subscriber:
+    run_id: str | None = None
+    workflow_id: str | None = None
+    statuses: frozenset[str] | None = None
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    overflowed: bool = False
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        if self.run_id is not None and event["runId"] != self.run_id:
+            return False
+        if self.workflow_id is not None and event["workflowId"] != self.workflow_id:
+            return False
+        return self.statuses is None or event["runStatus"] in self.statuses
+
+
+def event_from_row(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"], "runId": row["run_id"], "seq": row["seq"], "type": row["type"], "stepId": row["step_id"],
+        "payload": json.loads(row["payload"]), "actor": row["actor"], "time": row["created_at"],
+        "workflowId": row["workflow_id"], "runStatus": row["run_status"],
+    }
+
+
+EVENT_QUERY = """SELECT e.id, e.run_id, e.seq, e.type, e.step_id, e.payload, e.actor, e.created_at,
+                        r.workflow_id, r.status AS run_status
+                 FROM workflow_run_events e JOIN workflow_runs r ON r.run_id = e.run_id"""
+
+
+class EventHub:
+    def __init__(self, readers: SqliteReaders) -> None:
+        self.readers = readers
+        self.subscribers: set[Subscriber] = set()
+        self._wake = asyncio.Event()
+        self._cursor: int | None = None
+        self.delivered = 0
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def subscribe(self, sub: Subscriber) -> Subscriber:
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+    async def run(self) -> None:
+        row = await self.readers.fetchone("SELECT COALESCE(MAX(id), 0) AS id FROM workflow_run_events")
+        self._cursor = row["id"] if row else 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while await self._dispatch() == BATCH:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - try again at the next commit
+                log.exception("event hub")
+
+    async def _dispatch(self) -> int:
+        if not self.subscribers:
+            row = await self.readers.fetchone("SELECT COALESCE(MAX(id), 0) AS id FROM workflow_run_events")
+            self._cursor = row["id"] if row else self._cursor
+            return 0
+        rows = await self.readers.fetchall(EVENT_QUERY + " WHERE e.id > ? ORDER BY e.id LIMIT ?", (self._cursor, BATCH))
+        for row in rows:
+            event = event_from_row(row)
+            for sub in list(self.subscribers):
+                if sub.overflowed or not sub.wants(event):
+                    continue
+                try:
+                    sub.queue.put_nowait(event)
+                    self.delivered += 1
+                except asyncio.QueueFull:
+                    sub.overflowed = True
+                    with contextlib.suppress(asyncio.QueueFull):
+                        sub.queue.put_nowait(None)  # wakes the generator, which ends the stream
+        if rows:
+            self._cursor = rows[-1]["id"]
+        return len(rows)

@@ -1,0 +1,179 @@
+"""Transactions for what people and timers do to a run: decide approvals, deliver signals, pause,
+resume, cancel. Each is one writer transaction with compare-and-set on the current state, so a late
+timer, a second click or a lost race changes nothing and is reported as a conflict.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from station_wf.engine import interpreter as ip
+from station_wf.store import runs as rs
+from station_wf.store.db import utcnow
+from station_wf.store.definitions import DefinitionCache
+
+
+class Conflict(Exception):
+    """The transition is not allowed now; `current` says what the state is."""
+
+    def __init__(self, message: str, current: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class Missing(Exception):
+    pass
+
+
+@dataclass
+class Outcome:
+    tasks: int = 0
+    cancelled_run: str | None = None
+
+
+def _run_or_missing(conn: sqlite3.Connection, run_id: str) -> rs.RunRow:
+    run = rs.load_run(conn, run_id)
+    if run is None:
+        raise Missing(f"run {run_id!r} not found")
+    return run
+
+
+def approval_row(conn: sqlite3.Connection, run_id: str, approval_id: str) -> sqlite3.Row:
+    row = conn.execute("SELECT * FROM workflow_approvals WHERE approval_id = ? AND run_id = ?", (approval_id, run_id)).fetchone()
+    if row is None:
+        raise Missing(f"approval {approval_id!r} not found on run {run_id!r}")
+    return row
+
+
+def decide_approval(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, approval_id: str, decision: str,
+                    decided_by: str | None, comment: str | None) -> Outcome:
+    """approved | rejected | timed_out, once: the approval row's `pending` status is the compare-and-set."""
+    run = _run_or_missing(conn, run_id)
+    row = approval_row(conn, run_id, approval_id)
+    if row["status"] != "pending":
+        raise Conflict(f"approval is already {row['status']}", {"status": row["status"], "decidedBy": row["decided_by"],
+                                                                "decidedAt": row["decided_at"]})
+    step_row = rs.load_step(conn, run_id, row["step_id"], row["attempt"])
+    if run.status in ip.TERMINAL_RUN_STATUSES or step_row is None or step_row["status"] != ip.WAITING_APPROVAL:
+        raise Conflict(f"run is {run.status}", {"status": row["status"], "runStatus": run.status})
+    now = utcnow()
+    conn.execute(
+        "UPDATE workflow_approvals SET status = ?, decided_by = ?, comment = ?, decided_at = ? WHERE approval_id = ? AND status = 'pending'",
+        (decision, decided_by, comment, now, approval_id),
+    )
+    conn.execute("UPDATE timers SET fired_at = ? WHERE run_id = ? AND step_id = ? AND kind = 'approval_timeout' AND fired_at IS NULL",
+                 (now, run_id, row["step_id"]))
+    defn = defs.get(conn, run.workflow_id, run.workflow_version)
+    policy = row["on_timeout"] if decision == "timed_out" else row["on_reject"]
+    t = ip.approval_decided(defn, rs.run_state(conn, run), rs.step_view(step_row), decision, decided_by, comment, policy)
+    for event in t.events:
+        if event.type in ("approval.decided", "approval.timed_out"):
+            event.payload["approvalId"] = approval_id
+    return Outcome(rs.apply_transition(conn, run, t))
+
+
+def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, name: str, payload: Any,
+                   sender: str | None) -> tuple[Outcome, dict[str, Any]]:
+    """Record the signal in delivery order; a wait for it, if one is open, consumes it now."""
+    run = _run_or_missing(conn, run_id)
+    if run.status in ip.TERMINAL_RUN_STATUSES:
+        raise Conflict(f"run is {run.status}", {"status": run.status})
+    now = utcnow()
+    signal_id = conn.execute(
+        "INSERT INTO workflow_signals (run_id, name, payload, sender, received_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        (run_id, name, rs.dumps(payload), sender, now),
+    ).fetchone()[0]
+    rs.append_event(conn, run_id, "signal.received", {"signal": name, "signalId": signal_id, "payload": payload}, actor=sender)
+    info = {"signalId": signal_id, "name": name, "consumed": False}
+    waiting = conn.execute(
+        "SELECT * FROM workflow_run_steps WHERE run_id = ? AND status = 'WAITING_SIGNAL' ORDER BY id", (run_id,)
+    ).fetchall()
+    for step_row in waiting:
+        if (json.loads(step_row["input"] or "{}")).get("signal") != name:
+            continue
+        # The oldest unconsumed signal of this name goes first (in order, once).
+        state = rs.run_state(conn, rs.load_run(conn, run_id) or run)
+        oldest = next(s for s in state.signals if s.name == name)
+        defn = defs.get(conn, run.workflow_id, run.workflow_version)
+        conn.execute("UPDATE timers SET fired_at = ? WHERE run_id = ? AND step_id = ? AND kind = 'signal_timeout' AND fired_at IS NULL",
+                     (now, run_id, step_row["step_id"]))
+        t = ip.signal_received(defn, state, rs.step_view(step_row), oldest)
+        info["consumed"] = oldest.id == signal_id
+        return Outcome(rs.apply_transition(conn, rs.load_run(conn, run_id) or run, t)), info
+    conn.execute("UPDATE workflow_runs SET version = version + 1, updated_at = ? WHERE run_id = ?", (now, run_id))
+    return Outcome(), info
+
+
+def pause(conn: sqlite3.Connection, run_id: str, actor: str | None) -> Outcome:
+    run = _run_or_missing(conn, run_id)
+    if run.status == ip.PAUSED:
+        return Outcome()  # idempotent
+    if run.status not in ip.ACTIVE_RUN_STATUSES and run.status != ip.PENDING:
+        raise Conflict(f"cannot pause a run that is {run.status}", {"status": run.status})
+    now = utcnow()
+    conn.execute("UPDATE workflow_runs SET status = 'PAUSED', version = version + 1, updated_at = ?, "
+                 "engine_state = json_set(engine_state, '$.pausedFrom', ?) WHERE run_id = ?", (now, run.status, run_id))
+    rs.append_event(conn, run_id, "run.paused", {"from": run.status}, actor=actor, now=now)
+    return Outcome()
+
+
+def resume(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor: str | None) -> Outcome:
+    """Back to work: re-dispatch every step that is due (tasks dropped while paused), under fresh message ids.
+
+    Timers that came due during the pause were held back by the timer loop and fire now."""
+    run = _run_or_missing(conn, run_id)
+    if run.status in ip.ACTIVE_RUN_STATUSES:
+        return Outcome()  # idempotent
+    if run.status != ip.PAUSED:
+        raise Conflict(f"cannot resume a run that is {run.status}", {"status": run.status})
+    now = utcnow()
+    paused_from = run.engine.get("pausedFrom") or ip.RUNNING
+    target = ip.PENDING if paused_from == ip.PENDING else ip.RUNNING
+    conn.execute("UPDATE workflow_runs SET status = ?, version = version + 1, updated_at = ?, "
+                 "engine_state = json_remove(engine_state, '$.pausedFrom') WHERE run_id = ?", (target, now, run_id))
+    rs.append_event(conn, run_id, "run.resumed", {}, actor=actor, now=now)
+    run = rs.load_run(conn, run_id)
+    assert run is not None
+    tasks = 0
+    if target == ip.PENDING:
+        rs.enqueue(conn, rs.run_task_subject(run_id), f"run:{run_id}:start:resume{time.time_ns()}", {"runId": run_id}, {})
+        return Outcome(1)
+    due = conn.execute(
+        """SELECT s.* FROM workflow_run_steps s WHERE s.run_id = ? AND s.status IN ('PENDING', 'RUNNING')
+             AND NOT (s.status = 'RUNNING' AND s.state_type IN ('parallel', 'foreach', 'try', 'sleep'))
+             AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.run_id = s.run_id AND t.step_id = s.step_id AND t.fired_at IS NULL)""",
+        (run_id,),
+    ).fetchall()
+    for row in due:
+        rs.enqueue_step_task(conn, run, row["step_id"], row["attempt"], row["idempotency_key"], suffix=f"resume{time.time_ns()}")
+        tasks += 1
+    final = rs.load_run(conn, run_id)
+    if final is not None and final.status == ip.RUNNING:
+        rs.apply_transition(conn, final, ip.Transition())  # re-derive WAITING_* from open steps
+    return Outcome(tasks)
+
+
+def cancel(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, reason: str | None, actor: str | None) -> Outcome:
+    run = _run_or_missing(conn, run_id)
+    if run.status == ip.CANCELLED:
+        return Outcome(cancelled_run=run_id)  # idempotent
+    if run.status in ip.TERMINAL_RUN_STATUSES:
+        raise Conflict(f"cannot cancel a run that is {run.status}", {"status": run.status})
+    state = rs.run_state(conn, run)
+    t = ip.cancel_run(state, reason or "cancelled by request", actor)
+    for event in t.events:
+        if event.type == "run.cancelled":
+            event.payload["by"] = actor
+    rs.apply_transition(conn, run, t)
+    return Outcome(cancelled_run=run_id)
+
+
+def fire_approval_timeout(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, approval_id: str) -> Outcome:
+    try:
+        return decide_approval(conn, defs, run_id, approval_id, "timed_out", None, None)
+    except (Conflict, Missing):
+        return Outcome()  # decided meanwhile: the timer changes nothing

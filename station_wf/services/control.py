@@ -1,0 +1,108 @@
+"""ControlService: approvals, signals, pause/resume/cancel, as the API and CLI see them."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from station_wf.api.auth import Principal, may_decide
+from station_wf.engine import control as ec
+from station_wf.errors import ServiceError, invalid, not_found
+from station_wf.services.runs import RunService
+from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.definitions import DefinitionCache
+
+SIGNAL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def approval_to_api(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["approval_id"], "runId": row["run_id"], "stepId": row["step_id"], "attempt": row["attempt"],
+        "workflowId": row["workflow_id"], "stateName": row["state_name"], "status": row["status"],
+        "message": row["message"], "summary": json.loads(row["summary"]) if row["summary"] else None,
+        "approvers": json.loads(row["approvers"]) if row["approvers"] else [],
+        "onReject": row["on_reject"], "onTimeout": row["on_timeout"],
+        "decidedBy": row["decided_by"], "comment": row["comment"],
+        "createdAt": row["created_at"], "expiresAt": row["expires_at"], "decidedAt": row["decided_at"],
+    }
+
+
+class ControlService:
+    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, definitions: DefinitionCache, runs: RunService,
+                 on_commit: Callable[[], None], cancel_executions: Callable[[str], int]) -> None:
+        self.writer = writer
+        self.readers = readers
+        self.definitions = definitions
+        self.runs = runs
+        self.on_commit = on_commit
+        self.cancel_executions = cancel_executions
+
+    async def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        try:
+            result = await self.writer.run(fn)
+        except ec.Missing as exc:
+            raise ServiceError(404, "not_found", str(exc)) from None
+        except ec.Conflict as exc:
+            raise ServiceError(409, "conflict", str(exc), exc.current) from None
+        self.on_commit()
+        return result
+
+    # -- approvals --------------------------------------------------------------------------------
+    async def list_approvals(self, status: str | None, workflow_id: str | None, run_id: str | None = None) -> list[dict[str, Any]]:
+        where, params = [], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if workflow_id:
+            where.append("workflow_id = ?")
+            params.append(workflow_id)
+        if run_id:
+            where.append("run_id = ?")
+            params.append(run_id)
+        sql = "SELECT * FROM workflow_approvals" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_at, approval_id LIMIT 1000"
+        return [approval_to_api(r) for r in await self.readers.fetchall(sql, params)]
+
+    async def run_approvals(self, run_id: str) -> list[dict[str, Any]]:
+        await self.runs.get(run_id)  # 404 for an unknown run
+        return await self.list_approvals(None, None, run_id)
+
+    async def decide(self, run_id: str, approval_id: str, approve: bool, principal: Principal, comment: str | None) -> dict[str, Any]:
+        row = await self.readers.fetchone("SELECT * FROM workflow_approvals WHERE approval_id = ? AND run_id = ?", (approval_id, run_id))
+        if row is None:
+            raise not_found("approval", approval_id)
+        approvers = json.loads(row["approvers"]) if row["approvers"] else []
+        if not may_decide(principal, approvers):
+            raise ServiceError(403, "forbidden", f"{principal.name!r} is not an approver of this step", {"approvers": approvers})
+        if comment is not None and not isinstance(comment, str):
+            raise invalid("comment/reason must be a string")
+        decision = "approved" if approve else "rejected"
+        await self._tx(lambda c: ec.decide_approval(c, self.definitions, run_id, approval_id, decision, principal.name, comment))
+        fresh = await self.readers.fetchone("SELECT * FROM workflow_approvals WHERE approval_id = ?", (approval_id,))
+        assert fresh is not None
+        return approval_to_api(fresh)
+
+    # -- signals ----------------------------------------------------------------------------------
+    async def signal(self, run_id: str, name: Any, payload: Any, principal: Principal) -> dict[str, Any]:
+        if not isinstance(name, str) or not SIGNAL_NAME.match(name):
+            raise invalid("signal name must be 1-128 letters, digits, '_' or '-'", {"name": name})
+        _, info = await self._tx(lambda c: ec.deliver_signal(c, self.definitions, run_id, name, payload, principal.name))
+        return info
+
+    # -- run control ------------------------------------------------------------------------------
+    async def pause(self, run_id: str, principal: Principal) -> dict[str, Any]:
+        await self._tx(lambda c: ec.pause(c, run_id, principal.name))
+        return await self.runs.get(run_id)
+
+    async def resume(self, run_id: str, principal: Principal) -> dict[str, Any]:
+        await self._tx(lambda c: ec.resume(c, self.definitions, run_id, principal.name))
+        return await self.runs.get(run_id)
+
+    async def cancel(self, run_id: str, reason: Any, principal: Principal) -> dict[str, Any]:
+        if reason is not None and not isinstance(reason, str):
+            raise invalid("reason must be a string")
+        await self._tx(lambda c: ec.cancel(c, self.definitions, run_id, reason, principal.name))
+        self.cancel_executions(run_id)  # after the commit: the late results find the steps closed
+        return await self.runs.get(run_id)
