@@ -54,6 +54,7 @@ class AgentBehaviour:
     reply_fn: Callable[[dict[str, Any]], Any] | None = None  # reply computed from the request body
     active: int = 0
     max_active: int = 0
+    disconnects: int = 0              # held calls whose client hung up (cancellation closes the connection)
 
 
 @dataclass
@@ -97,17 +98,21 @@ def agent_server() -> Iterator[AgentServer]:
             if failing:
                 beh.fail_first -= 1
         try:
-            return await respond(beh, name, body, failing)
+            return await respond(request, beh, name, body, failing)
         finally:
             with server.lock:
                 beh.active -= 1
 
-    async def respond(beh: AgentBehaviour, name: str, body: dict[str, Any], failing: bool) -> web.Response:
+    async def respond(request: web.Request, beh: AgentBehaviour, name: str, body: dict[str, Any], failing: bool) -> web.Response:
         if failing:
             return web.json_response({"error": "injected failure"}, status=500)
         if beh.hold is not None:
             deadline = time.monotonic() + 60
             while not beh.hold.is_set() and time.monotonic() < deadline:
+                if request.transport is None or request.transport.is_closing():
+                    with server.lock:
+                        beh.disconnects += 1
+                    return web.json_response({"error": "client went away"}, status=499)
                 await asyncio.sleep(0.02)
         if beh.delay:
             await asyncio.sleep(beh.delay)

@@ -22,7 +22,7 @@ QUEUE_LIMIT = 10_000
 BATCH = 1000
 
 
-@dataclass
+@dataclass(eq=False)  # identity-hashed: each connection is its own subscriber
 class Subscriber:
     run_id: str | None = None
     workflow_id: str | None = None

@@ -111,6 +111,7 @@ class StepUpdate:
     output: Any = None
     error: dict[str, Any] | None = None
     only_if_open: bool = False  # cancellations: compare-and-set, never overwrite a closed attempt
+    input: dict[str, Any] | None = None  # the rendered input of a built-in wait (approval, signal)
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,8 @@ def _request_approval(defn: dict[str, Any], rs: RunState, engine: dict[str, Any]
         timeout_seconds=float(timeout) if timeout else None,
         on_reject=rendered.get("onReject") or "fail", on_timeout=rendered.get("onTimeout") or "fail",
     )
-    t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, WAITING_APPROVAL)], approvals=[approval])
+    t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, WAITING_APPROVAL, input=rendered)],
+                   approvals=[approval])
     t.events.append(Event("step.started", {"attempt": step.attempt, "executor": "human.approval", "input": rendered}, step.step_id))
     t.events.append(Event("approval.requested", {"approvalId": approval.approval_id, "message": approval.message,
                                                  "summary": summary, "approvers": approval.approvers,
@@ -382,7 +384,7 @@ def _wait_for_signal(defn: dict[str, Any], rs: RunState, engine: dict[str, Any],
     buffered = next((sig for sig in rs.signals if sig.name == name), None)
     if buffered is not None:  # arrived before its wait: consumed now, once
         return signal_received(defn, rs, step, buffered, t=t, engine=engine)
-    t.step_updates.append(StepUpdate(step.step_id, step.attempt, WAITING_SIGNAL))
+    t.step_updates.append(StepUpdate(step.step_id, step.attempt, WAITING_SIGNAL, input=rendered))
     t.events.append(Event("signal.waiting", {"signal": name}, step.step_id))
     timeout = rendered.get("timeoutSeconds") or state.get("timeoutSeconds")
     if timeout:

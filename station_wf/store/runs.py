@@ -141,10 +141,11 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
         guard = " AND status IN ('PENDING', 'RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL')" if u.only_if_open else ""
         conn.execute(
             f"""UPDATE workflow_run_steps SET status = ?, output = COALESCE(?, output), error = COALESCE(?, error),
-                   started_at = COALESCE(started_at, ?), completed_at = CASE WHEN ? THEN ? ELSE completed_at END
+                   input = COALESCE(?, input), started_at = COALESCE(started_at, ?),
+                   completed_at = CASE WHEN ? THEN ? ELSE completed_at END
                WHERE run_id = ? AND step_id = ? AND attempt = ?{guard}""",
             (u.status, None if u.output is None else dumps(u.output), None if u.error is None else dumps(u.error),
-             now, done, now, run.run_id, u.step_id, u.attempt),
+             None if u.input is None else dumps(u.input), now, done, now, run.run_id, u.step_id, u.attempt),
         )
     sets, params = ["version = version + 1", "updated_at = ?"], [now]
     if t.context is not None:
