@@ -152,11 +152,12 @@ def test_approve_and_reject_race_exactly_one_wins(authed: Daemon) -> None:
         results: list[int] = []
         barrier = threading.Barrier(2)
 
-        def decide(path: str, headers: dict) -> None:
+        def decide(path: str, headers: dict, barrier: threading.Barrier, results: list[int], base: str) -> None:
             barrier.wait()
             results.append(api(authed, "POST", base + path, headers, json={}).status_code)
 
-        threads = [threading.Thread(target=decide, args=("/approve", ALICE)), threading.Thread(target=decide, args=("/reject", BOB))]
+        threads = [threading.Thread(target=decide, args=("/approve", ALICE, barrier, results, base)),
+                   threading.Thread(target=decide, args=("/reject", BOB, barrier, results, base))]
         for t in threads:
             t.start()
         for t in threads:
