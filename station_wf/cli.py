@@ -92,7 +92,7 @@ def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None)
     req.add_header("Accept", "application/json")
     if data is not None:
         req.add_header("Content-Type", "application/json")
-    token = args.token or os.environ.get("STATION_API_TOKEN")
+    token = getattr(args, "token", None) or os.environ.get("STATION_API_TOKEN")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -136,11 +136,47 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    if args.run_id:
-        _print(api_call(args, "GET", f"/api/v1/workflow-runs/{args.run_id}"))
+    action = args.action
+    if action == "list":
+        query = "&".join(f"{k}={v}" for k, v in (("workflowId", args.workflow), ("status", args.status), ("limit", args.limit)) if v)
+        _print(api_call(args, "GET", "/api/v1/workflow-runs" + (f"?{query}" if query else "")))
         return 0
-    query = "&".join(f"{k}={v}" for k, v in (("workflowId", args.workflow), ("status", args.status), ("limit", args.limit)) if v)
-    _print(api_call(args, "GET", "/api/v1/workflow-runs" + (f"?{query}" if query else "")))
+    if not args.run_id:
+        raise CliError(f"runs {action} needs a RUN_ID")
+    path = f"/api/v1/workflow-runs/{args.run_id}"
+    if action == "show":
+        _print(api_call(args, "GET", path))
+    elif action in ("pause", "resume"):
+        _print(api_call(args, "POST", f"{path}/{action}", {}))
+    elif action == "cancel":
+        _print(api_call(args, "POST", f"{path}/cancel", {"reason": args.reason} if args.reason else {}))
+    elif action == "signal":
+        if not args.name:
+            raise CliError("runs signal needs --name")
+        try:
+            payload = json.loads(args.payload) if args.payload else None
+        except ValueError as exc:
+            raise CliError(f"--payload is not valid JSON: {exc}") from None
+        _print(api_call(args, "POST", f"{path}/signals", {"name": args.name, "payload": payload}))
+    return 0
+
+
+def cmd_approvals(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        query = "&".join(f"{k}={v}" for k, v in (("status", args.status), ("workflowId", args.workflow)) if v)
+        _print(api_call(args, "GET", "/api/v1/workflow-approvals" + (f"?{query}" if query else "")))
+        return 0
+    if not args.approval_id:
+        raise CliError(f"approvals {args.action} needs an APPROVAL_ID")
+    run_id = args.run
+    if not run_id:  # find the run from the inbox
+        found = [a for a in api_call(args, "GET", "/api/v1/workflow-approvals?status=all")["approvals"] if a["id"] == args.approval_id]
+        if not found:
+            raise CliError(f"approval {args.approval_id!r} not found")
+        run_id = found[0]["runId"]
+    field = "comment" if args.action == "approve" else "reason"
+    body = {field: args.comment} if args.comment else {}
+    _print(api_call(args, "POST", f"/api/v1/workflow-runs/{run_id}/approvals/{args.approval_id}/{args.action}", body))
     return 0
 
 
@@ -188,13 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
     client(run)
     run.set_defaults(func=cmd_run)
 
-    runs = sub.add_parser("runs", help="list runs, or show one")
+    runs = sub.add_parser("runs", help="list, show, pause, resume, cancel or signal runs")
+    runs.add_argument("action", choices=["list", "show", "pause", "resume", "cancel", "signal"])
     runs.add_argument("run_id", nargs="?")
     runs.add_argument("--workflow")
     runs.add_argument("--status")
     runs.add_argument("--limit", type=int)
+    runs.add_argument("--reason", help="cancel: why")
+    runs.add_argument("--name", help="signal: its name")
+    runs.add_argument("--payload", help="signal: a JSON payload")
     client(runs)
     runs.set_defaults(func=cmd_runs)
+
+    approvals = sub.add_parser("approvals", help="list pending approvals, approve or reject one")
+    approvals.add_argument("action", choices=["list", "approve", "reject"])
+    approvals.add_argument("approval_id", nargs="?")
+    approvals.add_argument("--run", help="the approval's run (looked up when omitted)")
+    approvals.add_argument("--comment", help="approve: comment; reject: reason")
+    approvals.add_argument("--status", help="list: pending (default), approved, rejected, timed_out or all")
+    approvals.add_argument("--workflow")
+    client(approvals)
+    approvals.set_defaults(func=cmd_approvals)
 
     workflows = sub.add_parser("workflows", help="list workflows, or show one")
     workflows.add_argument("workflow_id", nargs="?")

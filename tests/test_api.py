@@ -230,7 +230,7 @@ def test_cli_run_wait_and_runs(daemon: Daemon) -> None:
     assert bad.returncode == 1
     assert bad.stderr.startswith("station-wf: 400 invalid_input:") and "\n" == bad.stderr[-1] and bad.stderr.count("\n") == 1
 
-    listed = subprocess.run([*cli, "runs", "--workflow", "pipeline", "--url", daemon.base], capture_output=True, text=True, timeout=60)
+    listed = subprocess.run([*cli, "runs", "list", "--workflow", "pipeline", "--url", daemon.base], capture_output=True, text=True, timeout=60)
     assert json.loads(listed.stdout)["runs"][0]["id"] == run["id"]
 
 

@@ -400,3 +400,39 @@ def test_global_stream_carries_approval_events(authed: Daemon) -> None:
     resumed = read_sse(f"{authed.base}/api/v1/workflow-runs/stream", headers={**ALICE, "Last-Event-ID": str(ids[2])}, limit=3)
     assert [int(e["id"]) for e in resumed] == ids[3:6]
     assert types[-1] == "approval.requested"
+
+
+def test_cli_approvals_and_run_control(authed: Daemon) -> None:
+    import subprocess
+    import sys
+
+    authed.add_workflow("gated", gated())
+    authed.add_workflow("signals", SIGNALS)
+    authed.start()
+    cli = [sys.executable, "-m", "station_wf.cli"]
+    env = {"PATH": "/usr/bin:/bin", "STATION_API_TOKEN": "bob-token-0123456789ab"}
+
+    def run_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args, "--url", authed.base], capture_output=True, text=True, timeout=60, env=env)
+
+    run = start(authed, "gated")
+    aid = pending_approval(authed, run["id"])["id"]
+    listed = run_cli("approvals", "list")
+    assert listed.returncode == 0 and json.loads(listed.stdout)["approvals"][0]["id"] == aid
+    ok = run_cli("approvals", "approve", aid, "--comment", "fine")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["approval"]["decidedBy"] == "bob"
+    again = run_cli("approvals", "reject", aid)
+    assert again.returncode == 1 and again.stderr.startswith("station-wf: 409 conflict: approval is already approved")
+
+    sig_run = start(authed, "signals")
+    wait_run(authed, sig_run["id"], "WAITING_SIGNAL")
+    assert run_cli("runs", "pause", sig_run["id"]).returncode == 0
+    assert get_run(authed, sig_run["id"])["status"] == "PAUSED"
+    assert run_cli("runs", "resume", sig_run["id"]).returncode == 0
+    sent = run_cli("runs", "signal", sig_run["id"], "--name", "go", "--payload", '{"x": 1}')
+    assert sent.returncode == 0 and json.loads(sent.stdout)["signal"]["consumed"] is True
+    cancelled = run_cli("runs", "cancel", sig_run["id"], "--reason", "enough")
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "CANCELLED"
+    shown = run_cli("runs", "show", sig_run["id"])
+    assert json.loads(shown.stdout)["context"]["got"] == {"first": {"x": 1}}
