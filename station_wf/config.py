@@ -58,6 +58,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("reconcile_seconds", "STATION_RECONCILE_SECONDS", float, "period of the reconciler"),
     Option("shutdown_grace_seconds", "STATION_SHUTDOWN_GRACE_SECONDS", float, "how long in-flight steps may finish on SIGTERM"),
     Option("log_level", "STATION_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
+    Option("log_format", "STATION_LOG_FORMAT", str, "json (one object per line) or text"),
+    Option("retention_days", "STATION_RETENTION_DAYS", float, "finished runs older than this are deleted (0: keep forever)"),
+    Option("retention_interval_seconds", "STATION_RETENTION_INTERVAL_SECONDS", float, "how often retention runs"),
 )
 
 
@@ -80,6 +83,9 @@ class Settings:
     reconcile_seconds: float = 5.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
+    log_format: str = "text"
+    retention_days: float = 30.0
+    retention_interval_seconds: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

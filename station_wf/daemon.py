@@ -29,6 +29,8 @@ from station_wf.bus.relay import EventRelay, OutboxRelay
 from station_wf.config import Settings
 from station_wf.engine import interpreter as ip
 from station_wf.engine.reconciler import Reconciler
+from station_wf.engine.retention import retention_loop
+from station_wf.engine.schedules import ScheduleLoop
 from station_wf.engine.timers import TimerLoop
 from station_wf.engine.worker import TaskWorker
 from station_wf.executors.agent_run import AgentRunExecutor
@@ -151,6 +153,10 @@ class Daemon:
         self._spawn("worker", self.worker.run())
         self._spawn("reconciler", self.reconciler.run())
         self._spawn("timers", self.timers.run())
+        self.schedules = ScheduleLoop(self.writer, self.readers, self._kick_relays)
+        self._spawn("schedules", self.schedules.run())
+        if s.retention_days > 0:
+            self._spawn("retention", retention_loop(self.writer, s.retention_days, s.retention_interval_seconds))
         run_service = RunService(self.writer, self.readers, on_commit=self._kick_relays)
         control = ControlService(self.writer, self.readers, self.definitions, run_service, self._kick_relays,
                                  self.worker.cancel_run)
@@ -212,7 +218,7 @@ class Daemon:
             self.server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["api"], 10)
-        for name in ("reconciler", "timers"):
+        for name in ("reconciler", "timers", "schedules", "retention"):
             task = self._tasks.get(name)
             if task is not None:
                 task.cancel()

@@ -19,10 +19,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from station_wf.api.auth import Principal, TokenTable
 from station_wf.api.hub import EVENT_QUERY, EventHub, Subscriber, event_from_row
 from station_wf.api.idempotency import IdempotencyStore, request_hash
+from station_wf.engine.schedules import schedule_clock, schedule_to_api
 from station_wf.errors import ServiceError, invalid
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, parse_api_body, tx_create, tx_disable
 from station_wf.services.runs import RunService
+from station_wf.store.db import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +203,9 @@ def build_app(state: ApiState) -> ASGIApp:
         route("/api/v1/workflow-runs/{run_id}/approvals/{approval_id}/approve", approve, ["POST"]),
         route("/api/v1/workflow-runs/{run_id}/approvals/{approval_id}/reject", reject, ["POST"]),
         route("/api/v1/workflow-approvals", approvals_inbox, ["GET"]),
+        route("/api/v1/workflow-schedules", list_schedules, ["GET"]),
+        route("/api/v1/workflow-schedules/{schedule_id}/enable", enable_schedule, ["POST"]),
+        route("/api/v1/workflow-schedules/{schedule_id}/disable", disable_schedule, ["POST"]),
     ]
     routes.extend(state.extra_routes)
 
@@ -433,3 +438,36 @@ async def global_stream(request: Request, state: ApiState) -> Response:
             state.hub.unsubscribe(sub)
 
     return EventSourceResponse(events(), ping=state.sse_ping)
+
+
+# -- schedules ------------------------------------------------------------------------------------
+async def list_schedules(request: Request, state: ApiState) -> Response:
+    q = request.query_params
+    sql, params = "SELECT * FROM workflow_schedules WHERE defined = 1", []
+    if q.get("workflowId"):
+        sql += " AND workflow_id = ?"
+        params.append(q["workflowId"])
+    rows = await state.runs.readers.fetchall(sql + " ORDER BY schedule_id", params)
+    now = schedule_clock()
+    return JSONResponse({"schedules": [schedule_to_api(r, now) for r in rows]})
+
+
+async def _set_schedule(request: Request, state: ApiState, enabled: bool) -> Response:
+    sid = request.path_params["schedule_id"]
+
+    def apply(conn: Any) -> Any:
+        conn.execute("UPDATE workflow_schedules SET enabled = ?, updated_at = ? WHERE schedule_id = ?", (int(enabled), utcnow(), sid))
+        return conn.execute("SELECT * FROM workflow_schedules WHERE schedule_id = ?", (sid,)).fetchone()
+
+    row = await state.writer.run(apply)
+    if row is None:
+        raise ServiceError(404, "not_found", f"schedule {sid!r} not found", {"id": sid})
+    return JSONResponse(schedule_to_api(row, schedule_clock()))
+
+
+async def enable_schedule(request: Request, state: ApiState) -> Response:
+    return await _set_schedule(request, state, True)
+
+
+async def disable_schedule(request: Request, state: ApiState) -> Response:
+    return await _set_schedule(request, state, False)

@@ -16,6 +16,7 @@ from station_wf.dsl.loader import (
     normalize_definition,
     parse_definition,
 )
+from station_wf.engine.schedules import sync_schedules
 from station_wf.errors import ServiceError, invalid, not_found
 from station_wf.store import definitions as ds
 from station_wf.store.db import SqliteReaders
@@ -68,6 +69,7 @@ def plan_sync(environments_dir: Path, environment: str):
     def apply(conn: sqlite3.Connection) -> SyncReport:
         for defn, raw, file in parsed:
             reg = ds.register(conn, defn, raw, source="file", source_file=file, environment=environment)
+            sync_schedules(conn, defn["id"], defn)
             if reg.created or reg.reactivated:
                 report.registered.append({"workflowId": reg.workflow_id, "version": reg.version, "file": file})
             else:
@@ -170,7 +172,9 @@ def tx_create(defn: dict[str, Any], raw: str, *, must_exist: bool):
         if not must_exist and head is not None:
             raise ServiceError(409, "conflict", f"workflow {defn['id']!r} exists; PUT /api/v1/workflows/{defn['id']} makes a new version",
                                {"id": defn["id"], "version": head["version"]})
-        return ds.register(conn, defn, raw, source="api").version
+        version = ds.register(conn, defn, raw, source="api").version
+        sync_schedules(conn, defn["id"], defn)
+        return version
     return apply
 
 

@@ -72,6 +72,15 @@ def run_to_api(row: sqlite3.Row, steps: list[sqlite3.Row] | None = None, include
     return out
 
 
+def insert_new_run(conn: sqlite3.Connection, row: sqlite3.Row, defn: dict[str, Any], run_id: str, run_input: dict[str, Any],
+                   traceparent: str | None, extra_context: dict[str, Any] | None = None) -> None:
+    """The one way a run is created (API and schedules): its context, row, first event and run task."""
+    now = utcnow()
+    context = ip.initial_context(defn, run_id, row["version"], run_input, now)
+    context.update(extra_context or {})
+    rs.insert_run(conn, run_id, row["workflow_id"], row["version"], row["content_hash"], run_input, context, traceparent, now)
+
+
 def encode_cursor(value: int) -> str:
     return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
 
@@ -112,14 +121,7 @@ class RunService:
         if problems:
             raise ServiceError(400, "invalid_input", f"input does not match the input schema of {workflow_id!r}", problems)
         run_id = str(uuid.uuid4())
-        now = utcnow()
-        context = ip.initial_context(defn, run_id, row["version"], run_input, now)
-        wf_version, digest = row["version"], row["content_hash"]
-
-        def apply(conn: sqlite3.Connection) -> None:
-            rs.insert_run(conn, run_id, workflow_id, wf_version, digest, run_input, context, traceparent, now)
-
-        await self.writer.run(apply)
+        await self.writer.run(lambda conn: insert_new_run(conn, row, defn, run_id, run_input, traceparent))
         if self.on_commit is not None:
             self.on_commit()
         return await self.get(run_id)
