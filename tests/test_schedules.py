@@ -62,3 +62,23 @@ states:
     (sched,) = daemon.request("GET", "/api/v1/workflow-schedules").json()["schedules"]
     assert sched["timezone"] == "Europe/Berlin" and sched["input"] == {"check": "daily"}
     assert sched["nextFireAt"] == "2026-01-05T05:00:00Z"  # Monday 06:00 in Berlin (UTC+1)
+
+
+def test_retention_prunes_finished_runs_only(daemon: Daemon) -> None:
+    daemon.add_workflow("quick", """
+id: quick
+start: a
+states: [ { name: a, type: inject, data: { x: 1 }, end: true } ]
+""")
+    daemon.add_workflow("waits", """
+id: waits
+start: w
+states: [ { name: w, type: operation, action: signal.wait, input: { signal: go }, end: true } ]
+""")
+    daemon.start(extra_env={"STATION_RETENTION_DAYS": "0.00002", "STATION_RETENTION_INTERVAL_SECONDS": "0.5"})
+    done = daemon.wait_status(daemon.start_run("quick")["id"])
+    waiting = daemon.wait_status(daemon.start_run("waits")["id"], "WAITING_SIGNAL")
+    wait_until(lambda: daemon.request("GET", f"/api/v1/workflow-runs/{done['id']}").status_code == 404, timeout=15,
+               what="the finished run to be pruned")
+    assert daemon.request("GET", f"/api/v1/workflow-runs/{done['id']}/events").status_code == 404
+    assert daemon.run(waiting["id"])["status"] == "WAITING_SIGNAL"  # still going: kept however old
