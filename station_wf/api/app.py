@@ -7,13 +7,15 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from station_wf.api.auth import Principal, TokenTable
@@ -29,6 +31,7 @@ from station_wf.store.db import utcnow
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
 
 class ApiState:
@@ -208,6 +211,9 @@ def build_app(state: ApiState) -> ASGIApp:
         route("/api/v1/workflow-schedules/{schedule_id}/disable", disable_schedule, ["POST"]),
     ]
     routes.extend(state.extra_routes)
+    routes.append(route("/api/{rest:path}", api_not_found, ["GET", "POST", "PUT", "DELETE", "PATCH"]))
+    # The dashboard: static files served by the daemon itself (no build step), using only the API above.
+    routes.append(Mount("/", app=StaticFiles(directory=str(WEB_DIR), html=True), name="web"))
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
@@ -216,6 +222,10 @@ def build_app(state: ApiState) -> ASGIApp:
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     return RequestContext(app, state.tokens)
+
+
+async def api_not_found(request: Request, state: ApiState) -> Response:
+    raise ServiceError(404, "not_found", f"{request.method} {request.url.path}: not found")
 
 
 async def healthz(request: Request, state: ApiState) -> Response:
