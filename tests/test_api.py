@@ -239,3 +239,17 @@ def test_health_and_readiness(daemon: Daemon) -> None:
     assert daemon.request("GET", "/healthz").json() == {"status": "ok"}
     ready = daemon.request("GET", "/readyz").json()
     assert ready == {"status": "ready", "checks": {"sqlite": True, "nats": True, "consumer": True}}
+
+
+def test_validate_endpoint_and_schema(daemon: Daemon) -> None:
+    daemon.start()
+    bad = "id: v\nstart: a\nstates:\n  - name: a\n    type: inject\n    data: {}\n    next: nowhere\n"
+    r = daemon.request("POST", "/api/v1/workflows/validate", content=bad.encode(), headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 200 and r.json()["valid"] is False
+    (err,) = r.json()["errors"]
+    assert err["line"] == 7 and err["path"] == "states[0].next" and "nowhere" in err["message"]
+    good = daemon.request("POST", "/api/v1/workflows/validate", content=PIPELINE.encode())
+    assert good.json() == {"valid": True, "errors": [], "workflowId": "pipeline"}
+    schema = daemon.request("GET", "/api/v1/workflows/schema").json()
+    assert schema["$schema"].startswith("https://json-schema.org/draft/2020-12")
+    assert daemon.request("GET", "/api/v1/workflows").json()["workflows"] == []  # validate stored nothing

@@ -236,13 +236,13 @@ def test_json_file_with_tabs_keeps_line_numbers() -> None:
     text = '{\n\t"id": "w",\n\t"start": "a",\n\t"states": [{"name": "a", "type": "inject", "data": 1, "next": "b"}]\n}'
     with pytest.raises(DefinitionError) as info:
         parse_definition(text, source="w.workflow.json")
-    assert str(only(info.value.problems)) == "w.workflow.json:4: states[0].next: unknown state 'b' (states here: a)"
+    assert str(only(info.value.problems)) == "w.workflow.json:4:56: states[0].next: unknown state 'b' (states here: a)"
 
 
 def test_json_file_must_be_strict_json() -> None:
     with pytest.raises(DefinitionError) as info:
         parse_definition('{"id": "w",\n "start": }', source="w.workflow.json")
-    assert str(only(info.value.problems)) == "w.workflow.json:2: invalid JSON: Expecting value"
+    assert str(only(info.value.problems)) == "w.workflow.json:2:11: invalid JSON: Expecting value"
 
 
 def test_unreadable_file_is_a_definition_error() -> None:
@@ -280,7 +280,7 @@ def test_malformed_yaml_names_the_line() -> None:
            data: 1
         """))
     assert problem.line == 6 and problem.file == "wf.workflow.yaml"
-    assert str(problem).startswith("wf.workflow.yaml:6: invalid YAML:")
+    assert str(problem).startswith("wf.workflow.yaml:6:4: invalid YAML:")
 
 
 def test_unknown_key_in_a_state() -> None:
@@ -312,7 +312,7 @@ def test_unknown_next_target_names_the_key_written() -> None:
             data: {}
             end: true
         """))
-    assert str(problem) == "wf.workflow.yaml:7: states[0].transition: unknown state 'b' (states here: a, c)"
+    assert str(problem) == "wf.workflow.yaml:7:5: states[0].transition: unknown state 'b' (states here: a, c)"
 
 
 def test_next_must_stay_inside_its_branch() -> None:
@@ -361,7 +361,7 @@ def test_missing_start() -> None:
           - {name: a, type: inject, data: {}, end: true}
         """))
     assert (problem.line, problem.path) == (2, "start")
-    assert str(problem) == "wf.workflow.yaml:2: start: missing required key 'start'"
+    assert str(problem) == "wf.workflow.yaml:2:1: start: missing required key 'start'"
 
 
 def test_end_with_next() -> None:
@@ -414,7 +414,7 @@ def test_bad_join_at_least() -> None:
             end: true
         """))
     assert str(problem) == (
-        "wf.workflow.yaml:11: states[0].join.atLeast: must be between 1 and 2 (the number of branches), got 3"
+        "wf.workflow.yaml:11:7: states[0].join.atLeast: must be between 1 and 2 (the number of branches), got 3"
     )
 
 
@@ -441,7 +441,7 @@ def test_unknown_action_and_agent_input() -> None:
           - name: a
             type: operation
             action: agent.walk
-            end: true
+            next: b
           - name: b
             type: operation
             input: {task: agent.run, agent_task: hi}
@@ -509,7 +509,7 @@ def test_invalid_input_schema() -> None:
 
 def test_top_level_must_be_a_mapping() -> None:
     problem = only(problems_of("- just\n- a list\n"))
-    assert str(problem) == "wf.workflow.yaml:1: the top level must be a mapping, got list"
+    assert str(problem) == "wf.workflow.yaml:1:1: the top level must be a mapping, got list"
 
 
 # ---- API bodies: no line numbers -------------------------------------------------------------------

@@ -460,7 +460,7 @@ def _states(draw: Callable, depth: int, prefix: str) -> list[dict[str, Any]]:
         elif kind == "switch":
             later = names[i + 1:]
             state["conditions"] = [{"if": f"{draw(st.integers(0, 9))} > 4", "next": draw(st.sampled_from(later))}]
-            state["defaultNext"] = draw(st.sampled_from(later))
+            state["defaultNext"] = later[0]  # every state stays reachable
             out.append(state)
             continue
         elif kind == "parallel":

@@ -21,6 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from station_wf.api.auth import Principal, TokenTable
 from station_wf.api.hub import EVENT_QUERY, EventHub, Subscriber, event_from_row
 from station_wf.api.idempotency import IdempotencyStore, request_hash
+from station_wf.dsl.schema import workflow_json_schema
+from station_wf.dsl.validate import validate_text
 from station_wf.engine.schedules import schedule_clock, schedule_to_api
 from station_wf.errors import ServiceError, invalid
 from station_wf.services.control import ControlService
@@ -188,6 +190,8 @@ def build_app(state: ApiState) -> ASGIApp:
         route("/readyz", readyz, ["GET"]),
         route("/api/v1/workflows", list_workflows, ["GET"]),
         route("/api/v1/workflows", create_workflow, ["POST"]),
+        route("/api/v1/workflows/schema", workflow_schema, ["GET"]),
+        route("/api/v1/workflows/validate", validate_workflow, ["POST"]),
         route("/api/v1/workflows/{workflow_id}", get_workflow, ["GET"]),
         route("/api/v1/workflows/{workflow_id}", update_workflow, ["PUT"]),
         route("/api/v1/workflows/{workflow_id}", delete_workflow, ["DELETE"]),
@@ -241,6 +245,17 @@ async def readyz(request: Request, state: ApiState) -> Response:
 async def list_workflows(request: Request, state: ApiState) -> Response:
     items = await state.definitions.list(request.query_params.get("status"), request.query_params.get("q"))
     return JSONResponse({"workflows": items})
+
+
+async def workflow_schema(request: Request, state: ApiState) -> Response:
+    return JSONResponse(workflow_json_schema())
+
+
+async def validate_workflow(request: Request, state: ApiState) -> Response:
+    """Check a definition (YAML or JSON text) without storing it; 200 either way, `valid` says which."""
+    raw = await read_body(request)
+    source = "request.json" if "json" in (request.headers.get("content-type") or "") else "request.yaml"
+    return JSONResponse(validate_text(raw.decode("utf-8", errors="replace"), source))
 
 
 async def get_workflow(request: Request, state: ApiState) -> Response:

@@ -8,20 +8,27 @@ offending key, because users fix files, not stack traces.
 
 from __future__ import annotations
 
+import ast as pyast
 import copy
 import difflib
 import json
 import math
 import os
 import re
+import textwrap
+import warnings
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import starlark as sl
 import yaml
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
+
+from station_wf.expr.paths import PathError, parse_path
+from station_wf.expr.starlark_eval import _DIALECT as _STARLARK_DIALECT
 
 __all__ = [
     "KNOWN_ACTIONS",
@@ -56,6 +63,8 @@ RESERVED_ITEM_NAMES = ("ctx", "steps", "workflow", "_index", "_total")
 
 PathT = tuple[str | int, ...]
 """A location inside a definition: mapping keys and list indices, outermost first."""
+Mark = tuple[int, int]
+"""A 1-based (line, column) position in the source text."""
 
 _MISSING: Any = object()
 
@@ -81,6 +90,7 @@ _TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "try": ("try", "catch", "finally"),
     "cron": ("cron", "timezone", "enabled", "input"),
 }
+_ANY_STATE_KEYS = tuple(dict.fromkeys(_COMMON_KEYS + tuple(k for keys in _TYPE_KEYS.values() for k in keys)))
 # Common keys that make no sense for a type: reported with a specific message, not "unknown key".
 _FORBIDDEN_COMMON: dict[str, dict[str, str]] = {
     "switch": {
@@ -105,8 +115,6 @@ _WORKFLOW_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_$-]+$")
-_SEG = r"[^.\[\]\s]+"
-_DOT_PATH_RE = re.compile(rf"^(?:\$|ctx|(?:\$\.)?{_SEG}(?:\.{_SEG}|\[\d+\])*)$")
 _DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -122,6 +130,7 @@ _YAML_MAP = "tag:yaml.org,2002:map"
 _YAML_SEQ = "tag:yaml.org,2002:seq"
 _YAML_MERGE = "tag:yaml.org,2002:merge"
 _MAX_NODES = 200_000
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,28 +145,39 @@ class Problem:
     line: int | None
     path: str
     message: str
+    column: int | None = None
 
     def __str__(self) -> str:
+        """`FILE:LINE:COL: PATH: MESSAGE`, the shape editors and compilers use, so tools can jump there."""
         where = self.file or ""
         if self.line is not None:
-            where = f"{where}:{self.line}" if where else f"line {self.line}"
+            pos = f"{self.line}:{self.column}" if self.column is not None else str(self.line)
+            where = f"{where}:{pos}" if where else f"line {pos}"
         return ": ".join(part for part in (where, self.path, self.message) if part)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form the API returns."""
+        return {"file": self.file, "line": self.line, "column": self.column, "path": self.path,
+                "message": self.message}
 
 
 class DefinitionError(Exception):
     """One or more problems in a definition; str() is one readable line per problem."""
 
     problems: list[Problem]
+    workflow_id: str | None
+    """The definition's `id` when it could be read, so callers can say which workflow is broken."""
 
-    def __init__(self, problems: Iterable[Problem]) -> None:
+    def __init__(self, problems: Iterable[Problem], workflow_id: str | None = None) -> None:
         self.problems = list(problems)
+        self.workflow_id = workflow_id
         super().__init__(str(self))
 
     def __str__(self) -> str:
         return "\n".join(str(problem) for problem in self.problems)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems,))
+        return (type(self), (self.problems, self.workflow_id))
 
 
 def format_path(path: PathT) -> str:
@@ -208,8 +228,9 @@ class _Builder:
 
     def __init__(self, report: _Report) -> None:
         self.report = report
-        self.lines: dict[PathT, int] = {}
+        self.marks: dict[PathT, Mark] = {}
         self.raw: dict[PathT, str] = {}
+        self.nodes: dict[PathT, yaml.ScalarNode] = {}
         self._loader = yaml.SafeLoader("")
         self._active: set[int] = set()
         self._count = 0
@@ -221,50 +242,55 @@ class _Builder:
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
         if id(node) in self._active:
-            self.report.add(path, _line(node), "recursive YAML alias")
+            self.report.add(path, _mark(node), "recursive YAML alias")
             return None
         self._active.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
                 if node.tag != _YAML_SEQ:
-                    self.report.add(path, _line(node), f"unsupported YAML tag {node.tag!r}")
+                    self.report.add(path, _mark(node), f"unsupported YAML tag {node.tag!r}")
                     return None
                 out: list[Any] = []
                 for index, item in enumerate(node.value):
                     item_path = (*path, index)
-                    self.lines[item_path] = _line(item)
+                    self.marks[item_path] = _mark(item)
                     out.append(self.build(item, item_path))
                 return out
             if isinstance(node, yaml.MappingNode):
                 return self._mapping(node, path)
-            self.report.add(path, _line(node), "unsupported YAML node")
+            self.report.add(path, _mark(node), "unsupported YAML node")
             return None
         finally:
             self._active.discard(id(node))
 
     def _scalar(self, node: yaml.ScalarNode, path: PathT) -> Any:
         self.raw[path] = node.value
+        self.nodes[path] = node
         if node.tag == _YAML_TIMESTAMP:
             return node.value  # keep what the user wrote: datetimes are not JSON
         if node.tag not in _YAML_SCALARS:
-            self.report.add(path, _line(node), f"unsupported YAML tag {node.tag!r}")
+            self.report.add(path, _mark(node), f"unsupported YAML tag {node.tag!r}")
             return None
         try:
-            return self._loader.construct_object(node, deep=True)
+            value = self._loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError) as exc:
-            self.report.add(path, _line(node), f"invalid {node.tag.rsplit(':', 1)[-1]} value: {exc}")
+            self.report.add(path, _mark(node), f"invalid {node.tag.rsplit(':', 1)[-1]} value: {exc}")
             return None
+        if node.style == '"' and isinstance(value, str) and _SURROGATE_RE.search(value):
+            # JSON writes astral characters as escaped surrogate pairs; YAML leaves them unpaired.
+            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
 
     def _key(self, node: yaml.Node, path: PathT) -> str | None:
         """Keys are the text written (so `on:` stays "on", not True); complex keys are refused."""
         if not isinstance(node, yaml.ScalarNode):
-            self.report.add(path, _line(node), "mapping keys must be plain strings")
+            self.report.add(path, _mark(node), "mapping keys must be plain strings")
             return None
         return str(node.value)
 
     def _mapping(self, node: yaml.MappingNode, path: PathT) -> dict[str, Any]:
         if node.tag != _YAML_MAP:
-            self.report.add(path, _line(node), f"unsupported YAML tag {node.tag!r}")
+            self.report.add(path, _mark(node), f"unsupported YAML tag {node.tag!r}")
             return {}
         explicit: list[tuple[yaml.Node, yaml.Node]] = []
         merges: list[yaml.Node] = []
@@ -281,7 +307,7 @@ class _Builder:
                 if key in explicit_keys or key in out:
                     continue
                 key_path = (*path, key)
-                self.lines[key_path] = _line(key_node)
+                self.marks[key_path] = _mark(key_node)
                 out[key] = self.build(value_node, key_path)
         first_line: dict[str, int] = {}
         for key_node, value_node in explicit:
@@ -291,25 +317,25 @@ class _Builder:
             key_path = (*path, key)
             if key in first_line:
                 self.report.add(
-                    key_path, _line(key_node), f"duplicate key '{key}' (first defined on line {first_line[key]})"
+                    key_path, _mark(key_node), f"duplicate key '{key}' (first defined on line {first_line[key]})"
                 )
                 continue
             first_line[key] = _line(key_node)
-            self.lines[key_path] = _line(key_node)
+            self.marks[key_path] = _mark(key_node)
             out[key] = self.build(value_node, key_path)
         return out
 
     def _merge_pairs(self, node: yaml.Node, path: PathT, depth: int) -> list[tuple[yaml.Node, yaml.Node]]:
         """The (key, value) pairs a `<<` merge brings in, nested merges flattened, earlier sources winning."""
         if depth > 32:
-            self.report.add(path, _line(node), "YAML merge keys nested too deeply")
+            self.report.add(path, _mark(node), "YAML merge keys nested too deeply")
             return []
         sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
         pairs: list[tuple[yaml.Node, yaml.Node]] = []
         seen: set[str] = set()
         for source in sources:
             if not isinstance(source, yaml.MappingNode):
-                self.report.add(path, _line(source), "a '<<' merge needs a mapping or a list of mappings")
+                self.report.add(path, _mark(source), "a '<<' merge needs a mapping or a list of mappings")
                 continue
             own = [(k, v) for k, v in source.value if k.tag != _YAML_MERGE and isinstance(k, yaml.ScalarNode)]
             own_keys = {str(k.value) for k, _ in own}
@@ -332,33 +358,73 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+def _mark(node: yaml.Node) -> Mark:
+    return int(node.start_mark.line) + 1, int(node.start_mark.column) + 1
+
+
 class _Report:
-    """Collects problems; resolves a path's line from the nearest located ancestor."""
+    """Collects problems; resolves a path's position from the nearest located ancestor."""
 
     def __init__(self, source: str | None) -> None:
         self.source = source
         self.problems: list[Problem] = []
-        self.lines: dict[PathT, int] = {}
+        self.marks: dict[PathT, Mark] = {}
+        # Only for YAML/JSON text: the scalar nodes and the text they came from, to locate a position
+        # *inside* a string (a Starlark syntax error, a broken template) when an error needs it.
+        self.nodes: dict[PathT, yaml.ScalarNode] = {}
+        self.text: str | None = None
+        self.workflow_id: str | None = None
 
-    def add(self, path: PathT, line: int | None, message: str) -> None:
-        self.problems.append(Problem(self.source, line, format_path(path), message))
+    def add(self, path: PathT, mark: Mark | None, message: str) -> None:
+        line, column = mark if mark is not None else (None, None)
+        self.problems.append(Problem(self.source, line, format_path(path), message, column))
 
     def error(self, path: PathT, message: str) -> None:
-        self.add(path, self.line_of(path), message)
+        self.add(path, self.mark_of(path), message)
 
-    def line_of(self, path: PathT) -> int | None:
+    def mark_of(self, path: PathT) -> Mark | None:
         probe = path
         while True:
-            if probe in self.lines:
-                return self.lines[probe]
+            if probe in self.marks:
+                return self.marks[probe]
             if not probe:
                 return None
             probe = probe[:-1]
 
+    def inside(self, path: PathT, offset: int) -> Mark | None:
+        """Where character `offset` of the string at `path` is in the file, if the scalar maps 1:1.
+
+        Plain and quoted one-line scalars without escapes, and literal (`|`) blocks, map directly; folded
+        or escaped scalars do not, and then the caller falls back to the key's position.
+        """
+        node = self.nodes.get(path)
+        if node is None or self.text is None or not 0 <= offset <= len(node.value):
+            return None
+        value = node.value
+        start = node.start_mark
+        if node.style in (None, '"', "'"):
+            quote = 1 if node.style else 0
+            written = self.text[start.index + quote:node.end_mark.index - quote]
+            if written != value or "\n" in value:
+                return None
+            return start.line + 1, start.column + quote + offset + 1
+        if node.style == "|":
+            k = value.count("\n", 0, offset)
+            col = offset - (value.rfind("\n", 0, offset) + 1)
+            lines = self.text.split("\n", start.line + k + 2)
+            index = start.line + 1 + k  # the block starts on the line after its `|` header
+            if index >= len(lines):
+                return None
+            written, line_value = lines[index], value.split("\n")[k]
+            if not written.endswith(line_value):
+                return None
+            return index + 1, len(written) - len(line_value) + col + 1
+        return None
+
     def raise_if_any(self) -> None:
         if self.problems:
-            ordered = sorted(self.problems, key=lambda p: (p.line is None, p.line or 0))
-            raise DefinitionError(ordered)
+            ordered = sorted(self.problems, key=lambda p: (p.line is None, p.line or 0, p.column or 0))
+            raise DefinitionError(ordered, self.workflow_id)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,15 +437,21 @@ def parse_definition(text: str, source: str | os.PathLike[str] | None = None) ->
     report = _Report(source_name)
     is_json_file = (source_name or "").endswith(".json")
     looks_json = is_json_file or text.lstrip().startswith(("{", "["))
-    if is_json_file:  # YAML would accept things JSON does not (`{"a": }`): a .json file must be JSON
+    json_value: Any = _MISSING
+    if looks_json:  # YAML would accept things JSON does not (`{"a": }`): a .json file must be JSON
         try:
-            json.loads(text)
+            json_value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
         except json.JSONDecodeError as exc:
-            report.add((), exc.lineno, f"invalid JSON: {exc.msg}")
+            if is_json_file:
+                report.add((), (exc.lineno, exc.colno), f"invalid JSON: {exc.msg}")
+        except ValueError as exc:
+            if is_json_file:
+                report.add((), None, f"invalid JSON: {exc}")
         except RecursionError:
-            report.add((), None, "the document is nested too deeply")
+            if is_json_file:
+                report.add((), None, "the document is nested too deeply")
         report.raise_if_any()
-    root, yaml_error = _compose(text, looks_json)
+    root, composed, yaml_error = _compose(text, looks_json)
     if root is _MISSING:  # YAML refused it; JSON may still accept it (without line numbers)
         value = _parse_json(text, report) if looks_json else _MISSING
         if value is _MISSING:
@@ -398,24 +470,29 @@ def parse_definition(text: str, source: str | os.PathLike[str] | None = None) ->
     except RecursionError:
         report.add((), None, "the document is nested too deeply")
         report.raise_if_any()
+    if json_value is not _MISSING:  # YAML only locates; JSON's reading of values wins (YAML 1.1 reads 1e5
+        value = json_value  # as a string and folds a raw U+0085 into a space)
     # Duplicate keys and odd tags are reported but the tree is complete: go on and collect everything.
-    report.lines = builder.lines
-    report.lines[()] = _line(root)
+    report.marks = builder.marks
+    report.marks[()] = _mark(root)
+    report.nodes = builder.nodes
+    report.text = composed
     return _Checker(report, builder.raw).definition(value)
 
 
-def _compose(text: str, looks_json: bool) -> tuple[Any, Exception | None]:
-    """The YAML node tree (None for an empty document), or _MISSING and the parser's error."""
+def _compose(text: str, looks_json: bool) -> tuple[Any, str, Exception | None]:
+    """The YAML node tree (None for an empty document) and the text composed, or _MISSING and the error."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader), None
+        return yaml.compose(text, Loader=yaml.SafeLoader), text, None
     except (yaml.YAMLError, RecursionError) as exc:
         error: Exception = exc
     if looks_json:  # JSON allows tabs as whitespace, YAML does not; outside JSON strings they are only that
+        untabbed = text.replace("\t", " ")
         try:
-            return yaml.compose(text.replace("\t", " "), Loader=yaml.SafeLoader), None
+            return yaml.compose(untabbed, Loader=yaml.SafeLoader), untabbed, None
         except (yaml.YAMLError, RecursionError):
             pass
-    return _MISSING, error
+    return _MISSING, text, error
 
 
 def load_definition_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -470,13 +547,24 @@ def _report_yaml_error(exc: Exception | None, report: _Report) -> None:
         report.add((), None, "the document is nested too deeply")
     elif isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
+        position = (mark.line + 1, mark.column + 1) if mark is not None else None
         message = exc.problem or str(exc)
         if exc.context:
             message += f" ({exc.context})"
-        report.add((), line, f"invalid YAML: {message}")
+        report.add((), position, f"invalid YAML: {message}")
     else:
         report.add((), None, f"invalid YAML: {exc}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
 
 
 def _parse_json(text: str, report: _Report) -> Any:
@@ -491,8 +579,8 @@ def _parse_json(text: str, report: _Report) -> Any:
         return out
 
     try:
-        return json.loads(text, object_pairs_hook=pairs_hook)
-    except (json.JSONDecodeError, RecursionError):
+        return json.loads(text, object_pairs_hook=pairs_hook, parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):
         return _MISSING
 
 
@@ -563,6 +651,19 @@ class _Cron:
     next: str | None
 
 
+@dataclass
+class _Scope:
+    """One scope's states plus what the reachability check needs: where each state is, where it goes."""
+
+    states: dict[str, dict[str, Any]]
+    crons: list[_Cron]
+    paths: dict[str, PathT]
+    edges: dict[str, list[str]]
+    # False when a state is broken (no name, bad type, duplicate) or a target is unknown: its edges are
+    # not known for sure, and reporting "unreachable" on top would be noise until that is fixed.
+    complete: bool
+
+
 class _Checker:
     """Walks a plain definition value, collecting problems and building the normalized form."""
 
@@ -583,17 +684,20 @@ class _Checker:
         wf_id = self._str(obj, "id", (), required=True)
         if wf_id is not None and not _WORKFLOW_ID_RE.match(wf_id):
             self.error(("id",), f"workflow id '{wf_id}' may contain only letters, digits, '_', '-' and '.'")
+        else:
+            self.report.workflow_id = wf_id
         input_schema = self._input_schema(obj)
         schedules = self._schedules(obj)
         start = self._str(obj, "start", (), required=True)
-        states: dict[str, dict[str, Any]] = {}
-        crons: list[_Cron] = []
+        scope = _Scope({}, [], {}, {}, complete=False)
         items = self._list(obj, "states", (), required=True)
         if items is not None:
             if not items:
                 self.error(("states",), "a workflow needs at least one state")
-            states, crons = self._scope_states(items, ("states",), top_level=True)
-        start = self._resolve_cron_start(start, crons, schedules, states)
+            scope = self._scope_states(items, ("states",), top_level=True)
+        states = scope.states
+        start = self._resolve_cron_start(start, scope.crons, schedules, states)
+        self._reachable(scope, start)
         result = {
             "id": wf_id,
             "versionLabel": self._label(obj, "version"),
@@ -716,15 +820,19 @@ class _Checker:
         seen: dict[str, PathT] = {}
         refs: list[tuple[str, PathT]] = []
         crons: list[_Cron] = []
+        edges: dict[str, list[str]] = {}
+        complete = True
         for index, item in enumerate(items):
             parsed = self._state(item, (*path, index))
             if parsed.name is None:
+                complete = False
                 continue
             if parsed.name in seen:
                 self.error(
                     parsed.name_path,
                     f"duplicate state name '{parsed.name}' (first used at {format_path(seen[parsed.name])})",
                 )
+                complete = False
                 continue
             seen[parsed.name] = (*path, index)
             if parsed.schedule is not None:
@@ -739,15 +847,36 @@ class _Checker:
                 crons.append(_Cron(parsed.name, (*path, index), parsed.schedule, nxt))
                 continue
             refs += parsed.refs
+            edges[parsed.name] = [target for target, _ in parsed.refs]
             if parsed.state is not None:
                 states[parsed.name] = parsed.state
+            else:
+                complete = False
         cron_names = {cron.name for cron in crons}
         for target, ref_path in refs:
             if target in cron_names:
                 self.error(ref_path, f"cannot go to cron state '{target}': a cron state only marks the start")
+                complete = False
             elif target not in seen:
                 self.error(ref_path, f"unknown state '{target}'{_choices(states)}")
-        return states, crons
+                complete = False
+        return _Scope(states, crons, seen, edges, complete)
+
+    def _reachable(self, scope: _Scope, start: str | None) -> None:
+        """Every state of a scope must be reachable from its start through next, conditions, defaultNext."""
+        if not scope.complete or start is None or start not in scope.edges:
+            return
+        reached = {start}
+        todo = [start]
+        while todo:
+            for target in scope.edges.get(todo.pop(), ()):
+                if target not in reached:
+                    reached.add(target)
+                    todo.append(target)
+        for name in scope.edges:
+            if name not in reached:
+                self.error(scope.paths[name], f"state '{name}' is unreachable: no 'next', condition or "
+                           f"'defaultNext' leads to it from the start state '{start}'")
 
     def _block(
         self, value: Any, path: PathT, *, allow_list: bool, keys: tuple[str, ...] = ("start", "states")
@@ -769,11 +898,14 @@ class _Checker:
     def _block_states(self, items: list[Any], path: PathT, start: str | None, start_path: PathT) -> dict[str, Any]:
         if not items:
             self.error(path, "needs at least one state")
-        states, _ = self._scope_states(items, path, top_level=False)
+        scope = self._scope_states(items, path, top_level=False)
+        states = scope.states
         if start is None:
             start = next(iter(states), None)
         elif start not in states:
             self.error(start_path, f"start names unknown state '{start}'{_choices(states)}")
+        if start in states:
+            self._reachable(scope, start)
         return {"start": start, "states": states}
 
     # ---- one state -------------------------------------------------------------------------------
@@ -794,10 +926,11 @@ class _Checker:
                            "letters, digits, '_' and '-'")
         # From here on a name is registered even if the state is broken, so references to it don't cascade.
         kind = self._str(item, "type", path, required=True)
-        if kind is None:
-            return _Parsed(name, name_path, None, [])
-        if kind not in _TYPE_KEYS:
+        if kind is not None and kind not in _TYPE_KEYS:
             self.error((*path, "type"), f"unknown state type '{kind}' (known: {', '.join(STATE_TYPES)})")
+            kind = None
+        if kind is None:  # keys no state type knows are still worth a did-you-mean (`typ:`)
+            self._unknown_keys(item, path, _ANY_STATE_KEYS, "in a state")
             return _Parsed(name, name_path, None, [])
         forbidden = _FORBIDDEN_COMMON.get(kind, {})
         for key, message in forbidden.items():
@@ -835,6 +968,8 @@ class _Checker:
         nxt = self._str(item, next_key, path) if next_key else None
         if nxt is not None and next_key is not None:
             refs.append((nxt, (*path, next_key)))
+        elif next_key is not None and item[next_key] is None:
+            next_key = None  # `next: null` (or `next:` with nothing after it) goes nowhere: as if absent
         end = False if kind == "cron" else self._bool(item, "end", path, default=False)
         label = f"state '{name}'" if name else "this state"
         if end and next_key is not None:
@@ -852,6 +987,7 @@ class _Checker:
         input_path: PathT = (*path, "input")
         given = self._dict(item, "input", path)
         payload: dict[str, Any] = _json_copy(given) if given is not None else {}
+        self._templates(given, input_path)
         key_paths: dict[str, PathT] = {}
         action: str | None = None
         if "action" in item:
@@ -941,6 +1077,9 @@ class _Checker:
         task = self._str(item, task_key, path, nonempty=False) if task_key else None
         payload: dict[str, Any] = {"agent": agent, "task": task}
         variables = self._dict(item, "input", path)
+        for key in ("agent", task_key, "input"):
+            if key is not None and key in item:
+                self._templates(item[key], (*path, key))
         if variables is not None:
             payload["variables"] = _json_copy(variables)
         return {
@@ -953,6 +1092,9 @@ class _Checker:
     def _t_human_approval(self, item: dict[str, Any], path: PathT, refs: list[tuple[str, PathT]]) -> dict[str, Any]:
         payload: dict[str, Any] = {}
         message_key = self._alias(item, path, "message", "prompt")
+        for key in (message_key, "approvers"):
+            if key is not None and key in item:
+                self._templates(item[key], (*path, key))
         if message_key:
             message = self._str(item, message_key, path, nonempty=False)
             if message is not None:
@@ -997,6 +1139,8 @@ class _Checker:
             expr = self._str(cond, if_key, cpath) if if_key else None
             if if_key is None:
                 self.error((*cpath, "if"), "missing required key 'if' (a Starlark condition)")
+            elif expr is not None:
+                self._starlark(expr, (*cpath, if_key), "condition")
             target = self._str(cond, "next", cpath, required=True)
             if target is not None:
                 refs.append((target, (*cpath, "next")))
@@ -1083,7 +1227,10 @@ class _Checker:
         }
 
     def _t_transform(self, item: dict[str, Any], path: PathT, refs: list[tuple[str, PathT]]) -> dict[str, Any]:
-        return {"expression": self._str(item, "expression", path, required=True)}
+        expr = self._str(item, "expression", path, required=True)
+        if expr is not None:
+            self._starlark(expr, (*path, "expression"), "expression")
+        return {"expression": expr}
 
     def _t_sleep(self, item: dict[str, Any], path: PathT, refs: list[tuple[str, PathT]]) -> dict[str, Any]:
         key = self._alias(item, path, "duration", "durationSeconds")
@@ -1156,10 +1303,65 @@ class _Checker:
         if not isinstance(value, str):
             self.error(path, f"must be a string, got {_kind(value)}")
             return False
-        if not _DOT_PATH_RE.match(value.strip()):
-            self.error(path, f"invalid path '{value}' (expected a dot path like 'steps.check' or 'ctx')")
+        try:
+            parse_path(value)
+        except PathError as exc:
+            reason = str(exc).removeprefix(f"path {value!r}: ")
+            self.error(path, f"invalid path '{value}': {reason} (expected a dot path like 'steps.check', "
+                       "'items[0].name' or 'ctx')")
             return False
         return True
+
+    # ---- expressions and templates -----------------------------------------------------------------
+
+    def _starlark(self, source: str, path: PathT, what: str) -> None:
+        """A syntax error found now fails the sync, not a run days later."""
+        problem = _syntax_error(source)
+        if problem is not None:
+            message, offset = problem
+            self._error_inside(path, offset, f"{what} {message}")
+
+    def _templates(self, value: Any, path: PathT) -> None:
+        """Every `{{ }}` the engine will render must compile; names are not checked (they are run data)."""
+        if isinstance(value, str):
+            if "{{" in value:
+                self._template(value, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self._templates(item, (*path, key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self._templates(item, (*path, index))
+
+    def _template(self, source: str, path: PathT) -> None:
+        """Split like `compile_template`: each `{{` closes at the first `}}` after which its text parses."""
+        pos = 0
+        while (start := source.find("{{", pos)) >= 0:
+            close = source.find("}}", start + 2)
+            if close < 0:
+                self._error_inside(path, start, f"unclosed '{{{{' in template (no '}}}}' after it): "
+                                   f"{_clip(source[start:])!r}")
+                return
+            first: tuple[int, tuple[str, int | None]] | None = None
+            while close >= 0:
+                problem = _parse_error(source[start + 2:close])
+                if problem is None:
+                    problem = _statement_problem(source[start + 2:close])
+                    first = (close, problem) if problem else None
+                    break
+                first = first or (close, problem)
+                close = source.find("}}", close + 1)
+            if first is not None:
+                close, (message, offset) = first
+                where = start if offset is None else start + 2 + offset
+                self._error_inside(path, where, f"template {_clip(source[start:close + 2])!r} {message}")
+                return
+            pos = close + 2
+
+    def _error_inside(self, path: PathT, offset: int | None, message: str) -> None:
+        """An error at a character of the string at `path` when that maps into the file, else at its key."""
+        mark = self.report.inside(path, offset) if offset is not None else None
+        self.report.add(path, mark or self.report.mark_of(path), message)
 
     def _choice(self, obj: dict[str, Any], key: str, path: PathT, choices: tuple[str, ...]) -> str | None:
         if key not in obj:
@@ -1264,6 +1466,88 @@ def _unknown_message(key: str, allowed: Iterable[str], where: str) -> str:
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
     return f"unknown key '{key}' {where} ({hint})"
+
+
+# "--> label:LINE:COL" in Starlark's diagnostics: the position inside the expression.
+_STARLARK_POS_RE = re.compile(r"^\s*--> .*?:(\d+):(\d+)(?:-\d+(?::\d+)?)?\s*$", re.MULTILINE)
+_EXPECTED_RE = re.compile(r", expected one of .*$")
+
+
+def _syntax_error(source: str) -> tuple[str, int | None] | None:
+    """Why `source` is no good as an expression, and at which offset of it; None when it is fine."""
+    return _parse_error(source) or _statement_problem(source)
+
+
+def _parse_error(source: str) -> tuple[str, int | None] | None:
+    """Exactly what `compile_expression` rejects (empty text, a Starlark parse error), by the parse alone:
+    a full compile also plans the evaluation and costs ~50x more, on every file of every sync."""
+    text = textwrap.dedent(source).strip()
+    if not text:
+        return "is empty", None
+    try:
+        sl.parse("expression", text, _STARLARK_DIALECT)
+    except sl.StarlarkError as exc:
+        detail = str(exc).strip()
+        head = detail.splitlines()[0].removeprefix("error: ").strip() if detail else type(exc).__name__
+        if head.count(", ") > 6:
+            head = _EXPECTED_RE.sub("", head)
+        found = _STARLARK_POS_RE.search(detail)
+        offset = _offset_in(source, int(found.group(1)), int(found.group(2))) if found else None
+        return f"has a Starlark syntax error: {head}", offset
+    return None
+
+
+def _statement_problem(source: str) -> tuple[str, int | None] | None:
+    """One rule more than the engine: a statement (`a = 'x'`, two lines) parses, then evaluates to None or
+    its last line, which as a switch condition is silently false. Found with Python's parser, since
+    Starlark's AST is opaque from Python; text Python cannot parse is left to the Starlark parse."""
+    text = textwrap.dedent(source).strip()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            body = pyast.parse(text, mode="exec").body
+    except (SyntaxError, ValueError, RecursionError):
+        return None  # Starlark-only syntax: the Starlark parse above is the authority
+    if len(body) == 1 and isinstance(body[0], pyast.Expr):
+        return None
+    stmt = next((node for node in body if not isinstance(node, pyast.Expr)), body[-1])
+    line, column = stmt.lineno, _char_column(text, stmt.lineno, stmt.col_offset)
+    if isinstance(stmt, pyast.Assign):
+        target = stmt.targets[-1]
+        line = target.end_lineno or line
+        equals = text.split("\n")[line - 1].find("=", _char_column(text, line, target.end_col_offset or 0))
+        column = max(equals, 0)
+        return "is an assignment, not an expression (did you mean '=='?)", _offset_in(source, line, column + 1)
+    if isinstance(stmt, pyast.AugAssign | pyast.AnnAssign):
+        return "is an assignment, not an expression", _offset_in(source, line, column + 1)
+    return "must be one expression, not several statements", _offset_in(source, line, column + 1)
+
+
+def _char_column(text: str, line: int, byte_offset: int) -> int:
+    """Python's AST columns count UTF-8 bytes; positions here count characters."""
+    row = text.split("\n")[line - 1] if line >= 1 else ""
+    return len(row.encode("utf-8")[:byte_offset].decode("utf-8", "ignore"))
+
+
+def _offset_in(source: str, line: int, column: int) -> int:
+    """Offset in `source` of a 1-based position in `dedent(source).strip()`, the text Starlark parsed."""
+    dedented = textwrap.dedent(source)
+    lead = len(dedented) - len(dedented.lstrip())
+    rest = dedented[lead:].split("\n", line - 1)
+    offset = lead + sum(len(text) + 1 for text in rest[: line - 1]) + column - 1
+    # Back from the dedented text to the source: same line, shifted by what dedent took off that line.
+    row = dedented.count("\n", 0, offset)
+    source_lines = source.split("\n")
+    dedented_lines = dedented.split("\n")
+    if row >= len(source_lines):
+        return len(source)
+    margin = len(source_lines[row]) - len(dedented_lines[row])
+    column0 = offset - (dedented.rfind("\n", 0, offset) + 1)
+    return min(sum(len(text) + 1 for text in source_lines[:row]) + margin + column0, len(source))
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _choices(states: dict[str, Any]) -> str:
