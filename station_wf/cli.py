@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import time
@@ -14,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from station_wf.cli_agents import add_agents_commands
 from station_wf.config import Settings, add_settings_flags, settings_from_args, settings_from_env
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
@@ -27,9 +27,10 @@ class CliError(Exception):
 def cmd_serve(args: argparse.Namespace) -> int:
     from station_wf.api.auth import TokenTableError
     from station_wf.daemon import DataDirLocked, serve
+    from station_wf.telemetry.logs import configure_logging
 
     settings = settings_from_args(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level.upper(), settings.log_format)
     try:
         asyncio.run(serve(settings))
     except (DataDirLocked, TokenTableError) as exc:
@@ -51,8 +52,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed += 1
             print(f"{file}: {exc.strerror}", file=sys.stderr)
         else:
+            errors, warnings = agent_problems(Path(file), defn)
+            for warning in warnings:
+                print(f"{file}: warning: {warning}", file=sys.stderr)
+            if errors:
+                failed += 1
+                for err in errors:
+                    print(f"{file}: {err}", file=sys.stderr)
+                continue
             print(f"{file}: ok ({defn['id']}, {len(defn['states'])} states)")
     return 1 if failed else 0
+
+
+def agent_problems(file: Path, defn: dict) -> tuple[list[str], list[str]]:
+    """For a file inside environments/<env>/workflows/, check its agents against environments/<env>/agents/."""
+    from station_wf.agents.catalog import AgentCatalog
+    from station_wf.agents.flow_check import check_definition_agents
+
+    env_dir = file.resolve().parent.parent
+    if file.resolve().parent.name != "workflows" or not (env_dir / "agents").is_dir():
+        return [], []
+    return check_definition_agents(defn, AgentCatalog(env_dir.parent, env_dir.name))
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -74,6 +94,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f"unchanged  {wf}")
     for wf in report.disabled:
         print(f"disabled   {wf} (file removed)")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for err in report.errors:
         print(err, file=sys.stderr)
     return 1 if report.errors else 0
@@ -250,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     workflows.add_argument("workflow_id", nargs="?")
     client(workflows)
     workflows.set_defaults(func=cmd_workflows)
+
+    add_agents_commands(sub)
 
     demo = sub.add_parser("demo-agent", help="serve the example environment's HTTP agent (greeter)")
     demo.add_argument("--host", default="127.0.0.1")

@@ -14,10 +14,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from station_wf.agents.catalog import AgentCatalog
 from station_wf.api.app import ApiState, build_app
@@ -40,6 +44,16 @@ from station_wf.services.definitions import DefinitionService, SyncReport, plan_
 from station_wf.services.runs import RunService
 from station_wf.store.db import SqliteReaders, SqliteWriter
 from station_wf.store.definitions import DefinitionCache
+from station_wf.telemetry.metrics import (
+    ACTIVE_RUNS,
+    CONTENT_TYPE,
+    JETSTREAM_NUM_ACK_PENDING,
+    JETSTREAM_NUM_PENDING,
+    OUTBOX_DEPTH,
+    TIMER_BACKLOG,
+    render_prometheus,
+)
+from station_wf.telemetry.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +131,14 @@ class Daemon:
     async def start(self) -> None:
         s = self.settings
         self.lock.acquire()
+        setup_tracing("station-wf")
         self.writer.start()
         await self.readers.open()
         self.sync_report = await self.sync()
         for err in self.sync_report.errors:
             log.error("sync: %s", err)
+        for warning in self.sync_report.warnings:
+            log.warning("sync: %s", warning)
         self.agents.reload()
 
         if s.nats_embedded:
@@ -162,9 +179,10 @@ class Daemon:
                                  self.worker.cancel_run)
         self._spawn("event-hub", self.hub.run())
         state = ApiState(run_service, DefinitionService(self.readers), self.writer, self.readiness, self.tokens,
-                         control, self.hub, sse_ping=s.sse_ping_seconds)
+                         control, self.hub, sse_ping=s.sse_ping_seconds,
+                         extra_routes=[Route("/metrics", self.metrics_endpoint, methods=["GET"])], agents=self.agents)
         config = uvicorn.Config(build_app(state), host=s.http_host, port=s.http_port, log_level="warning",
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=5, log_config=None)
         self.server = _ApiServer(config)
         self._spawn("api", self.server.serve())
         for _ in range(200):
@@ -195,8 +213,28 @@ class Daemon:
         task.add_done_callback(crashed)
 
     async def sync(self) -> SyncReport:
-        apply = plan_sync(Path(self.settings.environments_dir), self.settings.environment)
+        apply = plan_sync(Path(self.settings.environments_dir), self.settings.environment, self.agents)
         return await self.writer.run(apply)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """Prometheus text: counters kept in process, gauges read from SQLite and JetStream at scrape time."""
+        ended = sorted(ip.TERMINAL_RUN_STATUSES)
+        rows = await self.readers.fetchall(
+            f"SELECT status, COUNT(*) AS n FROM workflow_runs WHERE status NOT IN ({','.join('?' * len(ended))}) GROUP BY status",
+            ended)
+        outbox = await self.readers.fetchone("SELECT COUNT(*) AS n FROM outbox")
+        due = await self.readers.fetchone("SELECT COUNT(*) AS n FROM timers WHERE fired_at IS NULL AND due_at <= ?", (time.time(),))
+        gauges: dict[str, list] = {
+            ACTIVE_RUNS: [({"status": r["status"]}, r["n"]) for r in rows],
+            OUTBOX_DEPTH: [({}, outbox["n"] if outbox else 0)],
+            TIMER_BACKLOG: [({}, due["n"] if due else 0)],
+        }
+        if self.bus is not None and self.bus.connected:
+            with contextlib.suppress(Exception):
+                lag = await asyncio.wait_for(self.bus.consumer_lag(), 2)
+                gauges[JETSTREAM_NUM_PENDING] = [({}, lag["pending"])]
+                gauges[JETSTREAM_NUM_ACK_PENDING] = [({}, lag["ackPending"])]
+        return Response(render_prometheus(gauges), media_type=CONTENT_TYPE)
 
     def readiness(self) -> dict[str, bool]:
         return {
@@ -246,6 +284,7 @@ class Daemon:
         await self.readers.close()
         self.writer.close()
         self.lock.release()
+        shutdown_tracing()
         log.info("station-wf stopped")
 
 

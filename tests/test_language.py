@@ -97,9 +97,20 @@ def test_station_dataflow_transform(daemon: Daemon) -> None:
 
 @needs_examples
 def test_every_station_example_syncs(daemon: Daemon) -> None:
+    from station_wf.dsl.loader import iter_states, load_definition_file
+
+    agents = set()
     for file in EXAMPLES.glob("*.workflow.yaml"):
         shutil.copy(file, daemon.workflows_dir / file.name)
+        for _, state in iter_states(load_definition_file(file)):
+            if state.get("action") == "agent.run":
+                agents.add(state["input"]["agent"])
+    missing = daemon.workflows_dir / "missing-agent.workflow.yaml"
+    missing.write_text("id: missing-agent\nstart: a\nstates:\n  - { name: a, type: agent, agent: nobody, end: true }\n")
+    for agent in agents:
+        daemon.add_agent(agent)
     daemon.start()
+    assert "nobody" in daemon.log() and "missing-agent" in daemon.log()  # refused at sync, named in the log
     ids = {w["id"] for w in daemon.request("GET", "/api/v1/workflows").json()["workflows"]}
     assert ids == {"approval-demo", "dataflow-transform", "e2e-cron-with-agents", "e2e-foreach-services",
                    "e2e-parallel-diagnostics", "e2e-switch-routing", "slack-approval-escalation"}

@@ -1,21 +1,34 @@
-"""Agent files: dotprompt front matter (`model`, `endpoint`, schemas, config) and the prompt body.
+"""Agent files: `environments/<env>/agents/<name>.prompt` in the dotprompt format.
 
-The front matter is parsed here with YAML; prompt rendering and LLM providers plug in behind
-`AgentSpec` without changing the executor.
+Parsing is dotpromptz's (`parse_document`), so front matter errors carry a line and column and the
+format stays the one Genkit/Firebase tooling reads. On top of it we keep the fields Station adds
+(`endpoint`, `baseUrl`, `apiKeyEnv`) and turn Picoschema into JSON Schema once, at load, so the
+executor, the flow check and the API all see plain JSON Schema.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from dotpromptz import DotpromptError, ParsedPrompt, parse_document
+
+from station_wf.agents.schemas import SchemaFileError, to_json_schema
 
 log = logging.getLogger(__name__)
+
+AGENT_SUFFIX = ".prompt"
+# Re-scan the directory at most this often when asked for an agent (edits apply without a restart).
+STALE_CHECK_S = 1.0
+_ENV_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 class AgentFileError(ValueError):
@@ -24,80 +37,221 @@ class AgentFileError(ValueError):
 
 @dataclass(frozen=True)
 class AgentSpec:
+    """One parsed agent file. Schemas are JSON Schema (Picoschema already converted)."""
+
     name: str
     source_file: str
     content_hash: str
     template: str
+    source: str = ""
+    environment: str | None = None
     model: str | None = None
     endpoint: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    description: str | None = None
     input_schema: dict[str, Any] | None = None
     output_schema: dict[str, Any] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     front_matter: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self, *, template: bool = True) -> dict[str, Any]:
+        """The API's view of an agent (camelCase, like the rest of the API)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "environment": self.environment,
+            "description": self.description,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "baseUrl": self.base_url,
+            "apiKeyEnv": self.api_key_env,
+            "inputSchema": self.input_schema,
+            "outputSchema": self.output_schema,
+            "config": self.config,
+            "contentHash": self.content_hash,
+            "sourceFile": self.source_file,
+        }
+        if template:
+            out["template"] = self.template
+        return out
 
-def parse_agent_file(path: Path) -> AgentSpec:
-    text = path.read_text()
-    front: dict[str, Any] = {}
-    body = text
-    if text.startswith("---"):
-        parts = text.split("\n---", 1)
-        if len(parts) != 2:
-            raise AgentFileError(f"{path}: front matter opened with '---' is never closed")
+
+def _opt_str(front: dict[str, Any], key: str, where: str) -> str | None:
+    value = front.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise AgentFileError(f"{where}: '{key}' must be a non-empty string, got {type(value).__name__}")
+    return value.strip()
+
+
+def parse_agent_text(text: str, source_file: str, environment: str | None = None) -> AgentSpec:
+    """Parse one agent file's text; every problem is an AgentFileError naming the file."""
+    try:
+        parsed: ParsedPrompt[Any] = parse_document(text, source_name=source_file)
+    except DotpromptError as exc:
+        raise AgentFileError(str(exc)) from None
+    front: dict[str, Any] = dict(parsed.raw or {})
+    metadata = front.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise AgentFileError(f"{source_file}: 'metadata' must be a mapping")
+    stem = Path(source_file).name.removesuffix(AGENT_SUFFIX)
+    name = metadata.get("name") or front.get("name") or stem
+    if not isinstance(name, str) or not _NAME_RE.match(name) or "@" in name:
+        raise AgentFileError(f"{source_file}: agent name {name!r} may contain only letters, digits, '_', '-', '.'")
+    schemas: dict[str, dict[str, Any] | None] = {}
+    for part in ("input", "output"):
+        section = front.get(part) or {}
+        if not isinstance(section, dict):
+            raise AgentFileError(f"{source_file}: '{part}' must be a mapping with 'schema'")
         try:
-            front = yaml.safe_load(parts[0][3:]) or {}
-        except yaml.YAMLError as exc:
-            raise AgentFileError(f"{path}: front matter: {exc}") from None
-        if not isinstance(front, dict):
-            raise AgentFileError(f"{path}: front matter must be a mapping")
-        body = parts[1].split("\n", 1)[1] if "\n" in parts[1] else ""
-    name = (front.get("metadata") or {}).get("name") or path.name.removesuffix(".prompt")
+            schemas[part] = to_json_schema(section.get("schema"))
+        except SchemaFileError as exc:
+            raise AgentFileError(f"{source_file}: {part}.schema: {exc}") from None
+    config = front.get("config") or {}
+    if not isinstance(config, dict):
+        raise AgentFileError(f"{source_file}: 'config' must be a mapping")
+    model = _opt_str(front, "model", source_file)
+    endpoint = _opt_str(front, "endpoint", source_file)
+    if model is None and endpoint is None:
+        raise AgentFileError(f"{source_file}: needs 'model' (like openai/gpt-4o-mini) or 'endpoint' (an HTTP agent URL)")
     return AgentSpec(
         name=name,
-        source_file=str(path),
+        source_file=source_file,
         content_hash="sha256:" + hashlib.sha256(text.encode()).hexdigest(),
-        template=body,
-        model=front.get("model"),
-        endpoint=front.get("endpoint"),
-        input_schema=(front.get("input") or {}).get("schema"),
-        output_schema=(front.get("output") or {}).get("schema"),
-        config=front.get("config") or {},
+        template=parsed.template,
+        source=text,
+        environment=environment,
+        model=model,
+        endpoint=endpoint,
+        base_url=_opt_str(front, "baseUrl", source_file),
+        api_key_env=_opt_str(front, "apiKeyEnv", source_file),
+        description=_opt_str(front, "description", source_file),
+        input_schema=schemas["input"],
+        output_schema=schemas["output"],
+        config=dict(config),
         front_matter=front,
     )
 
 
-class AgentCatalog:
-    """The agents of one environment, re-read when asked for a name it does not know yet."""
+def parse_agent_file(path: Path, environment: str | None = None) -> AgentSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AgentFileError(f"{path}: {exc}") from None
+    return parse_agent_text(text, str(path), environment)
 
-    def __init__(self, environments_dir: Path, environment: str) -> None:
-        self.directory = Path(environments_dir) / environment / "agents"
+
+def split_agent_ref(ref: str) -> tuple[str, str | None]:
+    """`name` or `name@env` -> (name, env or None)."""
+    name, sep, env = ref.partition("@")
+    return name.strip(), (env.strip() if sep else None)
+
+
+def valid_environment(env: str) -> bool:
+    """An environment is a directory name: no separators, no '..' (it comes from workflow files and URLs)."""
+    return bool(_ENV_RE.match(env)) and ".." not in env
+
+
+class AgentCatalog:
+    """The agents of one environment. Re-scans (cheaply, by mtime) when the files change."""
+
+    def __init__(self, environments_dir: Path | str, environment: str) -> None:
+        self.environments_dir = Path(environments_dir)
+        self.environment = environment
+        self.directory = self.environments_dir / environment / "agents"
         self._agents: dict[str, AgentSpec] = {}
+        self._signature: tuple[tuple[str, int, int], ...] | None = None
+        self._checked_at = 0.0
         self._lock = threading.Lock()
+        self._siblings: dict[str, AgentCatalog] = {}
         self.errors: list[str] = []
+        self.broken: dict[str, str] = {}  # file stem -> why it did not load
+
+    def _scan_signature(self) -> tuple[tuple[str, int, int], ...]:
+        out = []
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            return ()
+        for entry in entries:
+            if entry.name.endswith(AGENT_SUFFIX):
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                out.append((entry.name, st.st_mtime_ns, st.st_size))
+        return tuple(sorted(out))
 
     def reload(self) -> dict[str, AgentSpec]:
-        agents: dict[str, AgentSpec] = {}
-        errors: list[str] = []
-        if self.directory.is_dir():
-            for file in sorted(self.directory.glob("*.prompt")):
+        """Read every agent file now; broken files are logged and listed in `errors`/`broken`."""
+        with self._lock:
+            signature = self._scan_signature()
+            agents: dict[str, AgentSpec] = {}
+            errors: list[str] = []
+            broken: dict[str, str] = {}
+            for file_name, _, _ in signature:
+                path = self.directory / file_name
                 try:
-                    spec = parse_agent_file(file)
+                    spec = parse_agent_file(path, self.environment)
                 except AgentFileError as exc:
                     errors.append(str(exc))
+                    broken[file_name.removesuffix(AGENT_SUFFIX)] = str(exc)
+                    continue
+                if spec.name in agents:
+                    msg = f"{path}: agent name {spec.name!r} is already used by {agents[spec.name].source_file}"
+                    errors.append(msg)
+                    broken[file_name.removesuffix(AGENT_SUFFIX)] = msg
                     continue
                 agents[spec.name] = spec
-        with self._lock:
-            self._agents = agents
-            self.errors = errors
-        for err in errors:
-            log.error("agent file: %s", err)
-        return agents
+            for err in errors:
+                if err not in self.errors:
+                    log.error("agent file: %s", err)
+            self._agents, self.errors, self.broken = agents, errors, broken
+            self._signature = signature
+            self._checked_at = time.monotonic()
+            return dict(agents)
+
+    def _refresh(self) -> None:
+        if self._signature is None:
+            self.reload()
+            return
+        if time.monotonic() - self._checked_at < STALE_CHECK_S:
+            return
+        if self._scan_signature() != self._signature:
+            self.reload()
+        else:
+            self._checked_at = time.monotonic()
 
     def get(self, name: str) -> AgentSpec | None:
+        self._refresh()
         found = self._agents.get(name)
-        if found is None:
+        if found is None and self._scan_signature() != self._signature:
             found = self.reload().get(name)
         return found
 
     def names(self) -> list[str]:
+        self._refresh()
         return sorted(self._agents)
+
+    def all(self) -> list[AgentSpec]:
+        self._refresh()
+        return [self._agents[name] for name in sorted(self._agents)]
+
+    def sibling(self, environment: str) -> AgentCatalog:
+        """The catalog of another environment under the same directory (for `name@env`)."""
+        if environment == self.environment:
+            return self
+        if not valid_environment(environment):
+            raise AgentFileError(f"invalid environment name {environment!r}")
+        with self._lock:
+            found = self._siblings.get(environment)
+            if found is None:
+                found = self._siblings[environment] = AgentCatalog(self.environments_dir, environment)
+            return found
+
+    def resolve(self, ref: str) -> tuple[AgentSpec | None, AgentCatalog]:
+        """Look up `name` or `name@env`; returns the spec (or None) and the catalog searched."""
+        name, env = split_agent_ref(ref)
+        catalog = self.sibling(env) if env else self
+        return catalog.get(name), catalog

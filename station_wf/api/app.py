@@ -18,6 +18,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from station_wf.agents.catalog import AgentCatalog
+from station_wf.agents.flow_check import check_definition_agents
+from station_wf.api.agents_routes import agent_handlers
 from station_wf.api.auth import Principal, TokenTable
 from station_wf.api.hub import EVENT_QUERY, EventHub, Subscriber, event_from_row
 from station_wf.api.idempotency import IdempotencyStore, request_hash
@@ -41,7 +44,8 @@ class ApiState:
 
     def __init__(self, runs: RunService, definitions: DefinitionService, writer: Any,
                  readiness: Callable[[], dict[str, bool]], tokens: TokenTable, control: ControlService,
-                 hub: EventHub, sse_ping: float = 15.0, extra_routes: list[Route] | None = None) -> None:
+                 hub: EventHub, sse_ping: float = 15.0, extra_routes: list[Route] | None = None,
+                 agents: AgentCatalog | None = None) -> None:
         self.runs = runs
         self.definitions = definitions
         self.writer = writer
@@ -52,6 +56,7 @@ class ApiState:
         self.sse_ping = sse_ping
         self.idempotency = IdempotencyStore(writer)
         self.extra_routes = extra_routes or []
+        self.agents = agents
 
     async def readers_events(self, run_id: str, after_seq: int) -> list[dict[str, Any]]:
         """A run's events after `after_seq`, all of them (paged reads), for an SSE backfill."""
@@ -214,6 +219,7 @@ def build_app(state: ApiState) -> ASGIApp:
         route("/api/v1/workflow-schedules/{schedule_id}/enable", enable_schedule, ["POST"]),
         route("/api/v1/workflow-schedules/{schedule_id}/disable", disable_schedule, ["POST"]),
     ]
+    routes += [route(path, handler, methods) for path, handler, methods in agent_handlers(lambda: state.agents)]
     routes.extend(state.extra_routes)
     routes.append(route("/api/{rest:path}", api_not_found, ["GET", "POST", "PUT", "DELETE", "PATCH"]))
     # The dashboard: static files served by the daemon itself (no build step), using only the API above.
@@ -263,9 +269,20 @@ async def get_workflow(request: Request, state: ApiState) -> Response:
     return JSONResponse(await state.definitions.get(request.path_params["workflow_id"], version))
 
 
+def check_agents(state: ApiState, defn: dict[str, Any]) -> list[str]:
+    """A definition naming an agent that does not exist is refused; flow mismatches are warnings."""
+    if state.agents is None:
+        return []
+    errors, warnings = check_definition_agents(defn, state.agents)
+    if errors:
+        raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", errors)
+    return warnings
+
+
 async def create_workflow(request: Request, state: ApiState) -> Response:
     body, raw = await json_body(request)
     defn = parse_api_body(body, raw)
+    check_agents(state, defn)
     version = await state.writer.run(tx_create(defn, raw, must_exist=False))
     return JSONResponse(await state.definitions.get(defn["id"], version), status_code=201)
 
@@ -276,6 +293,7 @@ async def update_workflow(request: Request, state: ApiState) -> Response:
     if isinstance(body, dict) and "id" not in body:
         body = {**body, "id": workflow_id}
     defn = parse_api_body(body, raw)
+    check_agents(state, defn)
     if defn["id"] != workflow_id:
         raise invalid(f"body id {defn['id']!r} does not match the URL's {workflow_id!r}", {"id": defn["id"]})
     version = await state.writer.run(tx_create(defn, json.dumps(body, sort_keys=True), must_exist=True))

@@ -22,6 +22,8 @@ from typing import Any
 
 from station_wf.schedules.cron import CronError, CronSchedule
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
+from station_wf.telemetry.metrics import runs_started_total
+from station_wf.telemetry.tracing import new_run_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,10 @@ class ScheduleLoop:
                           row["schedule_id"]))
             return False
         triggered = datetime.fromtimestamp(tick, UTC).isoformat().replace("+00:00", "Z")
-        insert_new_run(conn, defn_row, defn, run_id, run_input, None, {"_cronTriggeredAt": triggered})
+        traceparent = new_run_traceparent(None, {"workflow.id": row["workflow_id"], "workflow.version": defn_row["version"],
+                                                 "run.id": run_id, "schedule.id": row["schedule_id"]})
+        insert_new_run(conn, defn_row, defn, run_id, run_input, traceparent, {"_cronTriggeredAt": triggered})
+        runs_started_total.inc(workflow=row["workflow_id"])
         conn.execute("UPDATE workflow_schedules SET last_run_id = ?, last_error = NULL WHERE schedule_id = ?",
                      (run_id, row["schedule_id"]))
         return True

@@ -25,6 +25,7 @@ from station_wf.executors.base import ExecutorRegistry, StepCall, StepError, Ste
 from station_wf.store import runs as rs
 from station_wf.store.db import SqliteWriter
 from station_wf.store.definitions import DefinitionCache
+from station_wf.telemetry import classify_error, step_duration_seconds, step_log, step_spans
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class _Committed:
 @dataclass(frozen=True)
 class _Run:
     call: StepCall
+    attrs: dict[str, Any]
 
 
 class TaskWorker:
@@ -213,8 +215,22 @@ class TaskWorker:
                 self._after_commit(begun.tasks)
                 await msg.ack()
                 return
-            output, error, metadata = await self._execute(msg, begun.call)
-            tasks = await self.writer.run(lambda c: self._tx_finish_step(c, run_id, step, attempt, output, error, metadata))
+            call = begun.call
+            traceparent = (msg.headers or {}).get("traceparent") or call.traceparent
+            with step_spans(traceparent, begun.attrs) as span:
+                started = time.monotonic()
+                output, error, metadata = await self._execute(msg, call)  # the executor task inherits the span
+                elapsed = time.monotonic() - started
+                tasks, will_retry = await self.writer.run(
+                    lambda c: self._tx_finish_step(c, run_id, step, attempt, output, error, metadata))
+                kind = (error or {}).get("type")
+                status = ("succeeded" if error is None else "timed_out" if kind == "timeout"
+                          else "cancelled" if kind == "cancelled" else "failed")
+                error_type = classify_error(error, attempt=attempt, will_retry=will_retry)
+                span.set_status(status, error_type, (error or {}).get("message"))
+            step_duration_seconds.observe(elapsed, executor=call.action)
+            step_log(log, run_id=run_id, step_id=step, attempt=attempt, executor=call.action,
+                     duration_ms=elapsed * 1000, status=status, error_type=error_type)
             self._after_commit(tasks)
             await msg.ack()
         finally:
@@ -288,18 +304,21 @@ class TaskWorker:
             run_id=run_id, step_id=step, attempt=attempt, idempotency_key=row["idempotency_key"],
             state_name=row["state_name"], action=decided.action, input=decided.input,
             timeout_seconds=decided.timeout_seconds, traceparent=run.traceparent, context=run.context,
-        ))
+        ), {"workflow.id": run.workflow_id, "workflow.version": run.workflow_version, "run.id": run_id,
+            "state.name": row["state_name"], "state.type": row["state_type"], "step.id": step, "attempt": attempt,
+            "executor": decided.action})
 
     def _tx_finish_step(
         self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int, output: Any, error: dict[str, Any] | None,
         metadata: dict[str, Any] | None = None,
-    ) -> int:
+    ) -> tuple[int, bool]:
+        """Commit the outcome; returns (tasks enqueued, whether a failed attempt will be retried)."""
         run = rs.load_run(conn, run_id)
         if run is None or run.status in ip.TERMINAL_RUN_STATUSES:
-            return 0
+            return 0, False
         row = rs.load_step(conn, run_id, step, attempt)
         if row is None or row["status"] != ip.RUNNING:  # closed meanwhile: compare-and-set, never a blind write
-            return 0
+            return 0, False
         defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
         view = rs.step_view(row)
         state = rs.run_state(conn, run)
@@ -309,4 +328,5 @@ class TaskWorker:
             t = ip.step_failed(defn, state, view, error)
         else:
             t = ip.step_succeeded(defn, state, view, output)
-        return rs.apply_transition(conn, run, t, view)
+        will_retry = any(e.type == "step.failed" and e.payload.get("willRetry") for e in t.events)
+        return rs.apply_transition(conn, run, t, view), will_retry

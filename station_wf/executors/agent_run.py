@@ -1,16 +1,25 @@
-"""`agent.run`: calls an agent. Here, the HTTP agent protocol (`endpoint:` in the agent's front matter)."""
+"""`agent.run`: look the agent up, check its input, call its provider, check and shape its output.
+
+The engine has already rendered the step's `{{ }}` templates, so `call.input` holds final values:
+`agent` (`name` or `name@env`), `task` and `variables`. Order matters: the input schema is checked
+before any network traffic (a bad input never reaches a model), the output schema after, and both
+failures are `StepError(type="validation")`, retried like any other error by the engine.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import aiohttp
 
-from station_wf.agents.catalog import AgentCatalog
-from station_wf.executors.base import StepCall, StepError
-
-MAX_ERROR_BODY = 2000
+from station_wf.agents.catalog import AgentCatalog, AgentFileError, AgentSpec
+from station_wf.agents.prompt import PromptRenderer, PromptRenderError
+from station_wf.agents.providers import MAX_ERROR_BODY, AgentRequest, ProviderReply, select_provider
+from station_wf.agents.schemas import validation_errors
+from station_wf.executors.base import StepCall, StepError, StepResult
+from station_wf.telemetry.tracing import agent_span, token_attributes
 
 
 class AgentRunExecutor:
@@ -18,12 +27,14 @@ class AgentRunExecutor:
 
     def __init__(self, catalog: AgentCatalog) -> None:
         self.catalog = catalog
+        self.renderer = PromptRenderer()
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=512), timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+                connector=aiohttp.TCPConnector(limit=512),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             )
         return self._session
 
@@ -31,39 +42,93 @@ class AgentRunExecutor:
         if self._session is not None:
             await self._session.close()
 
-    async def execute(self, call: StepCall) -> Any:
-        name = call.input.get("agent")
-        if not isinstance(name, str) or not name:
-            raise StepError("agent.run needs input.agent (the agent's name)", type="validation")
-        spec = self.catalog.get(name)
+    def lookup(self, ref: Any) -> AgentSpec:
+        if not isinstance(ref, str) or not ref.strip():
+            raise StepError("agent.run needs input.agent (the agent's name, or name@env)", type="validation")
+        try:
+            spec, catalog = self.catalog.resolve(ref.strip())
+        except AgentFileError as exc:
+            raise StepError(f"agent {ref!r}: {exc}", type="validation") from None
         if spec is None:
-            raise StepError(f"unknown agent {name!r} (looked in {self.catalog.directory})", type="validation")
-        if not spec.endpoint:
-            raise StepError(f"agent {name!r} has no endpoint and no supported model provider", type="validation")
-        body = {
-            "agent": name,
-            "task": call.input.get("task"),
-            "input": call.input,
-            "variables": call.input.get("variables") or {},
-            "runId": call.run_id,
-            "stepId": call.step_id,
-            "attempt": call.attempt,
-        }
-        headers = {"Idempotency-Key": call.idempotency_key}
-        if call.traceparent:
-            headers["traceparent"] = call.traceparent
-        try:
-            async with self._http().post(spec.endpoint, json=body, headers=headers) as resp:
-                text = await resp.text()
-                if not 200 <= resp.status < 300:
-                    raise StepError(
-                        f"agent {name!r} answered HTTP {resp.status}",
-                        details={"status": resp.status, "body": text[:MAX_ERROR_BODY]},
-                    )
-        except aiohttp.ClientError as exc:
-            raise StepError(f"agent {name!r} at {spec.endpoint}: {type(exc).__name__}: {exc}") from None
-        try:
-            result = json.loads(text)
-        except ValueError:
-            return {"response": text}
-        return result if isinstance(result, dict) else {"response": result}
+            name = ref.partition("@")[0]
+            why = catalog.broken.get(name)
+            detail = f": its file does not load: {why}" if why else f" (looked in {catalog.directory})"
+            raise StepError(f"unknown agent {ref!r}{detail}", type="validation")
+        return spec
+
+    async def execute(self, call: StepCall) -> StepResult:
+        ref = call.input.get("agent")
+        spec = self.lookup(ref)
+        assert isinstance(ref, str)
+        task = call.input.get("task")  # any JSON value: "{{ item }}" keeps the item's type (DESIGN 3)
+        variables = call.input.get("variables")
+        if variables is None:
+            variables = {}
+        if not isinstance(variables, dict):
+            raise StepError(f"agent.run variables must be an object, got {type(variables).__name__}", type="validation")
+        meta: dict[str, Any] = {"agent": spec.name, "agentHash": spec.content_hash, "agentFile": spec.source_file}
+        if spec.input_schema is not None:
+            errors = validation_errors(variables, spec.input_schema)
+            if errors:
+                raise StepError(f"agent {spec.name!r}: variables do not match its input schema: {errors[0]}",
+                                type="validation", details={"schema": "input", "errors": errors}, metadata=meta)
+        provider, model = select_provider(spec)
+        meta.update(provider=provider.name, model=model)
+        rendered = None
+        if provider.renders_prompt:
+            try:
+                rendered = await self.renderer.render(spec, task, variables)
+            except PromptRenderError as exc:
+                raise StepError(str(exc), type="validation", metadata=meta) from None
+            meta["prompt"] = rendered.prompt
+            if rendered.explicit_roles:
+                meta["messages"] = rendered.messages
+        request = AgentRequest(call=call, spec=spec, agent_ref=ref, model=model, task=task, variables=variables,
+                               prompt=rendered)
+        started = time.monotonic()
+        with agent_span({"agent.name": spec.name, "agent.provider": provider.name, "agent.model": model,
+                         "run.id": call.run_id, "step.id": call.step_id}) as aspan:
+            try:
+                reply = await provider.complete(request, self._http())
+            except StepError as exc:
+                aspan.set_status("failed", exc.type if exc.type in ("timeout", "validation") else "agent_error", str(exc))
+                exc.metadata = {**meta, "latencyMs": _ms(started), **exc.metadata}
+                raise
+            aspan.update({"agent.model": reply.model} if reply.model else {})
+            aspan.update(token_attributes(reply.usage))
+            aspan.set_status("succeeded")
+        meta["latencyMs"] = _ms(started)
+        meta.update(reply.metadata)
+        if reply.model:
+            meta["model"] = reply.model
+        if reply.usage is not None:
+            meta["usage"] = reply.usage
+        return StepResult(self.shape(spec, reply, meta), meta)
+
+    def shape(self, spec: AgentSpec, reply: ProviderReply, meta: dict[str, Any]) -> dict[str, Any]:
+        """DESIGN 3: the structured output when the answer is JSON (schema-checked), else {"response": text}."""
+        if spec.output_schema is not None:
+            if not reply.is_json:
+                raise StepError(f"agent {spec.name!r}: the answer is not JSON but the agent has an output schema",
+                                type="validation",
+                                details={"schema": "output", "answer": _excerpt(reply)},
+                                metadata=meta)
+            errors = validation_errors(reply.output, spec.output_schema)
+            if errors:
+                raise StepError(f"agent {spec.name!r}: the answer does not match its output schema: {errors[0]}",
+                                type="validation",
+                                details={"schema": "output", "errors": errors,
+                                         "answer": _excerpt(reply)},
+                                metadata=meta)
+        if reply.is_json and isinstance(reply.output, dict):
+            return reply.output
+        return {"response": reply.output}
+
+
+def _excerpt(reply: ProviderReply) -> str:
+    text = reply.text if reply.text is not None else json.dumps(reply.output, default=str)
+    return text[:MAX_ERROR_BODY]
+
+
+def _ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)

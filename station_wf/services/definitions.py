@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from station_wf.agents.catalog import AgentCatalog
+from station_wf.agents.flow_check import check_definition_agents
 from station_wf.dsl.loader import (
     WORKFLOW_FILE_SUFFIXES,
     DefinitionError,
@@ -29,11 +31,12 @@ class SyncReport:
     unchanged: list[str] = field(default_factory=list)
     disabled: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "environment": self.environment, "registered": self.registered, "unchanged": self.unchanged,
-            "disabled": self.disabled, "errors": self.errors,
+            "disabled": self.disabled, "errors": self.errors, "warnings": self.warnings,
         }
 
 
@@ -44,9 +47,14 @@ def workflow_files(environments_dir: Path, environment: str) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(WORKFLOW_FILE_SUFFIXES))
 
 
-def plan_sync(environments_dir: Path, environment: str):
-    """Parse every workflow file of the environment (outside any transaction); returns the sync transaction."""
+def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | None = None):
+    """Parse every workflow file of the environment (outside any transaction); returns the sync transaction.
+
+    A file that does not load, or names an agent the environment lacks, is reported and skipped: the
+    version already stored keeps serving."""
     report = SyncReport(environment)
+    agents = agents if agents is not None else AgentCatalog(Path(environments_dir), environment)
+    agents.reload()
     parsed: list[tuple[dict[str, Any], str, str]] = []
     seen_ids: dict[str, str] = {}
     failed_ids: set[str] = set()
@@ -59,6 +67,12 @@ def plan_sync(environments_dir: Path, environment: str):
             guess = _guess_id(raw)
             if guess:
                 failed_ids.add(guess)  # a broken file must not disable the workflow it defines
+            continue
+        agent_errors, agent_warnings = check_definition_agents(defn, agents)
+        report.warnings.extend(f"{file}: {w}" for w in agent_warnings)
+        if agent_errors:
+            report.errors.extend(f"{file}: {e}" for e in agent_errors)
+            failed_ids.add(defn["id"])
             continue
         if defn["id"] in seen_ids:
             report.errors.append(f"{file}: workflow id {defn['id']!r} is also defined in {seen_ids[defn['id']]}")

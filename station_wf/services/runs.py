@@ -15,6 +15,8 @@ from station_wf.engine import interpreter as ip
 from station_wf.errors import ServiceError, invalid, not_found
 from station_wf.store import runs as rs
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
+from station_wf.telemetry.metrics import runs_started_total
+from station_wf.telemetry.tracing import new_run_traceparent
 
 MAX_LIST_LIMIT = 1000
 
@@ -51,6 +53,7 @@ def step_to_api(row: sqlite3.Row) -> dict[str, Any]:
         "branchPath": row["branch_path"], "foreachIndex": row["foreach_index"], "attempt": row["attempt"],
         "status": row["status"], "executor": row["executor"], "idempotencyKey": row["idempotency_key"],
         "input": _json(row["input"]), "output": _json(row["output"]), "error": _json(row["error"]),
+        "metadata": _json(row["metadata"]),
         "createdAt": row["created_at"], "startedAt": row["started_at"], "completedAt": row["completed_at"],
     }
 
@@ -121,7 +124,9 @@ class RunService:
         if problems:
             raise ServiceError(400, "invalid_input", f"input does not match the input schema of {workflow_id!r}", problems)
         run_id = str(uuid.uuid4())
+        traceparent = new_run_traceparent(traceparent, {"workflow.id": workflow_id, "workflow.version": row["version"], "run.id": run_id})
         await self.writer.run(lambda conn: insert_new_run(conn, row, defn, run_id, run_input, traceparent))
+        runs_started_total.inc(workflow=workflow_id)
         if self.on_commit is not None:
             self.on_commit()
         return await self.get(run_id)

@@ -16,6 +16,7 @@ from typing import Any
 from station_wf.engine import interpreter as ip
 from station_wf.engine.identity import idempotency_key, run_task_subject, step_task_subject
 from station_wf.store.db import utcnow
+from station_wf.telemetry.metrics import runs_finished_total
 
 
 def dumps(value: Any) -> str:
@@ -200,6 +201,8 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
         conn.execute("UPDATE workflow_signals SET consumed_by = ?, consumed_at = ? WHERE id = ? AND consumed_by IS NULL",
                      (consumer, now, signal_id))
     final = t.run_status if t.run_status is not None else run.status
+    if t.run_status in ip.TERMINAL_RUN_STATUSES:
+        runs_finished_total.inc(workflow=run.workflow_id, status=t.run_status)
     if final in ip.TERMINAL_RUN_STATUSES:
         conn.execute("UPDATE timers SET fired_at = ? WHERE run_id = ? AND fired_at IS NULL", (now, run.run_id))
         conn.execute("UPDATE workflow_approvals SET status = 'closed', decided_at = ? WHERE run_id = ? AND status = 'pending'",
