@@ -83,7 +83,7 @@ class Settings:
     reconcile_seconds: float = 5.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
-    log_format: str = "text"
+    log_format: str = "json"
     retention_days: float = 30.0
     retention_interval_seconds: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
