@@ -433,7 +433,7 @@ async def run_stream(request: Request, state: ApiState) -> Response:
     run_id = request.path_params["run_id"]
     last = _last_event_id(request)
     run = await state.runs.get(run_id)  # 404 before the stream starts
-    sub = state.hub.subscribe(Subscriber(run_id=run_id))  # before the backfill: nothing falls between
+    sub = await state.hub.subscribe(Subscriber(run_id=run_id))  # before the backfill: nothing falls between
 
     async def events():
         nonlocal last
@@ -463,7 +463,7 @@ async def global_stream(request: Request, state: ApiState) -> Response:
     q = request.query_params
     statuses = frozenset(s.strip().upper() for s in q.get("status", "").split(",") if s.strip()) or None
     last = _last_event_id(request)
-    sub = state.hub.subscribe(Subscriber(workflow_id=q.get("workflowId") or None, statuses=statuses))
+    sub = await state.hub.subscribe(Subscriber(workflow_id=q.get("workflowId") or None, statuses=statuses))
 
     async def events():
         nonlocal last

@@ -62,7 +62,13 @@ class EventHub:
     def kick(self) -> None:
         self._wake.set()
 
-    def subscribe(self, sub: Subscriber) -> Subscriber:
+    async def subscribe(self, sub: Subscriber) -> Subscriber:
+        """Register before the caller reads its backlog, so nothing committed in between is missed
+        (an event may arrive both ways; streams drop the copy by its id)."""
+        if not self.subscribers or self._cursor is None:
+            row = await self.readers.fetchone("SELECT COALESCE(MAX(id), 0) AS id FROM workflow_run_events")
+            if not self.subscribers:
+                self._cursor = row["id"] if row else 0
         self.subscribers.add(sub)
         return sub
 
@@ -70,8 +76,6 @@ class EventHub:
         self.subscribers.discard(sub)
 
     async def run(self) -> None:
-        row = await self.readers.fetchone("SELECT COALESCE(MAX(id), 0) AS id FROM workflow_run_events")
-        self._cursor = row["id"] if row else 0
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -84,10 +88,8 @@ class EventHub:
                 log.exception("event hub")
 
     async def _dispatch(self) -> int:
-        if not self.subscribers:
-            row = await self.readers.fetchone("SELECT COALESCE(MAX(id), 0) AS id FROM workflow_run_events")
-            self._cursor = row["id"] if row else self._cursor
-            return 0
+        if not self.subscribers or self._cursor is None:
+            return 0  # nobody listens: no read at all (a new subscriber sets the cursor)
         rows = await self.readers.fetchall(EVENT_QUERY + " WHERE e.id > ? ORDER BY e.id LIMIT ?", (self._cursor, BATCH))
         for row in rows:
             event = event_from_row(row)

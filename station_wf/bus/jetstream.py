@@ -129,6 +129,20 @@ class Bus:
         hdrs = {"Nats-Msg-Id": msg_id, **(headers or {})}
         return await self.js.publish(subject, payload, headers=hdrs)
 
+    async def publish_batch(self, items: list[tuple[str, bytes, str, dict[str, str]]]) -> None:
+        """Publish in order with one round trip: all but the last as plain publishes (the stream stores
+        them all the same), the last as a JetStream publish whose ack says the server got this far.
+
+        One connection keeps the order, so an ack for the last means the ones before it were received;
+        any failure raises and the caller publishes the whole batch again (`Nats-Msg-Id` drops copies)."""
+        assert self.nc is not None
+        if not items:
+            return
+        for subject, payload, msg_id, headers in items[:-1]:
+            await self.nc.publish(subject, payload, headers={"Nats-Msg-Id": msg_id, **headers})
+        subject, payload, msg_id, headers = items[-1]
+        await self.publish(subject, payload, msg_id, headers)
+
     async def task_is_live(self, subject: str) -> bool:
         """A work-queue message stays in the stream until acked, so its presence means a live task."""
         assert self.js is not None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from station_wf.engine import interpreter as ip
+from station_wf.engine.commit import commit_transition
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
 from station_wf.store.definitions import DefinitionCache
@@ -73,7 +74,7 @@ def decide_approval(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str
     for event in t.events:
         if event.type in ("approval.decided", "approval.timed_out"):
             event.payload["approvalId"] = approval_id
-    return Outcome(rs.apply_transition(conn, run, t))
+    return Outcome(commit_transition(conn, defs, run, t))
 
 
 def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, name: str, payload: Any,
@@ -103,7 +104,7 @@ def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str,
                      (now, run_id, step_row["step_id"]))
         t = ip.signal_received(defn, state, rs.step_view(step_row), oldest)
         info["consumed"] = oldest.id == signal_id
-        return Outcome(rs.apply_transition(conn, rs.load_run(conn, run_id) or run, t)), info
+        return Outcome(commit_transition(conn, defs, rs.load_run(conn, run_id) or run, t)), info
     conn.execute("UPDATE workflow_runs SET version = version + 1, updated_at = ? WHERE run_id = ?", (now, run_id))
     return Outcome(), info
 
@@ -168,7 +169,7 @@ def cancel(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, reason:
     for event in t.events:
         if event.type == "run.cancelled":
             event.payload["by"] = actor
-    rs.apply_transition(conn, run, t)
+    commit_transition(conn, defs, run, t)
     return Outcome(cancelled_run=run_id)
 
 

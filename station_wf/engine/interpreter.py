@@ -101,6 +101,7 @@ class NewStep:
     attempt: int
     idempotency_key: str
     delay_seconds: float = 0.0  # > 0: held by a durable timer (retry back-off) before its task
+    inline: bool = False  # decided without an executor: may run in the same transaction as its cause
 
 
 @dataclass(frozen=True)
@@ -253,10 +254,16 @@ def _names(rs: RunState, engine: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 # -- identities -----------------------------------------------------------------------------------
+def needs_executor(state: dict[str, Any]) -> bool:
+    """Only an executor call (agent.run) needs a task of its own; every other state is decided here."""
+    return state["type"] == "operation" and state.get("action") not in ("human.approval", "signal.wait")
+
+
 def _new_step(run_id: str, state: dict[str, Any], path: str, attempt: int = 1, delay: float = 0.0) -> NewStep:
     index = _innermost_index(path)
     sid = step_id(run_id, state["name"], path, index)
-    return NewStep(sid, state["name"], state["type"], path, index, attempt, idempotency_key(run_id, sid, attempt), delay)
+    return NewStep(sid, state["name"], state["type"], path, index, attempt, idempotency_key(run_id, sid, attempt), delay,
+                   inline=not needs_executor(state))
 
 
 def initial_context(defn: dict[str, Any], run_id: str, version: int, run_input: dict[str, Any], started_at: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def _prune_batch(conn: sqlite3.Connection, cutoff: str) -> int:
 
 
 async def prune_once(writer: SqliteWriter, days: float) -> int:
-    cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds").replace("+00:00", "Z")
     total = 0
     while True:
         n = await writer.run(lambda conn: _prune_batch(conn, cutoff))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from station_wf.engine import control
 from station_wf.engine import interpreter as ip
+from station_wf.engine.commit import commit_transition
 from station_wf.store import runs as rs
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
 from station_wf.store.definitions import DefinitionCache
@@ -97,4 +98,4 @@ class TimerLoop:
         view = rs.step_view(step_row) if step_row is not None else None
         t = ip.timer_fired(defn, rs.run_state(conn, run), timer["kind"], view)
         if t is not None:
-            rs.apply_transition(conn, run, t, view)
+            commit_transition(conn, self.definitions, run, t, view)

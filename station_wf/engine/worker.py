@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from station_wf.bus.jetstream import Bus
 from station_wf.engine import interpreter as ip
+from station_wf.engine.commit import commit_transition
 from station_wf.executors.base import ExecutorRegistry, StepCall, StepError, StepResult
 from station_wf.store import runs as rs
 from station_wf.store.db import SqliteWriter
@@ -279,7 +280,7 @@ class TaskWorker:
         if run is None or run.status != ip.PENDING:
             return 0
         defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
-        return rs.apply_transition(conn, run, ip.start_run(defn, rs.run_state(conn, run)))
+        return commit_transition(conn, self.definitions, run, ip.start_run(defn, rs.run_state(conn, run)))
 
     def _tx_begin_step(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> _Skip | _Committed | _Run:
         run = rs.load_run(conn, run_id)
@@ -298,7 +299,7 @@ class TaskWorker:
         if decided is None:
             return _Skip(f"step attempt is already {row['status']}")
         if isinstance(decided, ip.Transition):
-            return _Committed(rs.apply_transition(conn, run, decided, view))
+            return _Committed(commit_transition(conn, self.definitions, run, decided, view))
         rs.mark_running(conn, run, row, decided.action, decided.input)
         return _Run(StepCall(
             run_id=run_id, step_id=step, attempt=attempt, idempotency_key=row["idempotency_key"],
@@ -329,4 +330,4 @@ class TaskWorker:
         else:
             t = ip.step_succeeded(defn, state, view, output)
         will_retry = any(e.type == "step.failed" and e.payload.get("willRetry") for e in t.events)
-        return rs.apply_transition(conn, run, t, view), will_retry
+        return commit_transition(conn, self.definitions, run, t, view), will_retry

@@ -35,7 +35,7 @@ MAX_GROUP = 256
 
 def utcnow() -> str:
     """ISO-8601 UTC with milliseconds: sortable text, the one time format stored."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _configure(conn: sqlite3.Connection) -> None:

@@ -132,10 +132,12 @@ def _insert_step(conn: sqlite3.Connection, run: RunRow, new: ip.NewStep, now: st
     return attempt, key
 
 
-def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, step: ip.StepView | None = None) -> int:
+def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, step: ip.StepView | None = None,
+                     inline: list[tuple[str, int]] | None = None) -> int:
     """Commit one transition: steps, run, context, engine state, events, new steps with their tasks or
-    timers, and timers. Returns the number of tasks enqueued. `step` is unused but kept for callers'
-    clarity about which attempt caused the transition."""
+    timers, and timers. Returns the number of tasks enqueued. With an `inline` list, new steps that
+    need no executor are put there (to be decided in this same transaction) instead of getting a task.
+    `step` is unused but kept for callers' clarity about which attempt caused the transition."""
     now = utcnow()
     for u in t.step_updates:
         done = u.status not in ip.OPEN_STEP_STATUSES
@@ -181,6 +183,8 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
         )
         if new.delay_seconds > 0:
             add_timer(conn, run.run_id, "retry", new.delay_seconds, new.step_id, attempt)
+        elif inline is not None and new.inline:
+            inline.append((new.step_id, attempt))
         else:
             enqueue_step_task(conn, run, new.step_id, attempt, key)
             tasks += 1
@@ -189,7 +193,7 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
     for a in t.approvals:
         expires = None
         if a.timeout_seconds:
-            expires = datetime.fromtimestamp(time.time() + a.timeout_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            expires = datetime.fromtimestamp(time.time() + a.timeout_seconds, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
         conn.execute(
             """INSERT INTO workflow_approvals (approval_id, run_id, step_id, attempt, workflow_id, state_name, status, message,
                    summary, approvers, on_reject, on_timeout, created_at, expires_at)

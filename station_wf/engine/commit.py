@@ -1,0 +1,46 @@
+"""Committing a transition, and deciding at once the steps it creates that need no executor.
+
+A chain of inject/switch/transform/container/wait steps is decided inside the transaction that caused
+it: each still gets its own row, events and deterministic id, but not a JetStream round trip. The
+chain is bounded; what is left over gets tasks like any step. A crash before the commit loses the
+whole chain together with its cause, which is then redelivered and decided the same way.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from station_wf.engine import interpreter as ip
+from station_wf.store import runs as rs
+from station_wf.store.definitions import DefinitionCache
+
+MAX_INLINE_STEPS = 64
+
+
+def commit_transition(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, t: ip.Transition,
+                      step: ip.StepView | None = None) -> int:
+    """apply_transition plus the inline chain; returns the number of tasks enqueued."""
+    pending: list[tuple[str, int]] = []
+    tasks = rs.apply_transition(conn, run, t, step, inline=pending)
+    budget = MAX_INLINE_STEPS
+    while pending:
+        sid, attempt = pending.pop(0)
+        current = rs.load_run(conn, run.run_id)
+        row = rs.load_step(conn, run.run_id, sid, attempt)
+        if current is None or row is None or row["status"] != ip.PENDING:
+            continue
+        if current.status not in ip.ACTIVE_RUN_STATUSES or budget <= 0:
+            if current.status in ip.ACTIVE_RUN_STATUSES:  # over budget: an ordinary task
+                rs.enqueue_step_task(conn, current, sid, attempt, row["idempotency_key"])
+                tasks += 1
+            continue  # paused: resume dispatches it; finished: nothing to do
+        budget -= 1
+        defn = defs.get(conn, current.workflow_id, current.workflow_version)
+        view = rs.step_view(row)
+        decided = ip.begin_step(defn, rs.run_state(conn, current), view)
+        if isinstance(decided, ip.Transition):
+            tasks += rs.apply_transition(conn, current, decided, view, inline=pending)
+        elif decided is not None:  # needs an executor after all
+            rs.enqueue_step_task(conn, current, sid, attempt, row["idempotency_key"])
+            tasks += 1
+    return tasks
