@@ -44,8 +44,13 @@ class BenchDaemon:
         cli = [sys.executable, "-m", "station_wf.cli"]
         self.procs.append(subprocess.Popen([*cli, "demo-agent", "--port", str(self.agent_port)],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.start_daemon_only()
+
+    def start_daemon_only(self) -> None:
+        """(Re)start `station-wf serve` on the same data directory and wait until it is ready."""
+        cli = [sys.executable, "-m", "station_wf.cli"]
         self.procs.append(subprocess.Popen([*cli, "serve"], env=self.env, stdout=subprocess.DEVNULL,
-                                           stderr=open(self.root / "daemon.log", "wb")))  # noqa: SIM115
+                                           stderr=open(self.root / "daemon.log", "ab")))  # noqa: SIM115
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from station_wf.bus.jetstream import Bus
+from station_wf.bus.jetstream import TASKS_STREAM, WORKER_CONSUMER, Bus
 from station_wf.engine import interpreter as ip
 from station_wf.engine.commit import commit_transition
 from station_wf.executors.base import ExecutorRegistry, StepCall, StepError, StepResult
@@ -112,6 +112,9 @@ class TaskWorker:
         try:
             request = {"batch": batch, "expires": int(PULL_EXPIRES_S * 1e9)}
             await nc.publish(self.bus.pull_subject, json.dumps(request).encode(), reply=inbox)
+            if self.bus.js is not None and not self.subscribed:
+                await self.bus.js.consumer_info(TASKS_STREAM, WORKER_CONSUMER)  # raises if the consumer is gone
+                self.subscribed = True
             deadline = time.monotonic() + PULL_EXPIRES_S + 1.0
             got = 0
             while got < batch and not self._stopping.is_set():
