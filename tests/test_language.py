@@ -251,3 +251,29 @@ def test_incident_triage_example_runs_to_the_approval_gate(daemon_factory) -> No
         names[:5] == ["inject_defaults", "diagnostics", "check_errors", "check_pods", "decide"]
     assert "request_approval" in names
     assert Path(src).read_text().count("human.approval") == 1
+
+
+def test_try_catch_finally_sleep_and_transform_through_the_daemon(daemon: Daemon) -> None:
+    daemon.add_agent("flaky")
+    daemon.agent_server.behave("flaky", status=503, reply={"error": "down"})
+    daemon.add_workflow("guarded", """
+id: guarded
+start: guard
+states:
+  - name: guard
+    type: try
+    try:
+      - { name: risky, type: operation, action: agent.run, input: { agent: flaky, task: t }, end: true }
+    catch:
+      - { name: note, type: transform, expression: '{"failedState": error["stateName"], "status": error["details"]["status"]}', resultPath: recovered, end: true }
+    finally:
+      - { name: pause, type: sleep, duration: 0.5s, end: true }
+    next: after
+  - { name: after, type: operation, action: agent.run, input: { agent: worker, task: "{{ recovered.status }}" }, end: true }
+""")
+    daemon.start()
+    run = daemon.wait_status(daemon.start_run("guarded")["id"])
+    assert run["context"]["recovered"] == {"failedState": "risky", "status": 503}
+    assert daemon.agent_server.calls_for("worker")[0].body["task"] == 503
+    statuses = {s["stateName"]: s["status"] for s in run["steps"]}
+    assert statuses == {"guard": "SUCCEEDED", "risky": "FAILED", "note": "SUCCEEDED", "pause": "SUCCEEDED", "after": "SUCCEEDED"}
