@@ -109,6 +109,7 @@ export class EventStream {
     this.stopped = true;
     this.finished = false;
     this.connects = 0;
+    this.received = 0;
     this.ctrl = null;
     this.life = null;
   }
@@ -143,7 +144,8 @@ export class EventStream {
     let backoff = 500;
     while (!this.stopped && !this.finished) {
       this.ctrl = new AbortController();
-      let failed = false;
+      const before = this.received;
+      let clean = false;
       try {
         const extra = { Accept: 'text/event-stream' };
         if (this.lastId != null) extra['Last-Event-ID'] = String(this.lastId);
@@ -162,17 +164,20 @@ export class EventStream {
         if (!resp.ok || !resp.body) throw new Error(`HTTP ${resp.status}`);
         this.connects += 1;
         this.setState('live');
-        backoff = 500;
         await this.read(resp.body);
+        clean = true;
       } catch (e) {
-        failed = true;
         if (this.stopped) return;
       }
       if (this.stopped) return;
       if (this.finished) break;
       this.setState('reconnecting');
-      await sleep(failed ? backoff : 250, this.life.signal);
-      backoff = Math.min(backoff * 2, 5000);
+      // A connection that delivered events is resumed at once (after a short pause); one that failed
+      // or ended empty backs off, doubling up to 5 s.
+      if (this.received > before) backoff = 500;
+      const delivered = this.received > before && clean;
+      await sleep(delivered ? 250 : backoff, this.life.signal);
+      if (!delivered) backoff = Math.min(backoff * 2, 5000);
     }
     if (this.finished) this.setState('ended');
   }
@@ -216,6 +221,7 @@ export class EventStream {
     let data;
     try { data = JSON.parse(ev.data.join('\n')); } catch { return; }
     if (ev.id != null && ev.id !== '') this.lastId = ev.id;
+    this.received += 1;
     const event = { type: ev.event || data.type || 'message', id: ev.id, data };
     if (this.isFinal(event)) this.finished = true;
     try {

@@ -73,7 +73,8 @@ export function errorState(err, retry) {
 // -- formatting -------------------------------------------------------------------------------
 export function parseTime(iso) {
   if (!iso) return null;
-  const t = Date.parse(iso);
+  // The daemon writes microseconds; Date.parse is only required to read milliseconds.
+  const t = Date.parse(String(iso).replace(/(\.\d{3})\d+/, '$1'));
   return Number.isNaN(t) ? null : t;
 }
 
