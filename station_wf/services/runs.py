@@ -76,12 +76,13 @@ def run_to_api(row: sqlite3.Row, steps: list[sqlite3.Row] | None = None, include
 
 
 def insert_new_run(conn: sqlite3.Connection, row: sqlite3.Row, defn: dict[str, Any], run_id: str, run_input: dict[str, Any],
-                   traceparent: str | None, extra_context: dict[str, Any] | None = None) -> None:
+                   traceparent: str | None, extra_context: dict[str, Any] | None = None) -> dict[str, Any]:
     """The one way a run is created (API and schedules): its context, row, first event and run task."""
     now = utcnow()
     context = ip.initial_context(defn, run_id, row["version"], run_input, now)
     context.update(extra_context or {})
     rs.insert_run(conn, run_id, row["workflow_id"], row["version"], row["content_hash"], run_input, context, traceparent, now)
+    return context
 
 
 def encode_cursor(value: int) -> str:
@@ -125,11 +126,17 @@ class RunService:
             raise ServiceError(400, "invalid_input", f"input does not match the input schema of {workflow_id!r}", problems)
         run_id = str(uuid.uuid4())
         traceparent = new_run_traceparent(traceparent, {"workflow.id": workflow_id, "workflow.version": row["version"], "run.id": run_id})
-        await self.writer.run(lambda conn: insert_new_run(conn, row, defn, run_id, run_input, traceparent))
+        context = await self.writer.run(lambda conn: insert_new_run(conn, row, defn, run_id, run_input, traceparent))
         runs_started_total.inc(workflow=workflow_id)
         if self.on_commit is not None:
             self.on_commit()
-        return await self.get(run_id)
+        # The response is what was just committed; no need to read it back.
+        return {
+            "id": run_id, "workflowId": workflow_id, "workflowVersion": row["version"], "contentHash": row["content_hash"],
+            "status": ip.PENDING, "input": run_input, "error": None, "version": 0, "lastEventSeq": 1,
+            "createdAt": context["workflow"]["startedAt"], "startedAt": None, "updatedAt": context["workflow"]["startedAt"],
+            "completedAt": None, "context": context, "steps": [], "currentSteps": [],
+        }
 
     async def get(self, run_id: str) -> dict[str, Any]:
         row = await self.readers.fetchone("SELECT * FROM workflow_runs WHERE run_id = ?", (run_id,))
