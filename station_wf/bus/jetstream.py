@@ -31,6 +31,8 @@ WORKER_CONSUMER = "station-wf-worker"
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 EVENTS_MAX_BYTES = 1 << 30
+TASKS_MAX_MSGS = 1_000_000
+TASKS_MAX_BYTES = 1 << 30
 
 
 class Bus:
@@ -89,6 +91,8 @@ class Bus:
         await self._ensure_stream(StreamConfig(
             name=TASKS_STREAM, subjects=TASK_SUBJECTS, retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S,
+            # Bounded: when full, publishes fail and tasks wait in the SQLite outbox (back-pressure, no loss).
+            max_msgs=TASKS_MAX_MSGS, max_bytes=TASKS_MAX_BYTES, discard=DiscardPolicy.NEW,
         ))
         await self._ensure_stream(StreamConfig(
             name=EVENTS_STREAM, subjects=EVENT_SUBJECTS, retention=RetentionPolicy.LIMITS,
