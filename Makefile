@@ -25,6 +25,12 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks
 
+# Chaos: kill -9 the daemon and restart nats-server under a mixed workload, then check the invariants
+# (exit 1 on any violation; the short variant runs in `make test` as tests/test_chaos.py).
+CHAOS_ARGS ?= --runs 300 --seconds 120 --seed 1
+chaos: $(STAMP)
+	$(BIN)/python -m benchmarks.chaos $(CHAOS_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check station_wf tests benchmarks
 

@@ -19,6 +19,11 @@ Afterwards every run must be terminal within a bounded wait, and:
 3. its event seqs are gap-free 1..n;
 4. its context is what `rebuild_context` makes of its events.
 
+Also: one run per Idempotency-Key (`duplicate_run`), every agent call belongs to a step attempt, and each
+`(step, attempt)` has at most one `step.succeeded`. Clients never cause duplicates themselves: after an
+ambiguous failure they only switch to a fresh Idempotency-Key once the daemon that held the old one is
+dead and the action is not found committed.
+
 Counts and violations are printed as a table and as JSON; the exit status is 1 on any violation. On a
 violation the working directory (daemon logs, SQLite file, `violations.json` with the runs' events) is
 kept and named in the output.
@@ -42,6 +47,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +63,7 @@ from station_wf.engine.interpreter import rebuild_context
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 SLOW_START_S = 8.0  # a restart slower than this gets a py-spy stack dump in the working directory
 TOLERANCE_S = 0.25  # clock slack between the daemon's completedAt and the agent server's arrival time
+CLIENT_TIMEOUT_S = 30.0  # long: a timed-out request may still be running, which the clients must assume
 VIOLATION_KINDS = (
     "not_terminal", "wrong_status", "wrong_branch", "wrong_context", "succeeded_step_recalled",
     "closed_attempt_recalled", "started_after_close", "duplicate_call_unexplained", "duplicate_succeeded_event",
@@ -472,6 +479,11 @@ class Daemon:
         """Wait for /readyz; returns the seconds since the spawn."""
         assert self.proc is not None
         deadline = self.spawned + timeout
+        with httpx.Client(timeout=1) as client:
+            return self._poll_ready(client, deadline)
+
+    def _poll_ready(self, client: httpx.Client, deadline: float) -> float:
+        assert self.proc is not None
         dumped = False
         while time.monotonic() < deadline:
             if not dumped and time.monotonic() - self.spawned > SLOW_START_S:
@@ -480,12 +492,12 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}; see {self.root}/daemon-{self.starts:03d}.log")
             try:
-                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                if client.get(self.base + "/readyz").status_code == 200:
                     return time.monotonic() - self.spawned
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"daemon not ready after {timeout}s; see {self.root}")
+        raise RuntimeError(f"daemon not ready in time; see {self.root}")
 
     def start(self) -> float:
         """Spawn and wait until ready; returns the seconds it took."""
@@ -493,13 +505,21 @@ class Daemon:
         return self.wait_ready()
 
     def dump_stack(self, why: str) -> None:
-        """A slow start is a finding too: record where the daemon is (py-spy, when installed)."""
-        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if self.proc is None or not os.access(spy, os.X_OK):
+        """A slow start is a finding too: record /readyz and where the daemon is (py-spy, when installed)."""
+        if self.proc is None:
             return
-        out = subprocess.run([spy, "dump", "--pid", str(self.proc.pid)], capture_output=True, text=True, timeout=30)
+        try:
+            ready = httpx.get(self.base + "/readyz", timeout=2)
+            readyz = f"/readyz {ready.status_code} {ready.text[:500]}"
+        except httpx.HTTPError as exc:
+            readyz = f"/readyz: {type(exc).__name__}"
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        stack = "(py-spy not installed)"
+        if os.access(spy, os.X_OK):
+            out = subprocess.run([spy, "dump", "--pid", str(self.proc.pid)], capture_output=True, text=True, timeout=30)
+            stack = out.stdout + out.stderr
         with open(self.root / f"slow-start-{self.starts:03d}.txt", "a") as f:
-            f.write(f"{why}\n{out.stdout}{out.stderr}\n")
+            f.write(f"{why}\n{readyz}\n{stack}\n")
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -519,23 +539,77 @@ class Daemon:
 
 # -- the clients ------------------------------------------------------------------------------------
 class Api:
-    """REST calls that ride out restarts: transport errors and 5xx are retried until the deadline."""
+    """REST calls that ride out restarts: transport errors and 5xx are retried until the deadline.
 
-    def __init__(self, base: str, deadline: float) -> None:
+    `generation()` is the number of daemon processes started so far: an attempt that reached process g
+    can only still be in progress while g is the current one, which is what lets a client tell an
+    orphaned Idempotency-Key reservation (its daemon died) from its own request still being answered."""
+
+    def __init__(self, base: str, deadline: float, generation: Callable[[], int] = lambda: 0) -> None:
         self.base = base
         self.deadline = deadline
+        self.generation = generation
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+
+    def client(self) -> httpx.Client:
+        """One keep-alive client per thread (a fresh httpx client per request costs an SSL context)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(base_url=self.base, timeout=CLIENT_TIMEOUT_S)
+            self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+
+    def once(self, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response | None, bool]:
+        """One attempt: (response or None, whether the request may have reached a daemon)."""
+        try:
+            return self.client().request(method, path, **kwargs), True
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            return None, False
+        except httpx.HTTPError:
+            return None, True
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         while True:
-            try:
-                resp = httpx.request(method, self.base + path, timeout=10, **kwargs)
-                if resp.status_code < 500:
-                    return resp
-            except httpx.HTTPError:
-                pass
+            resp, _ = self.once(method, path, **kwargs)
+            if resp is not None and resp.status_code < 500:
+                return resp
             if time.monotonic() > self.deadline:
                 raise TimeoutError(f"{method} {path}: no answer before the deadline")
-            time.sleep(0.1)
+            time.sleep(random.uniform(0.1, 0.3))
+
+    def idempotent_post(self, path: str, body: dict[str, Any], key: str, found: Callable[[], bool],
+                        notes: list[str]) -> httpx.Response | None:
+        """POST with an Idempotency-Key until it answers below 500 and not 409 `idempotency_key_in_progress`.
+
+        A 409 while one of our attempts may still be running on the current daemon: wait for it. A 409
+        whose reservation belongs to a dead daemon: `found()` says whether the action committed anyway
+        (then None is returned), else the POST is retried under a fresh key."""
+        live_gen: int | None = None  # the generation that may still be answering one of our attempts
+        for n in range(10_000):
+            resp, delivered = self.once("POST", path, json=body, headers={"Idempotency-Key": key})
+            gen = self.generation()
+            if resp is not None and resp.status_code < 500 and not (
+                    resp.status_code == 409 and _code(resp) == "idempotency_key_in_progress"):
+                return resp
+            if time.monotonic() > self.deadline:
+                raise TimeoutError(f"POST {path}: no answer before the deadline")
+            if resp is None or resp.status_code >= 500:
+                if delivered:
+                    live_gen = gen
+            elif live_gen is None or live_gen < gen:
+                if found():
+                    notes.append("idempotency: reservation orphaned by a kill; the action had committed")
+                    return None
+                key = f"{key.split('~')[0]}~{n}"
+                live_gen = None
+                notes.append("idempotency: reservation orphaned by a kill; retried under a new key")
+            time.sleep(random.uniform(0.1, 0.3))
+        raise RuntimeError(f"POST {path}: gave up")
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -568,25 +642,20 @@ def _code(resp: httpx.Response) -> str | None:
 
 def start_run(api: Api, plan: Plan) -> None:
     """POST with an Idempotency-Key; a reservation orphaned by a kill is resolved by looking the run up."""
-    idem = f"start-{plan.key}"
-    for n in range(1000):
-        resp = api.call("POST", "/api/v1/workflow-runs", json={"workflowId": plan.workflow, "input": plan.input},
-                        headers={"Idempotency-Key": idem})
-        if resp.status_code == 201:
-            plan.run_id = resp.json()["run"]["id"]
-            return
-        if resp.status_code == 409 and _code(resp) == "idempotency_key_in_progress":
-            found = [r for r in api.all_runs() if (r.get("input") or {}).get("key") == plan.key]
-            if found:
-                plan.run_id = found[-1]["id"]
-                plan.notes.append("start: found after an orphaned idempotency reservation")
-                return
-            idem = f"start-{plan.key}-{n}"
-            plan.notes.append("start: orphaned idempotency reservation, new key")
-            time.sleep(0.2)
-            continue
+
+    def found() -> bool:
+        runs = [r for r in api.all_runs() if (r.get("input") or {}).get("key") == plan.key]
+        if runs:
+            plan.run_id = runs[-1]["id"]
+        return bool(runs)
+
+    resp = api.idempotent_post("/api/v1/workflow-runs", {"workflowId": plan.workflow, "input": plan.input},
+                               f"start-{plan.key}", found, plan.notes)
+    if resp is None:
+        return
+    if resp.status_code != 201:
         raise RuntimeError(f"start {plan.key}: {resp.status_code} {resp.text[:300]}")
-    raise RuntimeError(f"start {plan.key}: gave up")
+    plan.run_id = resp.json()["run"]["id"]
 
 
 def answer_approval(api: Api, plan: Plan, rng: random.Random) -> None:
@@ -619,29 +688,19 @@ def answer_approval(api: Api, plan: Plan, rng: random.Random) -> None:
 
 
 def send_signal(api: Api, plan: Plan, rng: random.Random) -> None:
-    """Send `go` after a random delay (before or during the wait); ambiguous failures are settled from the events."""
+    """Send `go` after a random delay (before or during the wait); an orphaned reservation is settled from the events."""
     assert plan.run_id is not None and plan.signal_payload is not None
     time.sleep(rng.uniform(0, 2.0))
-    path = f"/api/v1/workflow-runs/{plan.run_id}/signals"
-    idem = f"sig-{plan.key}"
-    for n in range(1000):
-        try:
-            resp: httpx.Response | None = api.call("POST", path, json={"name": "go", "payload": plan.signal_payload},
-                                                   headers={"Idempotency-Key": idem})
-        except TimeoutError:
-            resp = None
-        if resp is not None and resp.status_code == 202:
-            return
-        if resp is not None and not (resp.status_code == 409 and _code(resp) == "idempotency_key_in_progress"):
-            raise RuntimeError(f"{plan.key}: signal answered {resp.status_code} {resp.text[:300]}")
-        received = [e for e in api.events(plan.run_id) if e["type"] == "signal.received"
-                    and e["payload"].get("payload") == plan.signal_payload]
-        if received:
-            plan.notes.append("signal: delivered, answer lost")
-            return
-        idem = f"sig-{plan.key}-{n}"
-        plan.notes.append("signal: orphaned idempotency reservation, new key")
-        time.sleep(0.2)
+    run_id = plan.run_id
+
+    def found() -> bool:
+        return any(e["type"] == "signal.received" and e["payload"].get("payload") == plan.signal_payload
+                   for e in api.events(run_id))
+
+    resp = api.idempotent_post(f"/api/v1/workflow-runs/{run_id}/signals", {"name": "go", "payload": plan.signal_payload},
+                               f"sig-{plan.key}", found, plan.notes)
+    if resp is not None and resp.status_code != 202:
+        raise RuntimeError(f"{plan.key}: signal answered {resp.status_code} {resp.text[:300]}")
 
 
 def drive(api: Api, plan: Plan, t0: float, seed: int) -> None:
@@ -780,9 +839,14 @@ class Checker:
         return None
 
     def check_run(self, plan: Plan, run: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        """All four checks for a run the script started and drove."""
         if run["status"] not in TERMINAL:
             self.flag("not_terminal", plan, status=run["status"])
         self._check_outcome(plan, run)
+        self.check_history(plan, run, events)
+
+    def check_history(self, plan: Plan, run: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        """Checks 2-4 (they hold for any run, also one the script did not mean to start)."""
         self._check_calls(plan, run, events)
         seqs = [e["seq"] for e in events]
         if seqs != list(range(1, len(events) + 1)) or run["lastEventSeq"] != len(events):
@@ -866,12 +930,73 @@ class Checker:
 
 
 # -- putting it together ----------------------------------------------------------------------------
+def _drive_all(daemon: Daemon, nats: Nats, plans: list[Plan], api: Api, t0: float, seconds: float, seed: int,
+               rng: random.Random, kills: int, nats_restarts: int, min_gap: float, chaos: Chaos) -> list[dict[str, Any]]:
+    """The chaos window: clients in a thread pool, the driver on this (the main) thread. Returns harness errors."""
+    errors: list[dict[str, Any]] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(max(len(plans), 1), 128), thread_name_prefix="chaos-client") as pool:
+        futures = {pool.submit(drive, api, p, t0, seed): p for p in plans}
+        run_driver(daemon, nats, schedule(seconds, kills, nats_restarts, rng), t0, seconds, rng, min_gap, chaos)
+        for fut in concurrent.futures.as_completed(futures):
+            exc = fut.exception()
+            if exc is not None:
+                plan = futures[fut]
+                errors.append({"kind": "harness", "key": plan.key, "runId": plan.run_id, "workflow": plan.workflow,
+                               "error": f"{type(exc).__name__}: {exc}", "notes": plan.notes})
+    return errors
+
+
+def _dump(plan: Plan, run: dict[str, Any], events: list[dict[str, Any]], calls: list[Call]) -> dict[str, Any]:
+    return {"plan": {"workflow": plan.workflow, "input": plan.input, "approve": plan.approve, "signal": plan.signal_payload,
+                     "notes": plan.notes},
+            "run": run, "events": events,
+            "calls": [{"agent": c.agent, "key": c.key, "at": c.at, "attempt": c.body.get("attempt")}
+                      for c in calls if c.body.get("runId") == run["id"]]}
+
+
+def _check_all(api: Api, plans: list[Plan], checker: Checker, calls: list[Call]) -> tuple[Counter, dict[str, Any]]:
+    """Every run the script started, then any run it did not mean to start (a second run for one key)."""
+    dumps: dict[str, Any] = {}
+    statuses: Counter = Counter()
+    for plan in plans:
+        if plan.run_id is None:
+            continue
+        run = api.call("GET", f"/api/v1/workflow-runs/{plan.run_id}").json()
+        events = api.events(plan.run_id)
+        statuses[run["status"]] += 1
+        checker.info["redelivered_starts"] += sum(1 for e in events if e["type"] == "step.started" and e["payload"].get("redelivered"))
+        before = len(checker.violations)
+        checker.check_run(plan, run, events)
+        if len(checker.violations) > before:
+            dumps[run["id"]] = _dump(plan, run, events, calls)
+    by_key = {p.key: p for p in plans}
+    ours = {p.run_id for p in plans}
+    for listed in api.all_runs():
+        plan = by_key.get((listed.get("input") or {}).get("key"))
+        if plan is None or listed["id"] in ours:
+            continue
+        run = api.call("GET", f"/api/v1/workflow-runs/{listed['id']}").json()
+        events = api.events(listed["id"])
+        first = api.call("GET", f"/api/v1/workflow-runs/{plan.run_id}").json() if plan.run_id else {}
+        checker.flag("duplicate_run", plan, otherRunId=run["id"], otherCreatedAt=run["createdAt"], otherStatus=run["status"],
+                     createdAt=first.get("createdAt"), status=first.get("status"),
+                     note="the same Idempotency-Key and body started a second run")
+        extra = Plan(plan.key, plan.workflow, plan.input, 0, run_id=run["id"], notes=["not started by the script's intent"])
+        checker.check_history(extra, run, events)
+        dumps[run["id"]] = _dump(extra, run, events, calls)
+        if plan.run_id:
+            dumps[plan.run_id] = _dump(plan, first, api.events(plan.run_id), calls)
+    for key, left in checker.calls_by_key.items():
+        checker.flag("call_for_unknown_attempt", None, idempotencyKey=key, calls=len(left))
+    return statuses, dumps
+
+
 def run_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, kills: int | None = None,
               nats_restarts: int | None = None, settle: float = 120.0, min_gap: float = 1.0,
-              root: Path | None = None, keep: bool = False, log: Any = print) -> dict[str, Any]:
-    """Run the whole scenario; returns the report (counts, violations by kind, examples)."""
+              root: Path | None = None, keep: bool = False, log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Run the whole scenario; returns the report (counts, violations by kind, examples, all violations)."""
     rng = random.Random(seed)
-    kills = kills if kills is not None else max(1, int(seconds / 3.5))
+    kills = kills if kills is not None else max(1, int(seconds / 4.5))
     nats_restarts = nats_restarts if nats_restarts is not None else max(1, kills // 5)
     own_root = root is None
     root = Path(tempfile.mkdtemp(prefix="station-wf-chaos-")) if root is None else root
@@ -881,68 +1006,38 @@ def run_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, kills: int
     daemon = Daemon(root, nats.url, agents)
     plans = make_plans(runs, seconds, rng, f"c{seed}")
     chaos = Chaos()
-    harness_errors: list[dict[str, Any]] = []
     began = time.monotonic()
     agents.start()
     nats.start()
     try:
         daemon.start()
-        log(f"chaos: {runs} runs, {seconds:.0f} s, seed {seed}, up to {kills} kills and {nats_restarts} nats restarts; dir {root}")
+        log(f"chaos: {runs} runs, {seconds:.0f} s, seed {seed}, up to {kills} kill and {nats_restarts} nats actions; dir {root}")
         t0 = time.monotonic()
-        api = Api(daemon.base, t0 + seconds + settle)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(max(runs, 1), 128), thread_name_prefix="chaos-client") as pool:
-            futures = {pool.submit(drive, api, p, t0, seed): p for p in plans}
-            run_driver(daemon, nats, schedule(seconds, kills, nats_restarts, rng), t0, seconds, rng, min_gap, chaos)
-            for fut in concurrent.futures.as_completed(futures):
-                if fut.exception() is not None:
-                    plan = futures[fut]
-                    harness_errors.append({"kind": "harness", "key": plan.key, "runId": plan.run_id,
-                                           "workflow": plan.workflow, "error": f"{type(fut.exception()).__name__}: {fut.exception()}"})
+        api = Api(daemon.base, t0 + seconds + max(10.0, seconds / 2) + settle, lambda: daemon.starts)
+        harness_errors = _drive_all(daemon, nats, plans, api, t0, seconds, seed, rng, kills, nats_restarts, min_gap, chaos)
         chaos_done = time.monotonic()
         wanted = {p.run_id for p in plans if p.run_id}
-        while True:
+        while time.monotonic() < chaos_done + settle:
             listed = {r["id"]: r["status"] for r in api.all_runs()}
-            open_runs = [rid for rid in wanted if listed.get(rid) not in TERMINAL]
-            if not open_runs or time.monotonic() > t0 + seconds + settle:
+            if all(listed.get(rid) in TERMINAL for rid in wanted):
                 break
             time.sleep(0.25)
         settled = time.monotonic()
-        calls_by_key: dict[str, list[Call]] = {}
         with agents.lock:
             calls = list(agents.calls)
+        calls_by_key: dict[str, list[Call]] = {}
         for c in calls:
             calls_by_key.setdefault(c.key or "", []).append(c)
         checker = Checker(chaos, calls_by_key)
         checker.violations.extend(harness_errors)
-        dumps: dict[str, Any] = {}
-        statuses: Counter = Counter()
-        for plan in plans:
-            if plan.run_id is None:
-                continue
-            run = api.call("GET", f"/api/v1/workflow-runs/{plan.run_id}").json()
-            events = api.events(plan.run_id)
-            statuses[run["status"]] += 1
-            checker.info["redelivered_starts"] += sum(1 for e in events if e["type"] == "step.started"
-                                                      and e["payload"].get("redelivered"))
-            before = len(checker.violations)
-            checker.check_run(plan, run, events)
-            if len(checker.violations) > before:
-                dumps[plan.key] = {"plan": {"workflow": plan.workflow, "input": plan.input, "approve": plan.approve,
-                                            "signal": plan.signal_payload, "notes": plan.notes},
-                                   "run": run, "events": events,
-                                   "calls": [{"agent": c.agent, "key": c.key, "at": c.at, "attempt": c.body.get("attempt")}
-                                             for c in calls if c.body.get("runId") == plan.run_id]}
-        for key, left in checker.calls_by_key.items():
-            checker.flag("call_for_unknown_attempt", None, idempotencyKey=key, calls=len(left))
-        by_key = Counter((r.get("input") or {}).get("key") for r in api.all_runs())
-        for plan in plans:
-            if by_key[plan.key] > 1:
-                checker.flag("duplicate_run", plan, runs=by_key[plan.key])
+        statuses, dumps = _check_all(api, plans, checker, calls)
+        api.close()
     finally:
         daemon.stop()
         nats.stop()
         agents.stop()
     kinds = Counter(v["kind"] for v in checker.violations)
+    restarts = sorted(chaos.restart_seconds)
     report: dict[str, Any] = {
         "runs": runs,
         "runs_started": sum(1 for p in plans if p.run_id),
@@ -953,7 +1048,8 @@ def run_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, kills: int
         "kills": chaos.kills,
         "kills_during_startup": chaos.kills_in_start,
         "nats_restarts": chaos.nats_restarts,
-        "daemon_restart_p50_s": round(sorted(chaos.restart_seconds)[len(chaos.restart_seconds) // 2], 2) if chaos.restart_seconds else None,
+        "daemon_restart_p50_s": round(restarts[len(restarts) // 2], 2) if restarts else None,
+        "daemon_restart_max_s": round(restarts[-1], 2) if restarts else None,
         "agent_calls": len(calls),
         "agent_attempts": checker.info["agent_attempts"],
         "re_executions_after_kill": checker.info["re_executions_after_kill"],
@@ -984,8 +1080,9 @@ def table(report: dict[str, Any]) -> str:
         ("chaos window s / settle s / total s", f"{report['chaos_seconds']} / {report['settle_seconds']} / {report['total_seconds']}"),
         ("daemon kills (kill -9) / of them during start-up", f"{report['kills']} / {report['kills_during_startup']}"),
         ("nats-server restarts", report["nats_restarts"]),
-        ("daemon restart to ready p50 s", report["daemon_restart_p50_s"]),
+        ("daemon restart to ready p50 / max s", f"{report['daemon_restart_p50_s']} / {report['daemon_restart_max_s']}"),
         ("agent calls / step attempts calling", f"{report['agent_calls']} / {report['agent_attempts']}"),
+        ("redelivered step starts", report["redelivered_step_starts"]),
         ("re-executions explained by kill / nats", f"{report['re_executions_after_kill']} / {report['re_executions_after_nats']}"),
     ]
     rows += [(f"status {k}", v) for k, v in report["by_status"].items()]
@@ -1000,8 +1097,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=120.0, help="length of the chaos window")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--kills", type=int, default=None, help="daemon kills to schedule (default: one per 3.5 s)")
-    parser.add_argument("--nats-restarts", type=int, default=None, help="nats-server restarts (default: kills / 5)")
+    parser.add_argument("--kills", type=int, default=None, help="kill actions to schedule (default: one per 4.5 s)")
+    parser.add_argument("--nats-restarts", type=int, default=None, help="nats-server restart actions (default: kill actions / 5)")
     parser.add_argument("--settle", type=float, default=120.0, help="bound on the wait for every run to finish")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")

@@ -127,14 +127,17 @@ def principal_of(request: Request) -> Principal:
     return request.scope.get("state", {}).get("principal") or Principal("anonymous")
 
 
-async def idempotent(request: Request, state: ApiState, action: Callable[[bytes], Awaitable[Response]]) -> Response:
-    """Run `action(body)` once per Idempotency-Key (when the client sent one)."""
+async def idempotent(request: Request, state: ApiState,
+                     action: Callable[[bytes, str | None], Awaitable[Response]]) -> Response:
+    """Run `action(body, effect_id)` once per Idempotency-Key (when the client sent one); `effect_id` is
+    the id the effect must take (None without a key)."""
     body = await read_body(request)
     key = request.headers.get("idempotency-key")
     if key is None:
-        return await action(body)
+        return await action(body, None)
     scope = f"{request.method} {request.url.path} {principal_of(request).name}"
-    return await state.idempotency.run(scope, key, request_hash(request.method, request.url.path, body), lambda: action(body))
+    return await state.idempotency.run(scope, key, request_hash(request.method, request.url.path, body),
+                                       lambda effect_id: action(body, effect_id))
 
 
 def parse_json(raw: bytes, required: bool = True) -> Any:
@@ -311,7 +314,7 @@ async def workflow_versions(request: Request, state: ApiState) -> Response:
 
 
 async def start_run(request: Request, state: ApiState) -> Response:
-    async def action(raw: bytes) -> Response:
+    async def action(raw: bytes, effect_id: str | None) -> Response:
         body = parse_json(raw)
         if not isinstance(body, dict):
             raise invalid("the body must be a JSON object {workflowId, version?, input}")
@@ -319,7 +322,7 @@ async def start_run(request: Request, state: ApiState) -> Response:
         if unknown:
             raise invalid(f"unknown field(s): {', '.join(unknown)}", {"fields": unknown})
         run = await state.runs.start(body.get("workflowId"), body.get("input"), body.get("version"),
-                                     traceparent=request.headers.get("traceparent"))
+                                     traceparent=request.headers.get("traceparent"), run_id=effect_id)
         return JSONResponse({"run": run}, status_code=201, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
 
     return await idempotent(request, state, action)
@@ -358,7 +361,7 @@ async def run_approvals(request: Request, state: ApiState) -> Response:
 
 
 async def _decide(request: Request, state: ApiState, approve: bool) -> Response:
-    async def action(raw: bytes) -> Response:
+    async def action(raw: bytes, effect_id: str | None) -> Response:
         body = _object(raw)
         text = body.get("comment") if approve else body.get("reason", body.get("comment"))
         approval = await state.control.decide(request.path_params["run_id"], request.path_params["approval_id"], approve,
@@ -377,9 +380,10 @@ async def reject(request: Request, state: ApiState) -> Response:
 
 
 async def send_signal(request: Request, state: ApiState) -> Response:
-    async def action(raw: bytes) -> Response:
+    async def action(raw: bytes, effect_id: str | None) -> Response:
         body = _object(raw)
-        info = await state.control.signal(request.path_params["run_id"], body.get("name"), body.get("payload"), principal_of(request))
+        info = await state.control.signal(request.path_params["run_id"], body.get("name"), body.get("payload"), principal_of(request),
+                                          effect_id)
         return JSONResponse({"signal": info}, status_code=202)
 
     return await idempotent(request, state, action)

@@ -1,8 +1,10 @@
 """`Idempotency-Key`: the same key and body within 24 h get the first response again; another body, 422.
 
 The key is reserved in SQLite before the action runs, so two concurrent requests with one key do not
-both act: the second sees the reservation and gets 409 until the first has answered. A reservation
-whose request died (crash) is taken over after a minute.
+both act: the second sees the reservation and gets 409 until the first has answered. The reservation
+also fixes the id of the action's effect (the run it starts, the signal it sends): a request that died
+after its effect committed but before its answer was stored (a crash) is taken over after a minute,
+and the retry finds that effect by its id instead of causing it again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 from starlette.responses import JSONResponse, Response
@@ -30,25 +33,30 @@ class IdempotencyStore:
     def __init__(self, writer: SqliteWriter) -> None:
         self.writer = writer
 
-    async def run(self, scope: str, key: str, digest: str, action: Callable[[], Awaitable[Response]]) -> Response:
+    async def run(self, scope: str, key: str, digest: str, action: Callable[[str], Awaitable[Response]]) -> Response:
         if not key or len(key) > 255:
             raise ServiceError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 characters")
         now = time.time()
 
-        def reserve(conn: sqlite3.Connection) -> sqlite3.Row | None:
+        def reserve(conn: sqlite3.Connection) -> tuple[str | None, sqlite3.Row | None]:
+            """(effect id to act with, or None) and the existing row when not acting."""
             conn.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND created_at < ?", (scope, key, now - TTL_S))
-            conn.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND status IS NULL AND created_at < ?",
-                         (scope, key, now - STALE_RESERVATION_S))
+            effect = str(uuid.uuid4())
             inserted = conn.execute(
-                "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES (?, ?, ?, ?)"
+                "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, effect_id) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (scope, key) DO NOTHING RETURNING key",
-                (scope, key, digest, now),
+                (scope, key, digest, now, effect),
             ).fetchone()
             if inserted is not None:
-                return None
-            return conn.execute("SELECT * FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)).fetchone()
+                return effect, None
+            row = conn.execute("SELECT * FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)).fetchone()
+            if row["status"] is None and row["request_hash"] == digest and row["created_at"] < now - STALE_RESERVATION_S:
+                # The first request died unanswered: take over, with the same effect id.
+                conn.execute("UPDATE idempotency_keys SET created_at = ? WHERE scope = ? AND key = ?", (now, scope, key))
+                return row["effect_id"] or effect, None
+            return None, row
 
-        existing = await self.writer.run(reserve)
+        effect_id, existing = await self.writer.run(reserve)
         if existing is not None:
             if existing["request_hash"] != digest:
                 raise ServiceError(422, "idempotency_key_reused",
@@ -58,8 +66,9 @@ class IdempotencyStore:
                                    {"key": key})
             return JSONResponse(json.loads(existing["response"]), status_code=existing["status"],
                                 headers={"Idempotent-Replayed": "true"})
+        assert effect_id is not None
         try:
-            response = await action()
+            response = await action(effect_id)
         except ServiceError as exc:
             if exc.status >= 500 or exc.status == 409:
                 await self.writer.run(lambda c: c.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)))

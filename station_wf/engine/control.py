@@ -70,23 +70,26 @@ def decide_approval(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str
                  (now, run_id, row["step_id"]))
     defn = defs.get(conn, run.workflow_id, run.workflow_version)
     policy = row["on_timeout"] if decision == "timed_out" else row["on_reject"]
-    t = ip.approval_decided(defn, rs.run_state(conn, run), rs.step_view(step_row), decision, decided_by, comment, policy)
-    for event in t.events:
-        if event.type in ("approval.decided", "approval.timed_out"):
-            event.payload["approvalId"] = approval_id
+    t = ip.approval_decided(defn, rs.run_state(conn, run), rs.step_view(step_row), decision, decided_by, comment, policy,
+                            approval_id)
     return Outcome(commit_transition(conn, defs, run, t))
 
 
 def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, name: str, payload: Any,
-                   sender: str | None) -> tuple[Outcome, dict[str, Any]]:
-    """Record the signal in delivery order; a wait for it, if one is open, consumes it now."""
+                   sender: str | None, effect_id: str | None = None) -> tuple[Outcome, dict[str, Any]]:
+    """Record the signal in delivery order; a wait for it, if one is open, consumes it now.
+    A signal already delivered under `effect_id` (a retried request) is reported, not delivered again."""
     run = _run_or_missing(conn, run_id)
+    if effect_id is not None:
+        prior = conn.execute("SELECT id, name, consumed_by FROM workflow_signals WHERE effect_id = ?", (effect_id,)).fetchone()
+        if prior is not None:
+            return Outcome(), {"signalId": prior["id"], "name": prior["name"], "consumed": prior["consumed_by"] is not None}
     if run.status in ip.TERMINAL_RUN_STATUSES:
         raise Conflict(f"run is {run.status}", {"status": run.status})
     now = utcnow()
     signal_id = conn.execute(
-        "INSERT INTO workflow_signals (run_id, name, payload, sender, received_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
-        (run_id, name, rs.dumps(payload), sender, now),
+        "INSERT INTO workflow_signals (run_id, name, payload, sender, received_at, effect_id) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        (run_id, name, rs.dumps(payload), sender, now, effect_id),
     ).fetchone()[0]
     rs.append_event(conn, run_id, "signal.received", {"signal": name, "signalId": signal_id, "payload": payload}, actor=sender)
     info = {"signalId": signal_id, "name": name, "consumed": False}
@@ -166,9 +169,6 @@ def cancel(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, reason:
         raise Conflict(f"cannot cancel a run that is {run.status}", {"status": run.status})
     state = rs.run_state(conn, run)
     t = ip.cancel_run(state, reason or "cancelled by request", actor)
-    for event in t.events:
-        if event.type == "run.cancelled":
-            event.payload["by"] = actor
     commit_transition(conn, defs, run, t)
     return Outcome(cancelled_run=run_id)
 

@@ -360,13 +360,14 @@ def _request_approval(defn: dict[str, Any], rs: RunState, engine: dict[str, Any]
 
 
 def approval_decided(defn: dict[str, Any], rs: RunState, step: StepView, decision: str, decided_by: str | None,
-                     comment: str | None, policy: str) -> Transition:
+                     comment: str | None, policy: str, approval_id: str | None = None) -> Transition:
     """approved | rejected | timed_out -> DESIGN 3's result at resultPath, then the onReject/onTimeout policy."""
     engine = copy.deepcopy(rs.engine)
     result = {"approved": decision == "approved", "decision": decision, "decidedBy": decided_by,
               "comment": comment, "decidedAt": rs.now}
     kind = "approval.timed_out" if decision == "timed_out" else "approval.decided"
-    t = Transition(engine=engine, events=[Event(kind, result, step.step_id)])
+    # The event has its own dict: the result itself is written to the context exactly as DESIGN 3 says.
+    t = Transition(engine=engine, events=[Event(kind, {**result, "approvalId": approval_id}, step.step_id)])
     return _wait_outcome(defn, rs, engine, step, t, result, ok=decision == "approved", policy=policy,
                          timed_out=decision == "timed_out", what=f"approval {decision.replace('_', ' ')}")
 
@@ -420,6 +421,7 @@ def derive_status(open_statuses: list[str]) -> str:
 
 
 def cancel_run(rs: RunState, reason: str, actor: str | None) -> Transition:
+    """Operator cancel: every open step closed, the run CANCELLED (the reason and actor in its error)."""
     engine = copy.deepcopy(rs.engine)
     t = Transition(engine=engine)
     _end_run(rs, engine, t, CANCELLED, {"type": "cancelled", "message": reason or "cancelled", "by": actor})

@@ -79,16 +79,22 @@ class ControlService:
         if comment is not None and not isinstance(comment, str):
             raise invalid("comment/reason must be a string")
         decision = "approved" if approve else "rejected"
-        await self._tx(lambda c: ec.decide_approval(c, self.definitions, run_id, approval_id, decision, principal.name, comment))
+        try:
+            await self._tx(lambda c: ec.decide_approval(c, self.definitions, run_id, approval_id, decision, principal.name, comment))
+        except ServiceError as exc:
+            current = await self.readers.fetchone("SELECT * FROM workflow_approvals WHERE approval_id = ?", (approval_id,))
+            if exc.status != 409 or current is None or (current["status"], current["decided_by"]) != (decision, principal.name):
+                raise
+            # The same principal asking for the decision already recorded (a retry): the same answer.
         fresh = await self.readers.fetchone("SELECT * FROM workflow_approvals WHERE approval_id = ?", (approval_id,))
         assert fresh is not None
         return approval_to_api(fresh)
 
     # -- signals ----------------------------------------------------------------------------------
-    async def signal(self, run_id: str, name: Any, payload: Any, principal: Principal) -> dict[str, Any]:
+    async def signal(self, run_id: str, name: Any, payload: Any, principal: Principal, effect_id: str | None = None) -> dict[str, Any]:
         if not isinstance(name, str) or not SIGNAL_NAME.match(name):
             raise invalid("signal name must be 1-128 letters, digits, '_' or '-'", {"name": name})
-        _, info = await self._tx(lambda c: ec.deliver_signal(c, self.definitions, run_id, name, payload, principal.name))
+        _, info = await self._tx(lambda c: ec.deliver_signal(c, self.definitions, run_id, name, payload, principal.name, effect_id))
         return info
 
     # -- run control ------------------------------------------------------------------------------

@@ -102,7 +102,9 @@ class RunService:
         self.readers = readers
         self.on_commit = on_commit
 
-    async def start(self, workflow_id: Any, run_input: Any, version: Any = None, traceparent: str | None = None) -> dict[str, Any]:
+    async def start(self, workflow_id: Any, run_input: Any, version: Any = None, traceparent: str | None = None,
+                    run_id: str | None = None) -> dict[str, Any]:
+        """Start a run; with `run_id` (an idempotency key's effect id) a run that already has it is returned instead."""
         if not isinstance(workflow_id, str) or not workflow_id:
             raise invalid("workflowId is required", {"field": "workflowId"})
         if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
@@ -124,9 +126,17 @@ class RunService:
         problems = input_problems(defn.get("inputSchema"), run_input)
         if problems:
             raise ServiceError(400, "invalid_input", f"input does not match the input schema of {workflow_id!r}", problems)
-        run_id = str(uuid.uuid4())
+        run_id = run_id or str(uuid.uuid4())
         traceparent = new_run_traceparent(traceparent, {"workflow.id": workflow_id, "workflow.version": row["version"], "run.id": run_id})
-        context = await self.writer.run(lambda conn: insert_new_run(conn, row, defn, run_id, run_input, traceparent))
+
+        def apply(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            if conn.execute("SELECT 1 FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone():
+                return None  # created by an earlier attempt of this same request
+            return insert_new_run(conn, row, defn, run_id, run_input, traceparent)
+
+        context = await self.writer.run(apply)
+        if context is None:
+            return await self.get(run_id)
         runs_started_total.inc(workflow=workflow_id)
         if self.on_commit is not None:
             self.on_commit()
