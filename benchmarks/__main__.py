@@ -33,7 +33,7 @@ def main() -> None:
         "parked": lambda: scenarios.parked(2_000 if quick else 10_000),
         "recovery": lambda: scenarios.recovery(300 if quick else 1_000),
         "sse": lambda: scenarios.sse_fanout(200 if quick else 1_000),
-        "dbos": _dbos,
+        "dbos": lambda: _dbos(quick),
     }
     only = [n for n in args.only.split(",") if n]
     results = []
@@ -57,12 +57,17 @@ def main() -> None:
     print(f"\nwritten to {out}")
 
 
-def _dbos() -> dict[str, Any]:
+def _dbos(quick: bool) -> dict[str, Any]:
     try:
         from benchmarks.dbos_compare import measure_dbos
     except ImportError as exc:
         return {"scenario": "dbos", "error": f"DBOS comparison unavailable ({exc}); pip install -e '.[bench]'"}
-    return {"scenario": "dbos", **measure_dbos(runs=200, concurrency=50)}
+    result = measure_dbos(runs=200, concurrency=50, seconds=3 if quick else 10)
+    return {"scenario": "dbos", "dbos_version": result["dbos_version"],
+            "sequential_steps_per_s": result["sequential"]["steps_per_s"],
+            "concurrent_steps_per_s": result["concurrent"]["steps_per_s"],
+            "concurrent_style": result["concurrent"]["style"], "journal": result["journal_mode"],
+            "synchronous": result["synchronous"]}
 
 
 def table(results: list[dict[str, Any]]) -> str:
