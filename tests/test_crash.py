@@ -37,6 +37,17 @@ def _setup(daemon: Daemon) -> threading.Event:
     return hold
 
 
+def _start_on_external_nats(daemon: Daemon, nats_server: NatsServer) -> tuple[threading.Event, dict]:
+    """The daemon on a nats-server the test controls; one run, held in its second (slow) step."""
+    hold = _setup(daemon)
+    daemon.env["STATION_NATS_EMBEDDED"] = "false"
+    daemon.env["STATION_NATS_URL"] = nats_server.url
+    daemon.start()
+    run = daemon.start_run("three")
+    wait_until(lambda: daemon.agent_server.calls_for("slow"), what="the slow agent to be called")
+    return hold, run
+
+
 def _assert_exactly_once_effects(daemon: Daemon, run: dict) -> None:
     """Each SUCCEEDED step attempt has exactly one step.succeeded event; seqs are gap-free."""
     events = daemon.events(run["id"])
@@ -88,12 +99,7 @@ def test_crash_between_commit_and_publish(daemon: Daemon) -> None:
 
 
 def test_task_delivered_twice_executes_once(daemon: Daemon, nats_server: NatsServer) -> None:
-    hold = _setup(daemon)
-    daemon.env["STATION_NATS_EMBEDDED"] = "false"
-    daemon.env["STATION_NATS_URL"] = nats_server.url
-    daemon.start()
-    run = daemon.start_run("three")
-    wait_until(lambda: daemon.agent_server.calls_for("slow"), what="the slow agent to be called")
+    hold, run = _start_on_external_nats(daemon, nats_server)
     second = next(s for s in daemon.run(run["id"])["steps"] if s["stateName"] == "second")
     first = next(s for s in daemon.run(run["id"])["steps"] if s["stateName"] == "first")
 
@@ -124,12 +130,7 @@ async def _queue_is(js, ack_pending: int) -> bool:
 
 
 def test_nats_restart_mid_run(daemon: Daemon, nats_server: NatsServer) -> None:
-    hold = _setup(daemon)
-    daemon.env["STATION_NATS_EMBEDDED"] = "false"
-    daemon.env["STATION_NATS_URL"] = nats_server.url
-    daemon.start()
-    run = daemon.start_run("three")
-    wait_until(lambda: daemon.agent_server.calls_for("slow"), what="the slow agent to be called")
+    hold, run = _start_on_external_nats(daemon, nats_server)
 
     nats_server.stop()
     # While NATS is down: the in-flight step finishes and commits, and a new run is accepted.
@@ -146,12 +147,7 @@ def test_nats_restart_mid_run(daemon: Daemon, nats_server: NatsServer) -> None:
 
 
 def test_stream_deleted_mid_run(daemon: Daemon, nats_server: NatsServer) -> None:
-    hold = _setup(daemon)
-    daemon.env["STATION_NATS_EMBEDDED"] = "false"
-    daemon.env["STATION_NATS_URL"] = nats_server.url
-    daemon.start()
-    run = daemon.start_run("three")
-    wait_until(lambda: daemon.agent_server.calls_for("slow"), what="the slow agent to be called")
+    hold, run = _start_on_external_nats(daemon, nats_server)
 
     async def delete(js) -> None:
         await js.delete_stream("WORKFLOW_TASKS")
@@ -166,12 +162,7 @@ def test_stream_deleted_mid_run(daemon: Daemon, nats_server: NatsServer) -> None
 
 def test_lost_queued_task_is_republished(daemon: Daemon, nats_server: NatsServer) -> None:
     """A task that JetStream forgets while queued (stream deleted while the daemon is down)."""
-    hold = _setup(daemon)
-    daemon.env["STATION_NATS_EMBEDDED"] = "false"
-    daemon.env["STATION_NATS_URL"] = nats_server.url
-    daemon.start()
-    run = daemon.start_run("three")
-    wait_until(lambda: daemon.agent_server.calls_for("slow"), what="the slow agent to be called")
+    hold, run = _start_on_external_nats(daemon, nats_server)
     daemon.kill()  # the second step's task stays in the stream, unacked ...
 
     async def delete(js) -> None:
