@@ -53,6 +53,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("api_tokens_file", "STATION_API_TOKENS_FILE", _opt_str, 'JSON file {"<token>": {"principal": "alice", "groups": ["platform"]}}'),
     Option("sse_ping_seconds", "STATION_SSE_PING_SECONDS", float, "seconds between SSE keep-alive pings"),
     Option("expression_timeout_ms", "STATION_EXPRESSION_TIMEOUT_MS", float, "time bound of one Starlark evaluation"),
+    Option("expression_workers", "STATION_EXPRESSION_WORKERS", int, "sandbox processes that evaluate Starlark"),
+    Option("expression_memory_mb", "STATION_EXPRESSION_MEMORY_MB", int, "address-space limit of each sandbox process (MiB)"),
+    Option("expression_max_result_bytes", "STATION_EXPRESSION_MAX_RESULT_BYTES", int, "largest JSON result one expression may return"),
     Option("worker_concurrency", "STATION_WORKER_CONCURRENCY", int, "tasks executed at once"),
     Option("ack_wait_seconds", "STATION_ACK_WAIT_SECONDS", float, "JetStream ack_wait; live steps heartbeat at a third of it"),
     Option("reconcile_seconds", "STATION_RECONCILE_SECONDS", float, "period of the reconciler"),
@@ -78,6 +81,9 @@ class Settings:
     api_tokens_file: str | None = None
     sse_ping_seconds: float = 15.0
     expression_timeout_ms: float = 100.0
+    expression_workers: int = 2
+    expression_memory_mb: int = 512
+    expression_max_result_bytes: int = 1 << 20
     worker_concurrency: int = 256
     ack_wait_seconds: float = 30.0
     reconcile_seconds: float = 5.0

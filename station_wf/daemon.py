@@ -39,6 +39,7 @@ from station_wf.engine.timers import TimerLoop
 from station_wf.engine.worker import TaskWorker
 from station_wf.executors.agent_run import AgentRunExecutor
 from station_wf.executors.base import ExecutorRegistry
+from station_wf.expr import sandbox
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
 from station_wf.services.runs import RunService
@@ -115,6 +116,8 @@ class Daemon:
         self.tokens = TokenTable.load(settings.api_token, settings.api_tokens_file)
         self.hub = EventHub(self.readers)
         ip.EXPRESSION_TIMEOUT_S = settings.expression_timeout_ms / 1000
+        self.sandbox = sandbox.SandboxPool(settings.expression_workers, memory_mb=settings.expression_memory_mb,
+                                           max_result_bytes=settings.expression_max_result_bytes)
         self.embedded: EmbeddedNats | None = None
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None
@@ -133,6 +136,7 @@ class Daemon:
         self.lock.acquire()
         setup_tracing("station-wf")
         self.writer.start()
+        sandbox_ready = asyncio.create_task(self.sandbox.start())  # its processes start while NATS does
         await self.readers.open()
         self.sync_report = await self.sync()
         for err in self.sync_report.errors:
@@ -151,6 +155,8 @@ class Daemon:
         await self.bus.connect()
         await self.bus.ensure_topology()
         await self.bus.reset_consumer()
+        await sandbox_ready
+        sandbox.install(self.sandbox)  # from here on no expression runs on the writer thread
 
         self.relay = OutboxRelay(self.writer, self.readers, self.bus)
         self.event_relay = EventRelay(self.writer, self.readers, self.bus)
@@ -277,6 +283,8 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(relay.drain(), 5)
         await self.agent_executor.close()
+        sandbox.install(None)
+        await self.sandbox.close()
         if self.bus is not None:
             await self.bus.close()
         if self.embedded is not None:

@@ -305,7 +305,8 @@ def begin_step(defn: dict[str, Any], rs: RunState, step: StepView) -> Execute | 
     if kind == "operation":
         names = view(rs, engine, step.branch_path)
         try:
-            rendered = render(state.get("input") or {}, rs.context, extra=names if step.branch_path else None)
+            rendered = render(state.get("input") or {}, rs.context, extra=names if step.branch_path else None,
+                              timeout_s=EXPRESSION_TIMEOUT_S)
         except TemplateError as exc:
             return step_failed(defn, rs, step, {"type": "template", "message": f"state {state['name']!r}: {exc}"}, retry=False)
         if state["action"] == "human.approval":

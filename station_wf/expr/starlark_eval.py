@@ -25,9 +25,10 @@ Why it looks like this:
   ``while`` are not Starlark expressions anyway. Globals are the standard library plus
   ``json`` -- no ``print``, ``debug`` or ``breakpoint``. Evaluation is cancelled after
   ``timeout_s`` and the call stack is bounded.
-* There is NO memory bound: one builtin call (``"a" * 10**9``, ``list(range(10**9))``) runs
-  to completion without checking for cancellation. Callers must cap input sizes and only run
-  expressions from workflow definitions, never from end users.
+* There is NO memory bound in-process: one builtin call (``"a" * 10**9``,
+  ``list(range(10**9))``) runs to completion without checking for cancellation, and a deep AST
+  overflows the native stack. So the daemon evaluates in sandbox processes with an address-space
+  limit and a wall-clock kill (``expr.sandbox``); evaluating here is for tests and tools.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import starlark as sl
 
 __all__ = [
     "CompiledExpression",
+    "EvalFailure",
     "ExpressionError",
     "compile_expression",
     "truthy",
@@ -473,7 +475,8 @@ class CompiledExpression:
     def evaluate(self, names: dict[str, Any], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:
         """Evaluate over JSON-like ``names``; returns plain Python JSON values.
 
-        The caller bounds the size of ``names``: conversion and evaluation have no memory cap.
+        Inside a daemon transaction the evaluation itself happens in a sandbox process (see
+        ``expr.sandbox``); here, in-process. Pure paths never leave Python either way.
         """
         if self._fast is not None:
             root, path = self._fast
@@ -482,20 +485,35 @@ class CompiledExpression:
             found = _resolve_fast(names[root], path)
             if found is not _NOT_FOUND:
                 return _copy_json(found)
+        bound = self.bind(names)
+        try:
+            if _REMOTE is not None:
+                remote = _REMOTE(self, bound, timeout_s)
+                if remote is not LOCAL:
+                    return remote
+            return self.evaluate_bound(bound, timeout_s)
+        except EvalFailure as failure:
+            raise self._error(failure.reason, names, failure.kind, detail=failure.detail,
+                              **({"unknown_name": failure.unknown_name} if failure.unknown_name else {})) from None
+
+    def bind(self, names: dict[str, Any]) -> dict[str, Any]:
+        """The values this expression can reach: referenced names only, pruned to their key chains."""
+        bound: dict[str, Any] = {}
+        for current, trie in self._tries.items():
+            if current in names:
+                value = names[current]
+                bound[current] = value if trie is None else _prune(value, trie)
+        return bound
+
+    def evaluate_bound(self, bound: dict[str, Any], timeout_s: float) -> Any:
+        """Run Starlark over already-bound values; failures are `EvalFailure` (no names attached)."""
         module = sl.Module()
         current = ""
         try:
-            for current, trie in self._tries.items():
-                if current in names:
-                    value = names[current]
-                    module[current] = value if trie is None else _prune(value, trie)
+            for current, value in bound.items():
+                module[current] = value
         except (TypeError, ValueError, sl.StarlarkError) as exc:
-            raise self._error(
-                f"value of {current!r} is not JSON-compatible: {_first_line(exc)}",
-                names,
-                "input",
-                detail=str(exc),
-            ) from None
+            raise EvalFailure("input", f"value of {current!r} is not JSON-compatible: {_first_line(exc)}", str(exc)) from None
         deadline = time.monotonic() + timeout_s
         options = sl.EvalOptions(
             check_cancelled=lambda: time.monotonic() > deadline,
@@ -507,18 +525,58 @@ class CompiledExpression:
             text = str(exc)
             unknown = _UNKNOWN_RE.search(text)
             if unknown:
-                raise self._unknown(unknown.group(1), names) from None
+                raise EvalFailure("unknown_name", f"unknown name {unknown.group(1)!r}", text, unknown.group(1)) from None
             if _CANCELLED in text:
-                raise self._error(f"timed out after {timeout_s:g}s", names, "timeout", detail=text) from None
+                raise EvalFailure("timeout", f"timed out after {timeout_s:g}s", text) from None
             kind = "result" if "serde::serialize" in text else "runtime"
-            reason = _first_line(exc)
+            reason = _reason(exc)
             if "Operation `[]` not supported" in reason and self._rewritten:
                 reason += " (`x.name` reads key 'name' of the dict x)"
-            raise self._error(reason, names, kind, detail=text) from None
+            raise EvalFailure(kind, reason, text) from None
         except (TypeError, ValueError, OverflowError) as exc:  # result conversion
-            raise self._error(
-                f"result is not JSON-compatible: {exc}", names, "result", detail=str(exc)
-            ) from None
+            raise EvalFailure("result", f"result is not JSON-compatible: {exc}", str(exc)) from None
+        except MemoryError:
+            raise EvalFailure("memory", "ran out of memory (the expression builds too large a value)", "MemoryError") from None
+
+
+class EvalFailure(Exception):
+    """A failed evaluation before the visible names are attached (it crosses the sandbox boundary)."""
+
+    def __init__(self, kind: str, reason: str, detail: str = "", unknown_name: str | None = None) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.detail = detail
+        self.unknown_name = unknown_name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "reason": self.reason, "detail": self.detail[:2000], "unknownName": self.unknown_name}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalFailure:
+        return cls(str(data.get("kind") or "runtime"), str(data.get("reason") or "failed"),
+                   str(data.get("detail") or ""), data.get("unknownName"))
+
+
+# Set by ``expr.sandbox.install``: (expression, bound values, timeout) -> value, or LOCAL to evaluate here.
+RemoteEval = Any
+LOCAL: Any = object()
+_REMOTE: RemoteEval | None = None
+
+
+def set_remote(hook: RemoteEval | None) -> None:
+    global _REMOTE
+    _REMOTE = hook
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause of a Starlark runtime error: its ``error:`` line, not the traceback headline (probe L5)."""
+    text = str(exc).strip()
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("error:"):
+            return stripped.removeprefix("error:").strip()
+    return _first_line(exc)
 
 
 def _free_names(module_ast: sl.AstModule, plan: _Plan) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ resolves only after COMMIT returned, so "ack after commit" holds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -24,6 +25,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from station_wf.deferral import MAX_DEFERRALS, Deferred, TooManyDeferrals, TxScope, pinned_now
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -34,7 +37,14 @@ MAX_GROUP = 256
 
 
 def utcnow() -> str:
-    """ISO-8601 UTC with milliseconds: sortable text, the one time format stored."""
+    """ISO-8601 UTC with microseconds: sortable text, the one time format stored.
+
+    Inside a transaction that is re-run after a deferral, "now" stays the first attempt's time.
+    """
+    return pinned_now() or _wall_now()
+
+
+def _wall_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -117,12 +127,24 @@ class SqliteWriter:
         self._thread.start()
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` inside a write transaction; returns its result once committed."""
-        if self._closed:
-            raise WriterClosed("the SQLite writer is closed")
-        fut: Future = Future()
-        self._queue.put((fn, fut))
-        return await asyncio.wrap_future(fut)
+        """Run `fn(conn)` inside a write transaction; returns its result once committed.
+
+        `fn` may raise `Deferred` (it needs a value computed outside the writer, see
+        `station_wf.deferral`): it is rolled back, the work is done here, and `fn` runs again.
+        """
+        scope = TxScope(now=_wall_now())
+        while True:
+            if self._closed:
+                raise WriterClosed("the SQLite writer is closed")
+            fut: Future = Future()
+            self._queue.put((functools.partial(scope.call, fn), fut))
+            try:
+                return await asyncio.wrap_future(fut)
+            except Deferred as deferred:
+                scope.deferrals += 1
+                if scope.deferrals > MAX_DEFERRALS:
+                    raise TooManyDeferrals(f"a transaction was deferred {MAX_DEFERRALS} times") from None
+                await deferred.prepare(scope)
 
     def ride_along(self, key: str, fn: Callable[[sqlite3.Connection], Any]) -> None:
         """Bookkeeping that may be lost in a crash (an outbox delete, a relay cursor): it joins the next
