@@ -32,6 +32,7 @@ from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay
 from station_wf.config import Settings
 from station_wf.engine import interpreter as ip
+from station_wf.engine import limits
 from station_wf.engine.reconciler import Reconciler
 from station_wf.engine.retention import retention_loop
 from station_wf.engine.schedules import ScheduleLoop
@@ -115,6 +116,7 @@ class Daemon:
         self.tokens = TokenTable.load(settings.api_token, settings.api_tokens_file)
         self.hub = EventHub(self.readers)
         ip.EXPRESSION_TIMEOUT_S = settings.expression_timeout_ms / 1000
+        limits.configure(settings)
         self.embedded: EmbeddedNats | None = None
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None
