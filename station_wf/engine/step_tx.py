@@ -85,6 +85,7 @@ class StepTransactions:
                                 f" (STATION_MAX_DELIVERIES={LIMITS.max_deliveries})")
             return rs.apply_transition(conn, run, ip.engine_failure(rs.run_state(conn, run), None, error), checked=False)
         defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
+        crash_point("worker.start_run")
         return commit_transition(conn, self.definitions, run, ip.start_run(defn, rs.run_state(conn, run)))
 
     def count_delivery(self, conn: sqlite3.Connection, data: dict[str, Any], is_step: bool, cause: str | None,
