@@ -13,6 +13,7 @@ from typing import Any
 
 from station_wf.engine import interpreter as ip
 from station_wf.engine.commit import commit_transition
+from station_wf.engine.limits import LIMITS
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
 from station_wf.store.definitions import DefinitionCache
@@ -88,6 +89,9 @@ def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str,
             return Outcome(), {"signalId": prior["id"], "name": prior["name"], "consumed": prior["consumed_by"] is not None}
     if run.status in ip.TERMINAL_RUN_STATUSES:
         raise Conflict(f"run is {run.status}", {"status": run.status})
+    if rs.run_counts(conn, run_id)[1] >= LIMITS.max_events_per_run:  # a signal is an event: refused, the run kept
+        raise Conflict(f"the run has {LIMITS.max_events_per_run} events, its cap (STATION_MAX_EVENTS_PER_RUN)",
+                       {"status": run.status, "limit": "max_events_per_run"})
     now = utcnow()
     signal_id = conn.execute(
         "INSERT INTO workflow_signals (run_id, name, payload, sender, received_at, effect_id) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",

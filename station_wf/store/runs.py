@@ -147,8 +147,8 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
     context_json = None if t.context is None else dumps(t.context)
     engine_json = None if t.engine is None else dumps(t.engine)
     if checked:
-        counts = conn.execute("SELECT step_count, event_seq FROM workflow_runs WHERE run_id = ?", (run.run_id,)).fetchone()
-        error = limits.exceeded(counts["step_count"], counts["event_seq"], len(t.new_steps), len(t.events) + len(t.new_steps),
+        steps, events = run_counts(conn, run.run_id)
+        error = limits.exceeded(steps, events, len(t.new_steps), len(t.events) + len(t.new_steps),
                                 max(len(context_json or ""), len(engine_json or "")))
         if error is not None:
             return apply_transition(conn, run, ip.limit_exceeded(run_state(conn, run), step, error), step, checked=False)
@@ -327,6 +327,12 @@ def count_run_delivery(conn: sqlite3.Connection, run_id: str, cause: str | None,
 def run_deliveries(conn: sqlite3.Connection, run_id: str) -> tuple[int, str | None]:
     row = conn.execute("SELECT deliveries, delivery_error FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone()
     return (0, None) if row is None else (row["deliveries"], row["delivery_error"])
+
+
+def run_counts(conn: sqlite3.Connection, run_id: str) -> tuple[int, int]:
+    """(steps created, events appended) by the run: what the per-run caps are checked against."""
+    row = conn.execute("SELECT step_count, event_seq FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone()
+    return (0, 0) if row is None else (row["step_count"], row["event_seq"])
 
 
 def run_status(conn: sqlite3.Connection, run_id: str) -> str | None:
