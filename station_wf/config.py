@@ -131,6 +131,9 @@ class Settings:
                 " (an unauthenticated API is served on loopback only)"
             )
         self.database_path  # noqa: B018 - raises on a bad URL
+        for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")
 
 
 def settings_from_env(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
