@@ -240,3 +240,16 @@ def test_a_paused_run_is_not_advanced_by_approvals_or_signals(daemon: Daemon, tm
     assert call("POST", base + "/resume").status_code == 200
     done = wait_until(lambda: (r := call("GET", base).json())["status"] == "COMPLETED" and r, what="the run to complete")
     assert done["context"]["got"] == 7  # the signal kept while paused was consumed on resume
+
+
+def test_a_step_timeout_timer_is_a_compare_and_set() -> None:
+    """Pure: the timer fails a RUNNING executor attempt; a recorded result or a closed attempt wins."""
+    defn = {"id": "hang", "start": "call", "states": {"call": {"name": "call", "type": "operation", "action": "agent.run",
+                                                            "input": {}, "timeoutSeconds": 5, "end": True}}}
+    state = ip.RunState("r1", {"steps": {}}, ip.empty_engine())
+    running = ip.StepView("s1", "call", 1, status=ip.RUNNING, state_type="operation")
+    t = ip.timer_fired(defn, state, "step_timeout", running)
+    assert t is not None and t.step_updates[0].status == ip.TIMED_OUT and t.run_status == ip.FAILED
+    assert t.step_updates[0].error["message"] == "state 'call': step timed out after 5s"
+    assert ip.timer_fired(defn, state, "step_timeout", ip.StepView("s1", "call", 1, status=ip.RUNNING, has_result=True)) is None
+    assert ip.timer_fired(defn, state, "step_timeout", ip.StepView("s1", "call", 1, status=ip.SUCCEEDED)) is None
