@@ -64,6 +64,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", "STATION_LOG_FORMAT", str, "json (one object per line) or text"),
     Option("retention_days", "STATION_RETENTION_DAYS", float, "finished runs older than this are deleted (0: keep forever)"),
     Option("retention_interval_seconds", "STATION_RETENTION_INTERVAL_SECONDS", float, "how often retention runs"),
+    # -- run bounds (engine/limits.py) --
+    Option("max_deliveries", "STATION_MAX_DELIVERIES", int, "failed or interrupted handlings of one task before its step fails with engine_error"),
+    Option("step_timeout_default_seconds", "STATION_STEP_TIMEOUT_DEFAULT_SECONDS", float, "timeout of a step without timeoutSeconds (durable)"),
+    Option("step_timeout_max_seconds", "STATION_STEP_TIMEOUT_MAX_SECONDS", float, "a larger timeoutSeconds is clamped to this (0: no maximum)"),
+    Option("max_steps_per_run", "STATION_MAX_STEPS_PER_RUN", int, "steps one run may create; past it the run fails"),
+    Option("max_events_per_run", "STATION_MAX_EVENTS_PER_RUN", int, "history events one run may append; past it the run fails"),
+    Option("max_context_bytes", "STATION_MAX_CONTEXT_BYTES", int, "JSON size of a run's context (and of its scopes' state); past it the run fails"),
+    Option("retry_max_backoff_seconds", "STATION_RETRY_MAX_BACKOFF_SECONDS", float, "cap of a retry back-off without maxBackoffSeconds"),
 )
 
 
@@ -92,6 +100,14 @@ class Settings:
     log_format: str = "json"
     retention_days: float = 30.0
     retention_interval_seconds: float = 3600.0
+    # -- run bounds (engine/limits.py) --
+    max_deliveries: int = 5
+    step_timeout_default_seconds: float = 3600.0
+    step_timeout_max_seconds: float = 86400.0
+    max_steps_per_run: int = 10_000
+    max_events_per_run: int = 100_000
+    max_context_bytes: int = 16 * 1024 * 1024
+    retry_max_backoff_seconds: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -121,6 +137,9 @@ class Settings:
                 " (an unauthenticated API is served on loopback only)"
             )
         self.database_path  # noqa: B018 - raises on a bad URL
+        for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")
 
 
 def settings_from_env(env: dict[str, str] | None = None, **overrides: Any) -> Settings:

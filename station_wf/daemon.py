@@ -32,6 +32,7 @@ from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay
 from station_wf.config import Settings
 from station_wf.engine import interpreter as ip
+from station_wf.engine import limits
 from station_wf.engine.reconciler import Reconciler
 from station_wf.engine.retention import retention_loop
 from station_wf.engine.schedules import ScheduleLoop
@@ -118,6 +119,7 @@ class Daemon:
         ip.EXPRESSION_TIMEOUT_S = settings.expression_timeout_ms / 1000
         self.sandbox = sandbox.SandboxPool(settings.expression_workers, memory_mb=settings.expression_memory_mb,
                                            max_result_bytes=settings.expression_max_result_bytes)
+        limits.configure(settings)
         self.embedded: EmbeddedNats | None = None
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None

@@ -111,8 +111,9 @@ def test_task_delivered_twice_executes_once(daemon: Daemon, nats_server: NatsSer
 
     nats_server.run(lambda js: redeliver(js, second, "inflight"))  # while the step is executing
     nats_server.run(lambda js: redeliver(js, first, "done"))       # after the step succeeded
-    # Both copies consumed and acked; only the original in-flight task is still unacked.
-    wait_until(lambda: nats_server.run(lambda js: _queue_is(js, ack_pending=1)), what="duplicates to be consumed")
+    # The copy of the finished step is acked; the copy of the in-flight one is given back (not acked, so
+    # it would still be there if the original handler died): two tasks left, the original and that copy.
+    wait_until(lambda: nats_server.run(lambda js: _queue_holds(js, 2)), what="the finished step's duplicate to be consumed")
     hold.set()
     done = daemon.wait_status(run["id"])
     nats_server.run(lambda js: redeliver(js, second, "after"))     # after the run completed
@@ -122,6 +123,11 @@ def test_task_delivered_twice_executes_once(daemon: Daemon, nats_server: NatsSer
     assert len(daemon.agent_server.calls_for("worker")) == 1
     assert daemon.run(run["id"])["lastEventSeq"] == done["lastEventSeq"]  # the late duplicate changed nothing
     _assert_exactly_once_effects(daemon, done)
+
+
+async def _queue_holds(js, tasks: int) -> bool:
+    info = await js.consumer_info("WORKFLOW_TASKS", "station-wf-worker")
+    return (info.num_pending or 0) + (info.num_ack_pending or 0) == tasks
 
 
 async def _queue_is(js, ack_pending: int) -> bool:

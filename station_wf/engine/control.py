@@ -13,6 +13,7 @@ from typing import Any
 
 from station_wf.engine import interpreter as ip
 from station_wf.engine.commit import commit_transition
+from station_wf.engine.limits import LIMITS
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
 from station_wf.store.definitions import DefinitionCache
@@ -58,6 +59,8 @@ def decide_approval(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str
     if row["status"] != "pending":
         raise Conflict(f"approval is already {row['status']}", {"status": row["status"], "decidedBy": row["decided_by"],
                                                                 "decidedAt": row["decided_at"]})
+    if run.status == ip.PAUSED:  # review L2: a paused run does not advance
+        raise Conflict("run is PAUSED: resume it before deciding its approvals", {"status": row["status"], "runStatus": run.status})
     step_row = rs.load_step(conn, run_id, row["step_id"], row["attempt"])
     if run.status in ip.TERMINAL_RUN_STATUSES or step_row is None or step_row["status"] != ip.WAITING_APPROVAL:
         raise Conflict(f"run is {run.status}", {"status": row["status"], "runStatus": run.status})
@@ -86,6 +89,9 @@ def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str,
             return Outcome(), {"signalId": prior["id"], "name": prior["name"], "consumed": prior["consumed_by"] is not None}
     if run.status in ip.TERMINAL_RUN_STATUSES:
         raise Conflict(f"run is {run.status}", {"status": run.status})
+    if rs.run_counts(conn, run_id)[1] >= LIMITS.max_events_per_run:  # a signal is an event: refused, the run kept
+        raise Conflict(f"the run has {LIMITS.max_events_per_run} events, its cap (STATION_MAX_EVENTS_PER_RUN)",
+                       {"status": run.status, "limit": "max_events_per_run"})
     now = utcnow()
     signal_id = conn.execute(
         "INSERT INTO workflow_signals (run_id, name, payload, sender, received_at, effect_id) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
@@ -93,23 +99,36 @@ def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str,
     ).fetchone()[0]
     rs.append_event(conn, run_id, "signal.received", {"signal": name, "signalId": signal_id, "payload": payload}, actor=sender)
     info = {"signalId": signal_id, "name": name, "consumed": False}
-    waiting = conn.execute(
-        "SELECT * FROM workflow_run_steps WHERE run_id = ? AND status = 'WAITING_SIGNAL' ORDER BY id", (run_id,)
-    ).fetchall()
-    for step_row in waiting:
-        if (json.loads(step_row["input"] or "{}")).get("signal") != name:
-            continue
-        # The oldest unconsumed signal of this name goes first (in order, once).
-        state = rs.run_state(conn, rs.load_run(conn, run_id) or run)
-        oldest = next(s for s in state.signals if s.name == name)
-        defn = defs.get(conn, run.workflow_id, run.workflow_version)
-        conn.execute("UPDATE timers SET fired_at = ? WHERE run_id = ? AND step_id = ? AND kind = 'signal_timeout' AND fired_at IS NULL",
-                     (now, run_id, step_row["step_id"]))
-        t = ip.signal_received(defn, state, rs.step_view(step_row), oldest)
-        info["consumed"] = oldest.id == signal_id
-        return Outcome(commit_transition(conn, defs, rs.load_run(conn, run_id) or run, t)), info
+    if run.status != ip.PAUSED:  # review L2: a paused run keeps the signal and consumes it on resume
+        consumed = _consume_signal(conn, defs, run, name, now)
+        if consumed is not None:
+            info["consumed"] = consumed[1] == signal_id
+            return consumed[0], info
     conn.execute("UPDATE workflow_runs SET version = version + 1, updated_at = ? WHERE run_id = ?", (now, run_id))
     return Outcome(), info
+
+
+def _consume_signal(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, name: str | None,
+                    now: str) -> tuple[Outcome, int] | None:
+    """The first wait for `name` (any name when None) that has a signal buffered consumes the oldest
+    one (in order, once); returns the outcome and the consumed signal's id, or None."""
+    waiting = conn.execute(
+        "SELECT * FROM workflow_run_steps WHERE run_id = ? AND status = 'WAITING_SIGNAL' ORDER BY id", (run.run_id,)
+    ).fetchall()
+    for step_row in waiting:
+        wanted = (json.loads(step_row["input"] or "{}")).get("signal")
+        if name is not None and wanted != name:
+            continue
+        state = rs.run_state(conn, rs.load_run(conn, run.run_id) or run)
+        oldest = next((s for s in state.signals if s.name == wanted), None)
+        if oldest is None:
+            continue
+        defn = defs.get(conn, run.workflow_id, run.workflow_version)
+        conn.execute("UPDATE timers SET fired_at = ? WHERE run_id = ? AND step_id = ? AND kind = 'signal_timeout' AND fired_at IS NULL",
+                     (now, run.run_id, step_row["step_id"]))
+        t = ip.signal_received(defn, state, rs.step_view(step_row), oldest)
+        return Outcome(commit_transition(conn, defs, rs.load_run(conn, run.run_id) or run, t)), oldest.id
+    return None
 
 
 def pause(conn: sqlite3.Connection, run_id: str, actor: str | None) -> Outcome:
@@ -149,12 +168,21 @@ def resume(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor: 
     due = conn.execute(
         """SELECT s.* FROM workflow_run_steps s WHERE s.run_id = ? AND s.status IN ('PENDING', 'RUNNING')
              AND NOT (s.status = 'RUNNING' AND s.state_type IN ('parallel', 'foreach', 'try', 'sleep'))
-             AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.run_id = s.run_id AND t.step_id = s.step_id AND t.fired_at IS NULL)""",
+             AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.run_id = s.run_id AND t.step_id = s.step_id AND t.fired_at IS NULL
+                             AND t.kind != 'step_timeout')""",
         (run_id,),
     ).fetchall()
     for row in due:
         rs.enqueue_step_task(conn, run, row["step_id"], row["attempt"], row["idempotency_key"], suffix=f"resume{time.time_ns()}")
         tasks += 1
+    for _ in range(1000):  # signals delivered while paused are consumed now (bounded: one per waiting step)
+        current = rs.load_run(conn, run_id)
+        if current is None or current.status not in ip.ACTIVE_RUN_STATUSES:
+            break
+        consumed = _consume_signal(conn, defs, current, None, now)
+        if consumed is None:
+            break
+        tasks += consumed[0].tasks
     final = rs.load_run(conn, run_id)
     if final is not None and final.status == ip.RUNNING:
         rs.apply_transition(conn, final, ip.Transition())  # re-derive WAITING_* from open steps

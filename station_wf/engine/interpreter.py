@@ -15,11 +15,13 @@ exactly where it was.
 from __future__ import annotations
 
 import copy
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from station_wf.engine.identity import idempotency_key, step_id
+from station_wf.engine.limits import LIMITS
 from station_wf.expr.paths import PathError, get_path, set_path
 from station_wf.expr.starlark_eval import ExpressionError, compile_expression, truthy
 from station_wf.expr.templates import TemplateError, render
@@ -58,6 +60,13 @@ class StepView:
     foreach_index: int | None = None
     status: str = PENDING
     state_type: str = ""
+    try_number: int = 0  # the attempt within this visit of the state (0: same as `attempt`)
+    has_result: bool = False  # the executor's result is recorded; only the decision is left
+
+    @property
+    def tries(self) -> int:
+        """Retries count per visit: a loop revisiting a state starts again at 1 (review M7)."""
+        return self.try_number or self.attempt
 
 
 @dataclass(frozen=True)
@@ -667,10 +676,14 @@ def step_succeeded(defn: dict[str, Any], rs: RunState, step: StepView, output: A
 
 
 def retry_delay(policy: dict[str, Any], step: StepView) -> float:
-    """Exponential back-off, capped; jitter is derived from the step identity so replays agree."""
-    delay = float(policy.get("backoffSeconds", 1.0)) * float(policy.get("backoffRate", 2.0)) ** (step.attempt - 1)
-    if policy.get("maxBackoffSeconds") is not None:
-        delay = min(delay, float(policy["maxBackoffSeconds"]))
+    """Exponential back-off, capped (by maxBackoffSeconds, else the daemon's default cap, so a large
+    maxAttempts cannot ask for 2^39 s); jitter is derived from the step identity so replays agree."""
+    cap = float(policy["maxBackoffSeconds"]) if policy.get("maxBackoffSeconds") is not None else LIMITS.retry_max_backoff_s
+    try:
+        delay = float(policy.get("backoffSeconds", 1.0)) * float(policy.get("backoffRate", 2.0)) ** (step.tries - 1)
+    except OverflowError:
+        delay = math.inf
+    delay = min(delay, cap)
     if policy.get("jitter"):
         delay *= random.Random(f"{step.step_id}:{step.attempt}").uniform(0.5, 1.0)
     return delay
@@ -682,12 +695,12 @@ def step_failed(defn: dict[str, Any], rs: RunState, step: StepView, error: dict[
     state = scope_states(defn, step.branch_path)[step.state_name]
     status = TIMED_OUT if error.get("type") == "timeout" else FAILED
     policy = state.get("retry") if retry else None
-    if policy and step.attempt < int(policy.get("maxAttempts", 1)):
+    if policy and step.tries < int(policy.get("maxAttempts", 1)):
         delay = retry_delay(policy, step)
         t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, status, error=error)])
         t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": True,
                                               "retryInSeconds": round(delay, 3)}, step.step_id))
-        t.new_steps.append(_new_step(rs.run_id, state, step.branch_path, step.attempt + 1, delay))
+        t.new_steps.append(_new_step(rs.run_id, state, step.branch_path, step.tries + 1, delay))
         return t
     return _fail_now(defn, rs, engine, step, error, status=status)
 
@@ -767,10 +780,37 @@ def timer_fired(defn: dict[str, Any], rs: RunState, kind: str, step: StepView | 
         policy = (state.get("input") or {}).get("onTimeout") or "fail"
         t = Transition(engine=engine, events=[Event("signal.timed_out", {}, step.step_id)])
         return _wait_outcome(defn, rs, engine, step, t, None, ok=False, policy=policy, timed_out=True, what="signal wait timed out")
+    if kind == "step_timeout" and step is not None and step.status == RUNNING and not step.has_result:
+        state = scope_states(defn, step.branch_path)[step.state_name]
+        if state["type"] == "operation":
+            return step_failed(defn, rs, step, step_timeout_error(step.state_name, LIMITS.step_timeout(state.get("timeoutSeconds"))))
+        return None
     if kind == "sleep" and step is not None and step.status == RUNNING:
         state = scope_states(defn, step.branch_path)[step.state_name]
         return _succeed(defn, rs, engine, step, {"sleptSeconds": state["durationSeconds"]})
     return None
+
+
+def step_timeout_error(state_name: str, seconds: float) -> dict[str, Any]:
+    return {"type": "timeout", "message": f"state {state_name!r}: step timed out after {seconds:g}s"}
+
+
+def limit_exceeded(rs: RunState, step: StepView | None, error: dict[str, Any]) -> Transition:
+    """A cap was reached: the step that reached it fails, every other open step is cancelled, the run fails."""
+    return engine_failure(rs, step, error)
+
+
+def engine_failure(rs: RunState, step: StepView | None, error: dict[str, Any]) -> Transition:
+    """Fail the attempt and the whole run without consulting the definition: the last resort when
+    deciding what follows is itself what fails (a poison task), and for per-run caps."""
+    engine = copy.deepcopy(rs.engine)
+    t = Transition(engine=engine)
+    if step is not None:
+        t.step_updates.append(StepUpdate(step.step_id, step.attempt, FAILED, error=error, only_if_open=True))
+        t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": False}, step.step_id))
+        error = {**error, "stateName": step.state_name, "stepId": step.step_id}
+    _end_run(rs, engine, t, FAILED, error)
+    return t
 
 
 def rebuild_context(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:

@@ -4,8 +4,10 @@ Steps that wait on purpose have no task and are skipped: containers whose childr
 attempts held by a retry timer.
 
 Every few seconds it lists open steps of running runs (and runs not yet started) that are older than
-a grace period, skips those with live work here or a row still in the outbox, asks JetStream whether
-their task is still queued, and re-publishes the ones that are gone. Publishing uses the task's
+a grace period, skips those with live work here or a row still in the outbox, asks JetStream once per
+pass which task subjects are still queued (one `stream_info` with a subjects filter, not one call per
+step: review M8), and re-publishes the ones that are gone. Steps past their delivery budget are FAILED
+and so never come back. Publishing uses the task's
 deterministic `Nats-Msg-Id`, so a copy that was not lost after all is dropped by the broker or, at
 worst, by the worker's step-status check.
 """
@@ -18,7 +20,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
-from station_wf.bus.jetstream import Bus
+from station_wf.bus.jetstream import TASK_SUBJECTS, TASKS_STREAM, Bus
 from station_wf.engine.identity import run_task_subject, step_task_subject
 from station_wf.engine.worker import TaskWorker
 from station_wf.store.db import SqliteReaders
@@ -62,7 +64,7 @@ class Reconciler:
                  AND s.created_at < ?
                  AND NOT (s.status = 'RUNNING' AND s.state_type IN ('parallel', 'foreach', 'try', 'sleep'))
                  AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.run_id = s.run_id AND t.step_id = s.step_id
-                                 AND t.fired_at IS NULL)""",
+                                 AND t.fired_at IS NULL AND t.kind != 'step_timeout')""",
             (cutoff,),
         ):
             if (r["run_id"], r["step_id"], r["attempt"]) in self.worker.inflight:
@@ -80,8 +82,10 @@ class Reconciler:
             headers = {"traceparent": r["traceparent"]} if r["traceparent"] else {}
             candidates.append((run_task_subject(r["run_id"]), f"run:{r['run_id']}:start", {"runId": r["run_id"]}, headers))
         count = 0
+        candidates = [c for c in candidates if c[0] not in queued]
+        live = await self._live_subjects() if candidates else set()
         for subject, msg_id, payload, headers in candidates:
-            if subject in queued or await self.bus.task_is_live(subject):
+            if subject in live if live is not None else await self.bus.task_is_live(subject):
                 continue
             body = json.dumps(payload).encode()
             ack = await self.bus.publish(subject, body, msg_id, headers)
@@ -95,3 +99,12 @@ class Reconciler:
         self.republished += count
         self.last_pass = time.monotonic()
         return count
+
+    async def _live_subjects(self) -> set[str] | None:
+        """Subjects with a task still in the work queue, in one request; None if the server left some out."""
+        assert self.bus.js is not None
+        info = await self.bus.js.stream_info(TASKS_STREAM, subjects_filter=TASK_SUBJECTS[0])
+        subjects = info.state.subjects or {}
+        if info.state.messages and sum(subjects.values()) < info.state.messages:
+            return None  # a truncated answer: ask per subject this time
+        return set(subjects)

@@ -72,8 +72,8 @@ class TimerLoop:
     def _tx_fire(self, conn: sqlite3.Connection, ids: list[int]) -> None:
         for timer_id in ids:
             row = conn.execute("SELECT * FROM timers WHERE id = ? AND fired_at IS NULL", (timer_id,)).fetchone()
-            if row is None:
-                continue
+            if row is None or rs.run_status(conn, row["run_id"]) == ip.PAUSED:
+                continue  # paused since it was read (review L2): it stays due and fires on resume
             conn.execute("UPDATE timers SET fired_at = ? WHERE id = ?", (utcnow(), timer_id))
             self._fire(conn, row)
 

@@ -1,8 +1,9 @@
 """The task worker: consumes JetStream tasks, runs executors, commits transitions, then acks.
 
 Order per task (invariant 3): decide and record in one transaction -> execute (heartbeating with
-`in_progress()`) -> commit the outcome and the next tasks in one transaction -> ack. A crash before
-the ack redelivers the task; the recorded step status tells whether there is anything left to do.
+`in_progress()`) -> record the executor's result -> decide what follows and commit it with the next
+tasks -> ack. A crash before the ack redelivers the task; the recorded step status (and result) tells
+what is left to do. The transactions themselves are in `step_tx.py`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from station_wf.bus.jetstream import TASKS_STREAM, WORKER_CONSUMER, Bus
 from station_wf.engine import interpreter as ip
-from station_wf.engine.commit import commit_transition
+from station_wf.engine.limits import LIMITS
+from station_wf.engine.step_tx import Committed, Skip, StepTransactions, Unknown, encode_result
 from station_wf.executors.base import ExecutorRegistry, StepCall, StepError, StepResult
-from station_wf.store import runs as rs
 from station_wf.store.db import SqliteWriter
 from station_wf.store.definitions import DefinitionCache
 from station_wf.telemetry import classify_error, step_duration_seconds, step_log, step_spans
@@ -32,26 +31,12 @@ log = logging.getLogger(__name__)
 
 FETCH_BATCH = 64
 PULL_EXPIRES_S = 2.0
-
-
-@dataclass(frozen=True)
-class _Skip:
-    reason: str
-
-
-@dataclass(frozen=True)
-class _Committed:
-    tasks: int
-
-
-@dataclass(frozen=True)
-class _Run:
-    call: StepCall
-    attrs: dict[str, Any]
+NOT_OURS_DELAY_S = 30.0
+CANCELLED_MEMORY_S = 300.0
 
 
 class TaskWorker:
-    """Pulls tasks with bounded concurrency; per-task logic is in the `_tx_*` transaction functions."""
+    """Pulls tasks with bounded concurrency; per-task logic is in the `StepTransactions` functions."""
 
     def __init__(
         self,
@@ -68,11 +53,14 @@ class TaskWorker:
         self.bus = bus
         self.registry = registry
         self.definitions = definitions
+        self.tx = StepTransactions(definitions)
         self.on_commit = on_commit
         self.concurrency = concurrency
         self.heartbeat_s = max(ack_wait / 3, 0.5)
         self.inflight: set[tuple[str, str, int]] = set()
         self._executions: dict[tuple[str, str, int], asyncio.Task] = {}
+        self._cancelled: dict[str, float] = {}  # run id -> when its cancel committed (review L3)
+        self.boot_seq: int | None = None  # the task stream's last sequence when this process started
         self.subscribed = False
         self.executed = 0
         self._active = 0
@@ -89,6 +77,8 @@ class TaskWorker:
         """
         while not self._stopping.is_set():
             try:
+                if self.boot_seq is None and self.bus.js is not None:
+                    self.boot_seq = (await self.bus.js.stream_info(TASKS_STREAM)).state.last_seq
                 async with self._slots:
                     await self._slots.wait_for(lambda: self._active < self.concurrency or self._stopping.is_set())
                 if self._stopping.is_set():
@@ -171,7 +161,12 @@ class TaskWorker:
                 await asyncio.wait(pending, timeout=5)
 
     def cancel_run(self, run_id: str) -> int:
-        """Cancel this run's executor calls in flight (closing their connections); their results are dropped."""
+        """Cancel this run's executor calls in flight (closing their connections); their results are dropped.
+        Called after the cancel committed; a call whose step began just before it is refused when it
+        would start, so its effect never happens after the cancel."""
+        now = time.monotonic()
+        self._cancelled = {r: t for r, t in self._cancelled.items() if now - t < CANCELLED_MEMORY_S}
+        self._cancelled[run_id] = now
         cancelled = 0
         for (rid, _, _), task in list(self._executions.items()):
             if rid == run_id and not task.done():
@@ -180,42 +175,89 @@ class TaskWorker:
         return cancelled
 
     # -- one task -----------------------------------------------------------------------------
+    def _suspect(self, msg: Msg) -> bool:
+        """Was this task queued before this process started? A predecessor may have died handling it,
+        and JetStream's delivery count restarted with the consumer, so the count is kept in SQLite."""
+        if self.boot_seq is None:
+            return True
+        try:
+            return msg.metadata.sequence.stream <= self.boot_seq
+        except Exception:  # noqa: BLE001 - not a JetStream message: count it, to be safe
+            return True
+
     async def _handle(self, msg: Msg) -> None:
         try:
             data = json.loads(msg.data)
-            if msg.subject.startswith("wf.task.step."):
-                await self._handle_step(msg, data["runId"], data["stepId"], int(data["attempt"]))
-            elif msg.subject.startswith("wf.task.run."):
-                tasks = await self.writer.run(lambda c: self._tx_start_run(c, data["runId"]))
-                self._after_commit(tasks)
-                await msg.ack()
+            is_step = msg.subject.startswith("wf.task.step.")
+            if not is_step and not msg.subject.startswith("wf.task.run."):
+                raise ValueError(f"unknown task subject {msg.subject}")
+            task = (str(data["runId"]), str(data["stepId"]), int(data["attempt"])) if is_step else (str(data["runId"]), "", 0)
+        except Exception as exc:  # noqa: BLE001 - a malformed task can never succeed: drop it, loudly
+            log.warning("worker: terminating malformed task on %s: %s: %s", msg.subject, type(exc).__name__, exc)
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return
+        counted = False
+        try:
+            if self._suspect(msg):
+                # Committed BEFORE deciding: a task that kills the process every time still ends.
+                await self.writer.run(lambda c: self.tx.count_delivery(c, data, is_step, None))
+                counted = True
+            if is_step:
+                await self._handle_step(msg, *task, counted=counted)
             else:
-                log.warning("worker: dropping task on unknown subject %s", msg.subject)
+                outcome = await self.writer.run(lambda c: self.tx.start_run(c, task[0]))
+                if isinstance(outcome, Unknown):
+                    await self._not_ours(msg)
+                    return
+                self._after_commit(outcome)
                 await msg.ack()
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("worker: task %s failed; will be redelivered", msg.subject)
+            cause = f"{type(exc).__name__}: {exc}"[:2000]
+            with contextlib.suppress(Exception):
+                await self.writer.run(lambda c: self.tx.count_delivery(c, data, is_step, cause, increment=not counted))
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1)
+
+    async def _not_ours(self, msg: Msg) -> None:
+        """A task for a run this database does not know: another deployment's, or a deleted run's. Never
+        acked silently (review C2): given back a few times, then terminated with a warning."""
+        try:
+            delivered = msg.metadata.num_delivered
+        except Exception:  # noqa: BLE001
+            delivered = LIMITS.max_deliveries + 1
+        if delivered > LIMITS.max_deliveries:
+            log.warning("worker: terminating task %s: its run is not in this database (%d deliveries)", msg.subject, delivered)
+            await msg.term()
+        else:
+            log.warning("worker: task %s names a run this database does not know; giving it back", msg.subject)
+            await msg.nak(delay=NOT_OURS_DELAY_S)
 
     def _after_commit(self, tasks: int) -> None:
         """Every commit appends events, and most enqueue tasks: wake the relays now, not at their next poll."""
         self.on_commit()
 
-    async def _handle_step(self, msg: Msg, run_id: str, step: str, attempt: int) -> None:
+    async def _handle_step(self, msg: Msg, run_id: str, step: str, attempt: int, counted: bool = False) -> None:
         key = (run_id, step, attempt)
-        if key in self.inflight:  # a duplicate of work this process is doing right now
-            await msg.ack()
+        if key in self.inflight:
+            # A copy of work this process is doing right now: given back, not acked, so it is still
+            # there if the original handler dies before committing (review L4).
+            await msg.nak(delay=self.heartbeat_s)
             return
         self.inflight.add(key)
         try:
-            begun = await self.writer.run(lambda c: self._tx_begin_step(c, run_id, step, attempt))
-            if isinstance(begun, _Skip):
+            begun = await self.writer.run(lambda c: self.tx.begin_step(c, run_id, step, attempt))
+            if isinstance(begun, Unknown):
+                await self._not_ours(msg)
+                return
+            if isinstance(begun, Skip):
                 log.debug("worker: skip %s/%s#%d: %s", run_id, step, attempt, begun.reason)
                 await msg.ack()
                 return
-            if isinstance(begun, _Committed):
+            if isinstance(begun, Committed):
                 self._after_commit(begun.tasks)
                 await msg.ack()
                 return
@@ -223,10 +265,21 @@ class TaskWorker:
             traceparent = (msg.headers or {}).get("traceparent") or call.traceparent
             with step_spans(traceparent, begun.attrs) as span:
                 started = time.monotonic()
-                output, error, metadata = await self._execute(msg, call)  # the executor task inherits the span
+                output, error, metadata = await self._execute(msg, call, begun.timeout_s)  # the executor task inherits the span
                 elapsed = time.monotonic() - started
-                tasks, will_retry = await self.writer.run(
-                    lambda c: self._tx_finish_step(c, run_id, step, attempt, output, error, metadata))
+                result = encode_result(output, error)
+                # The result is stored before, and apart from, the decision: both go to the writer back
+                # to back (one group commit, each in its own savepoint), so a failing decision keeps the
+                # record. A task already counted as suspect waits for the record first, so a crash while
+                # deciding cannot lose it either.
+                record = asyncio.ensure_future(self.writer.run(lambda c: self.tx.record(c, run_id, step, attempt, result, metadata)))
+                if counted:
+                    await record
+                decide = asyncio.ensure_future(self.writer.run(lambda c: self.tx.decide(c, run_id, step, attempt)))
+                try:
+                    await record
+                finally:
+                    tasks, will_retry = await decide
                 kind = (error or {}).get("type")
                 status = ("succeeded" if error is None else "timed_out" if kind == "timeout"
                           else "cancelled" if kind == "cancelled" else "failed")
@@ -240,7 +293,12 @@ class TaskWorker:
         finally:
             self.inflight.discard(key)
 
-    async def _execute(self, msg: Msg, call: StepCall) -> tuple[Any, dict[str, Any] | None, dict[str, Any] | None]:
+    async def _execute(self, msg: Msg, call: StepCall, timeout_s: float | None = None,
+                       ) -> tuple[Any, dict[str, Any] | None, dict[str, Any] | None]:
+        """Run the executor until it returns, fails, or the attempt's deadline (`call.timeout_seconds`
+        is what is left of the durable timeout, `timeout_s` the whole of it, for the message)."""
+        if call.run_id in self._cancelled:
+            return None, {"type": "cancelled", "message": "the run was cancelled before the call started"}, None
         async def heartbeat() -> None:
             while True:
                 await asyncio.sleep(self.heartbeat_s)
@@ -267,7 +325,7 @@ class TaskWorker:
         except StepError as exc:
             return None, exc.to_dict(), exc.metadata or None
         except TimeoutError:
-            return None, {"type": "timeout", "message": f"step timed out after {call.timeout_seconds}s"}, None
+            return None, ip.step_timeout_error(call.state_name, timeout_s or call.timeout_seconds or 0), None
         except Exception as exc:  # noqa: BLE001 - an executor bug is a failed attempt, not a dead worker
             log.exception("executor %s raised", call.action)
             return None, {"type": "executor_error", "message": f"{type(exc).__name__}: {exc}"}, None
@@ -276,61 +334,3 @@ class TaskWorker:
             self._executions.pop(key, None)
             self.executed += 1
             log.debug("step %s/%s#%d took %.1f ms", call.run_id, call.step_id, call.attempt, (time.monotonic() - started) * 1000)
-
-    # -- transactions (run on the writer thread: no awaits, no network) ------------------------
-    def _tx_start_run(self, conn: sqlite3.Connection, run_id: str) -> int:
-        run = rs.load_run(conn, run_id)
-        if run is None or run.status != ip.PENDING:
-            return 0
-        defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
-        return commit_transition(conn, self.definitions, run, ip.start_run(defn, rs.run_state(conn, run)))
-
-    def _tx_begin_step(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> _Skip | _Committed | _Run:
-        run = rs.load_run(conn, run_id)
-        if run is None:
-            return _Skip("unknown run")
-        if run.status not in ip.ACTIVE_RUN_STATUSES:
-            return _Skip(f"run is {run.status}")  # paused runs get their tasks again on resume
-        row = rs.load_step(conn, run_id, step, attempt)
-        if row is None:
-            return _Skip("unknown step attempt")
-        if row["status"] not in ip.OPEN_STEP_STATUSES:
-            return _Skip(f"step attempt is {row['status']}")
-        defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
-        view = rs.step_view(row)
-        decided = ip.begin_step(defn, rs.run_state(conn, run), view)
-        if decided is None:
-            return _Skip(f"step attempt is already {row['status']}")
-        if isinstance(decided, ip.Transition):
-            return _Committed(commit_transition(conn, self.definitions, run, decided, view))
-        rs.mark_running(conn, run, row, decided.action, decided.input)
-        return _Run(StepCall(
-            run_id=run_id, step_id=step, attempt=attempt, idempotency_key=row["idempotency_key"],
-            state_name=row["state_name"], action=decided.action, input=decided.input,
-            timeout_seconds=decided.timeout_seconds, traceparent=run.traceparent, context=run.context,
-        ), {"workflow.id": run.workflow_id, "workflow.version": run.workflow_version, "run.id": run_id,
-            "state.name": row["state_name"], "state.type": row["state_type"], "step.id": step, "attempt": attempt,
-            "executor": decided.action})
-
-    def _tx_finish_step(
-        self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int, output: Any, error: dict[str, Any] | None,
-        metadata: dict[str, Any] | None = None,
-    ) -> tuple[int, bool]:
-        """Commit the outcome; returns (tasks enqueued, whether a failed attempt will be retried)."""
-        run = rs.load_run(conn, run_id)
-        if run is None or run.status in ip.TERMINAL_RUN_STATUSES:
-            return 0, False
-        row = rs.load_step(conn, run_id, step, attempt)
-        if row is None or row["status"] != ip.RUNNING:  # closed meanwhile: compare-and-set, never a blind write
-            return 0, False
-        defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
-        view = rs.step_view(row)
-        state = rs.run_state(conn, run)
-        if metadata:
-            conn.execute("UPDATE workflow_run_steps SET metadata = ? WHERE id = ?", (rs.dumps(metadata), row["id"]))
-        if error is not None:
-            t = ip.step_failed(defn, state, view, error)
-        else:
-            t = ip.step_succeeded(defn, state, view, output)
-        will_retry = any(e.type == "step.failed" and e.payload.get("willRetry") for e in t.events)
-        return commit_transition(conn, self.definitions, run, t, view), will_retry

@@ -6,14 +6,17 @@ with the outbox they are what makes invariants 1, 2 and 7 hold.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from station_wf.engine import interpreter as ip
+from station_wf.engine import limits
 from station_wf.engine.identity import idempotency_key, run_task_subject, step_task_subject
 from station_wf.store.db import utcnow
 from station_wf.telemetry.metrics import runs_finished_total
@@ -126,19 +129,29 @@ def _insert_step(conn: sqlite3.Connection, run: RunRow, new: ip.NewStep, now: st
     key = idempotency_key(run.run_id, new.step_id, attempt)
     conn.execute(
         """INSERT INTO workflow_run_steps (run_id, step_id, state_name, state_type, branch_path, foreach_index,
-               attempt, status, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'PENDING', ?, ?)""",
-        (run.run_id, new.step_id, new.state_name, new.state_type, new.branch_path, new.foreach_index, attempt, key, now),
+               attempt, try_number, status, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'PENDING', ?, ?)""",
+        (run.run_id, new.step_id, new.state_name, new.state_type, new.branch_path, new.foreach_index, attempt, new.attempt,
+         key, now),
     )
     return attempt, key
 
 
 def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, step: ip.StepView | None = None,
-                     inline: list[tuple[str, int]] | None = None) -> int:
+                     inline: list[tuple[str, int]] | None = None, *, checked: bool = True) -> int:
     """Commit one transition: steps, run, context, engine state, events, new steps with their tasks or
     timers, and timers. Returns the number of tasks enqueued. With an `inline` list, new steps that
     need no executor are put there (to be decided in this same transaction) instead of getting a task.
-    `step` is unused but kept for callers' clarity about which attempt caused the transition."""
+    A transition that would take the run past a cap (engine/limits.py) is replaced by one that fails
+    the run naming the cap; `step` is the attempt that caused it (it fails with the cap's error)."""
     now = utcnow()
+    context_json = None if t.context is None else dumps(t.context)
+    engine_json = None if t.engine is None else dumps(t.engine)
+    if checked:
+        steps, events = run_counts(conn, run.run_id)
+        error = limits.exceeded(steps, events, len(t.new_steps), len(t.events) + len(t.new_steps),
+                                max(len(context_json or ""), len(engine_json or "")))
+        if error is not None:
+            return apply_transition(conn, run, ip.limit_exceeded(run_state(conn, run), step, error), step, checked=False)
     for u in t.step_updates:
         done = u.status not in ip.OPEN_STEP_STATUSES
         guard = " AND status IN ('PENDING', 'RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL')" if u.only_if_open else ""
@@ -151,12 +164,14 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
              None if u.input is None else dumps(u.input), now, done, now, run.run_id, u.step_id, u.attempt),
         )
     sets, params = ["version = version + 1", "updated_at = ?"], [now]
-    if t.context is not None:
+    if t.new_steps:
+        sets.append(f"step_count = step_count + {len(t.new_steps)}")
+    if context_json is not None:
         sets.append("context = ?")
-        params.append(dumps(t.context))
-    if t.engine is not None:
+        params.append(context_json)
+    if engine_json is not None:
         sets.append("engine_state = ?")
-        params.append(dumps(t.engine))
+        params.append(engine_json)
     if t.run_status is not None:
         sets.append("status = ?")
         params.append(t.run_status)
@@ -243,13 +258,17 @@ def load_step(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) ->
 
 def step_view(row: sqlite3.Row) -> ip.StepView:
     return ip.StepView(row["step_id"], row["state_name"], row["attempt"], row["branch_path"], row["foreach_index"],
-                       row["status"], row["state_type"])
+                       row["status"], row["state_type"], row["try_number"] or 0, row["result"] is not None)
 
 
-def mark_running(conn: sqlite3.Connection, run: RunRow, row: sqlite3.Row, executor: str, rendered: dict[str, Any]) -> None:
-    """Record that an attempt is executing, with exactly the input it was given."""
+def mark_running(conn: sqlite3.Connection, run: RunRow, row: sqlite3.Row, executor: str, rendered: dict[str, Any],
+                 timeout_s: float | None = None) -> None:
+    """Record that an attempt is executing, with exactly the input it was given. With `timeout_s`, the
+    attempt's durable `step_timeout` timer is written the first time (a redelivery keeps the first deadline)."""
     redelivered = row["status"] == ip.RUNNING
     now = utcnow()
+    if timeout_s is not None and step_timeout_left(conn, run.run_id, row["step_id"], row["attempt"]) is None:
+        add_timer(conn, run.run_id, "step_timeout", timeout_s, row["step_id"], row["attempt"], {"timeoutSeconds": timeout_s})
     conn.execute(
         """UPDATE workflow_run_steps SET status = 'RUNNING', executor = ?, input = ?, started_at = COALESCE(started_at, ?)
            WHERE id = ?""",
@@ -261,3 +280,74 @@ def mark_running(conn: sqlite3.Connection, run: RunRow, row: sqlite3.Row, execut
          "idempotencyKey": row["idempotency_key"]},
         row["step_id"], now=now,
     )
+
+
+# -- the step timeout, the recorded result and the delivery budget (issue 11) ----------------------
+def step_timeout_left(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> float | None:
+    """Seconds until the attempt's durable timeout (negative: overdue), or None without one."""
+    row = conn.execute(
+        """SELECT due_at FROM timers WHERE run_id = ? AND step_id = ? AND kind = 'step_timeout' AND fired_at IS NULL
+             AND json_extract(payload, '$.attempt') = ? ORDER BY id LIMIT 1""", (run_id, step, attempt)).fetchone()
+    return None if row is None else row["due_at"] - time.time()
+
+
+def close_step_timeout(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> None:
+    conn.execute("""UPDATE timers SET fired_at = ? WHERE run_id = ? AND step_id = ? AND kind = 'step_timeout'
+                      AND fired_at IS NULL AND json_extract(payload, '$.attempt') = ?""", (utcnow(), run_id, step, attempt))
+
+
+def record_result(conn: sqlite3.Connection, run_id: str, step: str, attempt: int, result_json: str,
+                  metadata_json: str | None) -> bool:
+    """Store an executor's outcome on its RUNNING attempt (compare-and-set); False if it was closed meanwhile."""
+    cur = conn.execute(
+        """UPDATE workflow_run_steps SET result = ?, metadata = COALESCE(?, metadata)
+           WHERE run_id = ? AND step_id = ? AND attempt = ? AND status = 'RUNNING' AND result IS NULL""",
+        (result_json, metadata_json, run_id, step, attempt))
+    return cur.rowcount == 1
+
+
+def count_step_delivery(conn: sqlite3.Connection, run_id: str, step: str, attempt: int, cause: str | None,
+                        increment: bool = True) -> int | None:
+    """One more failed or interrupted handling of an open attempt's task; returns the count (None: not open)."""
+    row = conn.execute(
+        f"""UPDATE workflow_run_steps SET deliveries = deliveries + {int(increment)}, delivery_error = COALESCE(?, delivery_error)
+            WHERE run_id = ? AND step_id = ? AND attempt = ? AND status IN ('PENDING', 'RUNNING') RETURNING deliveries""",
+        (cause, run_id, step, attempt)).fetchone()
+    return None if row is None else row[0]
+
+
+def count_run_delivery(conn: sqlite3.Connection, run_id: str, cause: str | None, increment: bool = True) -> int | None:
+    """The same for a run's start task (while the run is PENDING)."""
+    row = conn.execute(
+        f"""UPDATE workflow_runs SET deliveries = deliveries + {int(increment)}, delivery_error = COALESCE(?, delivery_error)
+            WHERE run_id = ? AND status = 'PENDING' RETURNING deliveries""", (cause, run_id)).fetchone()
+    return None if row is None else row[0]
+
+
+def run_deliveries(conn: sqlite3.Connection, run_id: str) -> tuple[int, str | None]:
+    row = conn.execute("SELECT deliveries, delivery_error FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone()
+    return (0, None) if row is None else (row["deliveries"], row["delivery_error"])
+
+
+def run_counts(conn: sqlite3.Connection, run_id: str) -> tuple[int, int]:
+    """(steps created, events appended) by the run: what the per-run caps are checked against."""
+    row = conn.execute("SELECT step_count, event_seq FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone()
+    return (0, 0) if row is None else (row["step_count"], row["event_seq"])
+
+
+def run_status(conn: sqlite3.Connection, run_id: str) -> str | None:
+    row = conn.execute("SELECT status FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone()
+    return None if row is None else row["status"]
+
+
+@contextlib.contextmanager
+def savepoint(conn: sqlite3.Connection, name: str) -> Iterator[None]:
+    """A nested savepoint inside the writer's transaction: undo one attempt at a change and try another."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")
