@@ -61,6 +61,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", "STATION_LOG_FORMAT", str, "json (one object per line) or text"),
     Option("retention_days", "STATION_RETENTION_DAYS", float, "finished runs older than this are deleted (0: keep forever)"),
     Option("retention_interval_seconds", "STATION_RETENTION_INTERVAL_SECONDS", float, "how often retention runs"),
+    # -- storage and loops (issue 11) --
+    Option("database_max_bytes", "STATION_DATABASE_MAX_BYTES", int,
+           "cap on the SQLite file's size (PRAGMA max_page_count); writes past it answer 507 (0: no cap)"),
+    Option("timer_max_attempts", "STATION_TIMER_MAX_ATTEMPTS", int,
+           "a timer whose firing fails this many times is quarantined with its error"),
 )
 
 
@@ -86,6 +91,9 @@ class Settings:
     log_format: str = "json"
     retention_days: float = 30.0
     retention_interval_seconds: float = 3600.0
+    # -- storage and loops (issue 11) --
+    database_max_bytes: int = 0
+    timer_max_attempts: int = 5
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
