@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -9,6 +10,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -22,6 +24,10 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 log = logging.getLogger(__name__)
+
+PUBLISH_WINDOW = 500      # JetStream publishes in flight at once (each waits for its own PubAck)
+ACK_TIMEOUT_S = 10.0      # a PubAck not back by then counts as failed (the row is published again)
+HEADER_OVERHEAD = 64      # "NATS/1.0\r\n" and the framing around headers
 
 TASKS_STREAM = "WORKFLOW_TASKS"
 EVENTS_STREAM = "WORKFLOW_EVENTS"
@@ -133,19 +139,36 @@ class Bus:
         hdrs = {"Nats-Msg-Id": msg_id, **(headers or {})}
         return await self.js.publish(subject, payload, headers=hdrs)
 
-    async def publish_batch(self, items: list[tuple[str, bytes, str, dict[str, str]]]) -> None:
-        """Publish in order with one round trip: all but the last as plain publishes (the stream stores
-        them all the same), the last as a JetStream publish whose ack says the server got this far.
-
-        One connection keeps the order, so an ack for the last means the ones before it were received;
-        any failure raises and the caller publishes the whole batch again (`Nats-Msg-Id` drops copies)."""
+    def fits(self, payload: bytes, headers: dict[str, str]) -> bool:
+        """Whether a message fits the server's max_payload (which counts headers too; nats-py does not)."""
         assert self.nc is not None
-        if not items:
-            return
-        for subject, payload, msg_id, headers in items[:-1]:
-            await self.nc.publish(subject, payload, headers={"Nats-Msg-Id": msg_id, **headers})
-        subject, payload, msg_id, headers = items[-1]
-        await self.publish(subject, payload, msg_id, headers)
+        head = sum(len(k) + len(v) + 4 for k, v in headers.items()) + HEADER_OVERHEAD
+        return len(payload) + head <= self.nc.max_payload
+
+    async def publish_each(self, items: list[tuple[str, bytes, str, dict[str, str]]],
+                           timeout: float = ACK_TIMEOUT_S) -> list[BaseException | None]:
+        """Publish in order on one connection with a bounded window of JetStream publishes in flight
+        and return, per item, None when JetStream acked that very message (a `duplicate` ack counts:
+        the stream has it) or the error it got. Callers forget only the rows acked (invariant 2)."""
+        assert self.js is not None
+        outcomes: list[BaseException | None] = [None] * len(items)
+        pending: list[tuple[int, asyncio.Future]] = []
+        for start in range(0, len(items), PUBLISH_WINDOW):
+            for i, (subject, payload, msg_id, headers) in enumerate(items[start:start + PUBLISH_WINDOW], start):
+                hdrs = {"Nats-Msg-Id": msg_id, **headers}
+                if not self.fits(payload, hdrs):
+                    outcomes[i] = MaxPayloadError()
+                    continue
+                try:
+                    pending.append((i, await self.js.publish_async(subject, payload, headers=hdrs, wait_stall=timeout)))
+                except Exception as exc:  # noqa: BLE001 - this message failed; the others may not have
+                    outcomes[i] = exc
+            if pending:
+                done = await _gather_bounded([f for _, f in pending], timeout)
+                for (i, _), result in zip(pending, done, strict=True):
+                    outcomes[i] = result if isinstance(result, BaseException) else None
+                pending = []
+        return outcomes
 
     async def task_is_live(self, subject: str) -> bool:
         """A work-queue message stays in the stream until acked, so its presence means a live task."""
@@ -166,3 +189,19 @@ class Bus:
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await nc.close()
+
+
+async def _gather_bounded(futures: list[asyncio.Future], timeout: float) -> list[Any]:
+    """Each future's result or exception; those not done within `timeout` are cancelled (TimeoutError)."""
+    _, late = await asyncio.wait(futures, timeout=timeout)
+    for fut in late:
+        fut.cancel()
+    out: list[Any] = []
+    for fut in futures:
+        if fut in late:
+            out.append(TimeoutError("no PubAck within the timeout"))
+        elif fut.cancelled():
+            out.append(asyncio.CancelledError())
+        else:
+            out.append(fut.exception() or fut.result())
+    return out

