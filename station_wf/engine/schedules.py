@@ -22,6 +22,7 @@ from typing import Any
 
 from station_wf.schedules.cron import CronError, CronSchedule
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
+from station_wf.store.jsontext import dumps
 from station_wf.telemetry.metrics import runs_started_total
 from station_wf.telemetry.tracing import new_run_traceparent
 
@@ -51,7 +52,7 @@ def sync_schedules(conn: sqlite3.Connection, workflow_id: str, defn: dict[str, A
     for idx, sched in enumerate(wanted):
         sid = f"{workflow_id}:{idx}"
         row = conn.execute("SELECT cron, timezone FROM workflow_schedules WHERE schedule_id = ?", (sid,)).fetchone()
-        values = (sched["cron"], sched.get("timezone") or "UTC", json.dumps(sched.get("input") or {}))
+        values = (sched["cron"], sched.get("timezone") or "UTC", dumps(sched.get("input") or {}))
         if row is None:
             conn.execute(
                 """INSERT INTO workflow_schedules (schedule_id, workflow_id, idx, cron, timezone, input, enabled, last_fire_at,
@@ -144,7 +145,7 @@ class ScheduleLoop:
         problems = input_problems(defn.get("inputSchema"), run_input)
         if problems:
             conn.execute("UPDATE workflow_schedules SET last_error = ? WHERE schedule_id = ?",
-                         (json.dumps({"message": "schedule input does not match the input schema", "problems": problems}),
+                         (dumps({"message": "schedule input does not match the input schema", "problems": problems}),
                           row["schedule_id"]))
             return False
         triggered = datetime.fromtimestamp(tick, UTC).isoformat().replace("+00:00", "Z")
