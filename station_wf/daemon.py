@@ -165,7 +165,8 @@ class Daemon:
         self.worker = TaskWorker(self.writer, self.bus, self.registry, self.definitions, self._kick_relays,
                                  concurrency=s.worker_concurrency, ack_wait=s.ack_wait_seconds)
         self.reconciler = Reconciler(self.readers, self.bus, self.worker, interval=s.reconcile_seconds)
-        self.timers = TimerLoop(self.writer, self.readers, self.definitions, self._kick_relays)
+        self.timers = TimerLoop(self.writer, self.readers, self.definitions, self._kick_relays,
+                                max_attempts=s.timer_max_attempts)
 
         async def on_reconnect() -> None:
             assert self.relay is not None

@@ -90,3 +90,41 @@ def test_events_carry_the_input_and_outputs_once() -> None:
     rebuilt = ip.rebuild_context([("run.created", {"input": run_input}), ("run.started", started),
                                   ("step.succeeded", succeeded)])
     assert rebuilt == {**context, "steps": {"a": output}}
+
+
+def _sleeper(workflow_id: str) -> str:
+    return f"""
+id: {workflow_id}
+start: nap
+states:
+  - {{ name: nap, type: sleep, duration: 0.3s, next: done }}
+  - {{ name: done, type: inject, data: {{ woke: true }}, end: true }}
+"""
+
+
+def test_a_failing_timer_is_quarantined_and_the_others_fire(daemon: Daemon) -> None:
+    """The poison run's sleep timer raises every time it fires (a test hook); the other runs' sleeps,
+    due in the same batches, still complete, and the poison timer ends quarantined with its error."""
+    daemon.add_workflow("poison", _sleeper("poison"))
+    daemon.add_workflow("nap", _sleeper("nap"))
+    daemon.start(extra_env={"STATION_FAULT_ERRORS": "timer.fire.poison:1", "STATION_TIMER_MAX_ATTEMPTS": "3"})
+    poison = daemon.start_run("poison")
+    naps = [daemon.start_run("nap") for _ in range(5)]
+    for run in naps:
+        assert daemon.wait_status(run["id"], timeout=30)["context"]["woke"] is True
+    db = sqlite3.connect(daemon.data_dir / "station-wf.db")
+
+    def quarantined() -> tuple | None:
+        return db.execute("SELECT attempts, error, fired_at FROM timers WHERE run_id = ? AND fired_at IS NOT NULL",
+                          (poison["id"],)).fetchone()
+
+    attempts, error, fired_at = wait_until(quarantined, 20, interval=0.2, what="the poison timer to be quarantined")
+    assert attempts == 3 and fired_at is not None
+    assert json.loads(error)["message"] == "fault injected at timer.fire.poison"
+    assert daemon.run(poison["id"])["status"] == "RUNNING"  # its sleep never completed: nothing advanced it
+    assert "quarantined" in daemon.log() and daemon.proc is not None and daemon.proc.poll() is None
+    # The loop does not spin on it: three attempts (back-off 1 s, 2 s), not one every 100 ms.
+    assert daemon.log().count("failed (attempt") == 2
+    later = daemon.start_run("nap")  # timers keep firing afterwards
+    daemon.wait_status(later["id"], timeout=30)
+    db.close()

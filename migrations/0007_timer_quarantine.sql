@@ -1,0 +1,4 @@
+-- A timer whose firing fails is retried with back-off and, after STATION_TIMER_MAX_ATTEMPTS failures,
+-- quarantined (fired_at set, error kept) so it no longer blocks or slows the others.
+ALTER TABLE timers ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE timers ADD COLUMN error TEXT;
