@@ -4,7 +4,6 @@ past a timer that cannot fire."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
@@ -128,3 +127,90 @@ def test_a_failing_timer_is_quarantined_and_the_others_fire(daemon: Daemon) -> N
     later = daemon.start_run("nap")  # timers keep firing afterwards
     daemon.wait_status(later["id"], timeout=30)
     db.close()
+
+
+def _post_run(daemon: Daemon, workflow_id: str, run_input: dict[str, Any]) -> httpx.Response | None:
+    try:
+        return httpx.post(daemon.base + "/api/v1/workflow-runs", json={"workflowId": workflow_id, "input": run_input},
+                          timeout=15)
+    except httpx.TransportError:
+        return None  # the daemon is gone (the fatal case)
+
+
+def _page_count_bytes(path: Any) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_database_full_answers_507_then_everything_completes_after_the_cap_is_raised(daemon: Daemon) -> None:
+    """SQLITE_FULL for real: STATION_DATABASE_MAX_BYTES a little above what the file holds, then big runs.
+    Writes answer 507 at once (never hang), reads and the daemon stay up, /healthz says the writer fails,
+    the file is not corrupt, and with the cap raised every run that was accepted completes."""
+    daemon.add_workflow("one", ONE_STEP.format(id="one", agent="worker"))
+    daemon.start()
+    daemon.stop()
+    db_path = daemon.data_dir / "station-wf.db"
+    cap = _page_count_bytes(db_path) + 1_000_000
+    daemon.start(extra_env={"STATION_DATABASE_MAX_BYTES": str(cap)})
+    accepted: list[str] = []
+    refused: list[httpx.Response] = []
+    for i in range(60):
+        t0 = time.monotonic()
+        resp = _post_run(daemon, "one", {"i": i, "blob": "b" * 60_000})
+        assert resp is not None and time.monotonic() - t0 < 10, "a write hung"
+        if resp.status_code == 201:
+            accepted.append(resp.json()["run"]["id"])
+            continue
+        assert resp.status_code == 507, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "storage_full" and error["request_id"] and "nothing was stored" in error["message"]
+        refused.append(resp)
+        if len(refused) >= 3:
+            break
+    assert accepted and len(refused) == 3, (len(accepted), len(refused))
+    health = httpx.get(daemon.base + "/healthz", timeout=5)
+    assert health.status_code == 503 and "full" in health.json()["writer"]["lastError"]
+    assert daemon.request("GET", "/api/v1/workflow-runs").status_code == 200  # reads still work
+    assert daemon.proc is not None and daemon.proc.poll() is None  # a full disk is not a reason to exit
+    daemon.stop()
+    db = sqlite3.connect(db_path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+
+    daemon.start()  # the cap raised (none)
+    for run_id in accepted:
+        done = daemon.wait_status(run_id, timeout=60)
+        assert done["context"]["steps"]["call"]["ok"] is True
+    runs = daemon.request("GET", "/api/v1/workflow-runs", params={"limit": 200}).json()["runs"]
+    assert sorted(r["id"] for r in runs) == sorted(accepted)  # a refused start stored nothing
+    assert httpx.get(daemon.base + "/healthz", timeout=5).status_code == 200
+
+
+def test_repeated_fatal_writer_errors_stop_the_daemon_non_zero(daemon: Daemon) -> None:
+    """From its second commit on every COMMIT fails with an I/O error (a test hook): API writes answer 503
+    at once, and after a few broken groups the daemon exits 75 for its supervisor, instead of hanging
+    with /healthz green. Restarted healthy, nothing half-written is left and runs complete."""
+    daemon.add_workflow("one", ONE_STEP.format(id="one", agent="worker"))
+    daemon.start(extra_env={"STATION_FAULT_ERRORS": "writer.commit:2"})
+    assert daemon.proc is not None
+    answers: list[int] = []
+    for i in range(40):
+        resp = _post_run(daemon, "one", {"i": i})
+        if resp is None or daemon.proc.poll() is not None:
+            break
+        answers.append(resp.status_code)
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "storage_unavailable", resp.text
+        try:
+            health = httpx.get(daemon.base + "/healthz", timeout=5)
+        except httpx.TransportError:
+            break  # it exited meanwhile
+        assert health.status_code == 503 and "disk I/O error" in health.json()["writer"]["lastError"]
+    assert daemon.proc.wait(30) == 75, daemon.log()
+    assert answers and "refusing writes" in daemon.log()
+
+    daemon.start()
+    assert daemon.request("GET", "/api/v1/workflow-runs").json()["runs"] == []
+    daemon.wait_status(daemon.start_run("one")["id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,66 @@ def test_group_commit_isolates_failures(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(RuntimeError):
         asyncio.run(writer.run(insert("late")))
+
+
+def test_a_group_sqlite_rolled_back_fails_every_future_and_the_writer_keeps_serving(tmp_path: Path) -> None:
+    """SQLITE_FULL for real (a page cap): SQLite rolls the whole group back, savepoints included, so the
+    transactions already released with it must fail too; the thread then serves the next group."""
+    from station_wf.store.storage_errors import StorageError
+
+    writer = SqliteWriter(tmp_path / "db.sqlite", max_bytes=1)  # capped at the pages migrations left
+    writer.start()
+    lost: list[str] = []
+    gate = threading.Event()
+
+    def small(key: str):
+        def fn(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO relay_cursors (name, position) VALUES (?, 1)", (key,))
+            return key
+        return fn
+
+    def huge(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO relay_cursors (name, position) VALUES (?, 1)", ("x" * 200_000,))
+
+    async def group() -> list:
+        held = asyncio.ensure_future(writer.run(lambda c: gate.wait(10)))  # hold the thread ...
+        await asyncio.sleep(0.2)
+        writer.ride_along("r+", lambda c: None, on_lost=lambda: lost.append("r"))
+        futures = [asyncio.ensure_future(writer.run(fn)) for fn in (small("a"), huge, small("b"))]
+        await asyncio.sleep(0.1)
+        gate.set()  # ... so that the rider and these three share the next group
+        await held
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(group())
+    assert all(isinstance(r, StorageError) and r.status == 507 and r.code == "storage_full" for r in results), results
+    assert lost == ["r"]  # the rider's owner hears that its work was rolled back
+    health = writer.health()
+    assert not health.ok and health.failures_in_row == 1 and "database or disk is full" in (health.last_error or "")
+    names = writer.run_sync(lambda c: [r[0] for r in c.execute("SELECT name FROM relay_cursors")])
+    assert names == []  # "a" was released before "huge" broke the group: rolled back, and its caller knows
+    assert writer.run_sync(small("c")) == "c" and writer.health().failures_in_row == 0  # still serving
+    writer.close()
+
+
+def test_repeated_fatal_errors_stop_the_writer_and_call_on_fatal(tmp_path: Path) -> None:
+    from station_wf.store.db import FATAL_AFTER, WriterClosed
+    from station_wf.store.storage_errors import StorageError, injected_ioerr
+
+    fatal: list[BaseException] = []
+    writer = SqliteWriter(tmp_path / "db.sqlite", on_fatal=fatal.append)
+    writer.start()
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("ROLLBACK")  # as SQLite does on an I/O error: the transaction is gone
+        raise injected_ioerr("test")
+
+    for _ in range(FATAL_AFTER):
+        with pytest.raises(StorageError) as err:
+            writer.run_sync(broken)
+        assert err.value.status == 503
+    assert len(fatal) == 1 and "disk I/O error" in str(fatal[0])
+    assert writer.health().stopped is not None and not writer.health().ok
+    with pytest.raises(WriterClosed):
+        asyncio.run(writer.run(lambda c: None))
+    writer.close()

@@ -107,7 +107,8 @@ class WriterClosed(ServiceError, RuntimeError):
 
 
 FATAL_AFTER = 5          # broken groups in a row, with a fatal cause, before the writer gives up
-FAILING_FOR_S = 10.0     # how long a broken group keeps /healthz red after it happened
+FAILING_FOR_S = 10.0     # a broken group keeps /healthz red this long (one good commit in between does not
+                         # make a full database healthy: the next big write fails again)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class WriterHealth:
     @property
     def ok(self) -> bool:
         recent = self.last_failure_age_s is not None and self.last_failure_age_s < FAILING_FOR_S
-        return self.alive and self.stopped is None and not (self.failures_in_row and recent)
+        return self.alive and self.stopped is None and not recent
 
     def to_api(self) -> dict[str, Any]:
         return {"ok": self.ok, "alive": self.alive, "stopped": self.stopped, "failuresInRow": self.failures_in_row,
@@ -339,16 +340,16 @@ class SqliteWriter:
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-        error = as_storage_error(cause)
-        for _, fut in batch:
-            _fail(fut, error)
-        _notify_lost([rider for _, rider in riders])
         self.broken_groups += 1
         self._failures_in_row += 1
         self._last_error = f"{type(cause).__name__}: {cause}"
         self._last_failure = time.monotonic()
         if is_fatal(cause) and self._failures_in_row >= FATAL_AFTER:
-            self._stop_serving(cause)
+            self._stop_serving(cause)  # before the callers hear: what they see next is consistent
+        error = as_storage_error(cause)
+        for _, fut in batch:
+            _fail(fut, error)
+        _notify_lost([rider for _, rider in riders])
 
     def _stop_serving(self, cause: BaseException) -> None:
         """Repeated fatal errors: refuse all work from now on and tell the daemon to exit non-zero."""
