@@ -75,12 +75,17 @@ def test_a_group_sqlite_rolled_back_fails_every_future_and_the_writer_keeps_serv
     def huge(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO relay_cursors (name, position) VALUES (?, 1)", ("x" * 200_000,))
 
+    entered = threading.Event()
+
     async def group() -> list:
-        held = asyncio.ensure_future(writer.run(lambda c: gate.wait(10)))  # hold the thread ...
-        await asyncio.sleep(0.2)
+        held = asyncio.ensure_future(writer.run(lambda c: (entered.set(), gate.wait(10))))  # hold the thread ...
+        assert await asyncio.to_thread(entered.wait, 10)
         writer.ride_along("r+", lambda c: None, on_lost=lambda: lost.append("r"))
         futures = [asyncio.ensure_future(writer.run(fn)) for fn in (small("a"), huge, small("b"))]
-        await asyncio.sleep(0.1)
+        for _ in range(500):
+            if writer._queue.qsize() == 3:
+                break
+            await asyncio.sleep(0.01)
         gate.set()  # ... so that the rider and these three share the next group
         await held
         return await asyncio.gather(*futures, return_exceptions=True)
@@ -116,4 +121,68 @@ def test_repeated_fatal_errors_stop_the_writer_and_call_on_fatal(tmp_path: Path)
     assert writer.health().stopped is not None and not writer.health().ok
     with pytest.raises(WriterClosed):
         asyncio.run(writer.run(lambda c: None))
+    writer.close()
+
+
+def test_retention_deletes_bounded_batches_of_rows_not_whole_runs(tmp_path: Path) -> None:
+    """A finished run with 12,000 events goes in transactions of at most 1,000 rows; a running one stays."""
+    from station_wf.engine.retention import prune_once
+    from station_wf.store.retention_rows import prune_some
+
+    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer.start()
+
+    def seed(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO workflow_definitions (workflow_id, version, content_hash, source, definition, created_at)"
+                     " VALUES ('w', 1, 'h', 'api', '{}', '2000-01-01')")
+        for run_id, status in (("old", "COMPLETED"), ("live", "RUNNING")):
+            conn.execute("INSERT INTO workflow_runs (run_id, workflow_id, workflow_version, content_hash, status, input,"
+                         " context, created_at, updated_at, completed_at) VALUES (?, 'w', 1, 'h', ?, '{}', '{}',"
+                         " '2000-01-01', '2000-01-01', '2000-01-01')", (run_id, status))
+        conn.executemany("INSERT INTO workflow_run_events (run_id, seq, type, created_at) VALUES (?, ?, 't', '2000')",
+                         [(r, i) for r in ("old", "live") for i in range(1, 12_001)])
+
+    writer.run_sync(seed)
+    events = "SELECT run_id, COUNT(*) FROM workflow_run_events GROUP BY run_id ORDER BY run_id"
+    assert writer.run_sync(lambda c: prune_some(c, "2001-01-01", 200, 1000)) == (1000, 0)
+    assert writer.run_sync(lambda c: [tuple(r) for r in c.execute(events)]) == [("live", 12_000), ("old", 11_000)]
+    before = writer.transactions
+    assert asyncio.run(prune_once(writer, 1.0, rows_per_tx=1000)) == 1
+    assert writer.transactions - before >= 12  # 11,000 rows, 1,000 per transaction, then the run itself
+    runs = writer.run_sync(lambda c: [r[0] for r in c.execute("SELECT run_id FROM workflow_runs")])
+    assert runs == ["live"]
+    assert writer.run_sync(lambda c: [tuple(r) for r in c.execute(events)]) == [("live", 12_000)]
+    writer.close()
+
+
+def test_a_cron_the_scheduler_cannot_parse_is_reported_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An old row (or one the loader let through) with a cron the scheduler rejects: logged and shown as
+    `lastError` on the schedule, once, instead of being skipped in silence on every tick."""
+    from station_wf.engine.schedules import ScheduleLoop, schedule_to_api
+    from station_wf.store.db import SqliteReaders
+
+    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer.start()
+    writer.run_sync(lambda c: (
+        c.execute("INSERT INTO workflow_definitions (workflow_id, version, content_hash, source, definition, created_at)"
+                  " VALUES ('w', 1, 'h', 'api', '{}', '2000-01-01')"),
+        c.execute("INSERT INTO workflow_schedules (schedule_id, workflow_id, idx, cron, timezone, last_fire_at, created_at,"
+                  " updated_at) VALUES ('w:0', 'w', 0, '*/0 * * * *', 'UTC', 0, '2000', '2000')")))
+
+    async def go() -> list[int]:
+        readers = SqliteReaders(tmp_path / "db.sqlite")
+        await readers.open()
+        loop = ScheduleLoop(writer, readers, on_commit=lambda: None)
+        fired = [await loop.fire_due() for _ in range(3)]
+        await readers.close()
+        return fired
+
+    with caplog.at_level("ERROR", logger="station_wf.engine.schedules"):
+        assert asyncio.run(go()) == [0, 0, 0]
+    assert [r.getMessage() for r in caplog.records if "cannot be parsed" in r.getMessage()] == [
+        "schedule w:0: cron '*/0 * * * *' (timezone 'UTC') cannot be parsed: "
+        + caplog.records[0].getMessage().split("cannot be parsed: ")[1]]
+    row = writer.run_sync(lambda c: c.execute("SELECT * FROM workflow_schedules").fetchone())
+    shown = schedule_to_api(row, 0.0)
+    assert "cannot be parsed" in shown["lastError"]["message"] and shown["nextFireAt"] is None
     writer.close()
