@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -21,7 +23,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -147,28 +149,59 @@ class Bus:
 
     async def publish_each(self, items: list[tuple[str, bytes, str, dict[str, str]]],
                            timeout: float = ACK_TIMEOUT_S) -> list[BaseException | None]:
-        """Publish in order on one connection with a bounded window of JetStream publishes in flight
-        and return, per item, None when JetStream acked that very message (a `duplicate` ack counts:
-        the stream has it) or the error it got. Callers forget only the rows acked (invariant 2)."""
-        assert self.js is not None
+        """Publish in order on one connection, each as a JetStream publish with its own reply subject,
+        at most `PUBLISH_WINDOW` in flight, and return per item None when JetStream acked that very
+        message (a `duplicate` ack counts: the stream has it) or the error it got. Callers forget only
+        the rows acked (invariant 2).
+
+        Pipelined by hand (one inbox subscription per call, replies matched by index) rather than with
+        `js.publish_async`, whose per-message futures made the relays ~10x slower (measured here)."""
+        assert self.nc is not None
         outcomes: list[BaseException | None] = [None] * len(items)
-        pending: list[tuple[int, asyncio.Future]] = []
         for start in range(0, len(items), PUBLISH_WINDOW):
-            for i, (subject, payload, msg_id, headers) in enumerate(items[start:start + PUBLISH_WINDOW], start):
+            await self._publish_window(items, start, min(start + PUBLISH_WINDOW, len(items)), outcomes, timeout)
+        return outcomes
+
+    async def _publish_window(self, items: list[tuple[str, bytes, str, dict[str, str]]], start: int, end: int,
+                              outcomes: list[BaseException | None], timeout: float) -> None:
+        assert self.nc is not None
+        waiting: set[int] = set()
+        all_sent = False
+        done = asyncio.Event()
+
+        async def on_ack(msg: Msg) -> None:
+            i = int(msg.subject.rsplit(".", 1)[1])
+            if i in waiting:
+                waiting.discard(i)
+                outcomes[i] = _pub_ack_error(msg)
+                if all_sent and not waiting:
+                    done.set()
+
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox + ".*", cb=on_ack)
+        try:
+            for i in range(start, end):
+                subject, payload, msg_id, headers = items[i]
                 hdrs = {"Nats-Msg-Id": msg_id, **headers}
                 if not self.fits(payload, hdrs):
                     outcomes[i] = MaxPayloadError()
                     continue
+                waiting.add(i)
                 try:
-                    pending.append((i, await self.js.publish_async(subject, payload, headers=hdrs, wait_stall=timeout)))
+                    await self.nc.publish(subject, payload, reply=f"{inbox}.{i}", headers=hdrs)
                 except Exception as exc:  # noqa: BLE001 - this message failed; the others may not have
+                    waiting.discard(i)
                     outcomes[i] = exc
-            if pending:
-                done = await _gather_bounded([f for _, f in pending], timeout)
-                for (i, _), result in zip(pending, done, strict=True):
-                    outcomes[i] = result if isinstance(result, BaseException) else None
-                pending = []
-        return outcomes
+            all_sent = True
+            if waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), timeout)
+            for i in list(waiting):
+                outcomes[i] = TimeoutError("no PubAck within the timeout")
+            waiting.clear()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def task_is_live(self, subject: str) -> bool:
         """A work-queue message stays in the stream until acked, so its presence means a live task."""
@@ -191,17 +224,15 @@ class Bus:
                 await nc.close()
 
 
-async def _gather_bounded(futures: list[asyncio.Future], timeout: float) -> list[Any]:
-    """Each future's result or exception; those not done within `timeout` are cancelled (TimeoutError)."""
-    _, late = await asyncio.wait(futures, timeout=timeout)
-    for fut in late:
-        fut.cancel()
-    out: list[Any] = []
-    for fut in futures:
-        if fut in late:
-            out.append(TimeoutError("no PubAck within the timeout"))
-        elif fut.cancelled():
-            out.append(asyncio.CancelledError())
-        else:
-            out.append(fut.exception() or fut.result())
-    return out
+
+def _pub_ack_error(msg: Msg) -> BaseException | None:
+    """None for a PubAck (new or duplicate), else the error JetStream answered (or no stream at all)."""
+    if msg.headers and msg.headers.get("Status") == "503":
+        return NoStreamResponseError()
+    try:
+        resp = json.loads(msg.data)
+    except ValueError as exc:
+        return exc
+    if "error" in resp:
+        return APIError.from_error(resp["error"])
+    return None
