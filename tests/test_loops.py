@@ -4,6 +4,7 @@ past a timer that cannot fire."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -214,3 +215,31 @@ def test_repeated_fatal_writer_errors_stop_the_daemon_non_zero(daemon: Daemon) -
     daemon.start()
     assert daemon.request("GET", "/api/v1/workflow-runs").json()["runs"] == []
     daemon.wait_status(daemon.start_run("one")["id"])
+
+
+def test_publish_each_reports_every_message_on_its_own(nats_server: NatsServer) -> None:
+    """Against a real nats-server: a full stream refuses the later messages while the earlier ones are
+    stored, a duplicate counts as stored, an oversized one and one without a stream fail alone."""
+    from nats.errors import MaxPayloadError
+    from nats.js.api import DiscardPolicy, StreamConfig
+    from nats.js.errors import APIError, NoStreamResponseError
+
+    from station_wf.bus.jetstream import Bus
+
+    async def go() -> list[BaseException | None]:
+        bus = Bus(nats_server.url)
+        await bus.connect()
+        assert bus.js is not None
+        await bus.js.add_stream(StreamConfig(name="T", subjects=["t.>"], max_msgs=2, discard=DiscardPolicy.NEW,
+                                             duplicate_window=60))
+        items = [("t.a", b"1", "m1", {}), ("t.a", b"1", "m1", {}), ("t.b", b"2", "m2", {}), ("t.c", b"3", "m3", {}),
+                 ("t.d", b"x" * 2_000_000, "m4", {}), ("nostream.x", b"5", "m5", {})]
+        try:
+            return await bus.publish_each(items, timeout=5)
+        finally:
+            await bus.close()
+
+    outcomes = asyncio.run(go())
+    assert outcomes[:3] == [None, None, None]  # stored, duplicate (still stored), stored
+    assert isinstance(outcomes[3], APIError) and "maximum messages" in str(outcomes[3])
+    assert isinstance(outcomes[4], MaxPayloadError) and isinstance(outcomes[5], NoStreamResponseError)

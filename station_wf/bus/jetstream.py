@@ -172,8 +172,11 @@ class Bus:
         async def on_ack(msg: Msg) -> None:
             i = int(msg.subject.rsplit(".", 1)[1])
             if i in waiting:
+                try:
+                    outcomes[i] = _pub_ack_error(msg)
+                except Exception as exc:  # noqa: BLE001 - never count a reply we could not read as an ack
+                    outcomes[i] = exc
                 waiting.discard(i)
-                outcomes[i] = _pub_ack_error(msg)
                 if all_sent and not waiting:
                     done.set()
 
@@ -233,6 +236,12 @@ def _pub_ack_error(msg: Msg) -> BaseException | None:
         resp = json.loads(msg.data)
     except ValueError as exc:
         return exc
+    if not isinstance(resp, dict):
+        return ValueError(f"not a PubAck: {msg.data[:200]!r}")
     if "error" in resp:
-        return APIError.from_error(resp["error"])
+        try:
+            APIError.from_error(resp["error"])  # raises the error class that fits the code
+        except APIError as exc:
+            return exc
+        return APIError(description=str(resp["error"]))
     return None
