@@ -243,3 +243,27 @@ def test_publish_each_reports_every_message_on_its_own(nats_server: NatsServer) 
     assert outcomes[:3] == [None, None, None]  # stored, duplicate (still stored), stored
     assert isinstance(outcomes[3], APIError) and "maximum messages" in str(outcomes[3])
     assert isinstance(outcomes[4], MaxPayloadError) and isinstance(outcomes[5], NoStreamResponseError)
+
+
+def test_non_finite_numbers_are_stored_as_valid_json(daemon: Daemon) -> None:
+    """An agent reply with NaN/Infinity (Python's JSON parser accepts them) is stored and served as
+    valid JSON: the numbers become null, and the run, its events and SQLite's rows parse strictly."""
+    daemon.add_agent("odd")
+    daemon.add_workflow("odd", ONE_STEP.format(id="odd", agent="odd"))
+    daemon.agent_server.behave("odd", reply={"x": float("nan"), "y": [float("inf"), 1.5]})
+    daemon.start()
+    run = daemon.start_run("odd")
+    daemon.wait_status(run["id"], ("COMPLETED", "FAILED"))
+
+    def strict(text: str) -> Any:
+        return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"invalid JSON: {c}")))
+
+    body = strict(daemon.request("GET", f"/api/v1/workflow-runs/{run['id']}").text)
+    strict(daemon.request("GET", f"/api/v1/workflow-runs/{run['id']}/events").text)
+    if body["status"] == "COMPLETED":  # (an agent-output check may refuse the reply instead: also fine)
+        assert body["context"]["steps"]["call"] == {"x": None, "y": [None, 1.5]}
+    db = sqlite3.connect(daemon.data_dir / "station-wf.db")
+    for (text,) in db.execute("SELECT payload FROM workflow_run_events UNION ALL SELECT context FROM workflow_runs"
+                              " UNION ALL SELECT COALESCE(output, '{}') FROM workflow_run_steps"):
+        strict(text)
+    db.close()
