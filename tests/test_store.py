@@ -186,3 +186,31 @@ def test_a_cron_the_scheduler_cannot_parse_is_reported_once(tmp_path: Path, capl
     shown = schedule_to_api(row, 0.0)
     assert "cannot be parsed" in shown["lastError"]["message"] and shown["nextFireAt"] is None
     writer.close()
+
+
+def test_a_timer_of_a_run_paused_since_the_read_does_not_fire(tmp_path: Path) -> None:
+    """The timer loop reads due timers outside the transaction; a pause that commits in between must win."""
+    from station_wf.engine.timers import TimerLoop
+    from station_wf.store.definitions import DefinitionCache
+
+    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer.start()
+
+    def seed(conn: sqlite3.Connection) -> list[int]:
+        conn.execute("INSERT INTO workflow_definitions (workflow_id, version, content_hash, source, definition, created_at)"
+                     " VALUES ('w', 1, 'h', 'api', '{}', '2000-01-01')")
+        ids = []
+        for run_id, status in (("paused", "PAUSED"), ("done", "COMPLETED")):
+            conn.execute("INSERT INTO workflow_runs (run_id, workflow_id, workflow_version, content_hash, status, input,"
+                         " context, created_at, updated_at) VALUES (?, 'w', 1, 'h', ?, '{}', '{}', '2000', '2000')",
+                         (run_id, status))
+            ids.append(conn.execute("INSERT INTO timers (run_id, kind, due_at, created_at) VALUES (?, 'sleep', 0, '2000')"
+                                    " RETURNING id", (run_id,)).fetchone()[0])
+        return ids
+
+    ids = writer.run_sync(seed)
+    loop = TimerLoop(writer, None, DefinitionCache(), on_commit=lambda: None)  # type: ignore[arg-type]
+    writer.run_sync(lambda conn: loop._tx_fire(conn, ids))
+    fired = dict(writer.run_sync(lambda c: [tuple(r) for r in c.execute("SELECT run_id, fired_at IS NOT NULL FROM timers")]))
+    assert fired == {"paused": 0, "done": 1}  # the paused run's timer waits for resume; the other was consumed
+    writer.close()
