@@ -72,6 +72,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_events_per_run", "STATION_MAX_EVENTS_PER_RUN", int, "history events one run may append; past it the run fails"),
     Option("max_context_bytes", "STATION_MAX_CONTEXT_BYTES", int, "JSON size of a run's context (and of its scopes' state); past it the run fails"),
     Option("retry_max_backoff_seconds", "STATION_RETRY_MAX_BACKOFF_SECONDS", float, "cap of a retry back-off without maxBackoffSeconds"),
+    # -- storage and loops (issue 11) --
+    Option("database_max_bytes", "STATION_DATABASE_MAX_BYTES", int,
+           "cap on the SQLite file's size (PRAGMA max_page_count); writes past it answer 507 (0: no cap)"),
+    Option("timer_max_attempts", "STATION_TIMER_MAX_ATTEMPTS", int,
+           "a timer whose firing fails this many times is quarantined with its error"),
 )
 
 
@@ -108,6 +113,9 @@ class Settings:
     max_events_per_run: int = 100_000
     max_context_bytes: int = 16 * 1024 * 1024
     retry_max_backoff_seconds: float = 3600.0
+    # -- storage and loops (issue 11) --
+    database_max_bytes: int = 0
+    timer_max_attempts: int = 5
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

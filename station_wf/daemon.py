@@ -60,6 +60,9 @@ from station_wf.telemetry.tracing import setup_tracing, shutdown_tracing
 log = logging.getLogger(__name__)
 
 
+WRITER_FAILED_EXIT = 75  # EX_TEMPFAIL: the storage failed; a restart may cure it
+
+
 class DataDirLocked(RuntimeError):
     pass
 
@@ -107,7 +110,10 @@ class Daemon:
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.lock = DataDirLock(self.data_dir)
-        self.writer = SqliteWriter(settings.database_path)
+        self.writer = SqliteWriter(settings.database_path, max_bytes=settings.database_max_bytes,
+                                   on_fatal=self._writer_fatal)
+        self.exit_code = 0  # non-zero when a component or the writer failed: a supervisor restarts us
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.readers = SqliteReaders(settings.database_path)
         self.definitions = DefinitionCache()
         self.agents = AgentCatalog(Path(settings.environments_dir), settings.environment)
@@ -135,6 +141,7 @@ class Daemon:
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        self._loop = asyncio.get_running_loop()
         self.lock.acquire()
         setup_tracing("station-wf")
         self.writer.start()
@@ -166,7 +173,8 @@ class Daemon:
         self.worker = TaskWorker(self.writer, self.bus, self.registry, self.definitions, self._kick_relays,
                                  concurrency=s.worker_concurrency, ack_wait=s.ack_wait_seconds)
         self.reconciler = Reconciler(self.readers, self.bus, self.worker, interval=s.reconcile_seconds)
-        self.timers = TimerLoop(self.writer, self.readers, self.definitions, self._kick_relays)
+        self.timers = TimerLoop(self.writer, self.readers, self.definitions, self._kick_relays,
+                                max_attempts=s.timer_max_attempts)
 
         async def on_reconnect() -> None:
             assert self.relay is not None
@@ -216,6 +224,7 @@ class Daemon:
         def crashed(t: asyncio.Task) -> None:
             if not t.cancelled() and t.exception() is not None and not self._stop.is_set():
                 log.error("component %s died: %r; shutting down", name, t.exception())
+                self.exit_code = self.exit_code or 1
                 self._stop.set()
 
         task.add_done_callback(crashed)
@@ -244,9 +253,16 @@ class Daemon:
                 gauges[JETSTREAM_NUM_ACK_PENDING] = [({}, lag["ackPending"])]
         return Response(render_prometheus(gauges), media_type=CONTENT_TYPE)
 
+    def _writer_fatal(self, cause: BaseException) -> None:
+        """Called on the writer thread after repeated fatal storage errors: stop, exit non-zero."""
+        log.critical("the SQLite writer gave up (%s); stopping so a supervisor restarts the daemon", cause)
+        self.exit_code = WRITER_FAILED_EXIT
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
     def readiness(self) -> dict[str, bool]:
         return {
-            "sqlite": self.writer._thread is not None and self.writer._thread.is_alive(),
+            "sqlite": self.writer.health().ok,
             "nats": self.bus is not None and self.bus.connected,
             "consumer": self.worker is not None and self.worker.subscribed,
         }
@@ -311,3 +327,5 @@ async def serve(settings: Settings) -> None:
         await daemon.wait()
     finally:
         await daemon.stop()
+    if daemon.exit_code:
+        raise SystemExit(daemon.exit_code)

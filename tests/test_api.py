@@ -236,7 +236,8 @@ def test_cli_run_wait_and_runs(daemon: Daemon) -> None:
 
 def test_health_and_readiness(daemon: Daemon) -> None:
     daemon.start()
-    assert daemon.request("GET", "/healthz").json() == {"status": "ok"}
+    health = daemon.request("GET", "/healthz").json()
+    assert health["status"] == "ok" and health["writer"]["ok"] is True and health["writer"]["failuresInRow"] == 0
     ready = daemon.request("GET", "/readyz").json()
     assert ready == {"status": "ready", "checks": {"sqlite": True, "nats": True, "consumer": True}}
 

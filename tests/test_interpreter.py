@@ -33,7 +33,9 @@ class Replay:
         self.status = ip.PENDING
         self.error: dict[str, Any] | None = None
         self.steps: dict[tuple[str, int], dict[str, Any]] = {}
-        self.events: list[tuple[str, dict[str, Any], str | None]] = []
+        # As store.runs.insert_run: run.created carries the input (run.started only what the start added).
+        self.events: list[tuple[str, dict[str, Any], str | None]] = [
+            ("run.created", {"workflowId": defn.get("id"), "version": 1, "input": run_input or {}}, None)]
         self.queue: deque[tuple[str, int]] = deque()
         self.timers: list[tuple[float, str, str | None, int | None]] = []
         self.clock = 0.0

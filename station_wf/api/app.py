@@ -242,7 +242,10 @@ async def api_not_found(request: Request, state: ApiState) -> Response:
 
 
 async def healthz(request: Request, state: ApiState) -> Response:
-    return JSONResponse({"status": "ok"})
+    """Liveness: the process answers AND its SQLite writer commits (a dead or failing writer is 503)."""
+    writer = state.writer.health()
+    return JSONResponse({"status": "ok" if writer.ok else "failing", "writer": writer.to_api()},
+                        status_code=200 if writer.ok else 503)
 
 
 async def readyz(request: Request, state: ApiState) -> Response:

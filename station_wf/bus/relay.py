@@ -7,6 +7,7 @@ rows (delete, or advance a cursor), so a crash anywhere publishes again and JetS
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -14,6 +15,7 @@ import sqlite3
 from station_wf.bus.jetstream import Bus
 from station_wf.engine.identity import run_event_subject, step_event_subject
 from station_wf.faults import crash_point
+from station_wf.store import relay_rows
 from station_wf.store.db import SqliteReaders, SqliteWriter
 
 log = logging.getLogger(__name__)
@@ -76,12 +78,20 @@ class _Relay:
                 self._wake.set()
 
 
+class RelayPublishError(RuntimeError):
+    """Some rows of a batch got no PubAck of their own: they stay, and the relay backs off and retries."""
+
+
+def _failures(rows: list[sqlite3.Row], outcomes: list[BaseException | None]) -> list[tuple[sqlite3.Row, BaseException]]:
+    return [(r, o) for r, o in zip(rows, outcomes, strict=True) if o is not None]
+
+
 class OutboxRelay(_Relay):
-    """Publishes outbox rows (invariant 2) and deletes each only after JetStream acked it.
+    """Publishes outbox rows (invariant 2) and deletes each only after its own PubAck.
 
     Deletes ride along with the next group commit (no fsync of their own); until then the relay
     remembers what it published, and a crash before the delete only publishes a duplicate that
-    `Nats-Msg-Id` drops. A row that failed to publish is picked up again by the periodic full sweep.
+    `Nats-Msg-Id` drops. A row that failed to publish (or whose delete was lost) is published again.
     """
 
     name = "outbox relay"
@@ -95,73 +105,98 @@ class OutboxRelay(_Relay):
         await super().idle()
         self._high_water = 0  # the next drain sweeps the whole table
 
+    def _forget(self, ids: list[int]) -> None:
+        """The delete of these rows was lost (its group rolled back): publish them again."""
+        self._published_ids.difference_update(ids)
+        self._high_water = 0
+
+    def _delete(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+        relay_rows.delete_outbox(conn, ids)
+        self._published_ids.difference_update(ids)
+
     async def drain_once(self) -> int:
-        rows = await self.readers.fetchall(
-            "SELECT id, subject, msg_id, payload, headers FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-            (self._high_water, BATCH),
-        )
+        rows = await relay_rows.outbox_after(self.readers, self._high_water, BATCH)
         rows = [r for r in rows if r["id"] not in self._published_ids]
         if not rows:
             return 0
         self._high_water = rows[-1]["id"]
         crash_point("relay.before_publish")
-        try:
-            await self.bus.publish_batch(
-                [(r["subject"], r["payload"].encode(), r["msg_id"], json.loads(r["headers"])) for r in rows])
-        except Exception:
-            self._high_water = rows[0]["id"] - 1
-            raise
-        done = [r["id"] for r in rows]
-        self._published_ids.update(done)
-
-        def delete(conn: sqlite3.Connection, ids: list[int] = done) -> None:
-            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-            self._published_ids.difference_update(ids)
-        self.writer.ride_along("outbox-delete+", delete)
-        self.published += len(done)
+        outcomes = await self.bus.publish_each(
+            [(r["subject"], r["payload"].encode(), r["msg_id"], json.loads(r["headers"])) for r in rows])
+        acked = [r["id"] for r, o in zip(rows, outcomes, strict=True) if o is None]
+        if acked:
+            self._published_ids.update(acked)
+            self.writer.ride_along("outbox-delete+", functools.partial(self._delete, ids=acked),
+                                   on_lost=functools.partial(self._forget, acked))
+            self.published += len(acked)
+        failed = _failures(rows, outcomes)
+        if failed:
+            self._high_water = failed[0][0]["id"] - 1
+            raise RelayPublishError(f"{len(failed)} of {len(rows)} task(s) got no PubAck, first: "
+                                    f"{type(failed[0][1]).__name__}: {failed[0][1]}")
         return len(rows)
 
 
 class EventRelay(_Relay):
-    """Publishes the event log to WORKFLOW_EVENTS in order, remembering a cursor in SQLite."""
+    """Publishes the event log to WORKFLOW_EVENTS in order, remembering a cursor in SQLite.
+
+    An event too big for the server's max_payload goes out as a stub (`truncated: true`, with its
+    size) and the cursor moves on: one big step output never stops the stream for every other run.
+    Readers fetch the full event from the API (`GET /workflow-runs/{id}/events`)."""
 
     name = "event relay"
 
     def __init__(self, writer: SqliteWriter, readers: SqliteReaders, bus: Bus) -> None:
         super().__init__(writer, readers, bus)
         self._cursor: int | None = None
+        self.truncated = 0
 
     @staticmethod
-    def _message(r: sqlite3.Row) -> tuple[str, bytes, str, dict[str, str]]:
+    def _head(r: sqlite3.Row) -> str:
+        return (f'"runId":{json.dumps(r["run_id"])},"seq":{r["seq"]},"type":{json.dumps(r["type"])},'
+                f'"stepId":{json.dumps(r["step_id"])}')
+
+    @classmethod
+    def _message(cls, r: sqlite3.Row) -> tuple[str, bytes, str, dict[str, str]]:
         # The payload is already JSON text in SQLite: splice it in rather than parse and re-encode it.
-        body = (f'{{"runId":{json.dumps(r["run_id"])},"seq":{r["seq"]},"type":{json.dumps(r["type"])},'
-                f'"stepId":{json.dumps(r["step_id"])},"payload":{r["payload"]},"actor":{json.dumps(r["actor"])},'
+        body = (f'{{{cls._head(r)},"payload":{r["payload"]},"actor":{json.dumps(r["actor"])},'
                 f'"time":{json.dumps(r["created_at"])}}}')
         subject = step_event_subject(r["run_id"], r["step_id"]) if r["step_id"] else run_event_subject(r["run_id"])
         return subject, body.encode(), f"evt:{r['run_id']}:{r['seq']}", {}
 
+    @classmethod
+    def _stub(cls, r: sqlite3.Row, size: int) -> tuple[str, bytes, str, dict[str, str]]:
+        subject, _, msg_id, headers = cls._message(r)
+        body = (f'{{{cls._head(r)},"truncated":true,"bytes":{size},"actor":{json.dumps(r["actor"])},'
+                f'"time":{json.dumps(r["created_at"])}}}')
+        return subject, body.encode(), msg_id, headers
+
+    def _fitting(self, r: sqlite3.Row) -> tuple[str, bytes, str, dict[str, str]]:
+        message = self._message(r)
+        if self.bus.fits(message[1], {"Nats-Msg-Id": message[2], **message[3]}):
+            return message
+        self.truncated += 1
+        log.warning("event relay: event %s/%s (%s, %d bytes) is over NATS max_payload; publishing a stub",
+                    r["run_id"], r["seq"], r["type"], len(message[1]))
+        return self._stub(r, len(message[1]))
+
     async def drain_once(self) -> int:
         if self._cursor is None:
-            row = await self.readers.fetchone("SELECT position FROM relay_cursors WHERE name = 'events'")
-            self._cursor = row["position"] if row else 0
-        rows = await self.readers.fetchall(
-            "SELECT id, run_id, seq, type, step_id, payload, actor, created_at FROM workflow_run_events"
-            " WHERE id > ? ORDER BY id LIMIT ?",
-            (self._cursor, BATCH),
-        )
+            self._cursor = await relay_rows.cursor(self.readers, "events")
+        rows = await relay_rows.events_after(self.readers, self._cursor, BATCH)
         if not rows:
             return 0
         # One connection, in order: the stream keeps each run's seq order.
-        await self.bus.publish_batch([self._message(r) for r in rows])
-        position = rows[-1]["id"]
-
-        def advance(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO relay_cursors (name, position) VALUES ('events', ?)"
-                " ON CONFLICT(name) DO UPDATE SET position = excluded.position",
-                (position,),
-            )
-        self.writer.ride_along("event-cursor", advance)  # lost in a crash: events republished, deduplicated
-        self._cursor = position
-        self.published += len(rows)
+        outcomes = await self.bus.publish_each([self._fitting(r) for r in rows])
+        failed = _failures(rows, outcomes)
+        done = rows if not failed else [r for r in rows if r["id"] < failed[0][0]["id"]]
+        if done:
+            position = done[-1]["id"]
+            # Lost in a crash: events are republished and deduplicated by Nats-Msg-Id.
+            self.writer.ride_along("event-cursor", functools.partial(relay_rows.set_cursor, name="events", position=position))
+            self._cursor = position
+            self.published += len(done)
+        if failed:
+            raise RelayPublishError(f"{len(failed)} of {len(rows)} event(s) got no PubAck, first: "
+                                    f"{type(failed[0][1]).__name__}: {failed[0][1]}")
         return len(rows)

@@ -297,7 +297,7 @@ def empty_engine() -> dict[str, Any]:
 def start_run(defn: dict[str, Any], rs: RunState) -> Transition:
     """The run task: RUNNING, the start state's first step, and the run's durable timeout."""
     engine = empty_engine()
-    t = Transition(run_status=RUNNING, engine=engine, events=[Event("run.started", {"context": rs.context})])
+    t = Transition(run_status=RUNNING, engine=engine, events=[Event("run.started", started_payload(rs.context))])
     t.new_steps.append(_new_step(rs.run_id, defn["states"][defn["start"]], ""))
     if defn.get("timeoutSeconds"):
         t.timers.append(NewTimer("run_timeout", float(defn["timeoutSeconds"])))
@@ -554,7 +554,7 @@ def _succeed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: S
                 set_path(engine["scopes"][owner]["data"], path, copy.deepcopy(output))
         except PathError as exc:
             return _fail_now(defn, rs, engine, step, {"type": "result_path", "message": f"state {state['name']!r}: resultPath {path!r}: {exc}"}, t)
-        write = {"scope": owner, "path": path, "value": output}
+        write = {"scope": owner, "path": path}  # the value written is `output`: carried once
         engine["scopes"][owner]["last"] = output
     t.step_updates.append(StepUpdate(step.step_id, step.attempt, SUCCEEDED, output=output))
     payload: dict[str, Any] = {"attempt": step.attempt, "output": output}
@@ -813,12 +813,33 @@ def engine_failure(rs: RunState, step: StepView | None, error: dict[str, Any]) -
     return t
 
 
+def started_payload(context: dict[str, Any]) -> dict[str, Any]:
+    """`run.started` without the input (which `run.created` carries): only what the start added to it.
+
+    The context is the input plus `workflow`, `steps` and extras; a key kept unchanged from the input
+    is left out, and `workflow.input` too, so the event is not twice the size of the input."""
+    workflow = context.get("workflow")
+    run_input = workflow.get("input") if isinstance(workflow, dict) else None
+    if not isinstance(run_input, dict):
+        return {"context": context}
+    added = {k: v for k, v in context.items() if k in ("workflow", "steps") or k not in run_input or run_input[k] != v}
+    added["workflow"] = {k: v for k, v in workflow.items() if k != "input"}
+    return {"context": added, "inputFrom": "run.created"}
+
+
 def rebuild_context(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
     """Replay a run's events into its context: the audit guarantee that history alone explains the state."""
     context: dict[str, Any] | None = None
+    run_input: Any = None
     for kind, payload in events:
-        if kind == "run.started":
+        if kind == "run.created":
+            run_input = payload.get("input")
+        elif kind == "run.started":
             context = copy.deepcopy(payload["context"])
+            if payload.get("inputFrom") == "run.created" and isinstance(run_input, dict):
+                context = {**copy.deepcopy(run_input), **context}
+                context["workflow"] = {**context["workflow"], "input": copy.deepcopy(run_input)}
         elif kind == "step.succeeded" and context is not None and "write" in payload and payload["write"].get("scope", "") == "":
-            set_path(context, payload["write"]["path"], copy.deepcopy(payload["write"]["value"]))
+            value = payload["write"]["value"] if "value" in payload["write"] else payload.get("output")
+            set_path(context, payload["write"]["path"], copy.deepcopy(value))
     return context

@@ -1,44 +1,33 @@
 """Retention: finished runs older than STATION_RETENTION_DAYS are deleted with their history.
 
-Runs that are still going are never touched, however old. Deletion goes in small transactions so the
-writer is never held for long.
+Runs that are still going are never touched, however old. Deletion goes in transactions bounded in
+rows (not in runs: one run may have millions of events), so the writer is never held for long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from datetime import UTC, datetime, timedelta
 
 from station_wf.store.db import SqliteWriter
+from station_wf.store.retention_rows import prune_some
 
 log = logging.getLogger(__name__)
 
-BATCH = 200
-CHILD_TABLES = ("workflow_run_events", "workflow_run_steps", "workflow_approvals", "workflow_signals", "timers")
+RUNS_PER_TX = 200
+ROWS_PER_TX = 5000  # history rows one transaction deletes: the writer is never held for long
 
 
-def _prune_batch(conn: sqlite3.Connection, cutoff: str) -> int:
-    ids = [r[0] for r in conn.execute(
-        "SELECT run_id FROM workflow_runs WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMED_OUT')"
-        " AND completed_at < ? LIMIT ?", (cutoff, BATCH))]
-    if not ids:
-        return 0
-    marks = ",".join("?" * len(ids))
-    for table in CHILD_TABLES:
-        conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", ids)
-    conn.execute(f"DELETE FROM workflow_runs WHERE run_id IN ({marks})", ids)
-    return len(ids)
-
-
-async def prune_once(writer: SqliteWriter, days: float) -> int:
+async def prune_once(writer: SqliteWriter, days: float, rows_per_tx: int = ROWS_PER_TX,
+                     runs_per_tx: int = RUNS_PER_TX) -> int:
+    """Delete finished runs older than `days`, in transactions of at most `rows_per_tx` rows each."""
     cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds").replace("+00:00", "Z")
     total = 0
     while True:
-        n = await writer.run(lambda conn: _prune_batch(conn, cutoff))
-        total += n
-        if n < BATCH:
+        rows, runs = await writer.run(lambda conn: prune_some(conn, cutoff, runs_per_tx, rows_per_tx))
+        total += runs
+        if rows == 0 and runs == 0:
             return total
 
 

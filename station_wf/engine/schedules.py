@@ -22,6 +22,7 @@ from typing import Any
 
 from station_wf.schedules.cron import CronError, CronSchedule
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
+from station_wf.store.jsontext import dumps
 from station_wf.telemetry.metrics import runs_started_total
 from station_wf.telemetry.tracing import new_run_traceparent
 
@@ -51,7 +52,7 @@ def sync_schedules(conn: sqlite3.Connection, workflow_id: str, defn: dict[str, A
     for idx, sched in enumerate(wanted):
         sid = f"{workflow_id}:{idx}"
         row = conn.execute("SELECT cron, timezone FROM workflow_schedules WHERE schedule_id = ?", (sid,)).fetchone()
-        values = (sched["cron"], sched.get("timezone") or "UTC", json.dumps(sched.get("input") or {}))
+        values = (sched["cron"], sched.get("timezone") or "UTC", dumps(sched.get("input") or {}))
         if row is None:
             conn.execute(
                 """INSERT INTO workflow_schedules (schedule_id, workflow_id, idx, cron, timezone, input, enabled, last_fire_at,
@@ -79,7 +80,7 @@ def schedule_to_api(row: sqlite3.Row, now: float) -> dict[str, Any]:
         "id": row["schedule_id"], "workflowId": row["workflow_id"], "cron": row["cron"], "timezone": row["timezone"],
         "input": json.loads(row["input"]), "enabled": bool(row["enabled"]), "defined": bool(row["defined"]),
         "lastFireAt": datetime.fromtimestamp(row["last_fire_at"], UTC).isoformat().replace("+00:00", "Z"),
-        "lastRunId": row["last_run_id"], "lastError": row["last_error"], "nextFireAt": next_at if row["enabled"] and row["defined"] else None,
+        "lastRunId": row["last_run_id"], "lastError": None if row["last_error"] is None else json.loads(row["last_error"]), "nextFireAt": next_at if row["enabled"] and row["defined"] else None,
     }
 
 
@@ -113,8 +114,9 @@ class ScheduleLoop:
         for row in rows:
             try:
                 sched = CronSchedule.parse(row["cron"], row["timezone"])
-            except CronError:
-                continue  # the loader rejects bad expressions; an old row is simply inert
+            except CronError as exc:
+                await self._report_unparsable(row, exc)
+                continue
             tick = sched.latest_at_or_before(datetime.fromtimestamp(now, UTC))
             if tick is None or tick.timestamp() <= row["last_fire_at"]:
                 continue
@@ -126,6 +128,15 @@ class ScheduleLoop:
             self.started += fired
             self.on_commit()
         return fired
+
+    async def _report_unparsable(self, row: sqlite3.Row, exc: CronError) -> None:
+        """A cron the scheduler cannot parse never fires: say so once (log and `lastError`), not every tick."""
+        error = {"message": f"cron {row['cron']!r} (timezone {row['timezone']!r}) cannot be parsed: {exc}; "
+                            "this schedule never fires", "cron": row["cron"]}
+        if row["last_error"] is not None and json.loads(row["last_error"]).get("cron") == row["cron"]:
+            return
+        log.error("schedule %s: %s", row["schedule_id"], error["message"])
+        await self.writer.run(functools.partial(_tx_set_error, schedule_id=row["schedule_id"], cron=row["cron"], error=error))
 
     def _tx_fire(self, conn: sqlite3.Connection, row: sqlite3.Row, tick: float, run_id: str) -> bool:
         from station_wf.services.runs import input_problems, insert_new_run
@@ -144,7 +155,7 @@ class ScheduleLoop:
         problems = input_problems(defn.get("inputSchema"), run_input)
         if problems:
             conn.execute("UPDATE workflow_schedules SET last_error = ? WHERE schedule_id = ?",
-                         (json.dumps({"message": "schedule input does not match the input schema", "problems": problems}),
+                         (dumps({"message": "schedule input does not match the input schema", "problems": problems}),
                           row["schedule_id"]))
             return False
         triggered = datetime.fromtimestamp(tick, UTC).isoformat().replace("+00:00", "Z")
@@ -155,3 +166,8 @@ class ScheduleLoop:
         conn.execute("UPDATE workflow_schedules SET last_run_id = ?, last_error = NULL WHERE schedule_id = ?",
                      (run_id, row["schedule_id"]))
         return True
+
+
+def _tx_set_error(conn: sqlite3.Connection, schedule_id: str, cron: str, error: dict[str, Any]) -> None:
+    conn.execute("UPDATE workflow_schedules SET last_error = ?, updated_at = ? WHERE schedule_id = ? AND cron = ?",
+                 (dumps(error), utcnow(), schedule_id, cron))

@@ -14,10 +14,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from station_wf.deferral import Deferred
 from station_wf.engine import control
 from station_wf.engine import interpreter as ip
 from station_wf.engine.commit import commit_transition
+from station_wf.faults import fault_error
 from station_wf.store import runs as rs
+from station_wf.store import timer_rows
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
 from station_wf.store.definitions import DefinitionCache
 
@@ -25,57 +28,116 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.1
 BATCH = 500
+MAX_ATTEMPTS = 5
+BACKOFF_S = (1.0, 300.0)   # first retry after 1 s, doubling, at most 5 minutes
+ERROR_BACKOFF_S = (0.1, 5.0)  # the loop itself (a failing read or write): never spin
 
 
 class TimerLoop:
+    """Fires due timers. Each timer fires in its own savepoint: one that raises is rolled back alone,
+    retried with back-off and, after `max_attempts` failures, quarantined with its error (fired_at set,
+    error kept), while the rest of the batch fires."""
+
     def __init__(self, writer: SqliteWriter, readers: SqliteReaders, definitions: DefinitionCache,
-                 on_commit: Callable[[], None], poll: float = POLL_S) -> None:
+                 on_commit: Callable[[], None], poll: float = POLL_S, max_attempts: int = MAX_ATTEMPTS) -> None:
         self.writer = writer
         self.readers = readers
         self.definitions = definitions
         self.on_commit = on_commit
         self.poll = poll
+        self.max_attempts = max(1, max_attempts)
         self.fired = 0
+        self.failed = 0
+        self.quarantined = 0
         self._wake = asyncio.Event()
 
     def kick(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
+        delay = self.poll
         while True:
             try:
                 while await self.fire_due() == BATCH:
                     pass
+                delay = self.poll
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - keep firing; the rows stay due
                 log.exception("timer loop")
+                delay = min(max(delay * 2, ERROR_BACKOFF_S[0]), ERROR_BACKOFF_S[1])
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll)
+                await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
 
     async def fire_due(self) -> int:
-        # A paused run's timers wait (still due) and fire on resume.
-        rows = await self.readers.fetchall(
-            """SELECT t.id FROM timers t JOIN workflow_runs r ON r.run_id = t.run_id
-               WHERE t.fired_at IS NULL AND t.due_at <= ? AND r.status != 'PAUSED' ORDER BY t.due_at LIMIT ?""",
-            (time.time(), BATCH),
-        )
-        if not rows:
+        ids = await timer_rows.due_ids(self.readers, time.time(), BATCH)
+        if not ids:
             return 0
-        ids = [r["id"] for r in rows]
         await self.writer.run(lambda conn: self._tx_fire(conn, ids))
-        self.fired += len(ids)
         self.on_commit()
         return len(ids)
 
     def _tx_fire(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+        deferred: Deferred | None = None
         for timer_id in ids:
-            row = conn.execute("SELECT * FROM timers WHERE id = ? AND fired_at IS NULL", (timer_id,)).fetchone()
-            if row is None or rs.run_status(conn, row["run_id"]) == ip.PAUSED:
-                continue  # paused since it was read (review L2): it stays due and fires on resume
-            conn.execute("UPDATE timers SET fired_at = ? WHERE id = ?", (utcnow(), timer_id))
-            self._fire(conn, row)
+            row = timer_rows.load_unfired(conn, timer_id)
+            if row is None or row["run_status"] == ip.PAUSED:
+                continue  # fired meanwhile, or paused since the read: it fires on resume
+            conn.execute("SAVEPOINT timer")
+            try:
+                timer_rows.mark_fired(conn, timer_id)
+                if fault_error(f"timer.fire.{row['workflow_id']}"):  # tests: a poisonous workflow's timers
+                    raise RuntimeError(f"fault injected at timer.fire.{row['workflow_id']}")
+                self._fire(conn, row)
+            except Deferred as needs:  # needs an expression evaluated: collect, so one re-run serves the batch
+                conn.execute("ROLLBACK TO timer")
+                conn.execute("RELEASE timer")
+                deferred = needs if deferred is None else deferred.merge(needs)
+            except Exception as exc:  # noqa: BLE001 - this timer alone; the others fire
+                if not conn.in_transaction:
+                    raise  # SQLite undid the whole transaction: the writer fails the group
+                conn.execute("ROLLBACK TO timer")
+                conn.execute("RELEASE timer")
+                self._failed(conn, row, exc)
+            else:
+                conn.execute("RELEASE timer")
+                self.fired += 1
+        if deferred is not None:
+            raise deferred  # the writer evaluates what the batch needs, then fires it again
+
+    def _failed(self, conn: sqlite3.Connection, row: sqlite3.Row, exc: Exception) -> None:
+        attempts = row["attempts"] + 1
+        error = {"type": type(exc).__name__, "message": str(exc)[:2000], "at": utcnow()}
+        self.failed += 1
+        if attempts >= self.max_attempts:
+            self.quarantined += 1
+            log.error("timer %s (%s, run %s) failed %d times; quarantined: %s: %s", row["id"], row["kind"],
+                      row["run_id"], attempts, error["type"], error["message"])
+            timer_rows.record_failure(conn, row["id"], error, None)
+            try:
+                with rs.savepoint(conn, "timer_quarantine"):
+                    self._fail_run(conn, row, error, attempts)
+            except Exception:  # noqa: BLE001 - the timer stays quarantined; the run keeps its state
+                log.exception("timer %s: could not fail run %s", row["id"], row["run_id"])
+            return
+        retry_in = min(BACKOFF_S[0] * 2 ** (attempts - 1), BACKOFF_S[1])
+        log.warning("timer %s (%s, run %s) failed (attempt %d of %d), retrying in %.0fs: %s: %s", row["id"],
+                    row["kind"], row["run_id"], attempts, self.max_attempts, retry_in, error["type"], error["message"])
+        timer_rows.record_failure(conn, row["id"], error, retry_in)
+
+    def _fail_run(self, conn: sqlite3.Connection, row: sqlite3.Row, error: dict, attempts: int) -> None:
+        """A quarantined timer would leave its run waiting forever: fail the run, without the definition."""
+        run = rs.load_run(conn, row["run_id"])
+        if run is None or run.status in ip.TERMINAL_RUN_STATUSES:
+            return
+        step_row = None
+        if row["step_id"] is not None:
+            step_row = rs.load_step(conn, run.run_id, row["step_id"], json.loads(row["payload"]).get("attempt", 1))
+        view = rs.step_view(step_row) if step_row is not None and step_row["status"] in ip.OPEN_STEP_STATUSES else None
+        failure = {"type": "engine_error", "message": f"{row['kind']} timer failed {attempts} times: "
+                                                      f"{error['type']}: {error['message']}"}
+        rs.apply_transition(conn, run, ip.engine_failure(rs.run_state(conn, run), view, failure), view, checked=False)
 
     def _fire(self, conn: sqlite3.Connection, timer: sqlite3.Row) -> None:
         run = rs.load_run(conn, timer["run_id"])

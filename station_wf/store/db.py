@@ -11,14 +11,17 @@ resolves only after COMMIT returned, so "ack after commit" holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +29,9 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from station_wf.deferral import MAX_DEFERRALS, Deferred, TooManyDeferrals, TxScope, pinned_now
+from station_wf.errors import ServiceError
+from station_wf.faults import fault_error
+from station_wf.store.storage_errors import as_storage_error, injected_ioerr, is_fatal, is_storage_error
 
 log = logging.getLogger(__name__)
 
@@ -102,29 +108,89 @@ def _split_sql(script: str) -> list[str]:
     return statements
 
 
-class WriterClosed(RuntimeError):
-    pass
+class WriterClosed(ServiceError, RuntimeError):
+    """The writer stopped taking work (shut down, or stopped after repeated fatal storage errors)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "storage_unavailable", message)
+
+
+FATAL_AFTER = 5          # broken groups in a row, with a fatal cause, before the writer gives up
+FAILING_FOR_S = 10.0     # a broken group keeps /healthz red this long (one good commit in between does not
+                         # make a full database healthy: the next big write fails again)
+
+
+@dataclass
+class _Rider:
+    fn: Callable[[sqlite3.Connection], Any]
+    on_lost: Callable[[], None] | None
+
+
+@dataclass
+class WriterHealth:
+    """What /healthz says about the writer: the thread lives, and groups commit."""
+
+    alive: bool
+    stopped: str | None
+    failures_in_row: int
+    last_error: str | None
+    last_failure_age_s: float | None
+
+    @property
+    def ok(self) -> bool:
+        recent = self.last_failure_age_s is not None and self.last_failure_age_s < FAILING_FOR_S
+        return self.alive and self.stopped is None and not recent
+
+    def to_api(self) -> dict[str, Any]:
+        return {"ok": self.ok, "alive": self.alive, "stopped": self.stopped, "failuresInRow": self.failures_in_row,
+                "lastError": self.last_error,
+                "lastFailureSecondsAgo": None if self.last_failure_age_s is None else round(self.last_failure_age_s, 3)}
+
+
+class _GroupBroken(Exception):
+    """SQLite rolled the whole group back (or could not commit it): every future of it fails."""
 
 
 class SqliteWriter:
-    """The single writer: runs transaction functions on one thread, committing them in groups."""
+    """The single writer: runs transaction functions on one thread, committing them in groups.
 
-    def __init__(self, path: Path) -> None:
+    A group that SQLite rolled back as a whole (a full disk, an I/O error, an interrupt) fails every
+    future in it, including those whose savepoints were already released, and the thread goes on with
+    the next group. After `FATAL_AFTER` broken groups in a row with a fatal cause the writer stops
+    taking work and calls `on_fatal`, so the daemon exits non-zero and a supervisor restarts it.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 0, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.on_fatal = on_fatal
         self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
-        self._riders: dict[str, Callable[[sqlite3.Connection], Any]] = {}
+        self._stopped: BaseException | None = None
+        self._shut = False
+        self._riders: dict[str, list[_Rider]] = {}
         self._riders_lock = threading.Lock()
         self.commits = 0
         self.transactions = 0
+        self.broken_groups = 0
+        self._failures_in_row = 0
+        self._last_error: str | None = None
+        self._last_failure: float | None = None
 
     def start(self) -> None:
         self._conn = connect(self.path)
         apply_migrations(self._conn)
+        if self.max_bytes > 0:
+            self._conn.execute(f"PRAGMA max_page_count = {self.max_pages(self._conn)}")
         self._thread = threading.Thread(target=self._loop, name="sqlite-writer", daemon=True)
         self._thread.start()
+
+    def max_pages(self, conn: sqlite3.Connection) -> int:
+        """The page cap for `max_bytes` (SQLite keeps at least the pages the file already has)."""
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return max(1, self.max_bytes // page_size)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` inside a write transaction; returns its result once committed.
@@ -146,18 +212,27 @@ class SqliteWriter:
                     raise TooManyDeferrals(f"a transaction was deferred {MAX_DEFERRALS} times") from None
                 await deferred.prepare(scope)
 
-    def ride_along(self, key: str, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def ride_along(self, key: str, fn: Callable[[sqlite3.Connection], Any],
+                   on_lost: Callable[[], None] | None = None) -> None:
         """Bookkeeping that may be lost in a crash (an outbox delete, a relay cursor): it joins the next
-        group commit instead of paying for its own fsync. A later call with the same key replaces it."""
+        group commit instead of paying for its own fsync. A later call with the same key replaces it;
+        keys ending in "+" accumulate (a list, run in order). `on_lost` is called (on the writer thread)
+        when the rider failed or its group was rolled back, so its owner can do the work again."""
+        rider = _Rider(fn, on_lost)
         with self._riders_lock:
-            previous = self._riders.get(key)
-            if previous is None or not key.endswith("+"):
-                self._riders[key] = fn
-            else:  # keys ending in "+" accumulate
-                self._riders[key] = lambda conn, a=previous, b=fn: (a(conn), b(conn))
+            if key.endswith("+"):
+                self._riders.setdefault(key, []).append(rider)
+            else:
+                self._riders[key] = [rider]
 
     def has_riders(self) -> bool:
         return bool(self._riders)
+
+    def health(self) -> WriterHealth:
+        age = None if self._last_failure is None else time.monotonic() - self._last_failure
+        return WriterHealth(alive=self._thread is not None and self._thread.is_alive(),
+                            stopped=None if self._stopped is None else str(self._stopped),
+                            failures_in_row=self._failures_in_row, last_error=self._last_error, last_failure_age_s=age)
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Blocking variant for CLI commands that run without an event loop."""
@@ -166,14 +241,16 @@ class SqliteWriter:
         return fut.result()
 
     def close(self) -> None:
-        if self._closed:
+        if self._shut:
             return
+        self._shut = True
         self._closed = True
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=30)
         if self._conn is not None:
             self._conn.close()
+            self._conn = None
 
     def _loop(self) -> None:
         assert self._conn is not None
@@ -181,8 +258,7 @@ class SqliteWriter:
         while True:
             item = self._queue.get()
             if item is None:
-                if self._riders:
-                    self._commit_group(conn, [])
+                self._final_riders(conn)
                 return
             batch = [item]
             stop = False
@@ -195,62 +271,143 @@ class SqliteWriter:
                     stop = True
                     break
                 batch.append(nxt)
-            self._commit_group(conn, batch)
+            try:
+                self._serve(conn, batch)
+            except BaseException as exc:  # noqa: BLE001 - the loop must outlive any one group
+                log.exception("sqlite writer: unexpected error around a group")
+                for _, fut in batch:
+                    _fail(fut, exc)
             if stop:
-                if self._riders:
-                    self._commit_group(conn, [])
+                self._final_riders(conn)
                 return
 
-    def _commit_group(self, conn: sqlite3.Connection, batch: list[tuple[Callable, Future]]) -> None:
-        results: list[tuple[Future, bool, Any]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+    def _final_riders(self, conn: sqlite3.Connection) -> None:
+        if self._riders and self._stopped is None:
+            with contextlib.suppress(Exception):
+                self._commit_group(conn, [])
+
+    def _serve(self, conn: sqlite3.Connection, batch: list[tuple[Callable, Future]]) -> None:
+        if self._stopped is not None:
             for _, fut in batch:
-                fut.set_exception(exc)
+                _fail(fut, WriterClosed(f"the SQLite writer stopped: {self._stopped}"))
             return
+        self._commit_group(conn, batch)
+
+    def _take_riders(self) -> list[tuple[str, _Rider]]:
         with self._riders_lock:
             riders, self._riders = self._riders, {}
-        for key, rider in riders.items():
-            conn.execute("SAVEPOINT rider")
-            try:
-                rider(conn)
-                conn.execute("RELEASE rider")
-            except Exception:  # noqa: BLE001 - bookkeeping only; the row is published again later
-                log.exception("ride-along %s failed", key)
-                conn.execute("ROLLBACK TO rider")
-                conn.execute("RELEASE rider")
-        for fn, fut in batch:
-            if not fut.set_running_or_notify_cancel():
-                continue
-            conn.execute("SAVEPOINT tx")
-            try:
-                value = fn(conn)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                conn.execute("ROLLBACK TO tx")
-                conn.execute("RELEASE tx")
-                results.append((fut, False, exc))
-            else:
-                conn.execute("RELEASE tx")
-                results.append((fut, True, value))
+        return [(key, rider) for key, group in riders.items() for rider in group]
+
+    def _commit_group(self, conn: sqlite3.Connection, batch: list[tuple[Callable, Future]]) -> None:
+        riders = self._take_riders()
+        results: list[tuple[Future, bool, Any]] = []
+        lost: list[_Rider] = []
         try:
+            conn.execute("BEGIN IMMEDIATE")
+            for key, rider in riders:
+                if not self._run_rider(conn, key, rider):
+                    lost.append(rider)
+            for fn, fut in batch:
+                if fut.set_running_or_notify_cancel():
+                    results.append(self._run_one(conn, fn, fut))
+            if fault_error("writer.commit"):
+                raise injected_ioerr("writer.commit")
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            log.exception("group commit failed")
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            for fut, _, _ in results:
-                fut.set_exception(exc)
+        except BaseException as exc:  # noqa: BLE001 - SQLite undid the group; everyone hears it
+            self._group_broken(conn, exc, batch, riders)
             return
         self.commits += 1
         self.transactions += len(results)
+        self._failures_in_row = 0
+        _notify_lost(lost)
         for fut, ok, value in results:
             if ok:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+
+    def _run_rider(self, conn: sqlite3.Connection, key: str, rider: _Rider) -> bool:
+        conn.execute("SAVEPOINT rider")
+        try:
+            rider.fn(conn)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only; its owner does it again (on_lost)
+            if not conn.in_transaction:
+                raise _GroupBroken(f"ride-along {key}: {exc}") from exc
+            log.exception("ride-along %s failed", key)
+            conn.execute("ROLLBACK TO rider")
+            conn.execute("RELEASE rider")
+            return False
+        conn.execute("RELEASE rider")
+        return True
+
+    def _run_one(self, conn: sqlite3.Connection, fn: Callable, fut: Future) -> tuple[Future, bool, Any]:
+        conn.execute("SAVEPOINT tx")
+        try:
+            value = fn(conn)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            if not conn.in_transaction:  # SQLite rolled back the whole group, not just this savepoint
+                raise _GroupBroken(str(exc)) from exc
+            conn.execute("ROLLBACK TO tx")
+            conn.execute("RELEASE tx")
+            return fut, False, as_storage_error(exc) if is_storage_error(exc) else exc
+        conn.execute("RELEASE tx")
+        return fut, True, value
+
+    def _group_broken(self, conn: sqlite3.Connection, exc: BaseException, batch: list[tuple[Callable, Future]],
+                      riders: list[tuple[str, _Rider]]) -> None:
+        cause = exc.__cause__ if isinstance(exc, _GroupBroken) and exc.__cause__ is not None else exc
+        log.error("sqlite writer: group of %d transaction(s) rolled back: %s: %s", len(batch),
+                  type(cause).__name__, cause)
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        self.broken_groups += 1
+        self._failures_in_row += 1
+        self._last_error = f"{type(cause).__name__}: {cause}"
+        self._last_failure = time.monotonic()
+        if is_fatal(cause) and self._failures_in_row >= FATAL_AFTER:
+            self._stop_serving(cause)  # before the callers hear: what they see next is consistent
+        error = as_storage_error(cause)
+        for _, fut in batch:
+            _fail(fut, error)
+        _notify_lost([rider for _, rider in riders])
+
+    def _stop_serving(self, cause: BaseException) -> None:
+        """Repeated fatal errors: refuse all work from now on and tell the daemon to exit non-zero."""
+        self._stopped = cause
+        self._closed = True
+        log.critical("sqlite writer: %d groups in a row failed (%s); refusing writes, stopping the daemon",
+                     self._failures_in_row, cause)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                break
+            _fail(item[1], WriterClosed(f"the SQLite writer stopped: {cause}"))
+        if self.on_fatal is not None:
+            try:
+                self.on_fatal(cause)
+            except Exception:  # noqa: BLE001 - the writer keeps refusing work either way
+                log.exception("sqlite writer: on_fatal hook failed")
+
+
+def _fail(fut: Future, exc: BaseException) -> None:
+    """Fail a future whatever its state (pending, running or already cancelled by its caller)."""
+    with contextlib.suppress(InvalidStateError):
+        if not fut.done():
+            fut.set_exception(exc)
+
+
+def _notify_lost(riders: list[_Rider]) -> None:
+    for rider in riders:
+        if rider.on_lost is not None:
+            try:
+                rider.on_lost()
+            except Exception:  # noqa: BLE001 - one owner's hook must not stop the others
+                log.exception("ride-along on_lost hook failed")
 
 
 class SqliteReaders:

@@ -19,11 +19,8 @@ from station_wf.engine import interpreter as ip
 from station_wf.engine import limits
 from station_wf.engine.identity import idempotency_key, run_task_subject, step_task_subject
 from station_wf.store.db import utcnow
+from station_wf.store.jsontext import dumps
 from station_wf.telemetry.metrics import runs_finished_total
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)

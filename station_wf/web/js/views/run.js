@@ -54,7 +54,8 @@ export function contextWrites(steps, events) {
   const byStep = new Map();
   for (const e of events) {
     if (e.type !== 'step.succeeded' || !e.payload || !e.payload.write) continue;
-    const w = { stepId: e.stepId, seq: e.seq, scope: e.payload.write.scope || '', path: e.payload.write.path, value: e.payload.write.value };
+    const value = 'value' in e.payload.write ? e.payload.write.value : e.payload.output; // older events carried it twice
+    const w = { stepId: e.stepId, seq: e.seq, scope: e.payload.write.scope || '', path: e.payload.write.path, value };
     writes.push(w);
     byStep.set(e.stepId, w);
   }

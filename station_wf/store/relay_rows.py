@@ -1,0 +1,34 @@
+"""The SQL of the relays: outbox rows and their delete, the event log and its cursor."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from station_wf.store.db import SqliteReaders
+
+
+async def outbox_after(readers: SqliteReaders, after_id: int, limit: int) -> list[sqlite3.Row]:
+    return await readers.fetchall(
+        "SELECT id, subject, msg_id, payload, headers FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+
+
+def delete_outbox(conn: sqlite3.Connection, ids: list[int]) -> None:
+    conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+
+async def cursor(readers: SqliteReaders, name: str) -> int:
+    row = await readers.fetchone("SELECT position FROM relay_cursors WHERE name = ?", (name,))
+    return row["position"] if row else 0
+
+
+def set_cursor(conn: sqlite3.Connection, name: str, position: int) -> None:
+    conn.execute(
+        "INSERT INTO relay_cursors (name, position) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+        (name, position),
+    )
+
+
+async def events_after(readers: SqliteReaders, after_id: int, limit: int) -> list[sqlite3.Row]:
+    return await readers.fetchall(
+        "SELECT id, run_id, seq, type, step_id, payload, actor, created_at FROM workflow_run_events"
+        " WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
