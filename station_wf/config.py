@@ -61,6 +61,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", "STATION_LOG_FORMAT", str, "json (one object per line) or text"),
     Option("retention_days", "STATION_RETENTION_DAYS", float, "finished runs older than this are deleted (0: keep forever)"),
     Option("retention_interval_seconds", "STATION_RETENTION_INTERVAL_SECONDS", float, "how often retention runs"),
+    # agents (issue 11): what one agent call may cost
+    Option("agent_max_response_bytes", "STATION_AGENT_MAX_RESPONSE_BYTES", int, "largest agent/model response body read; a bigger one fails the step"),
+    Option("agent_connect_timeout_seconds", "STATION_AGENT_CONNECT_TIMEOUT_SECONDS", float, "bound on connecting to an agent or model server"),
+    Option("agent_read_timeout_seconds", "STATION_AGENT_READ_TIMEOUT_SECONDS", float, "bound on waiting for the next byte of an agent's answer, even without a step timeout"),
 )
 
 
@@ -86,6 +90,10 @@ class Settings:
     log_format: str = "json"
     retention_days: float = 30.0
     retention_interval_seconds: float = 3600.0
+    # agents (issue 11)
+    agent_max_response_bytes: int = 4 * 1024 * 1024
+    agent_connect_timeout_seconds: float = 10.0
+    agent_read_timeout_seconds: float = 300.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -114,6 +122,8 @@ class Settings:
                 f"refusing to listen on {self.http_host} without STATION_API_TOKEN or STATION_API_TOKENS_FILE"
                 " (an unauthenticated API is served on loopback only)"
             )
+        if self.agent_max_response_bytes < 1 or self.agent_connect_timeout_seconds <= 0 or self.agent_read_timeout_seconds <= 0:
+            raise ValueError("STATION_AGENT_MAX_RESPONSE_BYTES and STATION_AGENT_*_TIMEOUT_SECONDS must be > 0")
         self.database_path  # noqa: B018 - raises on a bad URL
 
 
