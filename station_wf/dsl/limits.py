@@ -29,7 +29,7 @@ __all__ = [
     "root_merge_problem",
 ]
 
-MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_DOCUMENT_BYTES = 512 * 1024
 """The largest definition text (YAML or JSON); the biggest real workflow files are a few tens of KiB."""
 MAX_STATES = 1000
 """States in one definition, every level counted (branches, iterators, try blocks)."""

@@ -132,6 +132,9 @@ _YAML_MAP = "tag:yaml.org,2002:map"
 _YAML_SEQ = "tag:yaml.org,2002:seq"
 _YAML_MERGE = "tag:yaml.org,2002:merge"
 _MAX_NODES = 200_000
+# libyaml composes ~7x faster than the pure-Python parser (a 750 KB file: 1.7 s instead of 11.6 s), with
+# the same node tree and marks; the pure one stays the fallback where the wheel has no libyaml.
+_COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
@@ -505,13 +508,13 @@ def _check_limits(value: Any, report: _Report) -> None:
 def _compose(text: str, looks_json: bool) -> tuple[Any, str, Exception | None]:
     """The YAML node tree (None for an empty document) and the text composed, or _MISSING and the error."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader), text, None
+        return yaml.compose(text, Loader=_COMPOSER), text, None
     except (yaml.YAMLError, RecursionError) as exc:
         error: Exception = exc
     if looks_json:  # JSON allows tabs as whitespace, YAML does not; outside JSON strings they are only that
         untabbed = text.replace("\t", " ")
         try:
-            return yaml.compose(untabbed, Loader=yaml.SafeLoader), untabbed, None
+            return yaml.compose(untabbed, Loader=_COMPOSER), untabbed, None
         except (yaml.YAMLError, RecursionError):
             pass
     return _MISSING, text, error
