@@ -245,7 +245,7 @@ def test_the_loader_has_no_cron_parser_of_its_own() -> None:
 
 # -- approvers -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("approvers", ["user:alice", "", [], [1], ["a b"], "user:{{ who }}", {"user": "a"}])
+@pytest.mark.parametrize("approvers", ["user:alice", "", [1], ["a b"], "user:{{ who }}", {"user": "a"}, ["user:"]])
 def test_approvers_must_be_a_list_of_user_or_team_strings(approvers: Any) -> None:
     for state in ({"name": "a", "type": "human_approval", "approvers": approvers, "end": True},
                   {"name": "a", "type": "operation", "action": "human.approval", "input": {"approvers": approvers},
@@ -258,6 +258,14 @@ def test_approvers_must_be_a_list_of_user_or_team_strings(approvers: Any) -> Non
 def test_valid_approvers_load(approvers: Any) -> None:
     state = {"name": "a", "type": "operation", "action": "human.approval", "input": {"approvers": approvers}, "end": True}
     assert normalize_definition({"id": "w", "start": "a", "states": [state]})["states"]["a"]["input"]["approvers"] == approvers
+
+
+def test_a_literal_empty_list_means_anyone_like_leaving_it_out() -> None:
+    for state in ({"name": "a", "type": "human_approval", "approvers": [], "end": True},
+                  {"name": "a", "type": "operation", "action": "human.approval", "input": {"approvers": []},
+                   "end": True}):
+        defn = normalize_definition({"id": "w", "start": "a", "states": [state]})
+        assert "approvers" not in defn["states"]["a"]["input"]
 
 
 def test_rendered_approvers_rule() -> None:

@@ -5,7 +5,8 @@
 at run time (a template) must never silently become that: a string would be iterated as characters
 (`"user:alice"` -> a principal named `e` approves), `""`/`[]` would let anyone approve, and `[1]` would
 break every decision. At load a template is accepted where an entry or the whole list goes; after
-rendering the value must be a non-empty list of such strings, or the step fails.
+rendering the value must be a non-empty list of such strings, or the step fails. Only an author may
+open an approval to anyone: by leaving `approvers` out or writing a literal `[]` (the loader drops it).
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ def load_problems(value: Any) -> list[tuple[tuple[int, ...], str]]:
         return [((), f"must be a list of approvers {_EXAMPLE}, not a string")]
     if not isinstance(value, list):
         return [((), f"must be a list of approvers {_EXAMPLE}")]
-    if not value:
-        return [((), "must name at least one approver (leave 'approvers' out to let any principal decide)")]
     problems: list[tuple[tuple[int, ...], str]] = []
     for index, entry in enumerate(value):
         if _is_template(entry):

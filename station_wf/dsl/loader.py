@@ -1078,7 +1078,9 @@ class _Checker:
                     self.error(at(key), _unknown_message(key, _APPROVAL_INPUT_KEYS, "in human.approval input"))
             if "message" in payload and not isinstance(payload["message"], str):
                 self.error(at("message"), f"must be a string, got {_kind(payload['message'])}")
-            if "approvers" in payload:
+            if payload.get("approvers") == []:
+                del payload["approvers"]  # written as "anyone": the same as leaving it out
+            elif "approvers" in payload:
                 self._approvers(payload["approvers"], at("approvers"))
             if "summaryPath" in payload:
                 self._check_path(payload["summaryPath"], at("summaryPath"))
@@ -1146,7 +1148,7 @@ class _Checker:
             message = self._str(item, message_key, path, nonempty=False)
             if message is not None:
                 payload["message"] = message
-        if "approvers" in item and self._approvers(item["approvers"], (*path, "approvers")):
+        if item.get("approvers") not in (None, []) and self._approvers(item["approvers"], (*path, "approvers")):
             approvers = item["approvers"]
             payload["approvers"] = list(approvers) if isinstance(approvers, list) else approvers
         timeout_key = self._alias(item, path, "timeout_seconds", "timeoutSeconds")
