@@ -202,7 +202,7 @@ async def test_a_silent_peer_is_cut_by_the_read_timeout_without_a_step_timeout(t
             started = time.monotonic()
             with pytest.raises(StepError) as err:
                 await run_agent(tmp_path, name, AgentLimits(read_timeout_s=0.5), timeout=None)
-            assert err.value.type == "timeout"
+            assert err.value.type == "timeout" and "STATION_AGENT_READ_TIMEOUT_SECONDS" in str(err.value)
             assert time.monotonic() - started < 5
         assert len(accepted) == 2
     finally:

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from station_wf.expr.paths import PathError, parse_path
+from station_wf.expr.paths import RESERVED_ROOT_KEYS, PathError, parse_path
 
 __all__ = [
     "MAX_BLOCK_DEPTH",
@@ -55,8 +55,6 @@ _FIELD_MAXIMUM: dict[str, float] = {
     "backoffRate": 100,
     "maxConcurrency": 10_000,
 }
-# The context keys the engine owns (DESIGN 3): a result may not be written over them.
-RESERVED_CONTEXT_KEYS = ("workflow", "steps")
 _MAX_REPORTED = 20
 
 PathT = tuple[str | int, ...]
@@ -173,7 +171,7 @@ def reserved_result_path_problem(path: str) -> str | None:
 def root_merge_problem(data: Any) -> str | None:
     """An object merged into the context root may not carry the engine's own keys."""
     if isinstance(data, dict):
-        taken = [key for key in RESERVED_CONTEXT_KEYS if key in data]
+        taken = [key for key in RESERVED_ROOT_KEYS if key in data]
         if taken:
             return (f"merges key '{taken[0]}' into the context root, where the engine keeps its own "
                     f"'{taken[0]}'; set a resultPath such as 'config'")

@@ -176,7 +176,12 @@ def too_deep(what: str, limits: AgentLimits, metadata: dict[str, Any] | None = N
                      type="validation", details={"maxDepth": limits.max_output_depth}, metadata=metadata)
 
 
-def timeout_error(what: str, call: StepCall, metadata: dict[str, Any] | None = None) -> StepError:
+def timeout_error(what: str, call: StepCall, metadata: dict[str, Any] | None = None,
+                  limits: AgentLimits | None = None) -> StepError:
+    if call.timeout_seconds is None and limits is not None:  # no step timeout: the read/connect bound cut it
+        return StepError(f"{what} sent nothing for {limits.read_timeout_s:g}s (STATION_AGENT_READ_TIMEOUT_SECONDS) "
+                         f"or did not accept the connection within {limits.connect_timeout_s:g}s", type="timeout",
+                         metadata=metadata)
     return StepError(f"{what} did not answer within {call.timeout_seconds}s", type="timeout", metadata=metadata)
 
 

@@ -54,7 +54,7 @@ class HttpAgentProvider:
                 if not 200 <= resp.status < 300:
                     raise http_error(f"agent {request.agent_ref!r}", resp.status, text, meta)
         except TimeoutError:
-            raise timeout_error(f"agent {request.agent_ref!r} at {spec.endpoint}", call, meta) from None
+            raise timeout_error(what, call, meta, request.limits) from None
         except aiohttp.ClientError as exc:
             raise StepError(f"agent {request.agent_ref!r} at {spec.endpoint}: {type(exc).__name__}: {exc}",
                             metadata=meta) from None

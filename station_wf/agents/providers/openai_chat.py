@@ -115,7 +115,7 @@ class OpenAIChatProvider:
                 if not 200 <= resp.status < 300:
                     raise http_error(what, resp.status, text, meta)
         except TimeoutError:
-            raise timeout_error(what, request.call, meta) from None
+            raise timeout_error(what, request.call, meta, request.limits) from None
         except aiohttp.ClientError as exc:
             raise StepError(f"{what}: {type(exc).__name__}: {exc}", metadata=meta) from None
         return self.reply(request, text, meta, what)
