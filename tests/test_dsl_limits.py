@@ -88,6 +88,20 @@ def test_templates_in_any_input_are_bounded(where: str) -> None:
     assert problem["path"] == expected and "nested too deeply" in problem["message"] and problem["line"] == 1
 
 
+def test_template_searches_and_counts_are_bounded() -> None:
+    for task in ("{{ " + "}}" * 200_000, "{{ " + "(}}" * 130_000, "{{ a }}" * 70_000):
+        text = one_state({"name": "t", "type": "operation", "action": "agent.run",
+                          "input": {"agent": "a", "task": task}, "end": True})
+        started = time.monotonic()
+        [problem] = errors(text)
+        assert time.monotonic() - started < 2.0
+        assert problem["path"] == "states[0].input.task"
+        assert "bytes long" in problem["message"] or "'{{' templates; the limit is 256" in problem["message"]
+    ok = one_state({"name": "t", "type": "operation", "action": "agent.run",
+                    "input": {"agent": "a", "task": "{{ a }}" * 256}, "end": True})
+    assert validate_text(ok)["valid"] is True
+
+
 def test_approval_message_template_is_bounded() -> None:
     text = one_state({"name": "a", "type": "human_approval", "message": "{{ " + "[" * 500 + "]" * 500 + " }}",
                       "end": True})

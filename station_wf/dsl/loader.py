@@ -28,7 +28,7 @@ from jsonschema.validators import validator_for
 
 from station_wf.dsl import approvers as approver_rules
 from station_wf.dsl import limits
-from station_wf.expr.limits import expression_problem
+from station_wf.expr.limits import MAX_EXPRESSION_BYTES, MAX_TEMPLATES_PER_STRING, expression_problem
 from station_wf.expr.paths import PathError, parse_path
 from station_wf.expr.starlark_eval import _DIALECT as _STARLARK_DIALECT
 from station_wf.schedules.cron import CronError, CronSchedule
@@ -1388,6 +1388,10 @@ class _Checker:
 
     def _template(self, source: str, path: PathT) -> None:
         """Split like `compile_template`: each `{{` closes at the first `}}` after which its text parses."""
+        if source.count("{{") > MAX_TEMPLATES_PER_STRING:
+            self.error(path, f"has {source.count('{{')} '{{{{' templates; the limit is {MAX_TEMPLATES_PER_STRING} "
+                       "per string")
+            return
         pos = 0
         while (start := source.find("{{", pos)) >= 0:
             close = source.find("}}", start + 2)
@@ -1397,13 +1401,18 @@ class _Checker:
                 return
             first: tuple[int, tuple[str, int | None]] | None = None
             while close >= 0:
-                too_big = expression_problem(source[start + 2:close])
+                inner = source[start + 2:close]
+                too_big = expression_problem(inner) if len(inner) > MAX_EXPRESSION_BYTES else None
                 if too_big:  # also bounds this search: candidates past the size limit are not parsed
                     self._error_inside(path, start, f"template {_clip(source[start:close + 2])!r} {too_big}")
                     return
-                problem = _parse_error(source[start + 2:close])
+                problem = _parse_error(inner)
                 if problem is None:
-                    problem = _statement_problem(source[start + 2:close])
+                    too_big = expression_problem(inner)  # depth, counted once the text parses
+                    if too_big:
+                        self._error_inside(path, start, f"template {_clip(source[start:close + 2])!r} {too_big}")
+                        return
+                    problem = _statement_problem(inner)
                     first = (close, problem) if problem else None
                     break
                 first = first or (close, problem)

@@ -21,6 +21,7 @@ from typing import Any
 __all__ = [
     "MAX_EXPRESSION_BYTES",
     "MAX_EXPRESSION_DEPTH",
+    "MAX_TEMPLATES_PER_STRING",
     "expression_depth",
     "expression_problem",
     "value_depth_exceeds",
@@ -30,6 +31,8 @@ MAX_EXPRESSION_BYTES = 4096
 """The longest Starlark expression (one condition, transform or `{{ }}`), in UTF-8 bytes."""
 MAX_EXPRESSION_DEPTH = 64
 """The deepest expression tree accepted; starlark-rust crashes in the thousands, real ones stay under 15."""
+MAX_TEMPLATES_PER_STRING = 256
+"""`{{ }}` templates in one string: each is compiled at load and evaluated at every render."""
 
 _OPEN = "([{"
 _CLOSE = ")]}"
