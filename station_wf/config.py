@@ -77,6 +77,10 @@ OPTIONS: tuple[Option, ...] = (
            "cap on the SQLite file's size (PRAGMA max_page_count); writes past it answer 507 (0: no cap)"),
     Option("timer_max_attempts", "STATION_TIMER_MAX_ATTEMPTS", int,
            "a timer whose firing fails this many times is quarantined with its error"),
+    # agents (issue 11): what one agent call may cost
+    Option("agent_max_response_bytes", "STATION_AGENT_MAX_RESPONSE_BYTES", int, "largest agent/model response body read; a bigger one fails the step"),
+    Option("agent_connect_timeout_seconds", "STATION_AGENT_CONNECT_TIMEOUT_SECONDS", float, "bound on connecting to an agent or model server"),
+    Option("agent_read_timeout_seconds", "STATION_AGENT_READ_TIMEOUT_SECONDS", float, "bound on waiting for the next byte of an agent's answer, even without a step timeout"),
 )
 
 
@@ -116,6 +120,10 @@ class Settings:
     # -- storage and loops (issue 11) --
     database_max_bytes: int = 0
     timer_max_attempts: int = 5
+    # agents (issue 11)
+    agent_max_response_bytes: int = 4 * 1024 * 1024
+    agent_connect_timeout_seconds: float = 10.0
+    agent_read_timeout_seconds: float = 300.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -144,6 +152,8 @@ class Settings:
                 f"refusing to listen on {self.http_host} without STATION_API_TOKEN or STATION_API_TOKENS_FILE"
                 " (an unauthenticated API is served on loopback only)"
             )
+        if self.agent_max_response_bytes < 1 or self.agent_connect_timeout_seconds <= 0 or self.agent_read_timeout_seconds <= 0:
+            raise ValueError("STATION_AGENT_MAX_RESPONSE_BYTES and STATION_AGENT_*_TIMEOUT_SECONDS must be > 0")
         self.database_path  # noqa: B018 - raises on a bad URL
         for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):
             if getattr(self, name) <= 0:

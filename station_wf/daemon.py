@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from station_wf.agents.catalog import AgentCatalog
+from station_wf.agents.providers import AgentLimits
 from station_wf.api.app import ApiState, build_app
 from station_wf.api.auth import TokenTable
 from station_wf.api.hub import EventHub
@@ -118,7 +119,7 @@ class Daemon:
         self.definitions = DefinitionCache()
         self.agents = AgentCatalog(Path(settings.environments_dir), settings.environment)
         self.registry = ExecutorRegistry()
-        self.agent_executor = AgentRunExecutor(self.agents)
+        self.agent_executor = AgentRunExecutor(self.agents, AgentLimits.from_settings(settings))
         self.registry.register(self.agent_executor)
         self.tokens = TokenTable.load(settings.api_token, settings.api_tokens_file)
         self.hub = EventHub(self.readers)

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,16 @@ from typing import Any
 from dotpromptz import DotpromptError, ParsedPrompt, parse_document
 
 from station_wf.agents.schemas import SchemaFileError, to_json_schema
+from station_wf.agents.secrets import api_key_env_problem
 
 log = logging.getLogger(__name__)
 
 AGENT_SUFFIX = ".prompt"
 # Re-scan the directory at most this often when asked for an agent (edits apply without a restart).
 STALE_CHECK_S = 1.0
+# Catalogs of other environments (`name@env`, `?environment=`) kept at once; the least recently used
+# goes first, and a directory that does not exist is never cached, so odd names cost no memory.
+MAX_SIBLINGS = 32
 _ENV_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -111,6 +116,10 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
     config = front.get("config") or {}
     if not isinstance(config, dict):
         raise AgentFileError(f"{source_file}: 'config' must be a mapping")
+    api_key_env = _opt_str(front, "apiKeyEnv", source_file)
+    refused = api_key_env_problem(api_key_env) if api_key_env is not None else None
+    if refused:
+        raise AgentFileError(f"{source_file}: apiKeyEnv: {refused}")
     model = _opt_str(front, "model", source_file)
     endpoint = _opt_str(front, "endpoint", source_file)
     if model is None and endpoint is None:
@@ -125,7 +134,7 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
         model=model,
         endpoint=endpoint,
         base_url=_opt_str(front, "baseUrl", source_file),
-        api_key_env=_opt_str(front, "apiKeyEnv", source_file),
+        api_key_env=api_key_env,
         description=_opt_str(front, "description", source_file),
         input_schema=schemas["input"],
         output_schema=schemas["output"],
@@ -164,7 +173,7 @@ class AgentCatalog:
         self._signature: tuple[tuple[str, int, int], ...] | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
-        self._siblings: dict[str, AgentCatalog] = {}
+        self._siblings: OrderedDict[str, AgentCatalog] = OrderedDict()
         self.errors: list[str] = []
         self.broken: dict[str, str] = {}  # file stem -> why it did not load
 
@@ -246,8 +255,14 @@ class AgentCatalog:
             raise AgentFileError(f"invalid environment name {environment!r}")
         with self._lock:
             found = self._siblings.get(environment)
-            if found is None:
-                found = self._siblings[environment] = AgentCatalog(self.environments_dir, environment)
+            if found is not None:
+                self._siblings.move_to_end(environment)
+                return found
+            found = AgentCatalog(self.environments_dir, environment)
+            if found.directory.is_dir():
+                self._siblings[environment] = found
+                while len(self._siblings) > MAX_SIBLINGS:
+                    self._siblings.popitem(last=False)
             return found
 
     def resolve(self, ref: str) -> tuple[AgentSpec | None, AgentCatalog]:

@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from station_wf.dsl.approvers import rendered_problem as rendered_approvers_problem
 from station_wf.engine.identity import idempotency_key, step_id
 from station_wf.engine.limits import LIMITS
 from station_wf.expr.paths import PathError, get_path, set_path
@@ -319,6 +320,9 @@ def begin_step(defn: dict[str, Any], rs: RunState, step: StepView) -> Execute | 
         except TemplateError as exc:
             return step_failed(defn, rs, step, {"type": "template", "message": f"state {state['name']!r}: {exc}"}, retry=False)
         if state["action"] == "human.approval":
+            bad = rendered_approvers_problem(rendered["approvers"]) if "approvers" in rendered else None
+            if bad:  # never a list of characters, never "anyone" (dsl/approvers.py)
+                return step_failed(defn, rs, step, {"type": "validation", "message": f"state {state['name']!r}: {bad}"}, retry=False)
             return _request_approval(defn, rs, engine, step, state, rendered)
         if state["action"] == "signal.wait":
             return _wait_for_signal(defn, rs, engine, step, state, rendered)

@@ -16,17 +16,26 @@ import aiohttp
 
 from station_wf.agents.catalog import AgentCatalog, AgentFileError, AgentSpec
 from station_wf.agents.prompt import PromptRenderer, PromptRenderError
-from station_wf.agents.providers import MAX_ERROR_BODY, AgentRequest, ProviderReply, select_provider
+from station_wf.agents.providers import (
+    MAX_ERROR_BODY,
+    AgentLimits,
+    AgentRequest,
+    ProviderReply,
+    select_provider,
+    too_deep,
+)
 from station_wf.agents.schemas import validation_errors
 from station_wf.executors.base import StepCall, StepError, StepResult
+from station_wf.expr.limits import value_depth_exceeds
 from station_wf.telemetry.tracing import agent_span, token_attributes
 
 
 class AgentRunExecutor:
     action = "agent.run"
 
-    def __init__(self, catalog: AgentCatalog) -> None:
+    def __init__(self, catalog: AgentCatalog, limits: AgentLimits | None = None) -> None:
         self.catalog = catalog
+        self.limits = limits or AgentLimits()
         self.renderer = PromptRenderer()
         self._session: aiohttp.ClientSession | None = None
 
@@ -34,7 +43,9 @@ class AgentRunExecutor:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=512),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.limits.connect_timeout_s,
+                                              sock_connect=self.limits.connect_timeout_s,
+                                              sock_read=self.limits.read_timeout_s),
             )
         return self._session
 
@@ -84,7 +95,7 @@ class AgentRunExecutor:
             if rendered.explicit_roles:
                 meta["messages"] = rendered.messages
         request = AgentRequest(call=call, spec=spec, agent_ref=ref, model=model, task=task, variables=variables,
-                               prompt=rendered)
+                               prompt=rendered, limits=self.limits)
         started = time.monotonic()
         with agent_span({"agent.name": spec.name, "agent.provider": provider.name, "agent.model": model,
                          "run.id": call.run_id, "step.id": call.step_id}) as aspan:
@@ -94,6 +105,10 @@ class AgentRunExecutor:
                 aspan.set_status("failed", exc.type if exc.type in ("timeout", "validation") else "agent_error", str(exc))
                 exc.metadata = {**meta, "latencyMs": _ms(started), **exc.metadata}
                 raise
+            if value_depth_exceeds(reply.output, self.limits.max_output_depth):  # any provider, before deepcopy
+                exc = too_deep(f"agent {spec.name!r}", self.limits, {**meta, "latencyMs": _ms(started)})
+                aspan.set_status("failed", "validation", str(exc))
+                raise exc
             aspan.update({"agent.model": reply.model} if reply.model else {})
             aspan.update(token_attributes(reply.usage))
             aspan.set_status("succeeded")

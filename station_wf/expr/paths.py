@@ -15,7 +15,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["PathError", "Segment", "get_path", "parse_path", "set_path"]
+__all__ = ["RESERVED_ROOT_KEYS", "PathError", "Segment", "get_path", "parse_path", "set_path"]
 
 Segment = str | int
 
@@ -34,6 +34,8 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 _INT_RE = re.compile(r"-?\d+\Z")
+RESERVED_ROOT_KEYS = ("workflow", "steps")
+"""Context keys the engine owns (DESIGN 3); a merge into the root never overwrites them."""
 _ROOTS = frozenset({"", "$", "ctx"})
 
 
@@ -134,7 +136,8 @@ def get_path(obj: Any, path: str, default: Any = _MISSING) -> Any:
 def set_path(obj: dict[str, Any], path: str, value: Any) -> None:
     """Write ``value`` at ``path`` in place, creating intermediate dicts.
 
-    The root path merges a dict value into ``obj`` (shallow); a list index must exist or
+    The root path merges a dict value into ``obj`` (shallow), refusing one that carries the
+    engine's own keys (``RESERVED_ROOT_KEYS``); a list index must exist or
     equal the list's length (append). Existing non-container values are never overwritten
     by intermediates: that would silently drop data, so it is a ``PathError``.
     """
@@ -145,6 +148,12 @@ def set_path(obj: dict[str, Any], path: str, value: Any) -> None:
         if not isinstance(value, dict):
             raise PathError(
                 f"path {path!r} is the root: only an object can be merged there, got {type(value).__name__}"
+            )
+        taken = [key for key in RESERVED_ROOT_KEYS if key in value]
+        if taken:  # an agent answering {"steps": ...} must not erase every earlier result
+            raise PathError(
+                f"path {path!r} is the root: the result has key {taken[0]!r}, which the engine owns; "
+                "write it below a key instead (resultPath: 'result')"
             )
         obj.update(value)
         return

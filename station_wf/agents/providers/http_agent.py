@@ -8,7 +8,6 @@ status and the body.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
@@ -17,6 +16,8 @@ from station_wf.agents.providers import (
     AgentRequest,
     ProviderReply,
     http_error,
+    loads_json,
+    read_body,
     request_timeout,
     timeout_error,
 )
@@ -45,21 +46,20 @@ class HttpAgentProvider:
         if tp:
             headers["traceparent"] = tp
         meta: dict[str, Any] = {"endpoint": spec.endpoint}
+        what = f"agent {request.agent_ref!r} at {spec.endpoint}"
         try:
-            async with http.post(spec.endpoint, json=body, headers=headers, timeout=request_timeout(call)) as resp:
-                try:
-                    text = await resp.text()
-                except BaseException:
-                    resp.close()  # cancelled mid-body: drop the connection, never pool it
-                    raise
+            async with http.post(spec.endpoint, json=body, headers=headers, allow_redirects=False,
+                                 timeout=request_timeout(call, request.limits)) as resp:
+                text = await read_body(resp, what, request.limits, meta)
                 if not 200 <= resp.status < 300:
                     raise http_error(f"agent {request.agent_ref!r}", resp.status, text, meta)
         except TimeoutError:
-            raise timeout_error(f"agent {request.agent_ref!r} at {spec.endpoint}", call, meta) from None
+            raise timeout_error(what, call, meta, request.limits) from None
         except aiohttp.ClientError as exc:
             raise StepError(f"agent {request.agent_ref!r} at {spec.endpoint}: {type(exc).__name__}: {exc}",
                             metadata=meta) from None
         try:
-            return ProviderReply(json.loads(text), True, text=None, model=spec.model, metadata=meta)
+            return ProviderReply(loads_json(text, what, request.limits, meta), True, text=None, model=spec.model,
+                                 metadata=meta)
         except ValueError:
             return ProviderReply(text, False, text=text, model=spec.model, metadata=meta)

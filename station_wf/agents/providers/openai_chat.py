@@ -10,7 +10,6 @@ answer); the schema is enforced by our own validation afterwards either way.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any
@@ -19,12 +18,16 @@ import aiohttp
 
 from station_wf.agents.providers import (
     MAX_ERROR_BODY,
+    AgentLimits,
     AgentRequest,
     ProviderReply,
     http_error,
+    loads_json,
+    read_body,
     request_timeout,
     timeout_error,
 )
+from station_wf.agents.secrets import api_key_env_problem
 from station_wf.executors.base import StepError
 from station_wf.telemetry.tracing import inject_traceparent
 
@@ -55,13 +58,14 @@ def chat_parameters(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_json_answer(text: str) -> Any:
-    """The answer as JSON; tolerates a Markdown code fence (small local models add one). Raises ValueError."""
+def parse_json_answer(text: str, limits: AgentLimits | None = None, what: str = "the model") -> Any:
+    """The answer as JSON; tolerates a Markdown code fence (small local models add one). Raises ValueError
+    when it is not JSON, StepError when it nests deeper than the limits allow."""
     body = text.strip()
     fenced = _FENCE.match(body)
     if fenced:
         body = fenced.group(1).strip()
-    return json.loads(body)
+    return loads_json(body, what, limits or AgentLimits())
 
 
 class OpenAIChatProvider:
@@ -76,6 +80,9 @@ class OpenAIChatProvider:
         if tp:
             headers["traceparent"] = tp
         key_env = spec.api_key_env or "OPENAI_API_KEY"
+        refused = api_key_env_problem(key_env)
+        if refused:  # checked at load too; here for specs made any other way
+            raise StepError(f"agent {spec.name!r}: apiKeyEnv {refused}", type="configuration")
         key = os.environ.get(key_env)
         if spec.api_key_env and not key:
             raise StepError(f"agent {spec.name!r}: environment variable {key_env} (apiKeyEnv) is not set",
@@ -102,24 +109,20 @@ class OpenAIChatProvider:
         what = f"model {request.model!r} at {url}"
         meta: dict[str, Any] = {"baseUrl": url.removesuffix("/chat/completions")}
         try:
-            async with http.post(url, json=self.body(request), headers=headers,
-                                 timeout=request_timeout(request.call)) as resp:
-                try:
-                    text = await resp.text()
-                except BaseException:
-                    resp.close()  # cancelled mid-body: drop the connection, never pool it
-                    raise
+            async with http.post(url, json=self.body(request), headers=headers, allow_redirects=False,
+                                 timeout=request_timeout(request.call, request.limits)) as resp:
+                text = await read_body(resp, what, request.limits, meta)
                 if not 200 <= resp.status < 300:
                     raise http_error(what, resp.status, text, meta)
         except TimeoutError:
-            raise timeout_error(what, request.call, meta) from None
+            raise timeout_error(what, request.call, meta, request.limits) from None
         except aiohttp.ClientError as exc:
             raise StepError(f"{what}: {type(exc).__name__}: {exc}", metadata=meta) from None
         return self.reply(request, text, meta, what)
 
     def reply(self, request: AgentRequest, text: str, meta: dict[str, Any], what: str) -> ProviderReply:
         try:
-            data = json.loads(text)
+            data = loads_json(text, what, request.limits, meta)
             choice = data["choices"][0]
             message = choice["message"]
         except (ValueError, KeyError, IndexError, TypeError):
@@ -138,7 +141,7 @@ class OpenAIChatProvider:
         out = ProviderReply(content, False, text=content, model=data.get("model") or request.model,
                             usage=reply_usage, metadata=meta)
         try:
-            parsed = parse_json_answer(content)
+            parsed = parse_json_answer(content, request.limits, what)
         except ValueError:
             return out
         if request.spec.output_schema is not None or isinstance(parsed, dict):
