@@ -126,16 +126,16 @@ def test_a_run_start_that_kills_the_daemon_fails_the_run(daemon: Daemon) -> None
 
 
 def test_an_agent_output_that_breaks_the_decision_fails_the_step_and_the_agent_is_called_once(daemon: Daemon) -> None:
-    """A real poison: an output nested deeper than the interpreter can copy. It is stored, every
-    decision from it fails, and the step ends with engine_error and the cause."""
+    """A decision that fails every time (a test hook: an interpreter bug, say). The result is stored,
+    every decision from it fails, and the step ends with engine_error and the cause; an agent output
+    nested too deep, this test's first poison, is now refused by the agent layer itself."""
     daemon.add_workflow("one", ONE_AGENT)
-    daemon.agent_server.behave("worker", reply=_nested(700))
-    daemon.start(extra_env={"STATION_MAX_DELIVERIES": "3"})
+    daemon.start(extra_env={"STATION_MAX_DELIVERIES": "3", "STATION_FAULT_ERRORS": "worker.decide:1"})
     run = daemon.start_run("one")
     done = daemon.wait_status(run["id"], "FAILED", timeout=40)
     step = done["steps"][0]
     assert step["error"]["type"] == "engine_error", step
-    assert "RecursionError" in step["error"]["cause"]
+    assert "fault injected at worker.decide" in step["error"]["cause"]
     assert len(daemon.agent_server.calls_for("worker")) == 1
     failed = [e for e in daemon.events(run["id"]) if e["type"] == "step.failed"]
     assert [e["payload"]["willRetry"] for e in failed] == [False]

@@ -20,7 +20,7 @@ from station_wf.engine import interpreter as ip
 from station_wf.engine.commit import commit_transition
 from station_wf.engine.limits import LIMITS
 from station_wf.executors.base import StepCall
-from station_wf.faults import crash_point
+from station_wf.faults import crash_point, fault_error
 from station_wf.store import runs as rs
 from station_wf.store.definitions import DefinitionCache
 
@@ -149,6 +149,8 @@ class StepTransactions:
         view = rs.step_view(row)
         state = rs.run_state(conn, run)
         crash_point("worker.decide")
+        if fault_error("worker.decide"):  # tests: a decision that fails every time (a poison)
+            raise RuntimeError("fault injected at worker.decide")
         if result.get("error") is not None:
             t = ip.step_failed(defn, state, view, result["error"])
         else:
