@@ -61,6 +61,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", "STATION_LOG_FORMAT", str, "json (one object per line) or text"),
     Option("retention_days", "STATION_RETENTION_DAYS", float, "finished runs older than this are deleted (0: keep forever)"),
     Option("retention_interval_seconds", "STATION_RETENTION_INTERVAL_SECONDS", float, "how often retention runs"),
+    # -- the door: what requests may cost, and the no-auth loopback policy --
+    Option("max_concurrent_validations", "STATION_MAX_CONCURRENT_VALIDATIONS", int,
+           "definitions parsed and validated at once, on threads off the event loop (others wait, 503 after 30 s)"),
+    Option("max_sse_connections", "STATION_MAX_SSE_CONNECTIONS", int, "open SSE streams at most (over it: 503 too_many_streams)"),
+    Option("allowed_hosts", "STATION_ALLOWED_HOSTS", str,
+           "extra Host names accepted without a token, comma-separated (loopback names and the bound host always are)"),
+    Option("http_body_timeout_seconds", "STATION_HTTP_BODY_TIMEOUT_SECONDS", float,
+           "a request body with no new bytes for this long is answered 408"),
 )
 
 
@@ -86,6 +94,11 @@ class Settings:
     log_format: str = "json"
     retention_days: float = 30.0
     retention_interval_seconds: float = 3600.0
+    # -- the door --
+    max_concurrent_validations: int = 2
+    max_sse_connections: int = 256
+    allowed_hosts: str = ""
+    http_body_timeout_seconds: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -20,6 +20,7 @@ from station_wf.dsl.loader import (
 )
 from station_wf.engine.schedules import sync_schedules
 from station_wf.errors import ServiceError, invalid, not_found
+from station_wf.services.input_schema import schema_problems
 from station_wf.store import definitions as ds
 from station_wf.store.db import SqliteReaders
 
@@ -69,6 +70,7 @@ def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | N
                 failed_ids.add(guess)  # a broken file must not disable the workflow it defines
             continue
         agent_errors, agent_warnings = check_definition_agents(defn, agents)
+        agent_errors = [*schema_problems(defn.get("inputSchema")), *agent_errors]
         report.warnings.extend(f"{file}: {w}" for w in agent_warnings)
         if agent_errors:
             report.errors.extend(f"{file}: {e}" for e in agent_errors)
@@ -123,14 +125,55 @@ def definition_to_api(row: sqlite3.Row, include_definition: bool = True) -> dict
 
 
 def parse_api_body(body: Any, raw: str) -> dict[str, Any]:
-    """A definition sent to the API: a JSON object (normalized like a file)."""
+    """A definition sent to the API: a JSON object (normalized like a file), its inputSchema safe to use."""
     if not isinstance(body, dict):
         raise invalid("the body must be a workflow definition object")
     try:
-        return normalize_definition(body, source="request body")
+        defn = normalize_definition(body, source="request body")
     except DefinitionError as exc:
         raise ServiceError(422, "invalid_definition", "the workflow definition is invalid",
                            [str(p) for p in exc.problems]) from None
+    except RecursionError:  # the loader's own nesting limit should come first; never a 500
+        raise ServiceError(422, "invalid_definition", "the workflow definition is nested too deeply") from None
+    problems = schema_problems(defn.get("inputSchema"))
+    if problems:
+        raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", problems)
+    return defn
+
+
+def prepare_definition(body: Any, raw: str, agents: AgentCatalog | None) -> tuple[dict[str, Any], list[str]]:
+    """Everything a create or update checks before its transaction (CPU-bound: run it off the loop).
+    A definition naming an agent that does not exist is refused; flow mismatches are warnings."""
+    defn = parse_api_body(body, raw)
+    if agents is None:
+        return defn, []
+    errors, warnings = check_definition_agents(defn, agents)
+    if errors:
+        raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", errors)
+    return defn, warnings
+
+
+def validate_definition_text(text: str, source: str, agents: AgentCatalog | None) -> dict[str, Any]:
+    """`POST /workflows/validate`: what create would say (loader, inputSchema, agents), as data."""
+    try:
+        defn = parse_definition(text, source)
+    except DefinitionError as exc:
+        return {"valid": False, "errors": [p.to_dict() for p in exc.problems], "workflowId": exc.workflow_id}
+    except RecursionError:
+        return {"valid": False, "errors": [_problem(source, "the definition is nested too deeply")], "workflowId": None}
+    errors = list(schema_problems(defn.get("inputSchema")))
+    warnings: list[str] = []
+    if agents is not None:
+        agent_errors, warnings = check_definition_agents(defn, agents)
+        errors.extend(agent_errors)
+    out: dict[str, Any] = {"valid": not errors, "errors": [_problem(source, e) for e in errors], "workflowId": defn["id"]}
+    if warnings:
+        out["warnings"] = warnings
+    return out
+
+
+def _problem(source: str, message: str) -> dict[str, Any]:
+    return {"file": source, "line": None, "column": None, "path": "", "message": message}
 
 
 class DefinitionService:
