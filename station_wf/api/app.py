@@ -23,7 +23,7 @@ from station_wf.api.auth import Principal, TokenTable
 from station_wf.api.door import MAX_BODY_BYTES, LoopbackPolicy, RequestContext, error_response
 from station_wf.api.hub import EVENT_QUERY, EventHub, Subscriber, event_from_row
 from station_wf.api.idempotency import IdempotencyStore, request_hash
-from station_wf.api.jsonio import SafeJSONResponse, decode_text, dumps_safe, loads_strict
+from station_wf.api.jsonio import SafeJSONResponse, decode_text, dumps_safe, loads_strict, refuse_hostile_json
 from station_wf.api.params import int_param, last_event_id
 from station_wf.dsl.schema import workflow_json_schema
 from station_wf.engine.schedules import schedule_clock, schedule_to_api
@@ -244,6 +244,8 @@ async def validate_workflow(request: Request, state: ApiState) -> Response:
     raw = await read_body(request, state)
     source = "request.json" if "json" in (request.headers.get("content-type") or "") else "request.yaml"
     text = decode_text(raw)
+    if source.endswith(".json"):
+        await state.offloader.run(refuse_hostile_json, text)
     return JSONResponse(await state.offloader.run(validate_definition_text, text, source, state.agents))
 
 

@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from station_wf.api.jsonio import SafeJSONResponse, dumps_safe
 from station_wf.errors import ServiceError
+from station_wf.faults import crash_point
 from station_wf.store import idempotency as store
 from station_wf.store.db import SqliteWriter
 
@@ -96,6 +97,7 @@ class IdempotencyStore:
         except BaseException:
             await self.writer.run(lambda c: store.release(c, scope, key))
             raise
+        crash_point("api.idempotency.after_effect")  # tests: the effect committed, its answer not stored
         if response.status_code < 500:
             await self._store(scope, key, response.status_code, json.loads(bytes(response.body)))
         return response

@@ -105,6 +105,21 @@ def loads_strict(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+def refuse_hostile_json(text: str) -> None:
+    """For `/validate`: the same 400 as create for values create would refuse (NaN, huge numbers,
+    surrogates, depth), while a plain syntax error is left to the loader, which reports its line."""
+    try:
+        loads_strict(text)
+    except ServiceError:
+        try:  # syntax only: every number and constant accepted as-is
+            json.loads(text, parse_int=len, parse_float=len, parse_constant=len)
+        except ValueError:
+            return  # a syntax error: `valid: false` with line and column, as before
+        except RecursionError:
+            pass
+        raise
+
+
 def _sanitize(value: Any) -> Any:
     """A copy with non-finite floats as null and lone surrogates replaced; iterative over depth by
     recursion only as deep as the value (stored values passed the depth check or came from our code)."""
