@@ -64,6 +64,10 @@ OPTIONS: tuple[Option, ...] = (
     # -- the door: what requests may cost, and the no-auth loopback policy --
     Option("max_concurrent_validations", "STATION_MAX_CONCURRENT_VALIDATIONS", int,
            "definitions parsed and validated at once, on threads off the event loop (others wait, 503 after 30 s)"),
+    Option("validation_timeout_seconds", "STATION_VALIDATION_TIMEOUT_SECONDS", float,
+           "a definition sent to the API that takes longer to parse and validate is refused (422); its worker is killed"),
+    Option("validation_memory_mb", "STATION_VALIDATION_MEMORY_MB", int,
+           "address-space limit of a definition-validating worker process (0: none)"),
     Option("max_sse_connections", "STATION_MAX_SSE_CONNECTIONS", int, "open SSE streams at most (over it: 503 too_many_streams)"),
     Option("allowed_hosts", "STATION_ALLOWED_HOSTS", str,
            "extra Host names accepted without a token, comma-separated (loopback names and the bound host always are)"),
@@ -96,6 +100,8 @@ class Settings:
     retention_interval_seconds: float = 3600.0
     # -- the door --
     max_concurrent_validations: int = 2
+    validation_timeout_seconds: float = 60.0
+    validation_memory_mb: int = 1024
     max_sse_connections: int = 256
     allowed_hosts: str = ""
     http_body_timeout_seconds: float = 30.0

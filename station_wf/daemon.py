@@ -43,6 +43,7 @@ from station_wf.executors.agent_run import AgentRunExecutor
 from station_wf.executors.base import ExecutorRegistry
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
+from station_wf.services.isolated import IsolatedPool
 from station_wf.services.offload import Offloader
 from station_wf.services.runs import RunService
 from station_wf.store.db import SqliteReaders, SqliteWriter
@@ -118,6 +119,8 @@ class Daemon:
         self.tokens = TokenTable.load(settings.api_token, settings.api_tokens_file)
         self.hub = EventHub(self.readers)
         self.offloader = Offloader(settings.max_concurrent_validations)
+        self.isolated = IsolatedPool(settings.max_concurrent_validations, settings.validation_timeout_seconds,
+                                     settings.validation_memory_mb)
         ip.EXPRESSION_TIMEOUT_S = settings.expression_timeout_ms / 1000
         self.embedded: EmbeddedNats | None = None
         self.bus: Bus | None = None
@@ -187,7 +190,7 @@ class Daemon:
         state = ApiState(run_service, DefinitionService(self.readers), self.writer, self.readiness, self.tokens,
                          control, self.hub, sse_ping=s.sse_ping_seconds,
                          extra_routes=[Route("/metrics", self.metrics_endpoint, methods=["GET"])], agents=self.agents,
-                         offloader=self.offloader, max_sse=s.max_sse_connections, body_timeout=s.http_body_timeout_seconds,
+                         offloader=self.offloader, isolated=self.isolated, max_sse=s.max_sse_connections, body_timeout=s.http_body_timeout_seconds,
                          loopback=None if self.tokens.enabled else
                          LoopbackPolicy(s.http_host, s.http_port, tuple(s.allowed_hosts.split(","))))
         config = uvicorn.Config(build_app(state), host=s.http_host, port=s.http_port, log_level="warning",
@@ -288,6 +291,7 @@ class Daemon:
                     await asyncio.wait_for(relay.drain(), 5)
         await self.agent_executor.close()
         self.offloader.close()
+        self.isolated.close()
         if self.bus is not None:
             await self.bus.close()
         if self.embedded is not None:

@@ -31,11 +31,14 @@ from station_wf.errors import ServiceError, invalid
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import (
     DefinitionService,
-    prepare_definition,
+    add_agent_problems,
+    check_definition_text,
+    parse_api_body,
+    require_known_agents,
     tx_create,
     tx_disable,
-    validate_definition_text,
 )
+from station_wf.services.isolated import IsolatedPool
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
 from station_wf.services.runs import RunService
@@ -55,7 +58,8 @@ class ApiState:
                  readiness: Callable[[], dict[str, bool]], tokens: TokenTable, control: ControlService,
                  hub: EventHub, sse_ping: float = 15.0, extra_routes: list[Route] | None = None,
                  agents: AgentCatalog | None = None, offloader: Offloader | None = None,
-                 loopback: LoopbackPolicy | None = None, max_sse: int = 256, body_timeout: float = 30.0) -> None:
+                 loopback: LoopbackPolicy | None = None, max_sse: int = 256, body_timeout: float = 30.0,
+                 isolated: IsolatedPool | None = None) -> None:
         self.runs = runs
         self.definitions = definitions
         self.writer = writer
@@ -68,6 +72,7 @@ class ApiState:
         self.extra_routes = extra_routes or []
         self.agents = agents
         self.offloader = offloader or DEFAULT_OFFLOADER
+        self.isolated = isolated or IsolatedPool()
         self.loopback = loopback
         self.max_sse = max_sse
         self.body_timeout = body_timeout
@@ -246,7 +251,8 @@ async def validate_workflow(request: Request, state: ApiState) -> Response:
     text = decode_text(raw)
     if source.endswith(".json"):
         await state.offloader.run(refuse_hostile_json, text)
-    return JSONResponse(await state.offloader.run(validate_definition_text, text, source, state.agents))
+    result, defn = await state.isolated.run(check_definition_text, text, source)
+    return JSONResponse(await state.offloader.run(add_agent_problems, result, defn, source, state.agents))
 
 
 async def get_workflow(request: Request, state: ApiState) -> Response:
@@ -256,7 +262,8 @@ async def get_workflow(request: Request, state: ApiState) -> Response:
 
 async def create_workflow(request: Request, state: ApiState) -> Response:
     body, raw = await json_body(request, state)
-    defn, _ = await state.offloader.run(prepare_definition, body, raw, state.agents)
+    defn = await state.isolated.run(parse_api_body, body, raw)
+    await state.offloader.run(require_known_agents, defn, state.agents)
     version = await state.writer.run(tx_create(defn, raw, must_exist=False))
     return JSONResponse(await state.definitions.get(defn["id"], version), status_code=201)
 
@@ -266,7 +273,8 @@ async def update_workflow(request: Request, state: ApiState) -> Response:
     workflow_id = request.path_params["workflow_id"]
     if isinstance(body, dict) and "id" not in body:
         body = {**body, "id": workflow_id}
-    defn, _ = await state.offloader.run(prepare_definition, body, raw, state.agents)
+    defn = await state.isolated.run(parse_api_body, body, raw)
+    await state.offloader.run(require_known_agents, defn, state.agents)
     if defn["id"] != workflow_id:
         raise invalid(f"body id {defn['id']!r} does not match the URL's {workflow_id!r}", {"id": defn["id"]})
     version = await state.writer.run(tx_create(defn, json.dumps(body, sort_keys=True), must_exist=True))

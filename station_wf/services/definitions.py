@@ -141,35 +141,40 @@ def parse_api_body(body: Any, raw: str) -> dict[str, Any]:
     return defn
 
 
-def prepare_definition(body: Any, raw: str, agents: AgentCatalog | None) -> tuple[dict[str, Any], list[str]]:
-    """Everything a create or update checks before its transaction (CPU-bound: run it off the loop).
-    A definition naming an agent that does not exist is refused; flow mismatches are warnings."""
-    defn = parse_api_body(body, raw)
+def require_known_agents(defn: dict[str, Any], agents: AgentCatalog | None) -> list[str]:
+    """A definition naming an agent that does not exist is refused (422); flow mismatches are warnings."""
     if agents is None:
-        return defn, []
+        return []
     errors, warnings = check_definition_agents(defn, agents)
     if errors:
         raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", errors)
-    return defn, warnings
+    return warnings
 
 
-def validate_definition_text(text: str, source: str, agents: AgentCatalog | None) -> dict[str, Any]:
-    """`POST /workflows/validate`: what create would say (loader, inputSchema, agents), as data."""
+def check_definition_text(text: str, source: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`POST /workflows/validate` minus the agents (this runs in a worker process): the answer so far and
+    the definition when it loaded."""
     try:
         defn = parse_definition(text, source)
     except DefinitionError as exc:
-        return {"valid": False, "errors": [p.to_dict() for p in exc.problems], "workflowId": exc.workflow_id}
+        return {"valid": False, "errors": [p.to_dict() for p in exc.problems], "workflowId": exc.workflow_id}, None
     except RecursionError:
-        return {"valid": False, "errors": [_problem(source, "the definition is nested too deeply")], "workflowId": None}
-    errors = list(schema_problems(defn.get("inputSchema")))
-    warnings: list[str] = []
-    if agents is not None:
-        agent_errors, warnings = check_definition_agents(defn, agents)
-        errors.extend(agent_errors)
-    out: dict[str, Any] = {"valid": not errors, "errors": [_problem(source, e) for e in errors], "workflowId": defn["id"]}
+        return {"valid": False, "errors": [_problem(source, "the definition is nested too deeply")], "workflowId": None}, None
+    errors = schema_problems(defn.get("inputSchema"))
+    return {"valid": not errors, "errors": [_problem(source, e) for e in errors], "workflowId": defn["id"]}, defn
+
+
+def add_agent_problems(result: dict[str, Any], defn: dict[str, Any] | None, source: str,
+                       agents: AgentCatalog | None) -> dict[str, Any]:
+    """What create would also refuse (unknown agents), and its warnings, added to a validate answer."""
+    if defn is None or agents is None:
+        return result
+    errors, warnings = check_definition_agents(defn, agents)
+    if errors:
+        result = {**result, "valid": False, "errors": [*result["errors"], *(_problem(source, e) for e in errors)]}
     if warnings:
-        out["warnings"] = warnings
-    return out
+        result = {**result, "warnings": warnings}
+    return result
 
 
 def _problem(source: str, message: str) -> dict[str, Any]:
