@@ -248,6 +248,10 @@ def test_hostile_json_is_refused_on_every_route_before_anything_is_stored(daemon
     defn = json.dumps({"id": "d1", "start": "a", "states": [{"name": "a", "type": "inject", "data": {"x": "@"}, "end": True}]})
     _err(daemon.request("POST", "/api/v1/workflows", content=defn.replace("@", "\\ud800").encode(), headers=JSON),
          400, "malformed_json")
+    # A definition value that overflows to inf (a 5000-digit duration) is refused, not stored.
+    long_sleep = {"id": "d2", "start": "a", "states": [{"name": "a", "type": "sleep", "duration": "1" + "0" * 5000 + "s", "end": True}]}
+    _err(daemon.request("POST", "/api/v1/workflows", json=long_sleep), 422, "invalid_definition")
+    assert daemon.request("HEAD", "/api/v1/workflow-runs").status_code < 500
     # A retried request after a 4xx creates nothing: the same key gets the same 400 again.
     for _ in range(2):
         r = daemon.request("POST", "/api/v1/workflow-runs", content=HOSTILE_BODIES["nan"], headers={**JSON, "Idempotency-Key": "k-nan"})

@@ -21,6 +21,7 @@ from station_wf.dsl.loader import (
 from station_wf.engine.schedules import sync_schedules
 from station_wf.errors import ServiceError, invalid, not_found
 from station_wf.services.input_schema import schema_problems
+from station_wf.services.storable import value_problem
 from station_wf.store import definitions as ds
 from station_wf.store.db import SqliteReaders
 
@@ -70,7 +71,8 @@ def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | N
                 failed_ids.add(guess)  # a broken file must not disable the workflow it defines
             continue
         agent_errors, agent_warnings = check_definition_agents(defn, agents)
-        agent_errors = [*schema_problems(defn.get("inputSchema")), *agent_errors]
+        stored_errors = [p for p in (value_problem(defn, "definition"),) if p]
+        agent_errors = [*stored_errors, *schema_problems(defn.get("inputSchema")), *agent_errors]
         report.warnings.extend(f"{file}: {w}" for w in agent_warnings)
         if agent_errors:
             report.errors.extend(f"{file}: {e}" for e in agent_errors)
@@ -135,7 +137,7 @@ def parse_api_body(body: Any, raw: str) -> dict[str, Any]:
                            [str(p) for p in exc.problems]) from None
     except RecursionError:  # the loader's own nesting limit should come first; never a 500
         raise ServiceError(422, "invalid_definition", "the workflow definition is nested too deeply") from None
-    problems = schema_problems(defn.get("inputSchema"))
+    problems = [p for p in (value_problem(defn, "definition"),) if p] or schema_problems(defn.get("inputSchema"))
     if problems:
         raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", problems)
     return defn
@@ -160,7 +162,7 @@ def check_definition_text(text: str, source: str) -> tuple[dict[str, Any], dict[
         return {"valid": False, "errors": [p.to_dict() for p in exc.problems], "workflowId": exc.workflow_id}, None
     except RecursionError:
         return {"valid": False, "errors": [_problem(source, "the definition is nested too deeply")], "workflowId": None}, None
-    errors = schema_problems(defn.get("inputSchema"))
+    errors = [p for p in (value_problem(defn, "definition"),) if p] or schema_problems(defn.get("inputSchema"))
     return {"valid": not errors, "errors": [_problem(source, e) for e in errors], "workflowId": defn["id"]}, defn
 
 
@@ -187,7 +189,9 @@ class DefinitionService:
 
     async def list(self, status: str | None = None, q: str | None = None) -> list[dict[str, Any]]:
         rows = await self.readers.fetchall(
-            """SELECT d.*, (SELECT MAX(created_at) FROM workflow_runs r WHERE r.workflow_id = d.workflow_id) AS last_run_at
+            # The newest run by id (the (workflow_id, id) index: one seek per workflow, not a scan of its runs).
+            """SELECT d.*, (SELECT r.created_at FROM workflow_runs r WHERE r.workflow_id = d.workflow_id
+                            ORDER BY r.id DESC LIMIT 1) AS last_run_at
                FROM workflow_definitions d
                WHERE d.version = (SELECT MAX(version) FROM workflow_definitions WHERE workflow_id = d.workflow_id)
                ORDER BY d.workflow_id"""
