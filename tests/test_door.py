@@ -264,7 +264,8 @@ def test_hostile_json_is_refused_on_every_route_before_anything_is_stored(daemon
     bad_queries = [f"/api/v1/workflows/waits?version={'9' * 20}", f"/api/v1/workflow-runs/{rid}/events?afterSeq={'9' * 20}",
                    f"/api/v1/workflow-runs/{rid}/events?afterSeq=-1", "/api/v1/workflows/waits?version=-3",
                    "/api/v1/workflow-runs?cursor=MTAwMDAwMDAwMDAwMDAwMDAwMDAw", "/api/v1/workflow-runs?limit=99999999999999999999",
-                   f"/api/v1/workflow-runs/{rid}/events?limit=abc", "/api/v1/workflow-runs?cursor=" + "A" * 5000]
+                   f"/api/v1/workflow-runs/{rid}/events?limit=abc", "/api/v1/workflow-runs?cursor=" + "A" * 5000,
+                   "/api/v1/workflow-runs?status=RUNNING,NOPE", "/api/v1/workflow-runs?status=" + "A," * 5000]
     for path in bad_queries:
         _err(daemon.request("GET", path), 400)
     for path in ("/api/v1/workflow-runs/stream", f"/api/v1/workflow-runs/{rid}/stream"):

@@ -21,6 +21,7 @@ from station_wf.telemetry.metrics import runs_started_total
 from station_wf.telemetry.tracing import new_run_traceparent
 
 MAX_LIST_LIMIT = 1000
+RUN_STATUSES = frozenset({ip.PENDING, ip.PAUSED, *ip.ACTIVE_RUN_STATUSES, *ip.TERMINAL_RUN_STATUSES})
 
 
 def input_problems(schema: dict[str, Any] | None, run_input: Any) -> list[dict[str, Any]]:
@@ -186,7 +187,10 @@ class RunService:
             where.append("workflow_id = ?")
             params.append(workflow_id)
         if status:
-            statuses = [s.strip().upper() for s in status.split(",") if s.strip()]
+            statuses = sorted({s.strip().upper() for s in status.split(",") if s.strip()})
+            unknown = [s for s in statuses if s not in RUN_STATUSES]
+            if unknown:
+                raise invalid(f"unknown run status: {unknown[0][:40]!r}", {"status": unknown[:5], "allowed": sorted(RUN_STATUSES)})
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             params.extend(statuses)
         if cursor:
