@@ -12,7 +12,7 @@ INT64_MAX = (1 << 63) - 1
 
 def bounded_int(name: str, raw: str, low: int = 0, high: int = INT64_MAX) -> int:
     text = raw.strip()
-    if len(text) > 20 or not text.lstrip("-").isdigit():
+    if len(text) > 20 or not text.isascii() or not text.lstrip("-").isdigit():  # '²'.isdigit() is True
         raise invalid(f"{name} must be an integer between {low} and {high}", {name: raw[:40]})
     value = int(text)
     if not low <= value <= high:
