@@ -1,9 +1,10 @@
-"""CPU-bound request work (parsing and validating definitions, checking run input) off the event loop.
+"""CPU-bound request work off the event loop, on a few threads: decoding big JSON bodies, checking run
+input against its schema, the agents check of a definition, and the start-up sync of workflow files.
 
-Why: a 950 KB definition takes seconds to parse and check; on the event loop that stalls the API, the
-worker, the timers and the relays together. A few dedicated threads do it instead, and a semaphore bounds
-how many run at once, so a burst of big definitions waits its turn (or gets 503) rather than taking
-every thread. Threads share the GIL, but the loop gets it back every switch interval.
+Why: on the event loop such work stalls the API, the worker, the timers and the relays together. A
+semaphore bounds how many run at once, so a burst waits its turn (or gets 503) rather than taking every
+thread. Threads share the GIL, but the loop gets it back every switch interval. Definitions sent to the
+API are parsed in worker processes instead (`isolated.py`): they can be made arbitrarily costly.
 """
 
 from __future__ import annotations
