@@ -81,6 +81,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("agent_max_response_bytes", "STATION_AGENT_MAX_RESPONSE_BYTES", int, "largest agent/model response body read; a bigger one fails the step"),
     Option("agent_connect_timeout_seconds", "STATION_AGENT_CONNECT_TIMEOUT_SECONDS", float, "bound on connecting to an agent or model server"),
     Option("agent_read_timeout_seconds", "STATION_AGENT_READ_TIMEOUT_SECONDS", float, "bound on waiting for the next byte of an agent's answer, even without a step timeout"),
+    # -- the door: what requests may cost, and the no-auth loopback policy --
+    Option("max_concurrent_validations", "STATION_MAX_CONCURRENT_VALIDATIONS", int,
+           "definitions parsed and validated at once, on threads off the event loop (others wait, 503 after 30 s)"),
+    Option("validation_timeout_seconds", "STATION_VALIDATION_TIMEOUT_SECONDS", float,
+           "a definition sent to the API that takes longer to parse and validate is refused (422); its worker is killed"),
+    Option("validation_memory_mb", "STATION_VALIDATION_MEMORY_MB", int,
+           "address-space limit of a definition-validating worker process (0: none)"),
+    Option("max_sse_connections", "STATION_MAX_SSE_CONNECTIONS", int, "open SSE streams at most (over it: 503 too_many_streams)"),
+    Option("allowed_hosts", "STATION_ALLOWED_HOSTS", str,
+           "extra Host names accepted without a token, comma-separated (loopback names and the bound host always are)"),
+    Option("http_body_timeout_seconds", "STATION_HTTP_BODY_TIMEOUT_SECONDS", float,
+           "a request body with no new bytes for this long is answered 408"),
 )
 
 
@@ -124,6 +136,13 @@ class Settings:
     agent_max_response_bytes: int = 4 * 1024 * 1024
     agent_connect_timeout_seconds: float = 10.0
     agent_read_timeout_seconds: float = 300.0
+    # -- the door --
+    max_concurrent_validations: int = 2
+    validation_timeout_seconds: float = 60.0
+    validation_memory_mb: int = 1024
+    max_sse_connections: int = 256
+    allowed_hosts: str = ""
+    http_body_timeout_seconds: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -27,7 +27,9 @@ from station_wf.agents.catalog import AgentCatalog
 from station_wf.agents.providers import AgentLimits
 from station_wf.api.app import ApiState, build_app
 from station_wf.api.auth import TokenTable
+from station_wf.api.door import LoopbackPolicy
 from station_wf.api.hub import EventHub
+from station_wf.api.idempotency import purge_loop
 from station_wf.bus.jetstream import Bus
 from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay
@@ -44,6 +46,8 @@ from station_wf.executors.base import ExecutorRegistry
 from station_wf.expr import sandbox
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
+from station_wf.services.isolated import IsolatedPool
+from station_wf.services.offload import Offloader
 from station_wf.services.runs import RunService
 from station_wf.store.db import SqliteReaders, SqliteWriter
 from station_wf.store.definitions import DefinitionCache
@@ -123,6 +127,9 @@ class Daemon:
         self.registry.register(self.agent_executor)
         self.tokens = TokenTable.load(settings.api_token, settings.api_tokens_file)
         self.hub = EventHub(self.readers)
+        self.offloader = Offloader(settings.max_concurrent_validations)
+        self.isolated = IsolatedPool(settings.max_concurrent_validations, settings.validation_timeout_seconds,
+                                     settings.validation_memory_mb)
         ip.EXPRESSION_TIMEOUT_S = settings.expression_timeout_ms / 1000
         self.sandbox = sandbox.SandboxPool(settings.expression_workers, memory_mb=settings.expression_memory_mb,
                                            max_result_bytes=settings.expression_max_result_bytes)
@@ -191,13 +198,18 @@ class Daemon:
         self._spawn("schedules", self.schedules.run())
         if s.retention_days > 0:
             self._spawn("retention", retention_loop(self.writer, s.retention_days, s.retention_interval_seconds))
-        run_service = RunService(self.writer, self.readers, on_commit=self._kick_relays)
+        self._spawn("idempotency-purge", purge_loop(self.writer, s.retention_interval_seconds))
+        run_service = RunService(self.writer, self.readers, on_commit=self._kick_relays, definitions=self.definitions,
+                                 offloader=self.offloader)
         control = ControlService(self.writer, self.readers, self.definitions, run_service, self._kick_relays,
                                  self.worker.cancel_run)
         self._spawn("event-hub", self.hub.run())
         state = ApiState(run_service, DefinitionService(self.readers), self.writer, self.readiness, self.tokens,
                          control, self.hub, sse_ping=s.sse_ping_seconds,
-                         extra_routes=[Route("/metrics", self.metrics_endpoint, methods=["GET"])], agents=self.agents)
+                         extra_routes=[Route("/metrics", self.metrics_endpoint, methods=["GET"])], agents=self.agents,
+                         offloader=self.offloader, isolated=self.isolated, max_sse=s.max_sse_connections, body_timeout=s.http_body_timeout_seconds,
+                         loopback=None if self.tokens.enabled else
+                         LoopbackPolicy(s.http_host, s.http_port, tuple(s.allowed_hosts.split(","))))
         config = uvicorn.Config(build_app(state), host=s.http_host, port=s.http_port, log_level="warning",
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=5, log_config=None)
         self.server = _ApiServer(config)
@@ -231,7 +243,8 @@ class Daemon:
         task.add_done_callback(crashed)
 
     async def sync(self) -> SyncReport:
-        apply = plan_sync(Path(self.settings.environments_dir), self.settings.environment, self.agents)
+        # Parsing every workflow file is CPU-bound: off the loop, like the API's validations.
+        apply = await self.offloader.run(plan_sync, Path(self.settings.environments_dir), self.settings.environment, self.agents)
         return await self.writer.run(apply)
 
     async def metrics_endpoint(self, request: Request) -> Response:
@@ -281,7 +294,7 @@ class Daemon:
             self.server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["api"], 10)
-        for name in ("reconciler", "timers", "schedules", "retention"):
+        for name in ("reconciler", "timers", "schedules", "retention", "idempotency-purge"):
             task = self._tasks.get(name)
             if task is not None:
                 task.cancel()
@@ -304,6 +317,8 @@ class Daemon:
         await self.agent_executor.close()
         sandbox.install(None)
         await self.sandbox.close()
+        self.offloader.close()
+        self.isolated.close()
         if self.bus is not None:
             await self.bus.close()
         if self.embedded is not None:

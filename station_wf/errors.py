@@ -13,6 +13,10 @@ class ServiceError(Exception):
         self.message = message
         self.details = details
 
+    def __reduce__(self) -> tuple[type, tuple[int, str, str, Any]]:
+        """Picklable with all its fields (definitions are validated in worker processes)."""
+        return (type(self), (self.status, self.code, self.message, self.details))
+
 
 def not_found(what: str, ident: str) -> ServiceError:
     return ServiceError(404, "not_found", f"{what} {ident!r} not found", {"id": ident})

@@ -191,7 +191,8 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(daemon: Daemon) -> None:
                  400, "invalid_input")
     assert any(p["path"] == "$.steps" and p["validator"] == "reserved" for p in err["details"])
 
-    _error(daemon.request("POST", "/api/v1/workflow-runs", content=b'{"workflowId": "pipeline", "input": {'), 400, "malformed_json")
+    _error(daemon.request("POST", "/api/v1/workflow-runs", content=b'{"workflowId": "pipeline", "input": {',
+                          headers={"Content-Type": "application/json"}), 400, "malformed_json")
     _error(daemon.request("POST", "/api/v1/workflow-runs", json={"workflowId": "nope", "input": {}}), 404, "not_found")
     _error(daemon.request("POST", "/api/v1/workflow-runs", json={"workflowId": "pipeline", "input": {}, "extra": 1}), 400, "invalid_request")
     _error(daemon.request("GET", "/api/v1/workflow-runs/00000000-0000-0000-0000-000000000000"), 404, "not_found")
@@ -205,7 +206,8 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(daemon: Daemon) -> None:
     def chunks():
         for _ in range(20):
             yield b" " * 65536
-    _error(daemon.request("POST", "/api/v1/workflow-runs", content=chunks()), 413, "payload_too_large")
+    _error(daemon.request("POST", "/api/v1/workflow-runs", content=chunks(),
+                           headers={"Content-Type": "application/json"}), 413, "payload_too_large")
 
     bad_defn = {"id": "broken", "start": "a", "states": [{"name": "a", "type": "inject", "data": {}, "next": "missing"}]}
     err = _error(daemon.request("POST", "/api/v1/workflows", json=bad_defn), 422, "invalid_definition")

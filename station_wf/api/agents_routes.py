@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from station_wf.agents.catalog import AgentCatalog, AgentFileError, split_agent_ref
+from station_wf.api.jsonio import SafeJSONResponse
 from station_wf.errors import ServiceError, invalid, not_found
 
 CatalogFactory = Callable[[], AgentCatalog]
@@ -40,7 +41,7 @@ def agent_handlers(catalog_factory: CatalogFactory) -> list[tuple[str, StateHand
     async def list_agents(request: Request, state: Any = None) -> Response:
         catalog = _catalog(request, catalog_factory)
         agents = [spec.to_dict(template=False) for spec in catalog.all()]
-        return JSONResponse({
+        return SafeJSONResponse({
             "environment": catalog.environment,
             "agents": agents,
             "errors": list(catalog.errors),
@@ -55,7 +56,7 @@ def agent_handlers(catalog_factory: CatalogFactory) -> list[tuple[str, StateHand
             if why:
                 raise ServiceError(422, "agent_invalid", f"agent {name!r} does not load: {why}", {"name": name})
             raise not_found("agent", name)
-        return JSONResponse({"agent": spec.to_dict()})
+        return SafeJSONResponse({"agent": spec.to_dict()})
 
     return [
         ("/api/v1/agents", list_agents, ["GET"]),

@@ -5,37 +5,49 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from station_wf.agents.catalog import AgentCatalog
-from station_wf.agents.flow_check import check_definition_agents
 from station_wf.api.agents_routes import agent_handlers
 from station_wf.api.auth import Principal, TokenTable
+from station_wf.api.door import MAX_BODY_BYTES, LoopbackPolicy, RequestContext, error_response
 from station_wf.api.hub import EVENT_QUERY, EventHub, Subscriber, event_from_row
 from station_wf.api.idempotency import IdempotencyStore, request_hash
+from station_wf.api.jsonio import SafeJSONResponse, decode_text, dumps_safe, loads_strict, refuse_hostile_json
+from station_wf.api.params import int_param, last_event_id
 from station_wf.dsl.schema import workflow_json_schema
-from station_wf.dsl.validate import validate_text
 from station_wf.engine.schedules import schedule_clock, schedule_to_api
 from station_wf.errors import ServiceError, invalid
 from station_wf.services.control import ControlService
-from station_wf.services.definitions import DefinitionService, parse_api_body, tx_create, tx_disable
+from station_wf.services.definitions import (
+    DefinitionService,
+    add_agent_problems,
+    check_definition_text,
+    parse_api_body,
+    require_known_agents,
+    tx_create,
+    tx_disable,
+)
+from station_wf.services.isolated import IsolatedPool
+from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
+from station_wf.services.offload import Offloader
 from station_wf.services.runs import RunService
 from station_wf.store.db import utcnow
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
+JSONResponse = SafeJSONResponse  # every response of this module renders without fail
+BACKLOG_PAGE = 1000
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
 
@@ -45,7 +57,9 @@ class ApiState:
     def __init__(self, runs: RunService, definitions: DefinitionService, writer: Any,
                  readiness: Callable[[], dict[str, bool]], tokens: TokenTable, control: ControlService,
                  hub: EventHub, sse_ping: float = 15.0, extra_routes: list[Route] | None = None,
-                 agents: AgentCatalog | None = None) -> None:
+                 agents: AgentCatalog | None = None, offloader: Offloader | None = None,
+                 loopback: LoopbackPolicy | None = None, max_sse: int = 256, body_timeout: float = 30.0,
+                 isolated: IsolatedPool | None = None) -> None:
         self.runs = runs
         self.definitions = definitions
         self.writer = writer
@@ -57,66 +71,36 @@ class ApiState:
         self.idempotency = IdempotencyStore(writer)
         self.extra_routes = extra_routes or []
         self.agents = agents
+        self.offloader = offloader or DEFAULT_OFFLOADER
+        self.isolated = isolated or IsolatedPool()
+        self.loopback = loopback
+        self.max_sse = max_sse
+        self.body_timeout = body_timeout
 
-    async def readers_events(self, run_id: str, after_seq: int) -> list[dict[str, Any]]:
-        """A run's events after `after_seq`, all of them (paged reads), for an SSE backfill."""
-        out: list[dict[str, Any]] = []
-        while True:
-            rows = await self.runs.readers.fetchall(EVENT_QUERY + " WHERE e.run_id = ? AND e.seq > ? ORDER BY e.seq LIMIT 1000",
-                                                    (run_id, after_seq))
-            out.extend(event_from_row(r) for r in rows)
-            if len(rows) < 1000:
-                return out
+    async def run_backlog(self, run_id: str, after_seq: int) -> AsyncIterator[dict[str, Any]]:
+        """A run's events after `after_seq`, read a page at a time (never the whole history in memory)."""
+        for _ in range(1 << 30):
+            rows = await self.runs.readers.fetchall(
+                EVENT_QUERY + " WHERE e.run_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?", (run_id, after_seq, BACKLOG_PAGE))
+            for row in rows:
+                yield event_from_row(row)
+            if len(rows) < BACKLOG_PAGE:
+                return
             after_seq = rows[-1]["seq"]
 
-    async def global_backlog(self, after_id: int, sub: Subscriber) -> list[dict[str, Any]]:
-        rows = await self.runs.readers.fetchall(EVENT_QUERY + " WHERE e.id > ? ORDER BY e.id LIMIT 10000", (after_id,))
-        return [e for e in (event_from_row(r) for r in rows) if sub.wants(e)]
-
-
-def error_response(request_id: str, status: int, code: str, message: str, details: Any = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details, "request_id": request_id}}
-    return JSONResponse(body, status_code=status, headers={"X-Request-Id": request_id})
-
-
-class RequestContext:
-    """Pure ASGI middleware: request id, bearer auth, and the 1 MiB body limit, before any handler runs."""
-
-    def __init__(self, app: ASGIApp, tokens: TokenTable) -> None:
-        self.app = app
-        self.tokens = tokens
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        path = scope["path"]
-        if self.tokens.enabled:
-            principal = self.tokens.authenticate(headers.get("authorization"))
-            if principal is None and path.startswith("/api/"):
-                await error_response(request_id, 401, "unauthorized", "missing or wrong bearer token")(scope, receive, send)
+    async def global_backlog(self, after_id: int, sub: Subscriber, until_id: int) -> AsyncIterator[dict[str, Any]]:
+        """Every event after `after_id` up to `until_id` (the hub's cursor when the client subscribed), a
+        page at a time: from there the live queue continues, so a resume has no gap however far behind."""
+        for _ in range(1 << 30):
+            rows = await self.runs.readers.fetchall(
+                EVENT_QUERY + " WHERE e.id > ? AND e.id <= ? ORDER BY e.id LIMIT ?", (after_id, until_id, BACKLOG_PAGE))
+            for row in rows:
+                event = event_from_row(row)
+                if sub.wants(event):
+                    yield event
+            if len(rows) < BACKLOG_PAGE:
                 return
-        else:  # loopback-only development: callers may name themselves
-            principal = Principal(headers.get("x-station-principal") or "anonymous")
-        scope["state"]["principal"] = principal
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            await error_response(request_id, 413, "payload_too_large",
-                                 f"request body is over {MAX_BODY_BYTES} bytes", {"limit": MAX_BODY_BYTES})(scope, receive, send)
-            return
-
-        async def send_with_id(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                hdrs = list(message.get("headers", []))
-                if not any(k.lower() == b"x-request-id" for k, _ in hdrs):
-                    hdrs.append((b"x-request-id", request_id.encode()))
-                message["headers"] = hdrs
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+            after_id = rows[-1]["id"]
 
 
 def request_id(request: Request) -> str:
@@ -131,7 +115,7 @@ async def idempotent(request: Request, state: ApiState,
                      action: Callable[[bytes, str | None], Awaitable[Response]]) -> Response:
     """Run `action(body, effect_id)` once per Idempotency-Key (when the client sent one); `effect_id` is
     the id the effect must take (None without a key)."""
-    body = await read_body(request)
+    body = await read_body(request, state)
     key = request.headers.get("idempotency-key")
     if key is None:
         return await action(body, None)
@@ -141,21 +125,27 @@ async def idempotent(request: Request, state: ApiState,
 
 
 def parse_json(raw: bytes, required: bool = True) -> Any:
+    """A JSON body, strictly (see `jsonio`): 400 `malformed_json` for anything that could not be stored."""
     if not raw.strip():
         if required:
             raise invalid("a JSON body is required", code="malformed_json")
         return {}
-    try:
-        return json.loads(raw.decode("utf-8", errors="replace"))
-    except ValueError as exc:
-        raise invalid(f"malformed JSON: {exc}", {"line": getattr(exc, "lineno", None), "column": getattr(exc, "colno", None)},
-                      code="malformed_json") from None
+    return loads_strict(raw)
 
 
-async def read_body(request: Request) -> bytes:
-    """Read the body with a hard cap (chunked requests have no content-length to check up front)."""
+async def read_body(request: Request, state: ApiState | None = None) -> bytes:
+    """Read the body with a hard cap (chunked requests have no content-length to check up front) and a
+    time bound per chunk, so a half-sent body cannot hold its request open forever."""
+    timeout = state.body_timeout if state is not None else 30.0
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise ServiceError(408, "request_timeout", f"no part of the body arrived for {timeout:g} s") from None
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise ServiceError(413, "payload_too_large", f"request body is over {MAX_BODY_BYTES} bytes", {"limit": MAX_BODY_BYTES})
@@ -163,19 +153,10 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def json_body(request: Request, required: bool = True) -> tuple[Any, str]:
-    raw = await read_body(request)
-    return parse_json(raw, required), raw.decode("utf-8", errors="replace")
-
-
-def int_param(request: Request, name: str, default: int) -> int:
-    value = request.query_params.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise invalid(f"query parameter {name!r} must be an integer", {name: value}) from None
+async def json_body(request: Request, state: ApiState, required: bool = True) -> tuple[Any, str]:
+    raw = await read_body(request, state)
+    body = await state.offloader.run(parse_json, raw, required) if len(raw) > 65536 else parse_json(raw, required)
+    return body, raw.decode("utf-8")
 
 
 Handler = Callable[[Request, ApiState], Awaitable[Response]]
@@ -188,6 +169,9 @@ def build_app(state: ApiState) -> ASGIApp:
                 return await handler(request, state)
             except ServiceError as exc:
                 return error_response(request_id(request), exc.status, exc.code, exc.message, exc.details)
+            except ClientDisconnect:  # the client went away mid-body: nothing to answer, nothing to log loudly
+                log.info("client disconnected during %s %s", request.method, request.url.path)
+                return Response(status_code=400)
             except Exception:  # noqa: BLE001 - never leak a traceback to a client
                 log.exception("unhandled error on %s %s", request.method, request.url.path)
                 return error_response(request_id(request), 500, "internal", "internal error")
@@ -234,7 +218,7 @@ def build_app(state: ApiState) -> ASGIApp:
         return error_response(request_id(request), status, code, f"{request.method} {request.url.path}: {code.replace('_', ' ')}")
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
-    return RequestContext(app, state.tokens)
+    return RequestContext(app, state.tokens, state.loopback, state.max_sse)
 
 
 async def api_not_found(request: Request, state: ApiState) -> Response:
@@ -265,9 +249,13 @@ async def workflow_schema(request: Request, state: ApiState) -> Response:
 
 async def validate_workflow(request: Request, state: ApiState) -> Response:
     """Check a definition (YAML or JSON text) without storing it; 200 either way, `valid` says which."""
-    raw = await read_body(request)
+    raw = await read_body(request, state)
     source = "request.json" if "json" in (request.headers.get("content-type") or "") else "request.yaml"
-    return JSONResponse(validate_text(raw.decode("utf-8", errors="replace"), source))
+    text = decode_text(raw)
+    if source.endswith(".json"):
+        await state.offloader.run(refuse_hostile_json, text)
+    result, defn = await state.isolated.run(check_definition_text, text, source)
+    return JSONResponse(await state.offloader.run(add_agent_problems, result, defn, source, state.agents))
 
 
 async def get_workflow(request: Request, state: ApiState) -> Response:
@@ -275,31 +263,21 @@ async def get_workflow(request: Request, state: ApiState) -> Response:
     return JSONResponse(await state.definitions.get(request.path_params["workflow_id"], version))
 
 
-def check_agents(state: ApiState, defn: dict[str, Any]) -> list[str]:
-    """A definition naming an agent that does not exist is refused; flow mismatches are warnings."""
-    if state.agents is None:
-        return []
-    errors, warnings = check_definition_agents(defn, state.agents)
-    if errors:
-        raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", errors)
-    return warnings
-
-
 async def create_workflow(request: Request, state: ApiState) -> Response:
-    body, raw = await json_body(request)
-    defn = parse_api_body(body, raw)
-    check_agents(state, defn)
+    body, raw = await json_body(request, state)
+    defn = await state.isolated.run(parse_api_body, body, raw)
+    await state.offloader.run(require_known_agents, defn, state.agents)
     version = await state.writer.run(tx_create(defn, raw, must_exist=False))
     return JSONResponse(await state.definitions.get(defn["id"], version), status_code=201)
 
 
 async def update_workflow(request: Request, state: ApiState) -> Response:
-    body, raw = await json_body(request)
+    body, raw = await json_body(request, state)
     workflow_id = request.path_params["workflow_id"]
     if isinstance(body, dict) and "id" not in body:
         body = {**body, "id": workflow_id}
-    defn = parse_api_body(body, raw)
-    check_agents(state, defn)
+    defn = await state.isolated.run(parse_api_body, body, raw)
+    await state.offloader.run(require_known_agents, defn, state.agents)
     if defn["id"] != workflow_id:
         raise invalid(f"body id {defn['id']!r} does not match the URL's {workflow_id!r}", {"id": defn["id"]})
     version = await state.writer.run(tx_create(defn, json.dumps(body, sort_keys=True), must_exist=True))
@@ -401,7 +379,7 @@ async def resume_run(request: Request, state: ApiState) -> Response:
 
 
 async def cancel_run(request: Request, state: ApiState) -> Response:
-    body = _object(await read_body(request))
+    body = _object(await read_body(request, state))
     return JSONResponse(await state.control.cancel(request.path_params["run_id"], body.get("reason"), principal_of(request)))
 
 
@@ -409,17 +387,9 @@ async def cancel_run(request: Request, state: ApiState) -> Response:
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.timed_out"})
 
 
-def _last_event_id(request: Request) -> int:
-    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId") or "0"
-    try:
-        return max(int(raw), 0)
-    except ValueError:
-        raise invalid("Last-Event-ID must be an integer", {"lastEventId": raw}) from None
-
-
 def _sse(event: dict[str, Any], ident: int) -> dict[str, Any]:
     data = {k: event[k] for k in ("runId", "seq", "type", "stepId", "payload", "actor", "time") if k in event}
-    return {"event": event["type"], "id": str(ident), "data": json.dumps(data)}
+    return {"event": event["type"], "id": str(ident), "data": dumps_safe(data)}
 
 
 async def _follow(sub: Subscriber, state: ApiState):
@@ -438,20 +408,20 @@ async def _follow(sub: Subscriber, state: ApiState):
 
 async def run_stream(request: Request, state: ApiState) -> Response:
     run_id = request.path_params["run_id"]
-    last = _last_event_id(request)
-    run = await state.runs.get(run_id)  # 404 before the stream starts
+    last = last_event_id(request)
+    run = await state.runs.summary(run_id)  # 404 before the stream starts; no step rows needed
     sub = await state.hub.subscribe(Subscriber(run_id=run_id))  # before the backfill: nothing falls between
 
     async def events():
         nonlocal last
         try:
-            backlog = await state.readers_events(run_id, last)
-            for event in backlog:
+            sent = 0
+            async for event in state.run_backlog(run_id, last):
                 yield _sse(event, event["seq"])
-                last = event["seq"]
+                last, sent = event["seq"], sent + 1
                 if event["type"] in TERMINAL_EVENTS:
                     return
-            if not backlog and run["status"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT") and last >= run["lastEventSeq"]:
+            if not sent and run["status"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT") and last >= run["lastEventSeq"]:
                 return
             async for event in _follow(sub, state):
                 if event["seq"] <= last:
@@ -469,16 +439,18 @@ async def run_stream(request: Request, state: ApiState) -> Response:
 async def global_stream(request: Request, state: ApiState) -> Response:
     q = request.query_params
     statuses = frozenset(s.strip().upper() for s in q.get("status", "").split(",") if s.strip()) or None
-    last = _last_event_id(request)
+    last = last_event_id(request)
     sub = await state.hub.subscribe(Subscriber(workflow_id=q.get("workflowId") or None, statuses=statuses))
+    live_from = state.hub.cursor  # everything after it reaches the queue; the backlog pages up to it
 
     async def events():
         nonlocal last
         try:
             if last:
-                for event in await state.global_backlog(last, sub):
+                async for event in state.global_backlog(last, sub, live_from):
                     yield _sse(event, event["id"])
                     last = event["id"]
+                last = max(last, live_from)
             async for event in _follow(sub, state):
                 if event["id"] <= last:
                     continue

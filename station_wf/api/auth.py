@@ -19,8 +19,21 @@ class Principal:
     groups: tuple[str, ...] = field(default_factory=tuple)
 
 
+MIN_TOKEN_LENGTH = 16
+
+
 class TokenTableError(ValueError):
     pass
+
+
+def token_problem(token: object) -> str | None:
+    """Why a token is unusable, or None: 16+ characters, no surrounding or inner whitespace (a padded
+    token could never match, since the header value is stripped)."""
+    if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
+        return f"a token needs {MIN_TOKEN_LENGTH}+ characters"
+    if any(ch.isspace() for ch in token) or not token.isprintable():
+        return "a token may not contain whitespace or control characters"
+    return None
 
 
 class TokenTable:
@@ -35,6 +48,9 @@ class TokenTable:
     def load(cls, api_token: str | None, tokens_file: str | None) -> TokenTable:
         tokens: dict[str, Principal] = {}
         if api_token:
+            problem = token_problem(api_token)
+            if problem:
+                raise TokenTableError(f"STATION_API_TOKEN: {problem}")
             tokens[api_token] = Principal("admin", ("admin",))
         if tokens_file:
             try:
@@ -43,18 +59,28 @@ class TokenTable:
                 raise TokenTableError(f"STATION_API_TOKENS_FILE {tokens_file}: {exc}") from None
             if not isinstance(raw, dict):
                 raise TokenTableError(f"STATION_API_TOKENS_FILE {tokens_file}: must be an object of token -> principal")
+            if not raw:
+                raise TokenTableError(f"STATION_API_TOKENS_FILE {tokens_file}: holds no token (an empty file would turn"
+                                      " authentication off)")
             for index, (token, entry) in enumerate(raw.items()):
-                if not isinstance(entry, dict) or not isinstance(entry.get("principal"), str) or len(token) < 16:
-                    raise TokenTableError(f"STATION_API_TOKENS_FILE {tokens_file}: entry {index} needs a token of 16+ characters"
-                                          " and a string 'principal'")
-                tokens[token] = Principal(entry["principal"], tuple(str(g) for g in entry.get("groups") or ()))
+                where = f"STATION_API_TOKENS_FILE {tokens_file}: entry {index}"
+                problem = token_problem(token)
+                if problem:
+                    raise TokenTableError(f"{where}: {problem}")
+                if not isinstance(entry, dict) or not isinstance(entry.get("principal"), str) or not entry["principal"].strip():
+                    raise TokenTableError(f"{where}: needs a non-empty string 'principal'")
+                groups = entry.get("groups") or []
+                if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+                    raise TokenTableError(f"{where}: 'groups' must be a list of strings")
+                tokens[token] = Principal(entry["principal"], tuple(groups))
         return cls(tokens)
 
     def authenticate(self, authorization: str | None) -> Principal | None:
         """Compare against every token (no early exit), so timing does not tell which prefix matched."""
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
             return None
-        supplied = authorization[len("Bearer "):].strip().encode()
+        supplied = credentials.strip().encode("utf-8", "replace")
         found = None
         for token, principal in self._tokens:
             if hmac.compare_digest(supplied, token):
@@ -62,11 +88,20 @@ class TokenTable:
         return found
 
 
-def may_decide(principal: Principal, approvers: list[str]) -> bool:
-    """`user:<name>`, `team:<group>`, or a bare name (Station's files write `["admin"]`); empty = anyone."""
+def may_decide(principal: Principal, approvers: object) -> bool:
+    """`user:<name>`, `team:<group>`, or a bare name (Station's files write `["admin"]`); empty = anyone.
+
+    Stored lists may predate the loader's checks: a bare string is one entry (never a list of its
+    characters), anything that is not a string matches nobody, and a non-list matches nobody."""
+    if isinstance(approvers, str):
+        approvers = [approvers]
+    if not isinstance(approvers, list | tuple):
+        return False
     if not approvers:
         return True
     for entry in approvers:
+        if not isinstance(entry, str) or not entry.strip():
+            continue
         kind, _, value = entry.partition(":") if ":" in entry else ("user", "", entry)
         if kind == "user" and value == principal.name:
             return True

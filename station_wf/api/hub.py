@@ -55,9 +55,16 @@ class EventHub:
     def __init__(self, readers: SqliteReaders) -> None:
         self.readers = readers
         self.subscribers: set[Subscriber] = set()
+        self._by_run: dict[str, set[Subscriber]] = {}  # a run's stream sees only its run's events
+        self._everywhere: set[Subscriber] = set()  # global streams (filtered by workflow/status)
         self._wake = asyncio.Event()
         self._cursor: int | None = None
         self.delivered = 0
+
+    @property
+    def cursor(self) -> int:
+        """The last event id handed to subscribers: every later event reaches a subscriber's queue."""
+        return self._cursor or 0
 
     def kick(self) -> None:
         self._wake.set()
@@ -70,10 +77,21 @@ class EventHub:
             if not self.subscribers:
                 self._cursor = row["id"] if row else 0
         self.subscribers.add(sub)
+        if sub.run_id is not None:
+            self._by_run.setdefault(sub.run_id, set()).add(sub)
+        else:
+            self._everywhere.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+        self._everywhere.discard(sub)
+        if sub.run_id is not None:
+            subs = self._by_run.get(sub.run_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._by_run[sub.run_id]
 
     async def run(self) -> None:
         while True:
@@ -92,8 +110,11 @@ class EventHub:
             return 0  # nobody listens: no read at all (a new subscriber sets the cursor)
         rows = await self.readers.fetchall(EVENT_QUERY + " WHERE e.id > ? ORDER BY e.id LIMIT ?", (self._cursor, BATCH))
         for row in rows:
+            targets = [*self._by_run.get(row["run_id"], ()), *self._everywhere]
+            if not targets:
+                continue  # nobody wants it: not even its payload is decoded
             event = event_from_row(row)
-            for sub in list(self.subscribers):
+            for sub in targets:
                 if sub.overflowed or not sub.wants(event):
                     continue
                 try:

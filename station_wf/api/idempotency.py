@@ -3,23 +3,30 @@
 The key is reserved in SQLite before the action runs, so two concurrent requests with one key do not
 both act: the second sees the reservation and gets 409 until the first has answered. The reservation
 also fixes the id of the action's effect (the run it starts, the signal it sends): a request that died
-after its effect committed but before its answer was stored (a crash) is taken over after a minute,
-and the retry finds that effect by its id instead of causing it again.
+after its effect committed but before its answer was stored is taken over (at once when the process
+that made it is gone, i.e. another boot; after a minute otherwise), and the retry finds that effect by
+its id instead of causing it again. A request cancelled mid-way (shutdown, client gone) keeps its
+reservation for the same reason. Keys older than 24 h are purged by `purge_loop`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-import sqlite3
+import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
+from station_wf.api.jsonio import SafeJSONResponse, dumps_safe
 from station_wf.errors import ServiceError
+from station_wf.faults import crash_point
+from station_wf.store import idempotency as store
 from station_wf.store.db import SqliteWriter
+
+log = logging.getLogger(__name__)
 
 TTL_S = 24 * 3600
 STALE_RESERVATION_S = 60
@@ -27,6 +34,31 @@ STALE_RESERVATION_S = 60
 
 def request_hash(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
+
+
+async def purge_expired(writer: SqliteWriter, ttl_s: float = TTL_S) -> int:
+    """Delete every key older than the TTL, in small transactions (the retention loop calls this)."""
+    cutoff, total = time.time() - ttl_s, 0
+    for _ in range(100_000):
+        n = await writer.run(lambda c: store.purge_expired(c, cutoff))
+        total += n
+        if n < store.PURGE_BATCH:
+            break
+    return total
+
+
+async def purge_loop(writer: SqliteWriter, interval_s: float = 3600.0) -> None:
+    """Purge expired keys now and every `interval_s`; errors are logged and retried next period."""
+    while True:
+        try:
+            purged = await purge_expired(writer)
+            if purged:
+                log.info("idempotency: purged %d expired key(s)", purged)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - try again next period
+            log.exception("idempotency purge")
+        await asyncio.sleep(interval_s)
 
 
 class IdempotencyStore:
@@ -37,26 +69,8 @@ class IdempotencyStore:
         if not key or len(key) > 255:
             raise ServiceError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 characters")
         now = time.time()
-
-        def reserve(conn: sqlite3.Connection) -> tuple[str | None, sqlite3.Row | None]:
-            """(effect id to act with, or None) and the existing row when not acting."""
-            conn.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND created_at < ?", (scope, key, now - TTL_S))
-            effect = str(uuid.uuid4())
-            inserted = conn.execute(
-                "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, effect_id) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (scope, key) DO NOTHING RETURNING key",
-                (scope, key, digest, now, effect),
-            ).fetchone()
-            if inserted is not None:
-                return effect, None
-            row = conn.execute("SELECT * FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)).fetchone()
-            if row["status"] is None and row["request_hash"] == digest and row["created_at"] < now - STALE_RESERVATION_S:
-                # The first request died unanswered: take over, with the same effect id.
-                conn.execute("UPDATE idempotency_keys SET created_at = ? WHERE scope = ? AND key = ?", (now, scope, key))
-                return row["effect_id"] or effect, None
-            return None, row
-
-        effect_id, existing = await self.writer.run(reserve)
+        effect_id, existing = await self.writer.run(
+            lambda c: store.reserve(c, scope, key, digest, now, TTL_S, STALE_RESERVATION_S))
         if existing is not None:
             if existing["request_hash"] != digest:
                 raise ServiceError(422, "idempotency_key_reused",
@@ -64,27 +78,30 @@ class IdempotencyStore:
             if existing["status"] is None:
                 raise ServiceError(409, "idempotency_key_in_progress", "a request with this Idempotency-Key is still being answered",
                                    {"key": key})
-            return JSONResponse(json.loads(existing["response"]), status_code=existing["status"],
-                                headers={"Idempotent-Replayed": "true"})
+            return SafeJSONResponse(json.loads(existing["response"]), status_code=existing["status"],
+                                    headers={"Idempotent-Replayed": "true"})
         assert effect_id is not None
         try:
             response = await action(effect_id)
         except ServiceError as exc:
             if exc.status >= 500 or exc.status == 409:
-                await self.writer.run(lambda c: c.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)))
+                await self.writer.run(lambda c: store.release(c, scope, key))
                 raise
             body = {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
             await self._store(scope, key, exc.status, body)
             raise
-        except BaseException:
-            await self.writer.run(lambda c: c.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)))
+        except asyncio.CancelledError:
+            # The effect may have committed (a writer future cannot be cancelled once running): keep the
+            # reservation and its effect id, so a retry finds the effect (after a restart: at once).
             raise
+        except BaseException:
+            await self.writer.run(lambda c: store.release(c, scope, key))
+            raise
+        crash_point("api.idempotency.after_effect")  # tests: the effect committed, its answer not stored
         if response.status_code < 500:
             await self._store(scope, key, response.status_code, json.loads(bytes(response.body)))
         return response
 
     async def _store(self, scope: str, key: str, status: int, body: object) -> None:
-        def save(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE idempotency_keys SET status = ?, response = ? WHERE scope = ? AND key = ?",
-                         (status, json.dumps(body), scope, key))
-        await self.writer.run(save)
+        text = dumps_safe(body)
+        await self.writer.run(lambda c: store.store_response(c, scope, key, status, text))

@@ -20,6 +20,8 @@ from station_wf.dsl.loader import (
 )
 from station_wf.engine.schedules import sync_schedules
 from station_wf.errors import ServiceError, invalid, not_found
+from station_wf.services.input_schema import schema_problems
+from station_wf.services.storable import value_problem
 from station_wf.store import definitions as ds
 from station_wf.store.db import SqliteReaders
 
@@ -69,6 +71,8 @@ def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | N
                 failed_ids.add(guess)  # a broken file must not disable the workflow it defines
             continue
         agent_errors, agent_warnings = check_definition_agents(defn, agents)
+        stored_errors = [p for p in (value_problem(defn, "definition"),) if p]
+        agent_errors = [*stored_errors, *schema_problems(defn.get("inputSchema")), *agent_errors]
         report.warnings.extend(f"{file}: {w}" for w in agent_warnings)
         if agent_errors:
             report.errors.extend(f"{file}: {e}" for e in agent_errors)
@@ -123,14 +127,60 @@ def definition_to_api(row: sqlite3.Row, include_definition: bool = True) -> dict
 
 
 def parse_api_body(body: Any, raw: str) -> dict[str, Any]:
-    """A definition sent to the API: a JSON object (normalized like a file)."""
+    """A definition sent to the API: a JSON object (normalized like a file), its inputSchema safe to use."""
     if not isinstance(body, dict):
         raise invalid("the body must be a workflow definition object")
     try:
-        return normalize_definition(body, source="request body")
+        defn = normalize_definition(body, source="request body")
     except DefinitionError as exc:
         raise ServiceError(422, "invalid_definition", "the workflow definition is invalid",
                            [str(p) for p in exc.problems]) from None
+    except RecursionError:  # the loader's own nesting limit should come first; never a 500
+        raise ServiceError(422, "invalid_definition", "the workflow definition is nested too deeply") from None
+    problems = [p for p in (value_problem(defn, "definition"),) if p] or schema_problems(defn.get("inputSchema"))
+    if problems:
+        raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", problems)
+    return defn
+
+
+def require_known_agents(defn: dict[str, Any], agents: AgentCatalog | None) -> list[str]:
+    """A definition naming an agent that does not exist is refused (422); flow mismatches are warnings."""
+    if agents is None:
+        return []
+    errors, warnings = check_definition_agents(defn, agents)
+    if errors:
+        raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", errors)
+    return warnings
+
+
+def check_definition_text(text: str, source: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`POST /workflows/validate` minus the agents (this runs in a worker process): the answer so far and
+    the definition when it loaded."""
+    try:
+        defn = parse_definition(text, source)
+    except DefinitionError as exc:
+        return {"valid": False, "errors": [p.to_dict() for p in exc.problems], "workflowId": exc.workflow_id}, None
+    except RecursionError:
+        return {"valid": False, "errors": [_problem(source, "the definition is nested too deeply")], "workflowId": None}, None
+    errors = [p for p in (value_problem(defn, "definition"),) if p] or schema_problems(defn.get("inputSchema"))
+    return {"valid": not errors, "errors": [_problem(source, e) for e in errors], "workflowId": defn["id"]}, defn
+
+
+def add_agent_problems(result: dict[str, Any], defn: dict[str, Any] | None, source: str,
+                       agents: AgentCatalog | None) -> dict[str, Any]:
+    """What create would also refuse (unknown agents), and its warnings, added to a validate answer."""
+    if defn is None or agents is None:
+        return result
+    errors, warnings = check_definition_agents(defn, agents)
+    if errors:
+        result = {**result, "valid": False, "errors": [*result["errors"], *(_problem(source, e) for e in errors)]}
+    if warnings:
+        result = {**result, "warnings": warnings}
+    return result
+
+
+def _problem(source: str, message: str) -> dict[str, Any]:
+    return {"file": source, "line": None, "column": None, "path": "", "message": message}
 
 
 class DefinitionService:
@@ -139,7 +189,9 @@ class DefinitionService:
 
     async def list(self, status: str | None = None, q: str | None = None) -> list[dict[str, Any]]:
         rows = await self.readers.fetchall(
-            """SELECT d.*, (SELECT MAX(created_at) FROM workflow_runs r WHERE r.workflow_id = d.workflow_id) AS last_run_at
+            # The newest run by id (the (workflow_id, id) index: one seek per workflow, not a scan of its runs).
+            """SELECT d.*, (SELECT r.created_at FROM workflow_runs r WHERE r.workflow_id = d.workflow_id
+                            ORDER BY r.id DESC LIMIT 1) AS last_run_at
                FROM workflow_definitions d
                WHERE d.version = (SELECT MAX(version) FROM workflow_definitions WHERE workflow_id = d.workflow_id)
                ORDER BY d.workflow_id"""

@@ -6,26 +6,22 @@ import base64
 import json
 import sqlite3
 import uuid
-from functools import lru_cache
 from typing import Any
-
-from jsonschema.validators import validator_for
 
 from station_wf.engine import interpreter as ip
 from station_wf.errors import ServiceError, invalid, not_found
+from station_wf.services.input_schema import SchemaProblem, input_schema_errors
+from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
+from station_wf.services.offload import Offloader
+from station_wf.store import door
 from station_wf.store import runs as rs
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
+from station_wf.store.definitions import DefinitionCache
 from station_wf.telemetry.metrics import runs_started_total
 from station_wf.telemetry.tracing import new_run_traceparent
 
 MAX_LIST_LIMIT = 1000
-
-
-@lru_cache(maxsize=512)
-def _validator(schema_json: str) -> Any:
-    schema = json.loads(schema_json)
-    cls = validator_for(schema)
-    return cls(schema)
+RUN_STATUSES = frozenset({ip.PENDING, ip.PAUSED, *ip.ACTIVE_RUN_STATUSES, *ip.TERMINAL_RUN_STATUSES})
 
 
 def input_problems(schema: dict[str, Any] | None, run_input: Any) -> list[dict[str, Any]]:
@@ -37,9 +33,11 @@ def input_problems(schema: dict[str, Any] | None, run_input: Any) -> list[dict[s
         if key in run_input:
             problems.append({"path": f"$.{key}", "message": f"input key {key!r} is reserved", "validator": "reserved"})
     if schema:
-        validator = _validator(json.dumps(schema, sort_keys=True))
-        for err in sorted(validator.iter_errors(run_input), key=lambda e: list(e.absolute_path)):
-            problems.append({"path": err.json_path, "message": err.message, "validator": err.validator})
+        try:
+            errors = input_schema_errors(schema, run_input)
+        except SchemaProblem as exc:
+            raise ServiceError(422, "invalid_input_schema", f"the workflow's inputSchema cannot be used: {exc}") from None
+        problems.extend({"path": err.json_path, "message": err.message, "validator": err.validator} for err in errors)
     return problems
 
 
@@ -91,16 +89,22 @@ def encode_cursor(value: int) -> str:
 
 def decode_cursor(cursor: str) -> int:
     try:
-        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+        value = int(base64.urlsafe_b64decode(cursor[:64] + "=" * (-len(cursor[:64]) % 4)).decode())
     except ValueError:
-        raise invalid("cursor is not valid", {"cursor": cursor}) from None
+        value = -1
+    if len(cursor) > 64 or not 0 <= value < 1 << 63:
+        raise invalid("cursor is not valid", {"cursor": cursor[:64]})
+    return value
 
 
 class RunService:
-    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, on_commit: Any = None) -> None:
+    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, on_commit: Any = None,
+                 definitions: DefinitionCache | None = None, offloader: Offloader | None = None) -> None:
         self.writer = writer
         self.readers = readers
         self.on_commit = on_commit
+        self.definitions = definitions or DefinitionCache()
+        self.offloader = offloader or DEFAULT_OFFLOADER
 
     async def start(self, workflow_id: Any, run_input: Any, version: Any = None, traceparent: str | None = None,
                     run_id: str | None = None) -> dict[str, Any]:
@@ -122,17 +126,21 @@ class RunService:
             raise not_found("workflow", workflow_id if version is None else f"{workflow_id}@{version}")
         if row["status"] != "active":
             raise ServiceError(409, "workflow_disabled", f"workflow {workflow_id!r} is disabled", {"id": workflow_id})
-        defn = json.loads(row["definition"])
-        problems = input_problems(defn.get("inputSchema"), run_input)
+        defn = await self.offloader.run(self._checked_definition, row)
+        problems = input_problems(None, run_input) if not defn.get("inputSchema") else \
+            await self.offloader.run(input_problems, defn["inputSchema"], run_input)
         if problems:
             raise ServiceError(400, "invalid_input", f"input does not match the input schema of {workflow_id!r}", problems)
         run_id = run_id or str(uuid.uuid4())
         traceparent = new_run_traceparent(traceparent, {"workflow.id": workflow_id, "workflow.version": row["version"], "run.id": run_id})
 
         def apply(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            if conn.execute("SELECT 1 FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone():
+            if door.run_exists(conn, run_id):
                 return None  # created by an earlier attempt of this same request
-            return insert_new_run(conn, row, defn, run_id, run_input, traceparent)
+            if door.definition_status(conn, workflow_id, row["version"]) != "active":  # disabled since the read above
+                raise ServiceError(409, "workflow_disabled", f"workflow {workflow_id!r} is disabled", {"id": workflow_id})
+            return insert_new_run(conn, row, self.definitions.get(conn, workflow_id, row["version"]), run_id, run_input,
+                                  traceparent)
 
         context = await self.writer.run(apply)
         if context is None:
@@ -147,6 +155,22 @@ class RunService:
             "createdAt": context["workflow"]["startedAt"], "startedAt": None, "updatedAt": context["workflow"]["startedAt"],
             "completedAt": None, "context": context, "steps": [], "currentSteps": [],
         }
+
+    def _checked_definition(self, row: sqlite3.Row) -> dict[str, Any]:
+        """The parsed definition (cached per immutable version); off the loop, it can be big."""
+        cached = self.definitions.peek(row["workflow_id"], row["version"])
+        if cached is not None:
+            return cached
+        defn = json.loads(row["definition"])
+        self.definitions.put(row["workflow_id"], row["version"], defn)
+        return defn
+
+    async def summary(self, run_id: str) -> dict[str, Any]:
+        """The run without its steps and context (what an SSE connect needs: status and last seq)."""
+        row = await self.readers.fetchone("SELECT * FROM workflow_runs WHERE run_id = ?", (run_id,))
+        if row is None:
+            raise not_found("run", run_id)
+        return run_to_api(row, include_context=False)
 
     async def get(self, run_id: str) -> dict[str, Any]:
         row = await self.readers.fetchone("SELECT * FROM workflow_runs WHERE run_id = ?", (run_id,))
@@ -163,7 +187,10 @@ class RunService:
             where.append("workflow_id = ?")
             params.append(workflow_id)
         if status:
-            statuses = [s.strip().upper() for s in status.split(",") if s.strip()]
+            statuses = sorted({s.strip().upper() for s in status.split(",") if s.strip()})
+            unknown = [s for s in statuses if s not in RUN_STATUSES]
+            if unknown:
+                raise invalid(f"unknown run status: {unknown[0][:40]!r}", {"status": unknown[:5], "allowed": sorted(RUN_STATUSES)})
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             params.extend(statuses)
         if cursor:

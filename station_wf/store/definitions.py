@@ -105,6 +105,10 @@ class DefinitionCache:
             self._items[key] = defn
         return defn
 
+    def peek(self, workflow_id: str, version: int) -> dict[str, Any] | None:
+        """The cached definition, without a connection (None when not loaded yet)."""
+        return self._items.get((workflow_id, version))
+
     def put(self, workflow_id: str, version: int, defn: dict[str, Any]) -> None:
         with self._lock:
             self._items[(workflow_id, version)] = defn
