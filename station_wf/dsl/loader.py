@@ -27,6 +27,7 @@ import yaml
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 
+from station_wf.dsl import station as station_dialect
 from station_wf.expr.paths import PathError, parse_path
 from station_wf.expr.starlark_eval import _DIALECT as _STARLARK_DIALECT
 
@@ -670,6 +671,7 @@ class _Checker:
     def __init__(self, report: _Report, raw: dict[PathT, str]) -> None:
         self.report = report
         self.raw = raw
+        self.statements_ok = False  # Station transforms are programs whose last expression is the output
 
     def error(self, path: PathT, message: str) -> None:
         self.report.error(path, message)
@@ -680,6 +682,8 @@ class _Checker:
         if not isinstance(obj, dict):
             self.error((), f"the top level must be a mapping, got {_kind(obj)}")
             self.report.raise_if_any()
+        obj, prep = station_dialect.prepare(obj, self.report.marks)  # DESIGN 4: Station's dialect
+        self.statements_ok = prep.dialect == "station"
         self._unknown_keys(obj, (), _TOP_KEYS, "at the top level")
         wf_id = self._str(obj, "id", (), required=True)
         if wf_id is not None and not _WORKFLOW_ID_RE.match(wf_id):
@@ -712,7 +716,7 @@ class _Checker:
             "states": states,
         }
         self.report.raise_if_any()
-        return result
+        return station_dialect.finish(result, prep, self.report)
 
     def _resolve_cron_start(
         self,
@@ -1316,7 +1320,7 @@ class _Checker:
 
     def _starlark(self, source: str, path: PathT, what: str) -> None:
         """A syntax error found now fails the sync, not a run days later."""
-        problem = _syntax_error(source)
+        problem = _parse_error(source) if self.statements_ok and what == "expression" else _syntax_error(source)
         if problem is not None:
             message, offset = problem
             self._error_inside(path, offset, f"{what} {message}")
