@@ -24,6 +24,7 @@ import tokenize
 from dataclasses import dataclass, field
 from typing import Any
 
+from station_wf.dsl.station_names import unresolvable
 from station_wf.expr.paths import PathError, parse_path
 
 __all__ = ["DIALECTS", "LoadedDefinition", "StationPrep", "decide_dialect", "prepare", "rewrite_literals"]
@@ -285,6 +286,7 @@ def prepare(obj: dict[str, Any], marks: dict[PathT, Any]) -> tuple[dict[str, Any
             del doc[key]
     if isinstance(doc.get("states"), list):
         doc["states"] = rewriter.states(doc["states"], ("states",))
+    prep.warnings.extend(unresolvable(doc))
     return doc, prep
 
 
@@ -344,7 +346,7 @@ class _Rewriter:
         if known is not None:
             for key in list(s):
                 if key not in known:
-                    where = f"for a {kind} state"
+                    where = f"for {'an' if kind[0] in 'aeiou' else 'a'} {kind} state"
                     hint = _ignored(key, known, where)
                     if key in _STATION_STATE_KEYS or key in _EXTRA_KEYS:
                         hint = f"warning: '{key}' has no effect {where} (Station ignores it too); ignored"
@@ -596,6 +598,12 @@ def finish(result: dict[str, Any], prep: StationPrep, report: Any) -> LoadedDefi
 
     out = LoadedDefinition(result)
     out.dialect, out.dialect_reason = prep.dialect, prep.reason
+    at = re.search(r" at (states\S*)$", prep.reason)
+    if at:  # the marker's line, from the same marks errors use
+        path = tuple(int(p) if p.isdigit() else p for p in re.findall(r"[A-Za-z_]\w*|\d+", at.group(1)))
+        mark = report.mark_of(path)
+        if mark is not None:
+            out.dialect_reason += f" (line {mark[0]})"
     out.warnings = []
     for path, message in prep.warnings:
         mark = report.mark_of(path)

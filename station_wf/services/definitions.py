@@ -68,6 +68,7 @@ def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | N
             if guess:
                 failed_ids.add(guess)  # a broken file must not disable the workflow it defines
             continue
+        report.warnings.extend(str(w) for w in getattr(defn, "warnings", ()))
         agent_errors, agent_warnings = check_definition_agents(defn, agents)
         report.warnings.extend(f"{file}: {w}" for w in agent_warnings)
         if agent_errors:
