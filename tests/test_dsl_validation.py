@@ -563,7 +563,8 @@ def test_real_files_pass_every_check(path: Path) -> None:
 
 def test_validate_text_valid_yaml() -> None:
     text = "id: hi\nstart: a\nstates:\n  - {name: a, type: inject, data: {}, end: true}\n"
-    assert validate_text(text, None) == {"valid": True, "errors": [], "workflowId": "hi"}
+    assert validate_text(text, None) == {"valid": True, "errors": [], "workflowId": "hi", "dialect": "prd",
+                                         "dialectReason": "no Station-only construct", "warnings": []}
 
 
 def test_validate_text_invalid_keeps_the_id_and_every_error() -> None:
