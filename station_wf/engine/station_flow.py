@@ -91,7 +91,9 @@ def resolve_output(output: Any, source: str) -> Any:
         segments = parse_path(text)
     except PathError:
         return None
-    if segments and segments[0] in _WHOLE and not (isinstance(output, dict) and segments[0] in output):
+    if segments and segments[0] == "iterations" and isinstance(output, dict) and "results" in output:
+        segments = ("results", *segments[1:])  # a foreach's iterations are its results list
+    elif segments and segments[0] in _WHOLE and not (isinstance(output, dict) and segments[0] in output):
         segments = segments[1:]
     value = output
     for seg in segments:
