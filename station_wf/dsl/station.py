@@ -325,7 +325,9 @@ class _Rewriter:
         self.prep.warnings.append((path, message))
 
     def states(self, items: list[Any], path: PathT) -> list[Any]:
-        return [self.state(item, (*path, i)) if isinstance(item, dict) else item for i, item in enumerate(items)]
+        out = [self.state(item, (*path, i)) if isinstance(item, dict) else item for i, item in enumerate(items)]
+        _decisions_as_data(out)
+        return out
 
     def block(self, block: Any, path: PathT) -> Any:
         if isinstance(block, list):
@@ -590,6 +592,20 @@ class LoadedDefinition(dict):  # type: ignore[type-arg]
     dialect: str = "prd"
     dialect_reason: str = ""
     warnings: list[Any]
+
+
+def _decisions_as_data(states: list[Any]) -> None:
+    """An approval whose next state is a switch routes on the decision itself (Station's examples:
+    `defaultNext: rejected`), so a rejection or a timeout is data for it, not a failed run; any other
+    approval keeps Station's documented default (rejected or timed out: the run fails)."""
+    kinds = {s.get("id", s.get("name")): s.get("type") for s in states if isinstance(s, dict)}
+    for state in states:
+        if not isinstance(state, dict) or state.get("type") != "human_approval":
+            continue
+        target = state.get("transition", state.get("next"))
+        if kinds.get(target) == "switch":
+            state.setdefault("onReject", "continue")
+            state.setdefault("onTimeout", "continue")
 
 
 def finish(result: dict[str, Any], prep: StationPrep, report: Any) -> LoadedDefinition:
