@@ -130,8 +130,8 @@ async def station_stream(request: Request, state: Any) -> Response:
                 seen_run = key
                 yield {"event": "message", "data": json.dumps({"type": "run_update", "run": _brief(run)})}
             for step in run["steps"]:
-                ident = f"{step['id']}:{step.get('attempt')}"
-                mark = (step.get("status"), step.get("finishedAt"))
+                ident = f"{step.get('stepId')}:{step.get('attempt')}"
+                mark = (step.get("status"), step.get("completedAt"))
                 if seen_steps.get(ident) != mark:
                     seen_steps[ident] = mark
                     yield {"event": "message", "data": json.dumps({"type": "step_update", "step": step})}

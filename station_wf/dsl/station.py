@@ -24,7 +24,7 @@ import tokenize
 from dataclasses import dataclass, field
 from typing import Any
 
-from station_wf.dsl.station_names import unresolvable
+from station_wf.dsl.station_names import unresolvable, writable_names
 from station_wf.expr.paths import PathError, parse_path
 
 __all__ = ["DIALECTS", "LoadedDefinition", "StationPrep", "decide_dialect", "prepare", "rewrite_literals"]
@@ -84,6 +84,7 @@ class StationPrep:
     reason: str
     warnings: list[tuple[PathT, str]] = field(default_factory=list)
     output_schema: dict[str, Any] | None = None
+    names: list[str] = field(default_factory=list)
 
 
 # ---- the dialect ---------------------------------------------------------------------------------
@@ -287,6 +288,7 @@ def prepare(obj: dict[str, Any], marks: dict[PathT, Any]) -> tuple[dict[str, Any
     if isinstance(doc.get("states"), list):
         doc["states"] = rewriter.states(doc["states"], ("states",))
     prep.warnings.extend(unresolvable(doc))
+    prep.names = writable_names(doc)
     return doc, prep
 
 
@@ -630,6 +632,7 @@ def finish(result: dict[str, Any], prep: StationPrep, report: Any) -> LoadedDefi
         return out
     out["dialect"] = "station"
     out["outputSchema"] = prep.output_schema
+    out["stationNames"] = prep.names
     for _, state in iter_states(out):
         metadata = state.get("metadata") or {}
         flow = dict(metadata.pop(DATAFLOW_KEY, None) or {})

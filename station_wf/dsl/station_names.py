@@ -44,6 +44,15 @@ def unresolvable(doc: dict[str, Any]) -> list[tuple[PathT, str]]:
     return out
 
 
+def writable_names(doc: dict[str, Any]) -> list[str]:
+    """Every top-level name the file itself can write (state ids, resultPath heads, output keys, inject
+    keys): in Station's flat context they read as None until written, so `hasattr(approval, 'reason')`
+    on a path that never asked is simply false, as the file's author meant."""
+    known: set[str] = set()
+    _walk(doc.get("states"), ("states",), known, [])
+    return sorted(n for n in known if n.isidentifier() and n not in _ALWAYS)
+
+
 def _free_names(text: str) -> tuple[str, ...]:
     try:
         return compile_expression(text, "expression").free_names

@@ -307,7 +307,7 @@ def begin_step(defn: dict[str, Any], rs: RunState, step: StepView) -> Execute | 
         names = view(rs, engine, step.branch_path)
         station_input = _station_input(defn, rs, engine, step, state)
         if station_flow.is_station(defn):
-            names = {**names, "input": station_input}
+            names = station_flow.declare(defn, {**names, "input": station_input})
         try:
             rendered = render(state.get("input") or {}, rs.context, extra=names if step.branch_path or station_input is not None else None)
         except TemplateError as exc:
@@ -450,6 +450,7 @@ def _switch(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: St
     names = _names(rs, engine, step.branch_path)
     if station_flow.is_station(defn):
         names["input"] = _station_input(defn, rs, engine, step, state)
+        station_flow.declare(defn, names)
     if state.get("dataPath"):
         try:
             value = get_path(names, state["dataPath"])
@@ -483,6 +484,7 @@ def _transform(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step:
     names["input"] = scope.get("last") if scope.get("last") is not None else {}
     if station_flow.is_station(defn):
         names["input"] = _station_input(defn, rs, engine, step, state)
+        station_flow.declare(defn, names)
     try:
         output = compile_expression(state["expression"], f"transform {state['name']!r}").evaluate(names, timeout_s=EXPRESSION_TIMEOUT_S)
     except ExpressionError as exc:

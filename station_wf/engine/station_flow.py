@@ -32,6 +32,13 @@ def is_station(defn: dict[str, Any]) -> bool:
     return defn.get("dialect") == "station"
 
 
+def declare(defn: dict[str, Any], names: dict[str, Any]) -> dict[str, Any]:
+    """Names the file can write read as None until written (Station's flat context)."""
+    for name in defn.get("stationNames") or ():
+        names.setdefault(name, None)
+    return names
+
+
 def flow(state: dict[str, Any]) -> dict[str, Any]:
     return state.get("dataflow") or {}
 
