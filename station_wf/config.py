@@ -61,6 +61,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", "STATION_LOG_FORMAT", str, "json (one object per line) or text"),
     Option("retention_days", "STATION_RETENTION_DAYS", float, "finished runs older than this are deleted (0: keep forever)"),
     Option("retention_interval_seconds", "STATION_RETENTION_INTERVAL_SECONDS", float, "how often retention runs"),
+    # -- approval webhooks (Station's workflow-webhooks.md) --
+    Option("approval_webhook_urls", "STATION_APPROVAL_WEBHOOK_URLS", str, "comma-separated URLs POSTed on approval events (empty: off)"),
+    Option("approval_webhook_secret", "STATION_APPROVAL_WEBHOOK_SECRET", _opt_str, "HMAC-SHA256 key: X-Station-Signature on each delivery (unset: unsigned)"),
+    Option("approval_webhook_attempts", "STATION_APPROVAL_WEBHOOK_ATTEMPTS", int, "delivery attempts before a webhook is marked failed"),
+    Option("approval_webhook_backoff_seconds", "STATION_APPROVAL_WEBHOOK_BACKOFF_SECONDS", float, "first retry delay (doubles per attempt, at most 300 s)"),
+    Option("approval_webhook_timeout_seconds", "STATION_APPROVAL_WEBHOOK_TIMEOUT_SECONDS", float, "time bound of one delivery"),
+    Option("public_url", "STATION_PUBLIC_URL", _opt_str, "base URL of approve/reject links (default: http://<STATION_HTTP_ADDR>)"),
 )
 
 
@@ -86,6 +93,12 @@ class Settings:
     log_format: str = "json"
     retention_days: float = 30.0
     retention_interval_seconds: float = 3600.0
+    approval_webhook_urls: str = ""
+    approval_webhook_secret: str | None = None
+    approval_webhook_attempts: int = 8
+    approval_webhook_backoff_seconds: float = 2.0
+    approval_webhook_timeout_seconds: float = 10.0
+    public_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

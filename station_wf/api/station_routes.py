@@ -147,8 +147,22 @@ def _brief(run: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run.items() if k != "steps"}
 
 
+async def deliveries(request: Request, state: Any) -> Response:
+    """The approval's webhook deliveries with every attempt (Station's audit log of notifications)."""
+    from station_wf.engine.approval_webhooks import deliveries_to_api
+    from station_wf.store.webhooks import attempts_for, deliveries_for
+
+    approval_id = request.path_params["approval_id"]
+    await _approval_run(state, approval_id)  # 404 for an unknown approval
+    rows = await deliveries_for(state.runs.readers, approval_id)
+    tries = await attempts_for(state.runs.readers, [r["delivery_id"] for r in rows])
+    return JSONResponse({"deliveries": deliveries_to_api(rows, tries)})
+
+
 def station_handlers() -> list[tuple[str, Handler, list[str]]]:
     return [
+        ("/api/v1/workflow-approvals/{approval_id}/deliveries", deliveries, ["GET"]),
+        ("/api/v1/workflow-approvals/{approval_id}/audit", deliveries, ["GET"]),
         ("/api/v1/workflow-approvals/{approval_id}", get_approval, ["GET"]),
         ("/api/v1/workflow-approvals/{approval_id}/approve", approve, ["POST"]),
         ("/api/v1/workflow-approvals/{approval_id}/reject", reject, ["POST"]),
