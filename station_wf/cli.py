@@ -62,8 +62,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 continue
             for warning in getattr(defn, "warnings", ()):
                 print(str(warning), file=sys.stderr)
-            dialect = f", dialect {defn.dialect}: {defn.dialect_reason}" if hasattr(defn, "dialect") else ""
-            print(f"{file}: ok ({defn['id']}, {len(defn['states'])} states{dialect})")
+            dialect = f"; dialect {defn.dialect}: {defn.dialect_reason}" if hasattr(defn, "dialect") else ""
+            print(f"{file}: ok ({defn['id']}, {len(defn['states'])} states){dialect}")
     return 1 if failed else 0
 
 
