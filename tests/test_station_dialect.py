@@ -421,3 +421,35 @@ def test_api_payload_form_loads_from_text_and_from_a_body() -> None:
         parse_definition(json.dumps({**body, "definition": {"start": "a", "states": [
             {"id": "a", "type": "inject", "data": {}, "transition": "zz"}]}}, indent=2), "p.workflow.json")
     assert str(info.value.problems[0]).startswith("p.workflow.json:")  # lines still point into the file
+
+
+def test_transform_program_with_top_level_for_and_if() -> None:
+    """Station's multi-service-health summary: a `for` loop at the top, the last expression the output."""
+    r = run("""\
+        id: w
+        start: summarize
+        states:
+          - id: summarize
+            type: transform
+            expression: |
+              healthy = 0
+              unhealthy = 0
+              results = []
+              for item in all_results:
+                  if hasattr(item, "health") and item.health.status == "healthy":
+                      healthy = healthy + 1
+                  else:
+                      unhealthy = unhealthy + 1
+                  results.append({"service": item.service.name, "status": getattr(item.health, "status", "unknown")})
+              {"total_services": len(all_results), "healthy_count": healthy, "unhealthy_count": unhealthy,
+               "details": results}
+            end: true
+        """, {"all_results": [{"service": {"name": "api"}, "health": {"status": "healthy"}},
+                              {"service": {"name": "db"}, "health": {"status": "degraded"}}]})
+    assert r.status == ip.COMPLETED, r.error
+    assert r.context["summarize"] == {"total_services": 2, "healthy_count": 1, "unhealthy_count": 1,
+                                      "details": [{"service": "api", "status": "healthy"},
+                                                  {"service": "db", "status": "degraded"}]}
+    with pytest.raises(DefinitionError, match="cannot be used outside"):  # the PRD keeps one expression
+        load("id: w\nstart: t\nstates:\n  - name: t\n    type: transform\n    expression: |\n"
+             "      for x in []:\n          pass\n      1\n    end: true\n")

@@ -30,6 +30,7 @@ from jsonschema.validators import validator_for
 from station_wf.dsl import station as station_dialect
 from station_wf.expr.paths import PathError, parse_path
 from station_wf.expr.starlark_eval import _DIALECT as _STARLARK_DIALECT
+from station_wf.expr.starlark_eval import _PROGRAM_DIALECT
 
 __all__ = [
     "KNOWN_ACTIONS",
@@ -1320,7 +1321,7 @@ class _Checker:
 
     def _starlark(self, source: str, path: PathT, what: str) -> None:
         """A syntax error found now fails the sync, not a run days later."""
-        problem = _parse_error(source) if self.statements_ok and what == "expression" else _syntax_error(source)
+        problem = _parse_error(source, _PROGRAM_DIALECT) if self.statements_ok and what == "expression" else _syntax_error(source)
         if problem is not None:
             message, offset = problem
             self._error_inside(path, offset, f"{what} {message}")
@@ -1482,14 +1483,14 @@ def _syntax_error(source: str) -> tuple[str, int | None] | None:
     return _parse_error(source) or _statement_problem(source)
 
 
-def _parse_error(source: str) -> tuple[str, int | None] | None:
+def _parse_error(source: str, dialect: Any = _STARLARK_DIALECT) -> tuple[str, int | None] | None:
     """Exactly what `compile_expression` rejects (empty text, a Starlark parse error), by the parse alone:
     a full compile also plans the evaluation and costs ~50x more, on every file of every sync."""
     text = textwrap.dedent(source).strip()
     if not text:
         return "is empty", None
     try:
-        sl.parse("expression", text, _STARLARK_DIALECT)
+        sl.parse("expression", text, dialect)
     except sl.StarlarkError as exc:
         detail = str(exc).strip()
         head = detail.splitlines()[0].removeprefix("error: ").strip() if detail else type(exc).__name__

@@ -55,7 +55,7 @@ def writable_names(doc: dict[str, Any]) -> list[str]:
 
 def _free_names(text: str) -> tuple[str, ...]:
     try:
-        return compile_expression(text, "expression").free_names
+        return compile_expression(text, "expression", programs=True).free_names
     except ExpressionError:
         return ()  # the loader reports the syntax error
 

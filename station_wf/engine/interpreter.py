@@ -486,7 +486,8 @@ def _transform(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step:
         names["input"] = _station_input(defn, rs, engine, step, state)
         station_flow.declare(defn, names)
     try:
-        output = compile_expression(state["expression"], f"transform {state['name']!r}").evaluate(names, timeout_s=EXPRESSION_TIMEOUT_S)
+        output = compile_expression(state["expression"], f"transform {state['name']!r}",
+                                    programs=station_flow.is_station(defn)).evaluate(names, timeout_s=EXPRESSION_TIMEOUT_S)
     except ExpressionError as exc:
         return _fail_now(defn, rs, engine, step, {"type": "expression", "message": str(exc)})
     return _succeed(defn, rs, engine, step, output, started=True)
