@@ -308,10 +308,11 @@ def test_operation_agent_run_and_agent_task_spellings() -> None:
         states:
           - {id: a, type: operation, operation: agent.run, input: {agent: x, agent_task: "one"}, transition: b}
           - {id: b, type: operation, input: {task: agent.run, agent: y, agentTask: "two"}, transition: c}
-          - {id: c, type: agent, agent: z, agentTask: "three", end: true}
+          - {id: c, type: agent, agent: z, agentTask: "three", transition: d}
+          - {name: d, type: operation, operation: agent.run, input: {agent: w, task: "four"}, end: true}
         """, {}, {}, seen)
     assert r.status == ip.COMPLETED
-    assert [(a["agent"], a["task"]) for _, a in seen] == [("x", "one"), ("y", "two"), ("z", "three")]
+    assert [(a["agent"], a["task"]) for _, a in seen] == [("x", "one"), ("y", "two"), ("z", "three"), ("w", "four")]
 
 
 def test_timeout_and_retry_max_attempts_backoff_retry_on() -> None:

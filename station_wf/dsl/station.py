@@ -371,6 +371,8 @@ class _Rewriter:
             self._rename(s, "agentTask", "task", path)
         if "operation" in s and kind == "operation":
             payload = dict(s.get("input") or {}) if isinstance(s.get("input"), dict) else {}
+            if "task" in payload and payload["task"] not in _ACTION_MARKERS:  # `operation:` names the action,
+                payload.setdefault("agent_task", payload.pop("task"))  # so `input.task` is the agent's task
             payload.setdefault("task", s.pop("operation"))
             s["input"] = payload
         if kind == "operation":
