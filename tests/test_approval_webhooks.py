@@ -137,3 +137,29 @@ def test_a_restart_loses_no_pending_delivery(daemon: Daemon, receiver: Receiver)
     (delivery,) = daemon.request("GET", f"/api/v1/workflow-approvals/{approval['id']}/audit").json()["deliveries"]
     assert delivery["status"] == "delivered" and delivery["attemptLog"][-1]["responseStatus"] == 200
     assert len(receiver.received) >= 2  # the failed attempt before the kill, the delivered one after
+
+
+TIMING_OUT = """\
+id: timing-out
+start: ask
+states:
+  - {id: ask, type: human_approval, message: "Quick?", timeout: 1s, transition: route}
+  - id: route
+    type: switch
+    dataPath: approval
+    conditions: [{if: "decision == 'timed_out'", next: late}]
+    defaultNext: late
+  - {id: late, type: inject, data: {late: true}, end: true}
+"""
+
+
+def test_a_timed_out_approval_is_notified(daemon: Daemon, receiver: Receiver) -> None:
+    daemon.add_workflow("timing-out", TIMING_OUT.replace("transition: route}", "resultPath: approval, transition: route}"))
+    daemon.env.update(_env(receiver))
+    daemon.start()
+    run = daemon.start_run("timing-out")
+    daemon.wait_status(run["id"])  # the switch after it routes on the decision: the run goes on
+    wait_until(lambda: receiver.bodies("approval.timed_out"), what="approval.timed_out delivered")
+    (timed_out,) = receiver.bodies("approval.timed_out")
+    assert timed_out["decision"] == "timed_out" and timed_out["run_id"] == run["id"]
+    assert [b["event"] for b in receiver.bodies()] == ["approval.requested", "approval.timed_out"]

@@ -100,7 +100,10 @@ def _guess_id(raw: str) -> str | None:
         doc = yaml.safe_load(raw)
     except yaml.YAMLError:
         return None
-    return doc.get("id") if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
+    if not isinstance(doc, dict):
+        return None
+    found = doc.get("id", doc.get("workflowId"))  # Station's API-payload form names it workflowId
+    return found if isinstance(found, str) else None
 
 
 def definition_to_api(row: sqlite3.Row, include_definition: bool = True) -> dict[str, Any]:
