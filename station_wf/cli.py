@@ -60,7 +60,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 for err in errors:
                     print(f"{file}: {err}", file=sys.stderr)
                 continue
-            print(f"{file}: ok ({defn['id']}, {len(defn['states'])} states)")
+            for warning in getattr(defn, "warnings", ()):
+                print(str(warning), file=sys.stderr)
+            dialect = f"; dialect {defn.dialect}: {defn.dialect_reason}" if hasattr(defn, "dialect") else ""
+            print(f"{file}: ok ({defn['id']}, {len(defn['states'])} states){dialect}")
     return 1 if failed else 0
 
 

@@ -93,6 +93,13 @@ OPTIONS: tuple[Option, ...] = (
            "extra Host names accepted without a token, comma-separated (loopback names and the bound host always are)"),
     Option("http_body_timeout_seconds", "STATION_HTTP_BODY_TIMEOUT_SECONDS", float,
            "a request body with no new bytes for this long is answered 408"),
+    # -- approval webhooks (Station's workflow-webhooks.md) --
+    Option("approval_webhook_urls", "STATION_APPROVAL_WEBHOOK_URLS", str, "comma-separated URLs POSTed on approval events (empty: off)"),
+    Option("approval_webhook_secret", "STATION_APPROVAL_WEBHOOK_SECRET", _opt_str, "HMAC-SHA256 key: X-Station-Signature on each delivery (unset: unsigned)"),
+    Option("approval_webhook_attempts", "STATION_APPROVAL_WEBHOOK_ATTEMPTS", int, "delivery attempts before a webhook is marked failed"),
+    Option("approval_webhook_backoff_seconds", "STATION_APPROVAL_WEBHOOK_BACKOFF_SECONDS", float, "first retry delay (doubles per attempt, at most 300 s)"),
+    Option("approval_webhook_timeout_seconds", "STATION_APPROVAL_WEBHOOK_TIMEOUT_SECONDS", float, "time bound of one delivery"),
+    Option("public_url", "STATION_PUBLIC_URL", _opt_str, "base URL of approve/reject links (default: http://<STATION_HTTP_ADDR>)"),
 )
 
 
@@ -143,6 +150,12 @@ class Settings:
     max_sse_connections: int = 256
     allowed_hosts: str = ""
     http_body_timeout_seconds: float = 30.0
+    approval_webhook_urls: str = ""
+    approval_webhook_secret: str | None = None
+    approval_webhook_attempts: int = 8
+    approval_webhook_backoff_seconds: float = 2.0
+    approval_webhook_timeout_seconds: float = 10.0
+    public_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -196,6 +196,7 @@ class Daemon:
         self._spawn("timers", self.timers.run())
         self.schedules = ScheduleLoop(self.writer, self.readers, self._kick_relays)
         self._spawn("schedules", self.schedules.run())
+        self._start_webhooks()
         if s.retention_days > 0:
             self._spawn("retention", retention_loop(self.writer, s.retention_days, s.retention_interval_seconds))
         self._spawn("idempotency-purge", purge_loop(self.writer, s.retention_interval_seconds))
@@ -221,6 +222,19 @@ class Daemon:
                 self._tasks["api"].result()  # raises the bind error
             await asyncio.sleep(0.025)
         log.info("station-wf ready on http://%s (nats %s, data %s)", s.http_addr, url, self.data_dir.resolve())
+
+    def _start_webhooks(self) -> None:
+        """Approval webhooks (engine/approval_webhooks.py), only when URLs are configured."""
+        from station_wf.engine.approval_webhooks import ApprovalWebhooks, WebhookConfig
+
+        s = self.settings
+        urls = tuple(u.strip() for u in s.approval_webhook_urls.split(",") if u.strip())
+        if not urls:
+            return
+        self.webhooks = ApprovalWebhooks(self.writer, WebhookConfig(
+            urls, s.approval_webhook_secret, s.public_url or f"http://{s.http_addr}", s.approval_webhook_timeout_seconds,
+            max(1, s.approval_webhook_attempts), s.approval_webhook_backoff_seconds))
+        self._spawn("approval-webhooks", self.webhooks.run())
 
     def _kick_relays(self) -> None:
         """After every commit: publish new tasks and events now, and wake SSE subscribers."""

@@ -252,7 +252,9 @@ def test_validate_endpoint_and_schema(daemon: Daemon) -> None:
     (err,) = r.json()["errors"]
     assert err["line"] == 7 and err["path"] == "states[0].next" and "nowhere" in err["message"]
     good = daemon.request("POST", "/api/v1/workflows/validate", content=PIPELINE.encode())
-    assert good.json() == {"valid": True, "errors": [], "workflowId": "pipeline"}
+    body = good.json()
+    assert {k: body[k] for k in ("valid", "errors", "workflowId")} == {"valid": True, "errors": [], "workflowId": "pipeline"}
+    assert body["dialect"] == "prd" and body["warnings"] == []  # docs/dialects.md
     schema = daemon.request("GET", "/api/v1/workflows/schema").json()
     assert schema["$schema"].startswith("https://json-schema.org/draft/2020-12")
     assert daemon.request("GET", "/api/v1/workflows").json()["workflows"] == []  # validate stored nothing

@@ -122,7 +122,8 @@ def test_slack_example_prompt_is_task_and_message() -> None:
     assert analyze["input"]["task"].startswith("Analyze the following IP address")
     approval = defn["states"]["request_approval"]
     assert approval["action"] == "human.approval"
-    assert set(approval["input"]) == {"message"}
+    assert set(approval["input"]) == {"message", "onReject", "onTimeout"}
+    assert approval["input"]["onReject"] == "continue"  # handle_approval routes on the decision (DESIGN 4)
 
 
 @needs_examples

@@ -465,6 +465,7 @@ def test_every_rule_is_reported_at_once_in_file_order() -> None:
     problems = problems_of("""\
         id: w
         start: a
+        dialect: prd
         states:
           - name: a
             type: switch
@@ -475,12 +476,12 @@ def test_every_rule_is_reported_at_once_in_file_order() -> None:
           - {name: d, type: inject, data: {}, end: true, colour: red}
         """)
     assert [(p.line, p.path) for p in problems] == [
-        (6, "states[0].conditions[0].if"),
-        (8, "states[1].prompt"),
-        (8, "states[1].end"),
-        (9, "states[2].resultPath"),
-        (10, "states[3]"),
-        (10, "states[3].colour"),
+        (7, "states[0].conditions[0].if"),
+        (9, "states[1].prompt"),
+        (9, "states[1].end"),
+        (10, "states[2].resultPath"),
+        (11, "states[3]"),
+        (11, "states[3].colour"),
     ]
     assert all(p.column is not None for p in problems)
     assert "unreachable" in problems[4].message
@@ -562,7 +563,8 @@ def test_real_files_pass_every_check(path: Path) -> None:
 
 def test_validate_text_valid_yaml() -> None:
     text = "id: hi\nstart: a\nstates:\n  - {name: a, type: inject, data: {}, end: true}\n"
-    assert validate_text(text, None) == {"valid": True, "errors": [], "workflowId": "hi"}
+    assert validate_text(text, None) == {"valid": True, "errors": [], "workflowId": "hi", "dialect": "prd",
+                                         "dialectReason": "no Station-only construct", "warnings": []}
 
 
 def test_validate_text_invalid_keeps_the_id_and_every_error() -> None:

@@ -23,6 +23,7 @@ from dotpromptz import DotpromptError, ParsedPrompt, parse_document
 
 from station_wf.agents.schemas import SchemaFileError, to_json_schema
 from station_wf.agents.secrets import api_key_env_problem
+from station_wf.agents.station_prompt import is_station_agent, station_facts
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class AgentSpec:
     output_schema: dict[str, Any] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     front_matter: dict[str, Any] = field(default_factory=dict)
+    display_name: str | None = None  # Station: metadata.name is a display name, the id is the file stem
+    output_format: str | None = None  # `output.format: json` asks the model for JSON
+    notes: tuple[str, ...] = ()  # front matter loaded but not used yet (Station's tools, max_steps, ...)
 
     def to_dict(self, *, template: bool = True) -> dict[str, Any]:
         """The API's view of an agent (camelCase, like the rest of the API)."""
@@ -75,6 +79,8 @@ class AgentSpec:
             "config": self.config,
             "contentHash": self.content_hash,
             "sourceFile": self.source_file,
+            "displayName": self.display_name,
+            "notes": list(self.notes),
         }
         if template:
             out["template"] = self.template
@@ -101,7 +107,8 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
     if not isinstance(metadata, dict):
         raise AgentFileError(f"{source_file}: 'metadata' must be a mapping")
     stem = Path(source_file).name.removesuffix(AGENT_SUFFIX)
-    name = metadata.get("name") or front.get("name") or stem
+    station = station_facts(front, stem) if is_station_agent(front) else None
+    name = station.name if station else metadata.get("name") or front.get("name") or stem
     if not isinstance(name, str) or not _NAME_RE.match(name) or "@" in name:
         raise AgentFileError(f"{source_file}: agent name {name!r} may contain only letters, digits, '_', '-', '.'")
     schemas: dict[str, dict[str, Any] | None] = {}
@@ -120,7 +127,7 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
     refused = api_key_env_problem(api_key_env) if api_key_env is not None else None
     if refused:
         raise AgentFileError(f"{source_file}: apiKeyEnv: {refused}")
-    model = _opt_str(front, "model", source_file)
+    model = station.model if station and station.model else _opt_str(front, "model", source_file)
     endpoint = _opt_str(front, "endpoint", source_file)
     if model is None and endpoint is None:
         raise AgentFileError(f"{source_file}: needs 'model' (like openai/gpt-4o-mini) or 'endpoint' (an HTTP agent URL)")
@@ -140,6 +147,9 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
         output_schema=schemas["output"],
         config=dict(config),
         front_matter=front,
+        display_name=station.display_name if station else None,
+        output_format=station.output_format if station else None,
+        notes=station.notes if station else (),
     )
 
 

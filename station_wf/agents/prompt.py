@@ -15,6 +15,7 @@ from typing import Any
 from dotpromptz import DataArgument, Dotprompt, PromptFunction, TextPart
 
 from station_wf.agents.catalog import AgentSpec
+from station_wf.agents.station_prompt import uses_user_input
 from station_wf.expr.templates import to_text
 
 _ROLE_MARKER = re.compile(r"\{\{\s*role\s")
@@ -61,7 +62,7 @@ class PromptRenderer:
         its own roles and the task is appended as a last user turn. Without a task the rendered
         template is the user turn (a chat needs one)."""
         fn = await self._compile(spec)
-        data = {"task": task, **variables}  # Handlebars renders non-strings itself
+        data = {"task": task, "userInput": task, **variables}  # Handlebars renders non-strings itself
         try:
             rendered = await fn(DataArgument(input=data))
         except Exception as exc:  # noqa: BLE001 - Handlebars errors are plain exceptions
@@ -82,7 +83,7 @@ class PromptRenderer:
         prompt = "\n\n".join(m["content"] for m in messages)
         if not explicit:
             messages = [{"role": "system", "content": prompt}] if prompt else []
-        task_text = "" if task is None else to_text(task)
+        task_text = "" if task is None or uses_user_input(spec.template) else to_text(task)
         if task_text.strip():
             messages.append({"role": "user", "content": task_text})
         elif not any(m["role"] == "user" for m in messages) and messages and messages[-1]["role"] == "system":

@@ -25,6 +25,7 @@ from station_wf.api.hub import EVENT_QUERY, EventHub, Subscriber, event_from_row
 from station_wf.api.idempotency import IdempotencyStore, request_hash
 from station_wf.api.jsonio import SafeJSONResponse, decode_text, dumps_safe, loads_strict, refuse_hostile_json
 from station_wf.api.params import int_param, last_event_id
+from station_wf.api.station_routes import station_handlers, station_start_body, station_stream
 from station_wf.dsl.schema import workflow_json_schema
 from station_wf.engine.schedules import schedule_clock, schedule_to_api
 from station_wf.errors import ServiceError, invalid
@@ -207,6 +208,7 @@ def build_app(state: ApiState) -> ASGIApp:
         route("/api/v1/workflow-schedules/{schedule_id}/disable", disable_schedule, ["POST"]),
     ]
     routes += [route(path, handler, methods) for path, handler, methods in agent_handlers(lambda: state.agents)]
+    routes += [route(path, handler, methods) for path, handler, methods in station_handlers()]  # Station's REST shapes
     routes.extend(state.extra_routes)
     routes.append(route("/api/{rest:path}", api_not_found, ["GET", "POST", "PUT", "DELETE", "PATCH"]))
     # The dashboard: static files served by the daemon itself (no build step), using only the API above.
@@ -296,7 +298,7 @@ async def workflow_versions(request: Request, state: ApiState) -> Response:
 
 async def start_run(request: Request, state: ApiState) -> Response:
     async def action(raw: bytes, effect_id: str | None) -> Response:
-        body = parse_json(raw)
+        body = station_start_body(parse_json(raw))  # Station's `workflow_id` too
         if not isinstance(body, dict):
             raise invalid("the body must be a JSON object {workflowId, version?, input}")
         unknown = sorted(set(body) - {"workflowId", "version", "input"})
@@ -407,6 +409,8 @@ async def _follow(sub: Subscriber, state: ApiState):
 
 
 async def run_stream(request: Request, state: ApiState) -> Response:
+    if request.query_params.get("format") == "station":
+        return await station_stream(request, state)
     run_id = request.path_params["run_id"]
     last = last_event_id(request)
     run = await state.runs.summary(run_id)  # 404 before the stream starts; no step rows needed

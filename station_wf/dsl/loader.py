@@ -32,6 +32,8 @@ from station_wf.expr.limits import MAX_EXPRESSION_BYTES, MAX_TEMPLATES_PER_STRIN
 from station_wf.expr.paths import PathError, parse_path
 from station_wf.expr.starlark_eval import _DIALECT as _STARLARK_DIALECT
 from station_wf.schedules.cron import CronError, CronSchedule
+from station_wf.dsl import station as station_dialect
+from station_wf.expr.starlark_eval import _PROGRAM_DIALECT
 
 __all__ = [
     "KNOWN_ACTIONS",
@@ -698,6 +700,7 @@ class _Checker:
     def __init__(self, report: _Report, raw: dict[PathT, str]) -> None:
         self.report = report
         self.raw = raw
+        self.statements_ok = False  # Station transforms are programs whose last expression is the output
 
     def error(self, path: PathT, message: str) -> None:
         self.report.error(path, message)
@@ -708,6 +711,8 @@ class _Checker:
         if not isinstance(obj, dict):
             self.error((), f"the top level must be a mapping, got {_kind(obj)}")
             self.report.raise_if_any()
+        obj, prep = station_dialect.prepare(obj, self.report.marks)  # DESIGN 4: Station's dialect
+        self.statements_ok = prep.dialect == "station"
         self._unknown_keys(obj, (), _TOP_KEYS, "at the top level")
         wf_id = self._str(obj, "id", (), required=True)
         if wf_id is not None and not _WORKFLOW_ID_RE.match(wf_id):
@@ -742,7 +747,7 @@ class _Checker:
             "states": states,
         }
         self.report.raise_if_any()
-        return result
+        return station_dialect.finish(result, prep, self.report)
 
     def _resolve_cron_start(
         self,
@@ -1369,7 +1374,7 @@ class _Checker:
         if too_big:
             self.error(path, f"{what} {too_big}")
             return
-        problem = _syntax_error(source)
+        problem = _parse_error(source, _PROGRAM_DIALECT) if self.statements_ok and what == "expression" else _syntax_error(source)
         if problem is not None:
             message, offset = problem
             self._error_inside(path, offset, f"{what} {message}")
@@ -1548,14 +1553,14 @@ def _syntax_error(source: str) -> tuple[str, int | None] | None:
     return _parse_error(source) or _statement_problem(source)
 
 
-def _parse_error(source: str) -> tuple[str, int | None] | None:
+def _parse_error(source: str, dialect: Any = _STARLARK_DIALECT) -> tuple[str, int | None] | None:
     """Exactly what `compile_expression` rejects (empty text, a Starlark parse error), by the parse alone:
     a full compile also plans the evaluation and costs ~50x more, on every file of every sync."""
     text = textwrap.dedent(source).strip()
     if not text:
         return "is empty", None
     try:
-        sl.parse("expression", text, _STARLARK_DIALECT)
+        sl.parse("expression", text, dialect)
     except sl.StarlarkError as exc:
         detail = str(exc).strip()
         head = detail.splitlines()[0].removeprefix("error: ").strip() if detail else type(exc).__name__

@@ -27,4 +27,6 @@ def validate_text(text: str, source: str | None = None) -> dict[str, Any]:
             "errors": [problem.to_dict() for problem in exc.problems],
             "workflowId": exc.workflow_id,
         }
-    return {"valid": True, "errors": [], "workflowId": definition["id"]}
+    return {"valid": True, "errors": [], "workflowId": definition["id"],
+            "dialect": getattr(definition, "dialect", "prd"), "dialectReason": getattr(definition, "dialect_reason", ""),
+            "warnings": [w.to_dict() for w in getattr(definition, "warnings", ())]}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from station_wf.dsl.approvers import rendered_problem as rendered_approvers_problem
+from station_wf.engine import station_flow
 from station_wf.engine.identity import idempotency_key, step_id
 from station_wf.engine.limits import LIMITS
 from station_wf.expr.paths import PathError, get_path, set_path
@@ -314,11 +315,16 @@ def begin_step(defn: dict[str, Any], rs: RunState, step: StepView) -> Execute | 
     engine = copy.deepcopy(rs.engine)
     if kind == "operation":
         names = view(rs, engine, step.branch_path)
+        station_input = _station_input(defn, rs, engine, step, state)
+        if station_flow.is_station(defn):
+            names = station_flow.declare(defn, {**names, "input": station_input})
         try:
-            rendered = render(state.get("input") or {}, rs.context, extra=names if step.branch_path else None,
+            rendered = render(state.get("input") or {}, rs.context, extra=names if step.branch_path or station_input is not None else None,
                               timeout_s=EXPRESSION_TIMEOUT_S)
         except TemplateError as exc:
             return step_failed(defn, rs, step, {"type": "template", "message": f"state {state['name']!r}: {exc}"}, retry=False)
+        if station_input is not None:
+            rendered = station_flow.agent_call(state, rendered, station_input)
         if state["action"] == "human.approval":
             bad = rendered_approvers_problem(rendered["approvers"]) if "approvers" in rendered else None
             if bad:  # never a list of characters, never "anyone" (dsl/approvers.py)
@@ -342,6 +348,14 @@ def begin_step(defn: dict[str, Any], rs: RunState, step: StepView) -> Execute | 
     if kind in CONTAINER_TYPES:
         return _enter_container(defn, rs, engine, step, state)
     return step_failed(defn, rs, step, {"type": "unsupported", "message": f"state type {kind!r} cannot run here"}, retry=False)
+
+
+def _station_input(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Any:
+    """Station's `input` name: the previous step's output (None for PRD definitions)."""
+    if not station_flow.is_station(defn):
+        return None
+    last = engine["scopes"][_owner(engine, step.branch_path)].get("last")
+    return station_flow.step_input(rs.context, last, state)
 
 
 def approval_id_for(step: StepView, run_id: str) -> str:
@@ -448,6 +462,9 @@ def _started(step: StepView, executor: str) -> Event:
 
 def _switch(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Transition:
     names = _names(rs, engine, step.branch_path)
+    if station_flow.is_station(defn):
+        names["input"] = _station_input(defn, rs, engine, step, state)
+        station_flow.declare(defn, names)
     if state.get("dataPath"):
         try:
             value = get_path(names, state["dataPath"])
@@ -479,8 +496,12 @@ def _transform(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step:
     names["ctx"] = {**rs.context, "_timestamp": rs.now}
     scope = engine["scopes"][_owner(engine, step.branch_path)]
     names["input"] = scope.get("last") if scope.get("last") is not None else {}
+    if station_flow.is_station(defn):
+        names["input"] = _station_input(defn, rs, engine, step, state)
+        station_flow.declare(defn, names)
     try:
-        output = compile_expression(state["expression"], f"transform {state['name']!r}").evaluate(names, timeout_s=EXPRESSION_TIMEOUT_S)
+        output = compile_expression(state["expression"], f"transform {state['name']!r}",
+                                    programs=station_flow.is_station(defn)).evaluate(names, timeout_s=EXPRESSION_TIMEOUT_S)
     except ExpressionError as exc:
         return _fail_now(defn, rs, engine, step, {"type": "expression", "message": str(exc)})
     return _succeed(defn, rs, engine, step, output, started=True)
@@ -546,20 +567,32 @@ def _succeed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: S
     if started:
         t.events.append(_started(step, "builtin"))
     write = None
+    station = station_flow.is_station(defn)
+    if station:
+        output = station_flow.shape_output(state, output)
     if state["type"] != "switch" and not (state["type"] == "try" and not state.get("resultPath")):
         path = state.get("resultPath") or default_result_path(state)
         owner = _owner(engine, step.branch_path)
+        pairs = station_flow.writes(state, output, path) if station else [(path, output)]
         try:
-            if owner == "":
-                context = t.context if t.context is not None else copy.deepcopy(rs.context)
-                set_path(context, path, copy.deepcopy(output))
-                t.context = context
-            else:
-                set_path(engine["scopes"][owner]["data"], path, copy.deepcopy(output))
+            for path, value in pairs:
+                if owner == "":
+                    context = t.context if t.context is not None else copy.deepcopy(rs.context)
+                    set_path(context, path, copy.deepcopy(value))
+                    t.context = context
+                else:
+                    set_path(engine["scopes"][owner]["data"], path, copy.deepcopy(value))
         except PathError as exc:
             return _fail_now(defn, rs, engine, step, {"type": "result_path", "message": f"state {state['name']!r}: resultPath {path!r}: {exc}"}, t)
-        write = {"scope": owner, "path": path}  # the value written is `output`: carried once
+        if pairs:  # the value written is `output` unless the dialect reshaped it: carried once
+            write = {"scope": owner, "path": pairs[0][0]}
+            if pairs[0][1] is not output:
+                write["value"] = pairs[0][1]
+            if len(pairs) > 1:
+                write["also"] = [[p, v] for p, v in pairs[1:]]
         engine["scopes"][owner]["last"] = output
+        if station and owner:
+            station_flow.remember(engine["scopes"][owner], output)
     t.step_updates.append(StepUpdate(step.step_id, step.attempt, SUCCEEDED, output=output))
     payload: dict[str, Any] = {"attempt": step.attempt, "output": output}
     if write is not None:
@@ -587,6 +620,10 @@ def _advance(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Tran
 
 def _scope_finished(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, path: str) -> None:
     if path == "":
+        error = station_flow.output_schema_error(defn, engine["scopes"][""].get("last")) if station_flow.is_station(defn) else None
+        if error is not None:
+            _end_run(rs, engine, t, FAILED, error)
+            return
         t.run_status = COMPLETED
         t.events.append(Event("run.completed", {}))
         return
@@ -605,12 +642,20 @@ def _scope_finished(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], 
                 child = _join(record["path"], f"{container['name']}:{branch['name']}")
                 if child in record["done"]:
                     result[branch["name"]] = engine["scopes"][child]["data"]
+            if station_flow.is_station(defn):
+                result = station_flow.aggregate_parallel(container, [
+                    (name, station_flow.scope_output(engine["scopes"][_join(record["path"], f"{container['name']}:{name}")]))
+                    for name in result])
             _container_done(defn, rs, engine, t, record, result)
     elif record["kind"] == "foreach":
         if record["next"] < record["total"]:
             _next_iteration(defn, rs, engine, t, record, container)
         elif len(record["done"]) == record["total"]:
             result = [engine["scopes"][_join(record["path"], f"{container['name']}[{i}]")]["data"] for i in range(record["total"])]
+            if station_flow.is_station(defn):
+                result = station_flow.aggregate_foreach(container, record["items"], [
+                    station_flow.scope_output(engine["scopes"][_join(record["path"], f"{container['name']}[{i}]")])
+                    for i in range(record["total"])])
             _container_done(defn, rs, engine, t, record, result)
     else:
         _try_section_done(defn, rs, engine, t, record, container, error=None)
@@ -699,6 +744,8 @@ def step_failed(defn: dict[str, Any], rs: RunState, step: StepView, error: dict[
     state = scope_states(defn, step.branch_path)[step.state_name]
     status = TIMED_OUT if error.get("type") == "timeout" else FAILED
     policy = state.get("retry") if retry else None
+    if policy and station_flow.is_station(defn) and not station_flow.retryable(state, error):
+        policy = None
     if policy and step.tries < int(policy.get("maxAttempts", 1)):
         delay = retry_delay(policy, step)
         t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, status, error=error)])
@@ -846,4 +893,6 @@ def rebuild_context(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] 
         elif kind == "step.succeeded" and context is not None and "write" in payload and payload["write"].get("scope", "") == "":
             value = payload["write"]["value"] if "value" in payload["write"] else payload.get("output")
             set_path(context, payload["write"]["path"], copy.deepcopy(value))
+            for path, value in payload["write"].get("also", ()):
+                set_path(context, path, copy.deepcopy(value))
     return context

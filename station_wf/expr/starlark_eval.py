@@ -70,6 +70,9 @@ def _make_dialect() -> sl.Dialect:
 
 
 _DIALECT = _make_dialect()
+# Station's transforms are small programs: top-level `for`/`if`, the last expression is the output.
+_PROGRAM_DIALECT = _make_dialect()
+_PROGRAM_DIALECT.enable_top_level_stmt = True
 _GLOBALS = sl.Globals.extended_by([sl.LibraryExtension.Json])
 
 _UNKNOWN_RE = re.compile(r"Variable `([^`]+)` not found")
@@ -412,7 +415,7 @@ class CompiledExpression:
 
     __slots__ = ("_ast", "_fast", "_rewritten", "_tries", "free_names", "label", "source")
 
-    def __init__(self, source: str, *, label: str = "expression") -> None:
+    def __init__(self, source: str, *, label: str = "expression", programs: bool = False) -> None:
         if not isinstance(source, str):
             raise ExpressionError(
                 f"{label} must be a string, got {type(source).__name__}",
@@ -426,7 +429,8 @@ class CompiledExpression:
         if not text:
             raise ExpressionError(f"{label} is empty", expression=source, kind="syntax", label=label)
         try:
-            original = sl.parse(label, text, _DIALECT)
+            dialect = _PROGRAM_DIALECT if programs else _DIALECT
+            original = sl.parse(label, text, dialect)
         except sl.StarlarkError as exc:
             raise ExpressionError(
                 f"{label} {text!r} does not compile: {exc}",
@@ -440,7 +444,7 @@ class CompiledExpression:
         module_ast = original
         if plan.source != text:
             try:
-                module_ast = sl.parse(label, plan.source, _DIALECT)
+                module_ast = sl.parse(label, plan.source, dialect)
             except sl.StarlarkError:  # rewrite bug: fall back to the text as written
                 plan = _Plan(source=text)
         self._ast = module_ast
@@ -611,6 +615,7 @@ def _is_global(name: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def compile_expression(source: str, label: str = "expression") -> CompiledExpression:
-    """Cached ``CompiledExpression``: definitions repeat the same expressions on every step."""
-    return CompiledExpression(source, label=label)
+def compile_expression(source: str, label: str = "expression", programs: bool = False) -> CompiledExpression:
+    """Cached ``CompiledExpression``: definitions repeat the same expressions on every step.
+    ``programs`` also allows top-level ``for``/``if`` (Station's transforms)."""
+    return CompiledExpression(source, label=label, programs=programs)

@@ -70,6 +70,7 @@ def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | N
             if guess:
                 failed_ids.add(guess)  # a broken file must not disable the workflow it defines
             continue
+        report.warnings.extend(str(w) for w in getattr(defn, "warnings", ()))
         agent_errors, agent_warnings = check_definition_agents(defn, agents)
         stored_errors = [p for p in (value_problem(defn, "definition"),) if p]
         agent_errors = [*stored_errors, *schema_problems(defn.get("inputSchema")), *agent_errors]
@@ -103,7 +104,10 @@ def _guess_id(raw: str) -> str | None:
         doc = yaml.safe_load(raw)
     except yaml.YAMLError:
         return None
-    return doc.get("id") if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
+    if not isinstance(doc, dict):
+        return None
+    found = doc.get("id", doc.get("workflowId"))  # Station's API-payload form names it workflowId
+    return found if isinstance(found, str) else None
 
 
 def definition_to_api(row: sqlite3.Row, include_definition: bool = True) -> dict[str, Any]:

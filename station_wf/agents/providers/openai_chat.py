@@ -102,6 +102,8 @@ class OpenAIChatProvider:
                 "type": "json_schema",
                 "json_schema": {"name": name, "schema": schema, "strict": False},
             }
+        elif request.spec.output_format == "json":  # Station's `output.format: json` without a schema
+            body["response_format"] = {"type": "json_object"}
         return body
 
     async def complete(self, request: AgentRequest, http: aiohttp.ClientSession) -> ProviderReply:
