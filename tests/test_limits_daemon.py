@@ -98,7 +98,10 @@ def test_hostile_definitions_are_refused_at_the_door_and_nothing_is_stored(daemo
     for body in hostile:
         checked = daemon.request("POST", "/api/v1/workflows/validate", content=json.dumps(body),
                                  headers={"content-type": "application/json"})
-        assert checked.status_code == 200 and checked.json()["valid"] is False, checked.text
+        if checked.status_code == 400:  # a JSON body nested past the door's limit never reaches the loader
+            assert checked.json()["error"]["code"] == "malformed_json", checked.text
+        else:
+            assert checked.status_code == 200 and checked.json()["valid"] is False, checked.text
         created = daemon.request("POST", "/api/v1/workflows", json=body)
         assert 400 <= created.status_code < 500, (body.get("id"), created.status_code, created.text[:300])
         assert created.json()["error"]["code"]
