@@ -167,7 +167,9 @@ def check_definition_text(text: str, source: str) -> tuple[dict[str, Any], dict[
     except RecursionError:
         return {"valid": False, "errors": [_problem(source, "the definition is nested too deeply")], "workflowId": None}, None
     errors = [p for p in (value_problem(defn, "definition"),) if p] or schema_problems(defn.get("inputSchema"))
-    return {"valid": not errors, "errors": [_problem(source, e) for e in errors], "workflowId": defn["id"]}, defn
+    return {"valid": not errors, "errors": [_problem(source, e) for e in errors], "workflowId": defn["id"],
+            "dialect": getattr(defn, "dialect", "prd"), "dialectReason": getattr(defn, "dialect_reason", ""),
+            "warnings": [w.to_dict() for w in getattr(defn, "warnings", ())]}, defn
 
 
 def add_agent_problems(result: dict[str, Any], defn: dict[str, Any] | None, source: str,
@@ -179,7 +181,8 @@ def add_agent_problems(result: dict[str, Any], defn: dict[str, Any] | None, sour
     if errors:
         result = {**result, "valid": False, "errors": [*result["errors"], *(_problem(source, e) for e in errors)]}
     if warnings:
-        result = {**result, "warnings": warnings}
+        extra = [_problem(source, w) if isinstance(w, str) else w for w in warnings]
+        result = {**result, "warnings": [*result.get("warnings", []), *extra]}
     return result
 
 
