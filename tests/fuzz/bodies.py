@@ -84,10 +84,8 @@ BIG_VALUES = ("10k ints", "100 KB string", "10 KB key")
 
 BODY_ROUTES = [
     BodyRoute("POST", "/api/v1/workflows", [
-        ("id",), ("start",), ("states", 0), ("states", 0, "name"), ("states", 0, "type"), ("states", 0, "data", "k"),
-        ("states", 0, "end"), ("description",), ("inputSchema",), ("timeoutSeconds",)]),
-    BodyRoute("PUT", "/api/v1/workflows/fz-put", [
-        ("start",), ("states", 0, "name"), ("states", 0, "data", "v"), ("description",), ("id",)]),
+        ("id",), ("start",), ("states", 0, "type"), ("states", 0, "data", "k"), ("inputSchema",), ("timeoutSeconds",)]),
+    BodyRoute("PUT", "/api/v1/workflows/fz-put", [("states", 0, "name"), ("states", 0, "data", "v"), ("id",)]),
     BodyRoute("POST", "/api/v1/workflows/validate", [
         ("id",), ("states", 0, "data", "k")], stores_nothing=True),
     BodyRoute("POST", "/api/v1/workflow-runs", [("workflowId",), ("version",), ("input",), ("input", "a")]),

@@ -20,6 +20,7 @@ from tests.fuzz.harness import AGENT_REPLIES, Findings, Fingerprint, HostilePeer
 # inside the daemon instead of pushing a shared machine into the OOM killer. Children may lower it.
 ADDRESS_SPACE_CAP = 6 << 30
 REQUEST_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+SLOW_REQUEST_S = 3.0  # a request that takes longer stalls its client and, today, the event loop
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 
 FIXTURE_WORKFLOWS = {
@@ -69,8 +70,11 @@ states:
 
 
 class FuzzEnv:
-    def __init__(self, root: Path, peer: HostilePeer) -> None:
-        self.root, self.peer = root, peer
+    def __init__(self, root: Path, peer: HostilePeer, report_dir: Path) -> None:
+        """`report_dir` (kept after the run, unlike tmp dirs) gets findings-*.jsonl and outcomes.txt."""
+        self.root, self.peer, self.report_dir = root, peer, report_dir
+        for old in [*report_dir.glob("findings-*.jsonl"), *report_dir.glob("outcomes.txt")]:
+            old.unlink()
         self.generation = 0
         self.daemon: Daemon
         self.fp: Fingerprint
@@ -78,7 +82,16 @@ class FuzzEnv:
         self.client = httpx.Client(timeout=REQUEST_TIMEOUT)
         self.gate_run = self.approval_id = self.plain_run = ""
         self.deaths: list[str] = []
+        self.last_run_read = ""  # what the last GET of a run answered (for a finding when it never reads back)
         self.boot()
+
+    def findings(self, name: str) -> Findings:
+        return Findings(path=self.report_dir / f"findings-{name}.jsonl")
+
+    def note(self, line: str) -> None:
+        """An outcome worth reading even when it is fine (what each hostile case did), in outcomes.txt."""
+        with open(self.report_dir / "outcomes.txt", "a") as fh:
+            fh.write(line + "\n")
 
     # -- lifecycle --
     def boot(self) -> None:
@@ -120,7 +133,7 @@ class FuzzEnv:
             return True
         assert self.daemon.proc is not None
         code = self.daemon.proc.returncode
-        tail = self.daemon.log()[-600:].replace("\n", " | ")
+        tail = self.daemon.log_path.read_text(errors="replace")[-300:].replace("\n", " | ")
         findings.add("daemon died", route, case, f"exit {code}; log tail: {tail}")
         self.deaths.append(f"{route} {case}: exit {code}")
         self.fp.close()
@@ -164,6 +177,7 @@ class FuzzEnv:
         if json_text is not None:
             content = json_text.encode("utf-8", errors="surrogatepass")
             hdrs.setdefault("Content-Type", "application/json")
+        t0 = time.monotonic()
         try:
             try:
                 resp = self.client.request(method, self.daemon.base + path, content=content, headers=hdrs, params=params,
@@ -185,17 +199,21 @@ class FuzzEnv:
             if self.ensure_alive(findings, route, case):
                 findings.add("connection error", route, case, f"{type(exc).__name__}: {exc}")
             return None
+        elapsed = time.monotonic() - t0
+        if elapsed > SLOW_REQUEST_S:
+            findings.add(f"request slower than {SLOW_REQUEST_S:.0f} s", route, case, f"{resp.status_code} after {elapsed:.1f} s")
         if not self.ensure_alive(findings, route, case):
             return resp
-        self.check_response(findings, route, case, resp, method, stores_nothing)
+        self.check_response(findings, route, case, resp, method, stores_nothing, path)
         return resp
 
     def check_response(self, findings: Findings, route: str, case: str, resp: httpx.Response, method: str,
-                       stores_nothing: bool = False) -> None:
+                       stores_nothing: bool = False, path: str = "") -> None:
         status = resp.status_code
         observed = f"{status} {resp.text[:160]!r}"
         if status >= 500:
-            findings.add("5xx", route, case, observed)
+            bare = method != "HEAD" and error_shape_problem(resp) is not None
+            findings.add("5xx (bare, without the error shape)" if bare else "5xx", route, case, observed)
         elif status >= 400 and method != "HEAD":
             problem = error_shape_problem(resp)
             if problem:
@@ -207,7 +225,7 @@ class FuzzEnv:
                 findings.add(cause, route, case, observed)
                 self.baseline = self.fp.settle()
             return
-        if method == "POST" and route.endswith("/workflow-runs") and status == 201:
+        if method == "POST" and path == "/api/v1/workflow-runs" and status == 201:
             try:
                 self.fp.excluded_runs.add(resp.json()["run"]["id"])
             except (ValueError, KeyError, TypeError):
@@ -230,6 +248,7 @@ class FuzzEnv:
                 resp = self.client.get(f"{self.daemon.base}/api/v1/workflow-runs/{run_id}", timeout=5)
             except httpx.HTTPError:
                 return False
+            self.last_run_read = f"GET run: {resp.status_code} {resp.text[:120]!r}"
             if resp.status_code == 200:
                 holder["run"] = resp.json()
                 return holder["run"]["status"] in TERMINAL

@@ -35,12 +35,13 @@ class Finding:
 
 @dataclass
 class Findings:
+    path: Path | None = None  # where check() writes every finding (one JSON object a line)
     items: list[Finding] = field(default_factory=list)
 
     def add(self, cause: str, route: str, case: str, observed: str) -> None:
         self.items.append(Finding(cause, route, case, observed[:300]))
 
-    def summary(self, examples: int = 4) -> str:
+    def summary(self, examples: int = 6) -> str:
         groups: dict[tuple[str, str], list[Finding]] = defaultdict(list)
         for f in self.items:
             groups[(f.cause, f.route)].append(f)
@@ -51,7 +52,10 @@ class Findings:
         return "\n".join(lines)
 
     def check(self) -> None:
-        assert not self.items, self.summary()
+        if self.items and self.path is not None:
+            self.path.write_text("".join(json.dumps(f.__dict__) + "\n" for f in self.items))
+        where = f"\n(all of them in {self.path})" if self.path else ""
+        assert not self.items, self.summary() + where
 
 
 # -- the stored data -------------------------------------------------------------------------------
