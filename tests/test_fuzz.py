@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 from tests.conftest import REPO, NatsServer, wait_until
 from tests.fuzz.bodies import BODY_ROUTES, ID_ROUTES, QUERY_PARAMS
 from tests.fuzz.definitions import JSON, Mutant, all_mutants
-from tests.fuzz.env import FuzzEnv
+from tests.fuzz.env import FuzzEnv, error_shape_problem
 from tests.fuzz.harness import AGENT_REPLIES, Findings, HealthProbe, HostilePeer
 from tests.fuzz.values import (
     SEED,
@@ -459,3 +460,44 @@ def test_an_oversized_event_does_not_wedge_the_event_relay_across_a_kill(daemon_
                what="the events of a run after a kill -9 to reach WORKFLOW_EVENTS")
     events = d.events(big["id"])  # the oversized run's own history is whole in SQLite
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1)) and events[-1]["type"] == "run.completed"
+
+
+def test_a_full_disk_fails_writes_promptly_and_the_daemon_recovers(daemon_factory: Any) -> None:
+    """SQLite writes start failing (RLIMIT_FSIZE on the daemon: EFBIG, which SQLite reports as an I/O error,
+    as it would SQLITE_FULL): every write request still answers within 10 s (never hangs with /healthz
+    green), and once space is back the daemon (or, if it chose to exit, its restart) completes a new run."""
+    d = daemon_factory("full-disk")
+    d.add_workflow("carry", CARRY)
+    d.start()
+    d.wait_status(d.start_run("carry", {"n": 0})["id"])
+    assert d.proc is not None
+    sizes = [p.stat().st_size for p in d.data_dir.glob("station-wf.db*")]
+    resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (max(sizes) + (512 << 10), resource.RLIM_INFINITY))
+    answers: list[str] = []
+    accepted: list[str] = []
+    for i in range(40):  # 900 KB inputs: a start transaction (input, context, events) outgrows the page cache and spills
+        try:
+            resp = httpx.post(d.base + "/api/v1/workflow-runs", json={"workflowId": "carry", "input": {"blob": "x" * 900_000, "i": i}},
+                              timeout=10)
+        except httpx.TimeoutException:
+            answers.append("no answer in 10 s")
+            break
+        except httpx.HTTPError as exc:
+            answers.append(type(exc).__name__)
+            break
+        answers.append(str(resp.status_code))
+        if resp.status_code == 201:
+            accepted.append(resp.json()["run"]["id"])
+        elif resp.status_code >= 500:
+            assert error_shape_problem(resp) is None, resp.text
+            break
+    assert "no answer in 10 s" not in answers, f"a write hung once the disk was full: {answers}"
+    assert any(a.startswith("5") for a in answers) or d.proc.poll() is not None, f"the writes never failed: {answers}"
+    if d.proc.poll() is None:
+        resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    else:
+        d.start()
+    after = d.wait_status(d.start_run("carry", {"n": 1})["id"], timeout=30)
+    assert after["status"] == "COMPLETED"
+    for run_id in accepted:  # what was accepted before the disk filled is not lost
+        assert d.wait_status(run_id, timeout=30)["status"] == "COMPLETED"
