@@ -216,9 +216,10 @@ def test_everything_stored_reads_back(env: FuzzEnv) -> None:
     client, base = env.client, env.daemon.base
 
     def get(path: str, route: str, params: dict | None = None) -> dict | None:
-        resp = env.call(findings, "GET", path, "read back", route=route, params=params)
+        """A read of stored data; its 5xx is a finding of env.call, any other non-200 one of its own."""
+        resp = env.call(findings, "GET", path, path[:80], route=route + " (read back)", params=params)
         if resp is None or resp.status_code != 200:
-            if resp is not None:
+            if resp is not None and resp.status_code < 500:
                 findings.add("stored data does not read back", route, path[:80], f"{resp.status_code} {resp.text[:120]!r}")
             return None
         return resp.json()
@@ -277,7 +278,7 @@ def test_mutated_definitions_are_refused_fast_and_store_nothing(env: FuzzEnv, pe
                      "POST /api/v1/workflows[/validate]", label, f"worst /healthz {worst:.1f} s")
     for hit in peer.hits[hits_before:]:
         findings.add("a remote $ref was fetched (SSRF)", "POST /api/v1/workflow-runs", "inputSchema $ref", hit)
-    assert len(mutants) > 300
+    assert len(mutants) > 250
     findings.check()
 
 
@@ -347,7 +348,8 @@ def hostile_definition(wid: str, kind: str, expr: str) -> dict:
     return {"id": wid, "start": "hostile", "states": states}
 
 
-def run_hostile(env: FuzzEnv, findings: Findings, route: str, label: str, defn: dict, expect_failed: bool) -> None:
+def run_hostile(env: FuzzEnv, findings: Findings, route: str, label: str, defn: dict, expect_failed: bool,
+                wanted_types: tuple[str, ...] = ("expression",)) -> None:
     """Create `defn` (a 4xx refusal is a fine answer), run it, and check the run ends within the bound,
     with a clear error when `expect_failed`, while /healthz answers and the daemon's RSS stays under the cap."""
     created = env.call(findings, "POST", "/api/v1/workflows", label, route=route, json_text=json.dumps(defn))
@@ -374,8 +376,8 @@ def run_hostile(env: FuzzEnv, findings: Findings, route: str, label: str, defn: 
     elif run["status"] == "FAILED":
         err = run.get("error") or {}
         message = str(err.get("message", ""))
-        if expect_failed and (err.get("type") != "expression" or "hostile" not in message + str(err.get("stateName"))):
-            findings.add("unclear error (want type 'expression', naming the state)", route, label, json.dumps(err)[:200])
+        if expect_failed and (err.get("type") not in wanted_types or "hostile" not in message + str(err.get("stateName"))):
+            findings.add(f"unclear error (want type {' or '.join(wanted_types)}, naming the state)", route, label, json.dumps(err)[:200])
         elif not err.get("type") or not message.strip() or message.startswith("Traceback"):
             findings.add("unclear error", route, label, json.dumps(err)[:200])
     if probe.worst() > HEALTHZ_BOUND_S:
@@ -412,7 +414,8 @@ def test_hostile_agent_replies_end_their_step_cleanly(env: FuzzEnv) -> None:
 def test_hostile_expressions_are_refused_or_fail_their_run(env: FuzzEnv) -> None:
     findings = env.findings("expressions")
     for n, (label, kind, expr) in enumerate(HOSTILE_EXPRESSIONS):
-        run_hostile(env, findings, f"hostile {kind}", label, hostile_definition(f"hx-{n}", kind, expr), expect_failed=True)
+        run_hostile(env, findings, f"hostile {kind}", label, hostile_definition(f"hx-{n}", kind, expr), expect_failed=True,
+                    wanted_types=("expression", "template") if kind == "template" else ("expression",))
     findings.check()
 
 

@@ -260,7 +260,7 @@ def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-def random_mutants(rng: random.Random, structural_n: int = 80, byte_n: int = 60) -> list[Mutant]:
+def random_mutants(rng: random.Random, structural_n: int = 50, byte_n: int = 40) -> list[Mutant]:
     """Seeded: replace, delete or duplicate a random node of a richer definition; flip/insert/delete bytes of its YAML."""
     rich = {"id": "m", "start": "a", "inputSchema": {"type": "object"}, "states": [
         {"name": "a", "type": "inject", "data": {"items": [1, 2]}, "next": "w"},

@@ -121,8 +121,8 @@ class FuzzEnv:
 
     @property
     def pid(self) -> int:
-        assert self.daemon.proc is not None
-        return self.daemon.proc.pid
+        """The daemon's pid (0 while a replacement is being started: probes then read nothing)."""
+        return self.daemon.proc.pid if self.daemon.proc is not None else 0
 
     def alive(self) -> bool:
         return self.daemon.proc is not None and self.daemon.proc.poll() is None
