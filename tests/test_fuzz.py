@@ -324,7 +324,7 @@ HOSTILE_EXPRESSIONS = [  # safe today first, the ones that stall next, the ones 
     ("three nested ranges", "transform", "len([1 for a in range(10000) for b in range(10000) for c in range(10000)])"),
     ("'a' * 10^9", "transform", "len('a' * 1000000000)"),
     ("'x' * 2147483647 in a switch", "switch", "len('x' * 2147483647) > 0"),
-    ("'a' * 10^8 in a template", "template", "len('a' * 100000000)"),
+    ("'a' * 10^9 in a template", "template", "len('a' * 1000000000)"),
     ("sorted(range(10^8))", "transform", "len(sorted(range(100000000), reverse=True))"),
     ("json.encode of 10^7", "transform", "len(json.encode(list(range(10000000))))"),
     ("[0] * 10^9", "transform", "len([0] * 1000000000)"),
