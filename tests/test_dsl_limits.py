@@ -335,3 +335,17 @@ def test_value_depth() -> None:
         deep = {"a": deep}
     assert value_depth_exceeds(deep, 64) and not value_depth_exceeds({"a": [{"b": 1}]}, 3)
     assert value_depth_exceeds({"a": [{"b": 1}]}, 2)
+
+
+def test_workflow_ids_and_input_schemas_are_bounded() -> None:
+    """An id is a URL segment and a file name; a schema's meta-check grows fast with its size (fuzz)."""
+    long_id = errors(json.dumps({"id": "w" * 201, "start": "s",
+                                 "states": [{"name": "s", "type": "inject", "data": {}, "end": True}]}), "wf.json")
+    assert any("over the limit of 200" in e["message"] for e in long_id), long_id
+    huge = {"id": "s", "inputSchema": {"type": "object", "allOf": [{"type": "object"}] * 5000}, "start": "s",
+            "states": [{"name": "s", "type": "inject", "data": {}, "end": True}]}
+    started = time.monotonic()
+    found = errors(json.dumps(huge), "wf.json")
+    assert any("more than 2000 objects and lists" in e["message"] for e in found), found
+    assert time.monotonic() - started < 2.0
+    assert limits.schema_size_problem({"type": "object", "properties": {"a": {"type": "string"}}}) is None

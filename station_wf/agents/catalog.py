@@ -169,7 +169,7 @@ def split_agent_ref(ref: str) -> tuple[str, str | None]:
 
 def valid_environment(env: str) -> bool:
     """An environment is a directory name: no separators, no '..' (it comes from workflow files and URLs)."""
-    return bool(_ENV_RE.match(env)) and ".." not in env
+    return len(env) <= 128 and bool(_ENV_RE.match(env)) and ".." not in env
 
 
 class AgentCatalog:

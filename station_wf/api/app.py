@@ -122,7 +122,7 @@ async def idempotent(request: Request, state: ApiState,
         return await action(body, None)
     scope = f"{request.method} {request.url.path} {principal_of(request).name}"
     return await state.idempotency.run(scope, key, request_hash(request.method, request.url.path, body),
-                                       lambda effect_id: action(body, effect_id))
+                                       lambda effect_id: action(body, effect_id), request_id(request))
 
 
 def parse_json(raw: bytes, required: bool = True) -> Any:

@@ -65,7 +65,8 @@ class IdempotencyStore:
     def __init__(self, writer: SqliteWriter) -> None:
         self.writer = writer
 
-    async def run(self, scope: str, key: str, digest: str, action: Callable[[str], Awaitable[Response]]) -> Response:
+    async def run(self, scope: str, key: str, digest: str, action: Callable[[str], Awaitable[Response]],
+                  request_id: str = "") -> Response:
         if not key or len(key) > 255:
             raise ServiceError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 characters")
         now = time.time()
@@ -78,8 +79,11 @@ class IdempotencyStore:
             if existing["status"] is None:
                 raise ServiceError(409, "idempotency_key_in_progress", "a request with this Idempotency-Key is still being answered",
                                    {"key": key})
-            return SafeJSONResponse(json.loads(existing["response"]), status_code=existing["status"],
-                                    headers={"Idempotent-Replayed": "true"})
+            body = json.loads(existing["response"])
+            if isinstance(body, dict) and isinstance(body.get("error"), dict):  # an error names this request
+                body["error"]["request_id"] = request_id
+            return SafeJSONResponse(body, status_code=existing["status"],
+                                    headers={"Idempotent-Replayed": "true", "X-Request-Id": request_id})
         assert effect_id is not None
         try:
             response = await action(effect_id)

@@ -17,6 +17,7 @@ from station_wf.expr.paths import RESERVED_ROOT_KEYS, PathError, parse_path
 __all__ = [
     "MAX_BLOCK_DEPTH",
     "MAX_DOCUMENT_BYTES",
+    "MAX_SCHEMA_NODES",
     "MAX_MERGE_PAIRS",
     "MAX_SECONDS",
     "MAX_STATES",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 MAX_DOCUMENT_BYTES = 512 * 1024
+MAX_WORKFLOW_ID_CHARS = 200  # it is a URL segment and a file name
+MAX_SCHEMA_NODES = 2_000  # objects and lists in one inputSchema: real ones have tens
 """The largest definition text (YAML or JSON); the biggest real workflow files are a few tens of KiB."""
 MAX_STATES = 1000
 """States in one definition, every level counted (branches, iterators, try blocks)."""
@@ -148,10 +151,29 @@ def seconds_problem(seconds: float) -> str | None:
     return None
 
 
+def schema_size_problem(schema: Any) -> str | None:
+    """An inputSchema with more than `MAX_SCHEMA_NODES` objects and lists (counted without recursion)."""
+    seen, stack = 0, [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        else:
+            continue
+        seen += 1
+        if seen > MAX_SCHEMA_NODES:
+            return f"the schema has more than {MAX_SCHEMA_NODES} objects and lists"
+    return None
+
+
 def reserved_id_problem(workflow_id: str) -> str | None:
     """`.` and `..` pass the id pattern but are path segments, not names, in every URL and file path."""
     if workflow_id.strip(".") == "":
         return f"workflow id '{workflow_id}' may not consist of dots only"
+    if len(workflow_id) > MAX_WORKFLOW_ID_CHARS:
+        return f"workflow id is {len(workflow_id)} characters long, over the limit of {MAX_WORKFLOW_ID_CHARS}"
     return None
 
 

@@ -791,6 +791,10 @@ class _Checker:
         if schema is None:
             return None
         path: PathT = ("inputSchema",)
+        too_big = limits.schema_size_problem(schema)
+        if too_big:  # checking a schema against its meta-schema grows fast with its size
+            self.error(path, too_big)
+            return None
         try:
             validator_for(schema).check_schema(schema)
         except SchemaError as exc:

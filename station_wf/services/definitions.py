@@ -12,6 +12,7 @@ import yaml
 
 from station_wf.agents.catalog import AgentCatalog
 from station_wf.agents.flow_check import check_definition_agents
+from station_wf.dsl.limits import document_size_problem
 from station_wf.dsl.loader import (
     WORKFLOW_FILE_SUFFIXES,
     DefinitionError,
@@ -134,6 +135,9 @@ def parse_api_body(body: Any, raw: str) -> dict[str, Any]:
     """A definition sent to the API: a JSON object (normalized like a file), its inputSchema safe to use."""
     if not isinstance(body, dict):
         raise invalid("the body must be a workflow definition object")
+    too_big = document_size_problem(raw)
+    if too_big:
+        raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", [too_big])
     try:
         defn = normalize_definition(body, source="request body")
     except DefinitionError as exc:

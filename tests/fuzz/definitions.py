@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,11 +89,8 @@ def cron_refused(expr: str, tz: str = "UTC") -> bool:
 
 
 def tz_refused(tz: str) -> bool:
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except Exception:  # noqa: BLE001
-        return True
-    return False
+    """The scheduler judges time zones too (it trims surrounding blanks, as it does for cron fields)."""
+    return cron_refused("0 0 1 1 *", tz)
 
 
 def structural() -> list[Mutant]:
