@@ -426,7 +426,7 @@ class Nats:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.server = EmbeddedNats(self.store, port=self.port)
+        self.server = EmbeddedNats(self.store, port=self.port, auth=False)
         asyncio.run(self.server.start())
 
     def stop(self) -> None:

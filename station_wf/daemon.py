@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -66,6 +67,11 @@ log = logging.getLogger(__name__)
 
 
 WRITER_FAILED_EXIT = 75  # EX_TEMPFAIL: the storage failed; a restart may cure it
+
+
+def _without_credentials(url: str) -> str:
+    """A NATS URL fit for a log line: the embedded server's token (or a user:password) left out."""
+    return re.sub(r"//[^/@,]*@", "//", url)
 
 
 class DataDirLocked(RuntimeError):
@@ -221,7 +227,8 @@ class Daemon:
             if self._tasks["api"].done():
                 self._tasks["api"].result()  # raises the bind error
             await asyncio.sleep(0.025)
-        log.info("station-wf ready on http://%s (nats %s, data %s)", s.http_addr, url, self.data_dir.resolve())
+        log.info("station-wf ready on http://%s (nats %s, data %s)", s.http_addr, _without_credentials(url),
+                 self.data_dir.resolve())
 
     def _start_webhooks(self) -> None:
         """Approval webhooks (engine/approval_webhooks.py), only when URLs are configured."""

@@ -157,7 +157,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.server = EmbeddedNats(self.store_dir, port=self.port)
+        self.server = EmbeddedNats(self.store_dir, port=self.port, auth=False)
         asyncio.run(self.server.start())
 
     def stop(self) -> None:

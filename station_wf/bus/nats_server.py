@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -67,14 +68,23 @@ def _is_nats(pid: int) -> bool:
 class EmbeddedNats:
     """Starts, waits for, and stops one nats-server whose JetStream store lives in `store_dir`."""
 
-    def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1", *, auth: bool = True) -> None:
         self.store_dir = store_dir
         self.host = host
         self.port = port
         self.proc: subprocess.Popen | None = None
+        # Any local user could otherwise read every step's data off WORKFLOW_EVENTS, publish tasks or
+        # delete the streams (review L7): the server takes one random token, known to this process.
+        # (`auth=False` stands in for an external server without auth, in tests and benchmarks.)
+        self.token = secrets.token_urlsafe(24) if auth else None
 
     @property
     def url(self) -> str:
+        """The URL to connect with (it carries the token: never log it)."""
+        return f"nats://{self.token}@{self.host}:{self.port}" if self.token else self.public_url
+
+    @property
+    def public_url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
     @property
@@ -103,9 +113,13 @@ class EmbeddedNats:
         if self.port is None:
             self.port = free_port()
         conf = self.store_dir / "nats-server.conf"
+        conf.touch(mode=0o600)
+        conf.chmod(0o600)
+        auth = f'authorization {{\n  token: "{self.token}"\n}}\n' if self.token else ""
         conf.write_text(
             f'listen: "{self.host}:{self.port}"\n'
             f'pid_file: "{self.pid_file}"\n'
+            f'{auth}'
             f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"\n}}\n'
         )
         log_file = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
@@ -124,13 +138,13 @@ class EmbeddedNats:
                 line = await asyncio.wait_for(reader.readline(), 1)
                 writer.close()
                 if line.startswith(b"INFO"):
-                    log.info("embedded nats-server on %s (store %s)", self.url, self.store_dir)
+                    log.info("embedded nats-server on %s (store %s)", self.public_url, self.store_dir)
                     return self.url
             except (OSError, TimeoutError):
                 pass
             await asyncio.sleep(0.05)
         await self.stop()
-        raise RuntimeError(f"nats-server did not answer on {self.url} within {timeout}s")
+        raise RuntimeError(f"nats-server did not answer on {self.public_url} within {timeout}s")
 
     async def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
