@@ -38,18 +38,21 @@ from station_wf.config import Settings
 from station_wf.engine import interpreter as ip
 from station_wf.engine import limits
 from station_wf.engine.reconciler import Reconciler
-from station_wf.engine.retention import retention_loop
+from station_wf.engine.retention import Retention
 from station_wf.engine.schedules import ScheduleLoop
 from station_wf.engine.timers import TimerLoop
 from station_wf.engine.worker import TaskWorker
 from station_wf.executors.agent_run import AgentRunExecutor
 from station_wf.executors.base import ExecutorRegistry
 from station_wf.expr import sandbox
+from station_wf.loop import Loop, cancel
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
 from station_wf.services.isolated import IsolatedPool
 from station_wf.services.offload import Offloader
 from station_wf.services.runs import RunService
+from station_wf.store import outbox, timers
+from station_wf.store import runs as run_store
 from station_wf.store.db import SqliteReaders, SqliteWriter
 from station_wf.store.definitions import DefinitionCache
 from station_wf.telemetry.metrics import (
@@ -149,6 +152,7 @@ class Daemon:
         self.timers: TimerLoop | None = None
         self.server: _ApiServer | None = None
         self._tasks: dict[str, asyncio.Task] = {}
+        self.loops: list[Loop] = []  # every background loop on the base (`station_wf/loop.py`), in start order
         self._stop = asyncio.Event()
         self.sync_report: SyncReport | None = None
 
@@ -186,7 +190,7 @@ class Daemon:
         await self.relay.drain()  # whatever a crash left between commit and publish goes out first
         self.worker = TaskWorker(self.writer, self.bus, self.registry, self.definitions, self._kick_relays,
                                  concurrency=s.worker_concurrency, ack_wait=s.ack_wait_seconds)
-        self.reconciler = Reconciler(self.readers, self.bus, self.worker, interval=s.reconcile_seconds)
+        self.reconciler = Reconciler(self.readers, self.bus, self.worker.is_inflight, interval=s.reconcile_seconds)
         self.timers = TimerLoop(self.writer, self.readers, self.definitions, self._kick_relays,
                                 max_attempts=s.timer_max_attempts)
 
@@ -195,16 +199,16 @@ class Daemon:
             self.relay.kick()
 
         self.bus.on_reconnect = on_reconnect
-        self._spawn("outbox-relay", self.relay.run())
-        self._spawn("event-relay", self.event_relay.run())
+        self._start_loop(self.relay)
+        self._start_loop(self.event_relay)
         self._spawn("worker", self.worker.run())
-        self._spawn("reconciler", self.reconciler.run())
-        self._spawn("timers", self.timers.run())
+        self._start_loop(self.reconciler)
+        self._start_loop(self.timers)
         self.schedules = ScheduleLoop(self.writer, self.readers, self._kick_relays)
-        self._spawn("schedules", self.schedules.run())
+        self._start_loop(self.schedules)
         self._start_webhooks()
         if s.retention_days > 0:
-            self._spawn("retention", retention_loop(self.writer, s.retention_days, s.retention_interval_seconds))
+            self._start_loop(Retention(self.writer, s.retention_days, s.retention_interval_seconds))
         self._spawn("idempotency-purge", purge_loop(self.writer, s.retention_interval_seconds))
         run_service = RunService(self.writer, self.readers, on_commit=self._kick_relays, definitions=self.definitions,
                                  offloader=self.offloader)
@@ -241,7 +245,7 @@ class Daemon:
         self.webhooks = ApprovalWebhooks(self.writer, WebhookConfig(
             urls, s.approval_webhook_secret, s.public_url or f"http://{s.http_addr}", s.approval_webhook_timeout_seconds,
             max(1, s.approval_webhook_attempts), s.approval_webhook_backoff_seconds))
-        self._spawn("approval-webhooks", self.webhooks.run())
+        self._start_loop(self.webhooks)
 
     def _kick_relays(self) -> None:
         """After every commit: publish new tasks and events now, and wake SSE subscribers."""
@@ -250,6 +254,10 @@ class Daemon:
         if self.event_relay is not None:
             self.event_relay.kick()
         self.hub.kick()
+
+    def _start_loop(self, loop: Loop) -> None:
+        self.loops.append(loop)
+        self._spawn(loop.name, loop.run())
 
     def _spawn(self, name: str, coro: Any) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -270,16 +278,11 @@ class Daemon:
 
     async def metrics_endpoint(self, request: Request) -> Response:
         """Prometheus text: counters kept in process, gauges read from SQLite and JetStream at scrape time."""
-        ended = sorted(ip.TERMINAL_RUN_STATUSES)
-        rows = await self.readers.fetchall(
-            f"SELECT status, COUNT(*) AS n FROM workflow_runs WHERE status NOT IN ({','.join('?' * len(ended))}) GROUP BY status",
-            ended)
-        outbox = await self.readers.fetchone("SELECT COUNT(*) AS n FROM outbox")
-        due = await self.readers.fetchone("SELECT COUNT(*) AS n FROM timers WHERE fired_at IS NULL AND due_at <= ?", (time.time(),))
+        active = await run_store.count_unfinished_by_status(self.readers)
         gauges: dict[str, list] = {
-            ACTIVE_RUNS: [({"status": r["status"]}, r["n"]) for r in rows],
-            OUTBOX_DEPTH: [({}, outbox["n"] if outbox else 0)],
-            TIMER_BACKLOG: [({}, due["n"] if due else 0)],
+            ACTIVE_RUNS: [({"status": status}, n) for status, n in active.items()],
+            OUTBOX_DEPTH: [({}, await outbox.depth(self.readers))],
+            TIMER_BACKLOG: [({}, await timers.backlog(self.readers, time.time()))],
         }
         if self.bus is not None and self.bus.connected:
             with contextlib.suppress(Exception):
@@ -316,21 +319,13 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["api"], 10)
         for name in ("reconciler", "timers", "schedules", "retention", "idempotency-purge"):
-            task = self._tasks.get(name)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel(self._tasks.get(name))
         if self.worker is not None:
             await self.worker.stop(self.settings.shutdown_grace_seconds)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["worker"], 5)
         for name in ("outbox-relay", "event-relay", "event-hub"):
-            task = self._tasks.get(name)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel(self._tasks.get(name))
         for relay in (self.relay, self.event_relay):
             if relay is not None and self.bus is not None and self.bus.connected:
                 with contextlib.suppress(Exception):

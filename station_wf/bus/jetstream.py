@@ -1,4 +1,7 @@
-"""JetStream topology and the few operations the engine needs: publish, fetch, and "is this task live?"."""
+"""JetStream topology and the few operations the engine needs: publish, pull, and "is this task live?".
+
+The wire form (subjects, message ids, headers) is `station_wf.protocol`'s; this module is the I/O.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -25,6 +29,8 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
+from station_wf.protocol import EVENT_SUBJECTS, MSG_ID_HEADER, TASK_SUBJECT_FILTER, TASK_SUBJECTS
+
 log = logging.getLogger(__name__)
 
 PUBLISH_WINDOW = 500      # JetStream publishes in flight at once (each waits for its own PubAck)
@@ -33,8 +39,7 @@ HEADER_OVERHEAD = 64      # "NATS/1.0\r\n" and the framing around headers
 
 TASKS_STREAM = "WORKFLOW_TASKS"
 EVENTS_STREAM = "WORKFLOW_EVENTS"
-TASK_SUBJECTS = ["wf.task.>"]
-EVENT_SUBJECTS = ["wf.event.>"]
+PULL_EXPIRES_S = 2.0      # how long one pull request lingers on the server waiting for tasks
 WORKER_CONSUMER = "station-wf-worker"
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
@@ -53,6 +58,7 @@ class Bus:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
+        self.consumer_ready = False  # the worker's consumer answered the last pull (readiness)
 
     async def connect(self) -> None:
         async def _error(exc: Exception) -> None:
@@ -90,7 +96,7 @@ class Bus:
             ack_wait=self.ack_wait,
             max_deliver=-1,
             max_ack_pending=self.max_ack_pending,
-            filter_subject="wf.task.>",
+            filter_subject=TASK_SUBJECT_FILTER,
         )
 
     async def ensure_topology(self) -> None:
@@ -133,12 +139,73 @@ class Bus:
 
     @property
     def pull_subject(self) -> str:
-        """Where pull requests for the worker consumer go (the worker runs its own pull loop)."""
+        """Where pull requests for the worker consumer go."""
         return f"$JS.API.CONSUMER.MSG.NEXT.{TASKS_STREAM}.{WORKER_CONSUMER}"
+
+    async def pull(self, batch: int, stop: asyncio.Event | None = None,
+                   expires: float = PULL_EXPIRES_S) -> AsyncIterator[Msg]:
+        """One lingering pull request for up to `batch` tasks, yielding each the moment it arrives; ends
+        when the request is answered empty (404/408), expires, `batch` arrived, or `stop` is set.
+
+        nats-py's `fetch(n)` waits for the whole batch (or its timeout) before returning, which would
+        add up to the timeout to a step's latency at light load; this does not. Close it with
+        `contextlib.aclosing` when leaving early. Raises when the server refuses the request (the
+        consumer is gone): the caller rebuilds the topology."""
+        nc = self.nc
+        assert nc is not None
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        try:
+            try:
+                request = {"batch": batch, "expires": int(expires * 1e9)}
+                await nc.publish(self.pull_subject, json.dumps(request).encode(), reply=inbox)
+                if self.js is not None and not self.consumer_ready:
+                    await self.js.consumer_info(TASKS_STREAM, WORKER_CONSUMER)  # raises if the consumer is gone
+                    self.consumer_ready = True
+                deadline = time.monotonic() + expires + 1.0
+                got = 0
+                while got < batch and not (stop is not None and stop.is_set()):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    try:
+                        msg = await sub.next_msg(timeout=remaining)
+                    except TimeoutError:
+                        return
+                    status = msg.headers.get("Status") if msg.headers else None
+                    if status is None:
+                        self.consumer_ready = True
+                        got += 1
+                        yield msg
+                    elif status in ("404", "408", "100"):  # no messages / request expired / heartbeat
+                        if status != "100":
+                            self.consumer_ready = True
+                            return
+                    else:
+                        raise RuntimeError(f"pull request answered {status} {msg.headers.get('Description', '')}")
+            except Exception:
+                self.consumer_ready = False
+                raise
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def task_stream_last_seq(self) -> int:
+        assert self.js is not None
+        return (await self.js.stream_info(TASKS_STREAM)).state.last_seq
+
+    async def live_task_subjects(self) -> set[str] | None:
+        """Subjects with a task still in the work queue, in one request; None if the server left some out."""
+        assert self.js is not None
+        info = await self.js.stream_info(TASKS_STREAM, subjects_filter=TASK_SUBJECT_FILTER)
+        subjects = info.state.subjects or {}
+        if info.state.messages and sum(subjects.values()) < info.state.messages:
+            return None  # a truncated answer: ask per subject this time
+        return set(subjects)
 
     async def publish(self, subject: str, payload: bytes, msg_id: str, headers: dict[str, str] | None = None) -> Any:
         assert self.js is not None
-        hdrs = {"Nats-Msg-Id": msg_id, **(headers or {})}
+        hdrs = {MSG_ID_HEADER: msg_id, **(headers or {})}
         return await self.js.publish(subject, payload, headers=hdrs)
 
     def fits(self, payload: bytes, headers: dict[str, str]) -> bool:
@@ -185,7 +252,7 @@ class Bus:
         try:
             for i in range(start, end):
                 subject, payload, msg_id, headers = items[i]
-                hdrs = {"Nats-Msg-Id": msg_id, **headers}
+                hdrs = {MSG_ID_HEADER: msg_id, **headers}
                 if not self.fits(payload, hdrs):
                     outcomes[i] = MaxPayloadError()
                     continue

@@ -6,16 +6,16 @@ rows (delete, or advance a cursor), so a crash anywhere publishes again and JetS
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
 import sqlite3
 
 from station_wf.bus.jetstream import Bus
-from station_wf.engine.identity import run_event_subject, step_event_subject
 from station_wf.faults import crash_point
-from station_wf.store import relay_rows
+from station_wf.loop import Loop
+from station_wf.protocol import MSG_ID_HEADER, encode_event, encode_event_stub
+from station_wf.store import outbox, relay_rows
 from station_wf.store.db import SqliteReaders, SqliteWriter
 
 log = logging.getLogger(__name__)
@@ -24,25 +24,27 @@ BATCH = 500
 IDLE_POLL_S = 1.0
 
 
-class _Relay:
-    """A loop woken by `kick()` (or a poll) that drains its source in batches."""
+class _Relay(Loop):
+    """A loop woken by `kick()` (after every commit) or a poll, draining its source in batches; a
+    failed publish backs off (0.1 s doubling to 2 s) and the rows stay to be published again."""
 
     name = "relay"
+    batch = BATCH
 
     def __init__(self, writer: SqliteWriter, readers: SqliteReaders, bus: Bus) -> None:
+        super().__init__(IDLE_POLL_S, backoff=(0.1, 2.0), logger=log)
         self.writer = writer
         self.readers = readers
         self.bus = bus
-        self._wake = asyncio.Event()
-        self.published = 0
-
-    def kick(self) -> None:
-        self._wake.set()
 
     async def drain_once(self) -> int:
         raise NotImplementedError
 
+    async def run_once(self) -> int:
+        return await self.drain_once()
+
     async def drain(self) -> int:
+        """Everything there is now (start-up and shutdown flush)."""
         total = 0
         while True:
             n = await self.drain_once()
@@ -54,28 +56,6 @@ class _Relay:
         """Called when nothing woke the relay for a poll period: commit pending ride-alongs."""
         if self.writer.has_riders():
             await self.writer.run(lambda conn: None)
-
-    async def run(self) -> None:
-        backoff = 0.1
-        while True:
-            woken = True
-            try:
-                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
-            except TimeoutError:
-                woken = False
-            self._wake.clear()
-            try:
-                if not woken:
-                    await self.idle()
-                await self.drain()
-                backoff = 0.1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - NATS down, stream gone: retry later, rows are safe
-                log.warning("%s: publish failed (%s: %s); retrying in %.1fs", self.name, type(exc).__name__, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                self._wake.set()
 
 
 class RelayPublishError(RuntimeError):
@@ -94,7 +74,7 @@ class OutboxRelay(_Relay):
     `Nats-Msg-Id` drops. A row that failed to publish (or whose delete was lost) is published again.
     """
 
-    name = "outbox relay"
+    name = "outbox-relay"
 
     def __init__(self, writer: SqliteWriter, readers: SqliteReaders, bus: Bus) -> None:
         super().__init__(writer, readers, bus)
@@ -111,11 +91,11 @@ class OutboxRelay(_Relay):
         self._high_water = 0
 
     def _delete(self, conn: sqlite3.Connection, ids: list[int]) -> None:
-        relay_rows.delete_outbox(conn, ids)
+        outbox.delete(conn, ids)
         self._published_ids.difference_update(ids)
 
     async def drain_once(self) -> int:
-        rows = await relay_rows.outbox_after(self.readers, self._high_water, BATCH)
+        rows = await outbox.rows_after(self.readers, self._high_water, BATCH)
         rows = [r for r in rows if r["id"] not in self._published_ids]
         if not rows:
             return 0
@@ -128,7 +108,6 @@ class OutboxRelay(_Relay):
             self._published_ids.update(acked)
             self.writer.ride_along("outbox-delete+", functools.partial(self._delete, ids=acked),
                                    on_lost=functools.partial(self._forget, acked))
-            self.published += len(acked)
         failed = _failures(rows, outcomes)
         if failed:
             self._high_water = failed[0][0]["id"] - 1
@@ -144,7 +123,7 @@ class EventRelay(_Relay):
     size) and the cursor moves on: one big step output never stops the stream for every other run.
     Readers fetch the full event from the API (`GET /workflow-runs/{id}/events`)."""
 
-    name = "event relay"
+    name = "event-relay"
 
     def __init__(self, writer: SqliteWriter, readers: SqliteReaders, bus: Bus) -> None:
         super().__init__(writer, readers, bus)
@@ -152,28 +131,18 @@ class EventRelay(_Relay):
         self.truncated = 0
 
     @staticmethod
-    def _head(r: sqlite3.Row) -> str:
-        return (f'"runId":{json.dumps(r["run_id"])},"seq":{r["seq"]},"type":{json.dumps(r["type"])},'
-                f'"stepId":{json.dumps(r["step_id"])}')
+    def _message(r: sqlite3.Row) -> tuple[str, bytes, str, dict[str, str]]:
+        subject, body, msg_id = encode_event(r)
+        return subject, body, msg_id, {}
 
-    @classmethod
-    def _message(cls, r: sqlite3.Row) -> tuple[str, bytes, str, dict[str, str]]:
-        # The payload is already JSON text in SQLite: splice it in rather than parse and re-encode it.
-        body = (f'{{{cls._head(r)},"payload":{r["payload"]},"actor":{json.dumps(r["actor"])},'
-                f'"time":{json.dumps(r["created_at"])}}}')
-        subject = step_event_subject(r["run_id"], r["step_id"]) if r["step_id"] else run_event_subject(r["run_id"])
-        return subject, body.encode(), f"evt:{r['run_id']}:{r['seq']}", {}
-
-    @classmethod
-    def _stub(cls, r: sqlite3.Row, size: int) -> tuple[str, bytes, str, dict[str, str]]:
-        subject, _, msg_id, headers = cls._message(r)
-        body = (f'{{{cls._head(r)},"truncated":true,"bytes":{size},"actor":{json.dumps(r["actor"])},'
-                f'"time":{json.dumps(r["created_at"])}}}')
-        return subject, body.encode(), msg_id, headers
+    @staticmethod
+    def _stub(r: sqlite3.Row, size: int) -> tuple[str, bytes, str, dict[str, str]]:
+        subject, body, msg_id = encode_event_stub(r, size)
+        return subject, body, msg_id, {}
 
     def _fitting(self, r: sqlite3.Row) -> tuple[str, bytes, str, dict[str, str]]:
         message = self._message(r)
-        if self.bus.fits(message[1], {"Nats-Msg-Id": message[2], **message[3]}):
+        if self.bus.fits(message[1], {MSG_ID_HEADER: message[2], **message[3]}):
             return message
         self.truncated += 1
         log.warning("event relay: event %s/%s (%s, %d bytes) is over NATS max_payload; publishing a stub",
@@ -195,7 +164,6 @@ class EventRelay(_Relay):
             # Lost in a crash: events are republished and deduplicated by Nats-Msg-Id.
             self.writer.ride_along("event-cursor", functools.partial(relay_rows.set_cursor, name="events", position=position))
             self._cursor = position
-            self.published += len(done)
         if failed:
             raise RelayPublishError(f"{len(failed)} of {len(rows)} event(s) got no PubAck, first: "
                                     f"{type(failed[0][1]).__name__}: {failed[0][1]}")

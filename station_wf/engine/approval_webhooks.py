@@ -14,7 +14,6 @@ least once: a receiver de-duplicates on `X-Station-Delivery`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -25,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from station_wf.loop import Loop
 from station_wf.store import webhooks as ws
 from station_wf.store.db import SqliteWriter
 
@@ -74,36 +74,38 @@ def notification(config: WebhookConfig, event: Any, payload: dict[str, Any], app
     return body
 
 
-class ApprovalWebhooks:
+class ApprovalWebhooks(Loop):
     """The enqueue-and-send loop; one per daemon (deliveries are keyed, so a second one repeats nothing)."""
 
+    name = "approval-webhooks"
+
     def __init__(self, writer: SqliteWriter, config: WebhookConfig) -> None:
+        super().__init__(config.poll_seconds, logger=log)
         self.writer = writer
         self.config = config
-        self._wake = asyncio.Event()
         self._inflight: set[str] = set()
+        self._http: aiohttp.ClientSession | None = None
 
-    def kick(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
+    async def run(self, loops: int | None = None) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            while True:
-                try:
-                    await self.writer.run(lambda c: ws.enqueue_from_events(
-                        c, list(self.config.urls), lambda e, p, a: notification(self.config, e, p, a), time.time()))
-                    rows = await self.writer.run(lambda c: ws.due(c, time.time()))
-                    fresh = [r for r in rows if r["delivery_id"] not in self._inflight]
-                    if fresh:
-                        await asyncio.gather(*(self._deliver(http, row) for row in fresh))
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - a bad row or a closed writer must not end the loop silently
-                    log.exception("approval webhooks: pass failed; retrying")
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
+            self._http = http
+            try:
+                await super().run(loops)
+            finally:
+                self._http = None
+
+    async def run_once(self) -> int:
+        """Turn new approval events into deliveries, then POST what is due."""
+        assert self._http is not None
+        http = self._http
+        await self.writer.run(lambda c: ws.enqueue_from_events(
+            c, list(self.config.urls), lambda e, p, a: notification(self.config, e, p, a), time.time()))
+        rows = await self.writer.run(lambda c: ws.due(c, time.time()))
+        fresh = [r for r in rows if r["delivery_id"] not in self._inflight]
+        if fresh:
+            await asyncio.gather(*(self._deliver(http, row) for row in fresh))
+        return len(fresh)
 
     async def _deliver(self, http: aiohttp.ClientSession, row: Any) -> None:
         delivery_id = row["delivery_id"]

@@ -4,17 +4,34 @@ A chain of inject/switch/transform/container/wait steps is decided inside the tr
 it: each still gets its own row, events and deterministic id, but not a JetStream round trip. The
 chain is bounded; what is left over gets tasks like any step. A crash before the commit loses the
 whole chain together with its cause, which is then redelivered and decided the same way.
+
+`decide_and_commit` is the shell's one recipe for everything that moves a run (worker, timers,
+approvals, signals, cancel): the run's definition and state are read inside the writer's
+transaction, handed to a pure interpreter function, and what it returns is committed with its chain.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from typing import Any
 
 from station_wf.engine import interpreter as ip
 from station_wf.store import runs as rs
 from station_wf.store.definitions import DefinitionCache
 
 MAX_INLINE_STEPS = 64
+
+Decision = Callable[[dict[str, Any], ip.RunState], ip.Transition | None]
+
+
+def decide_and_commit(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, decision: Decision,
+                      step: ip.StepView | None = None) -> int:
+    """Load the run's definition and state, let `decision(definition, state)` (a pure interpreter call)
+    say what happens, and commit it with its inline chain; returns the tasks enqueued (0: no change)."""
+    defn = defs.get(conn, run.workflow_id, run.workflow_version)
+    t = decision(defn, rs.run_state(conn, run))
+    return 0 if t is None else commit_transition(conn, defs, run, t, step)
 
 
 def commit_transition(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, t: ip.Transition,

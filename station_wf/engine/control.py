@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from station_wf.engine import interpreter as ip
-from station_wf.engine.commit import commit_transition
+from station_wf.engine.commit import commit_transition, decide_and_commit
 from station_wf.engine.limits import LIMITS
+from station_wf.store import approvals, timers
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
 from station_wf.store.definitions import DefinitionCache
@@ -45,7 +46,7 @@ def _run_or_missing(conn: sqlite3.Connection, run_id: str) -> rs.RunRow:
 
 
 def approval_row(conn: sqlite3.Connection, run_id: str, approval_id: str) -> sqlite3.Row:
-    row = conn.execute("SELECT * FROM workflow_approvals WHERE approval_id = ? AND run_id = ?", (approval_id, run_id)).fetchone()
+    row = approvals.load(conn, run_id, approval_id)
     if row is None:
         raise Missing(f"approval {approval_id!r} not found on run {run_id!r}")
     return row
@@ -56,7 +57,7 @@ def decide_approval(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str
     """approved | rejected | timed_out, once: the approval row's `pending` status is the compare-and-set."""
     run = _run_or_missing(conn, run_id)
     row = approval_row(conn, run_id, approval_id)
-    if row["status"] != "pending":
+    if row["status"] != approvals.PENDING:
         raise Conflict(f"approval is already {row['status']}", {"status": row["status"], "decidedBy": row["decided_by"],
                                                                 "decidedAt": row["decided_at"]})
     if run.status == ip.PAUSED:  # review L2: a paused run does not advance
@@ -65,17 +66,12 @@ def decide_approval(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str
     if run.status in ip.TERMINAL_RUN_STATUSES or step_row is None or step_row["status"] != ip.WAITING_APPROVAL:
         raise Conflict(f"run is {run.status}", {"status": row["status"], "runStatus": run.status})
     now = utcnow()
-    conn.execute(
-        "UPDATE workflow_approvals SET status = ?, decided_by = ?, comment = ?, decided_at = ? WHERE approval_id = ? AND status = 'pending'",
-        (decision, decided_by, comment, now, approval_id),
-    )
-    conn.execute("UPDATE timers SET fired_at = ? WHERE run_id = ? AND step_id = ? AND kind = 'approval_timeout' AND fired_at IS NULL",
-                 (now, run_id, row["step_id"]))
-    defn = defs.get(conn, run.workflow_id, run.workflow_version)
+    approvals.decide(conn, approval_id, decision, decided_by, comment, now)
+    timers.close_for_step(conn, run_id, row["step_id"], timers.APPROVAL_TIMEOUT, now)
     policy = row["on_timeout"] if decision == "timed_out" else row["on_reject"]
-    t = ip.approval_decided(defn, rs.run_state(conn, run), rs.step_view(step_row), decision, decided_by, comment, policy,
-                            approval_id)
-    return Outcome(commit_transition(conn, defs, run, t))
+    view = rs.step_view(step_row)
+    return Outcome(decide_and_commit(conn, defs, run, lambda defn, state: ip.approval_decided(
+        defn, state, view, decision, decided_by, comment, policy, approval_id)))
 
 
 def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, name: str, payload: Any,
@@ -84,7 +80,7 @@ def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str,
     A signal already delivered under `effect_id` (a retried request) is reported, not delivered again."""
     run = _run_or_missing(conn, run_id)
     if effect_id is not None:
-        prior = conn.execute("SELECT id, name, consumed_by FROM workflow_signals WHERE effect_id = ?", (effect_id,)).fetchone()
+        prior = approvals.signal_by_effect(conn, effect_id)
         if prior is not None:
             return Outcome(), {"signalId": prior["id"], "name": prior["name"], "consumed": prior["consumed_by"] is not None}
     if run.status in ip.TERMINAL_RUN_STATUSES:
@@ -93,10 +89,7 @@ def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str,
         raise Conflict(f"the run has {LIMITS.max_events_per_run} events, its cap (STATION_MAX_EVENTS_PER_RUN)",
                        {"status": run.status, "limit": "max_events_per_run"})
     now = utcnow()
-    signal_id = conn.execute(
-        "INSERT INTO workflow_signals (run_id, name, payload, sender, received_at, effect_id) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-        (run_id, name, rs.dumps(payload), sender, now, effect_id),
-    ).fetchone()[0]
+    signal_id = approvals.insert_signal(conn, run_id, name, payload, sender, now, effect_id)
     rs.append_event(conn, run_id, "signal.received", {"signal": name, "signalId": signal_id, "payload": payload}, actor=sender)
     info = {"signalId": signal_id, "name": name, "consumed": False}
     if run.status != ip.PAUSED:  # review L2: a paused run keeps the signal and consumes it on resume
@@ -104,7 +97,7 @@ def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str,
         if consumed is not None:
             info["consumed"] = consumed[1] == signal_id
             return consumed[0], info
-    conn.execute("UPDATE workflow_runs SET version = version + 1, updated_at = ? WHERE run_id = ?", (now, run_id))
+    rs.touch(conn, run_id, now)
     return Outcome(), info
 
 
@@ -112,10 +105,7 @@ def _consume_signal(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.Run
                     now: str) -> tuple[Outcome, int] | None:
     """The first wait for `name` (any name when None) that has a signal buffered consumes the oldest
     one (in order, once); returns the outcome and the consumed signal's id, or None."""
-    waiting = conn.execute(
-        "SELECT * FROM workflow_run_steps WHERE run_id = ? AND status = 'WAITING_SIGNAL' ORDER BY id", (run.run_id,)
-    ).fetchall()
-    for step_row in waiting:
+    for step_row in rs.steps_waiting_signal(conn, run.run_id):
         wanted = (json.loads(step_row["input"] or "{}")).get("signal")
         if name is not None and wanted != name:
             continue
@@ -124,8 +114,7 @@ def _consume_signal(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.Run
         if oldest is None:
             continue
         defn = defs.get(conn, run.workflow_id, run.workflow_version)
-        conn.execute("UPDATE timers SET fired_at = ? WHERE run_id = ? AND step_id = ? AND kind = 'signal_timeout' AND fired_at IS NULL",
-                     (now, run.run_id, step_row["step_id"]))
+        timers.close_for_step(conn, run.run_id, step_row["step_id"], timers.SIGNAL_TIMEOUT, now)
         t = ip.signal_received(defn, state, rs.step_view(step_row), oldest)
         return Outcome(commit_transition(conn, defs, rs.load_run(conn, run.run_id) or run, t)), oldest.id
     return None
@@ -138,8 +127,7 @@ def pause(conn: sqlite3.Connection, run_id: str, actor: str | None) -> Outcome:
     if run.status not in ip.ACTIVE_RUN_STATUSES and run.status != ip.PENDING:
         raise Conflict(f"cannot pause a run that is {run.status}", {"status": run.status})
     now = utcnow()
-    conn.execute("UPDATE workflow_runs SET status = 'PAUSED', version = version + 1, updated_at = ?, "
-                 "engine_state = json_set(engine_state, '$.pausedFrom', ?) WHERE run_id = ?", (now, run.status, run_id))
+    rs.mark_paused(conn, run_id, run.status, now)
     rs.append_event(conn, run_id, "run.paused", {"from": run.status}, actor=actor, now=now)
     return Outcome()
 
@@ -156,24 +144,17 @@ def resume(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor: 
     now = utcnow()
     paused_from = run.engine.get("pausedFrom") or ip.RUNNING
     target = ip.PENDING if paused_from == ip.PENDING else ip.RUNNING
-    conn.execute("UPDATE workflow_runs SET status = ?, version = version + 1, updated_at = ?, "
-                 "engine_state = json_remove(engine_state, '$.pausedFrom') WHERE run_id = ?", (target, now, run_id))
+    rs.mark_resumed(conn, run_id, target, now)
     rs.append_event(conn, run_id, "run.resumed", {}, actor=actor, now=now)
     run = rs.load_run(conn, run_id)
     assert run is not None
     tasks = 0
     if target == ip.PENDING:
-        rs.enqueue(conn, rs.run_task_subject(run_id), f"run:{run_id}:start:resume{time.time_ns()}", {"runId": run_id}, {})
+        rs.enqueue_run_task(conn, run_id, run.traceparent, redispatch=f"resume{time.time_ns()}")
         return Outcome(1)
-    due = conn.execute(
-        """SELECT s.* FROM workflow_run_steps s WHERE s.run_id = ? AND s.status IN ('PENDING', 'RUNNING')
-             AND NOT (s.status = 'RUNNING' AND s.state_type IN ('parallel', 'foreach', 'try', 'sleep'))
-             AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.run_id = s.run_id AND t.step_id = s.step_id AND t.fired_at IS NULL
-                             AND t.kind != 'step_timeout')""",
-        (run_id,),
-    ).fetchall()
+    due = rs.steps_needing_tasks(conn, run_id)
     for row in due:
-        rs.enqueue_step_task(conn, run, row["step_id"], row["attempt"], row["idempotency_key"], suffix=f"resume{time.time_ns()}")
+        rs.enqueue_step_task(conn, run, row["step_id"], row["attempt"], row["idempotency_key"], redispatch=f"resume{time.time_ns()}")
         tasks += 1
     for _ in range(1000):  # signals delivered while paused are consumed now (bounded: one per waiting step)
         current = rs.load_run(conn, run_id)

@@ -1,4 +1,6 @@
-"""Deterministic identities (invariant 4): the same run, state, branch and index always name the same step."""
+"""Deterministic identities (invariant 4): the same run, state, branch and index always name the same step.
+
+The NATS names built from them (subjects, message ids) are `station_wf/protocol.py`'s."""
 
 from __future__ import annotations
 
@@ -15,23 +17,3 @@ def step_id(run_id: str, state_name: str, branch_path: str = "", foreach_index: 
 def idempotency_key(run_id: str, step: str, attempt: int) -> str:
     """The key executors receive and pass on (`Idempotency-Key`): stable across redeliveries of one attempt."""
     return f"{run_id}:{step}:{attempt}"
-
-
-def step_task_subject(run_id: str, step: str) -> str:
-    return f"wf.task.step.{run_id}.{step}"
-
-
-def run_task_subject(run_id: str) -> str:
-    return f"wf.task.run.{run_id}"
-
-
-def resume_task_subject(run_id: str) -> str:
-    return f"wf.task.resume.{run_id}"
-
-
-def run_event_subject(run_id: str) -> str:
-    return f"wf.event.run.{run_id}"
-
-
-def step_event_subject(run_id: str, step: str) -> str:
-    return f"wf.event.step.{run_id}.{step}"

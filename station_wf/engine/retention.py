@@ -6,10 +6,10 @@ rows (not in runs: one run may have millions of events), so the writer is never 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from station_wf.loop import Loop
 from station_wf.store.db import SqliteWriter
 from station_wf.store.retention_rows import prune_some
 
@@ -31,14 +31,18 @@ async def prune_once(writer: SqliteWriter, days: float, rows_per_tx: int = ROWS_
             return total
 
 
-async def retention_loop(writer: SqliteWriter, days: float, interval: float = 3600.0) -> None:
-    while True:
-        try:
-            pruned = await prune_once(writer, days)
-            if pruned:
-                log.info("retention: deleted %d finished run(s) older than %s days", pruned, days)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - try again next period
-            log.exception("retention")
-        await asyncio.sleep(interval)
+class Retention(Loop):
+    """Prunes every `interval` seconds (STATION_RETENTION_INTERVAL_SECONDS)."""
+
+    name = "retention"
+
+    def __init__(self, writer: SqliteWriter, days: float, interval: float = 3600.0) -> None:
+        super().__init__(interval, logger=log)
+        self.writer = writer
+        self.days = days
+
+    async def run_once(self) -> int:
+        pruned = await prune_once(self.writer, self.days)
+        if pruned:
+            log.info("retention: deleted %d finished run(s) older than %s days", pruned, self.days)
+        return pruned

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from station_wf.engine import interpreter as ip
-from station_wf.engine.commit import commit_transition
+from station_wf.engine.commit import commit_transition, decide_and_commit
 from station_wf.engine.limits import LIMITS
 from station_wf.executors.base import StepCall
 from station_wf.faults import crash_point, fault_error
+from station_wf.protocol import Task
 from station_wf.store import runs as rs
+from station_wf.store import timers
 from station_wf.store.definitions import DefinitionCache
 
 log = logging.getLogger(__name__)
@@ -84,15 +86,16 @@ class StepTransactions:
             error["message"] = (f"the run's start task failed or was interrupted {deliveries} times"
                                 f" (STATION_MAX_DELIVERIES={LIMITS.max_deliveries})")
             return rs.apply_transition(conn, run, ip.engine_failure(rs.run_state(conn, run), None, error), checked=False)
-        defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
-        crash_point("worker.start_run")
-        return commit_transition(conn, self.definitions, run, ip.start_run(defn, rs.run_state(conn, run)))
+        def start(defn: dict[str, Any], state: ip.RunState) -> ip.Transition:
+            crash_point("worker.start_run")
+            return ip.start_run(defn, state)
 
-    def count_delivery(self, conn: sqlite3.Connection, data: dict[str, Any], is_step: bool, cause: str | None,
-                       increment: bool = True) -> int | None:
-        if is_step:
-            return rs.count_step_delivery(conn, data["runId"], data["stepId"], int(data["attempt"]), cause, increment)
-        return rs.count_run_delivery(conn, data["runId"], cause, increment)
+        return decide_and_commit(conn, self.definitions, run, start)
+
+    def count_delivery(self, conn: sqlite3.Connection, task: Task, cause: str | None, increment: bool = True) -> int | None:
+        if task.kind == "step":
+            return rs.count_step_delivery(conn, task.run_id, task.step_id, task.attempt, cause, increment)
+        return rs.count_run_delivery(conn, task.run_id, cause, increment)
 
     # -- step tasks ---------------------------------------------------------------------------
     def begin_step(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> Skip | Unknown | Committed | Run:
@@ -118,10 +121,10 @@ class StepTransactions:
         if isinstance(decided, ip.Transition):
             return Committed(commit_transition(conn, self.definitions, run, decided, view))
         timeout = LIMITS.step_timeout(decided.timeout_seconds)
-        left = rs.step_timeout_left(conn, run_id, step, attempt)
+        left = timers.step_timeout_left(conn, run_id, step, attempt)
         if left is not None and left <= 0:  # the deadline passed while no process was executing it
             t = ip.step_failed(defn, rs.run_state(conn, run), view, ip.step_timeout_error(row["state_name"], timeout))
-            rs.close_step_timeout(conn, run_id, step, attempt)
+            timers.close_step_timeout(conn, run_id, step, attempt)
             return Committed(commit_transition(conn, self.definitions, run, t, view))
         rs.mark_running(conn, run, row, decided.action, decided.input, timeout)
         return Run(StepCall(
@@ -145,19 +148,24 @@ class StepTransactions:
         if row is None or row["status"] != ip.RUNNING or row["result"] is None:  # closed meanwhile, or not recorded
             return 0, False
         result = json.loads(row["result"])
-        defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
         view = rs.step_view(row)
-        state = rs.run_state(conn, run)
-        crash_point("worker.decide")
-        if fault_error("worker.decide"):  # tests: a decision that fails every time (a poison)
-            raise RuntimeError("fault injected at worker.decide")
-        if result.get("error") is not None:
-            t = ip.step_failed(defn, state, view, result["error"])
-        else:
-            t = ip.step_succeeded(defn, state, view, result.get("output"))
-        rs.close_step_timeout(conn, run_id, step, attempt)
-        will_retry = any(e.type == "step.failed" and e.payload.get("willRetry") for e in t.events)
-        return commit_transition(conn, self.definitions, run, t, view), will_retry
+        decided: list[ip.Transition] = []
+
+        def follow(defn: dict[str, Any], state: ip.RunState) -> ip.Transition:
+            crash_point("worker.decide")
+            if fault_error("worker.decide"):  # tests: a decision that fails every time (a poison)
+                raise RuntimeError("fault injected at worker.decide")
+            if result.get("error") is not None:
+                t = ip.step_failed(defn, state, view, result["error"])
+            else:
+                t = ip.step_succeeded(defn, state, view, result.get("output"))
+            decided.append(t)
+            return t
+
+        timers.close_step_timeout(conn, run_id, step, attempt)  # the interpreter never reads timers
+        tasks = decide_and_commit(conn, self.definitions, run, follow, view)
+        will_retry = any(e.type == "step.failed" and e.payload.get("willRetry") for e in decided[0].events)
+        return tasks, will_retry
 
     def quarantine(self, conn: sqlite3.Connection, run: rs.RunRow, row: sqlite3.Row) -> int:
         """Past the delivery budget: FAILED with engine_error, no retry. If even deciding that failure
@@ -165,12 +173,11 @@ class StepTransactions:
         error = _engine_error(row["state_name"], row["deliveries"], row["delivery_error"])
         view = rs.step_view(row)
         log.error("worker: run %s step %s#%d: %s", run.run_id, row["step_id"], row["attempt"], error["message"])
-        rs.close_step_timeout(conn, run.run_id, row["step_id"], row["attempt"])
+        timers.close_step_timeout(conn, run.run_id, row["step_id"], row["attempt"])
         try:
             with rs.savepoint(conn, "quarantine"):
-                defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
-                t = ip.step_failed(defn, rs.run_state(conn, run), view, error, retry=False)
-                return commit_transition(conn, self.definitions, run, t, view)
+                return decide_and_commit(conn, self.definitions, run,
+                                         lambda defn, state: ip.step_failed(defn, state, view, error, retry=False), view)
         except Exception as exc:  # noqa: BLE001 - the definition's failure path is poisoned too
             log.error("worker: failing run %s outright: %s: %s", run.run_id, type(exc).__name__, exc)
             t = ip.engine_failure(rs.run_state(conn, run), view, {**error, "decision": f"{type(exc).__name__}: {exc}"})

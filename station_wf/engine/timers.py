@@ -6,8 +6,6 @@ does re-checks the run and step first, so a timer firing after its wait already 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
@@ -17,10 +15,11 @@ from collections.abc import Callable
 from station_wf.deferral import Deferred
 from station_wf.engine import control
 from station_wf.engine import interpreter as ip
-from station_wf.engine.commit import commit_transition
+from station_wf.engine.commit import decide_and_commit
 from station_wf.faults import fault_error
+from station_wf.loop import Loop
 from station_wf.store import runs as rs
-from station_wf.store import timer_rows
+from station_wf.store import timers as timer_store
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
 from station_wf.store.definitions import DefinitionCache
 
@@ -33,45 +32,31 @@ BACKOFF_S = (1.0, 300.0)   # first retry after 1 s, doubling, at most 5 minutes
 ERROR_BACKOFF_S = (0.1, 5.0)  # the loop itself (a failing read or write): never spin
 
 
-class TimerLoop:
+class TimerLoop(Loop):
     """Fires due timers. Each timer fires in its own savepoint: one that raises is rolled back alone,
     retried with back-off and, after `max_attempts` failures, quarantined with its error (fired_at set,
-    error kept), while the rest of the batch fires."""
+    error kept), while the rest of the batch fires.
+
+    It polls (every 100 ms) and is not kicked: every timer is written due in the future, so a kick at
+    write time would find nothing due, and resume's held-back timers are due at the next poll."""
+
+    name = "timers"
+    batch = BATCH
 
     def __init__(self, writer: SqliteWriter, readers: SqliteReaders, definitions: DefinitionCache,
                  on_commit: Callable[[], None], poll: float = POLL_S, max_attempts: int = MAX_ATTEMPTS) -> None:
+        super().__init__(poll, backoff=ERROR_BACKOFF_S, logger=log)
         self.writer = writer
         self.readers = readers
         self.definitions = definitions
         self.on_commit = on_commit
-        self.poll = poll
         self.max_attempts = max(1, max_attempts)
-        self.fired = 0
-        self.failed = 0
-        self.quarantined = 0
-        self._wake = asyncio.Event()
 
-    def kick(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        delay = self.poll
-        while True:
-            try:
-                while await self.fire_due() == BATCH:
-                    pass
-                delay = self.poll
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - keep firing; the rows stay due
-                log.exception("timer loop")
-                delay = min(max(delay * 2, ERROR_BACKOFF_S[0]), ERROR_BACKOFF_S[1])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
-            self._wake.clear()
+    async def run_once(self) -> int:
+        return await self.fire_due()
 
     async def fire_due(self) -> int:
-        ids = await timer_rows.due_ids(self.readers, time.time(), BATCH)
+        ids = await timer_store.due_ids(self.readers, time.time(), BATCH)
         if not ids:
             return 0
         await self.writer.run(lambda conn: self._tx_fire(conn, ids))
@@ -81,12 +66,12 @@ class TimerLoop:
     def _tx_fire(self, conn: sqlite3.Connection, ids: list[int]) -> None:
         deferred: Deferred | None = None
         for timer_id in ids:
-            row = timer_rows.load_unfired(conn, timer_id)
+            row = timer_store.load_unfired(conn, timer_id)
             if row is None or row["run_status"] == ip.PAUSED:
                 continue  # fired meanwhile, or paused since the read: it fires on resume
             conn.execute("SAVEPOINT timer")
             try:
-                timer_rows.mark_fired(conn, timer_id)
+                timer_store.mark_fired(conn, timer_id)
                 if fault_error(f"timer.fire.{row['workflow_id']}"):  # tests: a poisonous workflow's timers
                     raise RuntimeError(f"fault injected at timer.fire.{row['workflow_id']}")
                 self._fire(conn, row)
@@ -102,19 +87,16 @@ class TimerLoop:
                 self._failed(conn, row, exc)
             else:
                 conn.execute("RELEASE timer")
-                self.fired += 1
         if deferred is not None:
             raise deferred  # the writer evaluates what the batch needs, then fires it again
 
     def _failed(self, conn: sqlite3.Connection, row: sqlite3.Row, exc: Exception) -> None:
         attempts = row["attempts"] + 1
         error = {"type": type(exc).__name__, "message": str(exc)[:2000], "at": utcnow()}
-        self.failed += 1
         if attempts >= self.max_attempts:
-            self.quarantined += 1
             log.error("timer %s (%s, run %s) failed %d times; quarantined: %s: %s", row["id"], row["kind"],
                       row["run_id"], attempts, error["type"], error["message"])
-            timer_rows.record_failure(conn, row["id"], error, None)
+            timer_store.record_failure(conn, row["id"], error, None)
             try:
                 with rs.savepoint(conn, "timer_quarantine"):
                     self._fail_run(conn, row, error, attempts)
@@ -124,7 +106,7 @@ class TimerLoop:
         retry_in = min(BACKOFF_S[0] * 2 ** (attempts - 1), BACKOFF_S[1])
         log.warning("timer %s (%s, run %s) failed (attempt %d of %d), retrying in %.0fs: %s: %s", row["id"],
                     row["kind"], row["run_id"], attempts, self.max_attempts, retry_in, error["type"], error["message"])
-        timer_rows.record_failure(conn, row["id"], error, retry_in)
+        timer_store.record_failure(conn, row["id"], error, retry_in)
 
     def _fail_run(self, conn: sqlite3.Connection, row: sqlite3.Row, error: dict, attempts: int) -> None:
         """A quarantined timer would leave its run waiting forever: fail the run, without the definition."""
@@ -153,11 +135,8 @@ class TimerLoop:
             if step_row is not None and step_row["status"] == ip.PENDING and run.status in ip.ACTIVE_RUN_STATUSES:
                 rs.enqueue_step_task(conn, run, step_row["step_id"], step_row["attempt"], step_row["idempotency_key"])
             return
-        if timer["kind"] == "approval_timeout":
+        if timer["kind"] == timer_store.APPROVAL_TIMEOUT:
             control.fire_approval_timeout(conn, self.definitions, run.run_id, payload["approvalId"])
             return
-        defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
         view = rs.step_view(step_row) if step_row is not None else None
-        t = ip.timer_fired(defn, rs.run_state(conn, run), timer["kind"], view)
-        if t is not None:
-            commit_transition(conn, self.definitions, run, t, view)
+        decide_and_commit(conn, self.definitions, run, lambda defn, state: ip.timer_fired(defn, state, timer["kind"], view), view)

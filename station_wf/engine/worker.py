@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,11 +17,12 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from station_wf.bus.jetstream import TASKS_STREAM, WORKER_CONSUMER, Bus
+from station_wf.bus.jetstream import Bus
 from station_wf.engine import interpreter as ip
 from station_wf.engine.limits import LIMITS
 from station_wf.engine.step_tx import Committed, Skip, StepTransactions, Unknown, encode_result
 from station_wf.executors.base import ExecutorRegistry, StepCall, StepError, StepResult
+from station_wf.protocol import MalformedTask, Task, decode_task
 from station_wf.store.db import SqliteWriter
 from station_wf.store.definitions import DefinitionCache
 from station_wf.telemetry import classify_error, step_duration_seconds, step_log, step_spans
@@ -30,7 +30,6 @@ from station_wf.telemetry import classify_error, step_duration_seconds, step_log
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 64
-PULL_EXPIRES_S = 2.0
 NOT_OURS_DELAY_S = 30.0
 CANCELLED_MEMORY_S = 300.0
 
@@ -61,74 +60,44 @@ class TaskWorker:
         self._executions: dict[tuple[str, str, int], asyncio.Task] = {}
         self._cancelled: dict[str, float] = {}  # run id -> when its cancel committed (review L3)
         self.boot_seq: int | None = None  # the task stream's last sequence when this process started
-        self.subscribed = False
-        self.executed = 0
         self._active = 0
         self._slots = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
 
+    @property
+    def subscribed(self) -> bool:
+        """Readiness: the worker pulls and its consumer answers."""
+        return not self._stopping.is_set() and self.bus.consumer_ready
+
+    def is_inflight(self, task: Task) -> bool:
+        """Is this process handling `task` right now? (The reconciler leaves such work alone.)"""
+        return task.work_key in self.inflight
+
     # -- loop ---------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Pull loop: one lingering pull request at a time, each message dispatched the moment it arrives.
-
-        nats-py's `fetch(n)` waits for the whole batch (or its timeout) before returning, which would
-        add up to the timeout to a step's latency at light load; this loop does not.
-        """
+        """Pull loop: one lingering pull request at a time (`Bus.pull`), each message dispatched the
+        moment it arrives, never more in flight than `concurrency`."""
         while not self._stopping.is_set():
             try:
                 if self.boot_seq is None and self.bus.js is not None:
-                    self.boot_seq = (await self.bus.js.stream_info(TASKS_STREAM)).state.last_seq
+                    self.boot_seq = await self.bus.task_stream_last_seq()
                 async with self._slots:
                     await self._slots.wait_for(lambda: self._active < self.concurrency or self._stopping.is_set())
                 if self._stopping.is_set():
                     break
-                await self._pull(min(FETCH_BATCH, self.concurrency - self._active))
+                batch = min(FETCH_BATCH, self.concurrency - self._active)
+                async with contextlib.aclosing(self.bus.pull(batch, self._stopping)) as messages:
+                    async for msg in messages:
+                        self._spawn(msg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - broker trouble: rebuild topology, then pull again
-                self.subscribed = False
+                self.bus.consumer_ready = False
                 log.warning("worker: pull failed (%s: %s); re-checking streams", type(exc).__name__, exc)
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(Exception):
                     await self.bus.ensure_topology()
-        self.subscribed = False
-
-    async def _pull(self, batch: int) -> None:
-        nc = self.bus.nc
-        assert nc is not None
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        try:
-            request = {"batch": batch, "expires": int(PULL_EXPIRES_S * 1e9)}
-            await nc.publish(self.bus.pull_subject, json.dumps(request).encode(), reply=inbox)
-            if self.bus.js is not None and not self.subscribed:
-                await self.bus.js.consumer_info(TASKS_STREAM, WORKER_CONSUMER)  # raises if the consumer is gone
-                self.subscribed = True
-            deadline = time.monotonic() + PULL_EXPIRES_S + 1.0
-            got = 0
-            while got < batch and not self._stopping.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                try:
-                    msg = await sub.next_msg(timeout=remaining)
-                except TimeoutError:
-                    return
-                status = msg.headers.get("Status") if msg.headers else None
-                if status is None:
-                    self.subscribed = True
-                    got += 1
-                    self._spawn(msg)
-                elif status in ("404", "408", "100"):  # no messages / request expired / heartbeat
-                    if status != "100":
-                        self.subscribed = True
-                        return
-                else:
-                    raise RuntimeError(f"pull request answered {status} {msg.headers.get('Description', '')}")
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     def _spawn(self, msg: Msg) -> None:
         self._active += 1
@@ -187,13 +156,9 @@ class TaskWorker:
 
     async def _handle(self, msg: Msg) -> None:
         try:
-            data = json.loads(msg.data)
-            is_step = msg.subject.startswith("wf.task.step.")
-            if not is_step and not msg.subject.startswith("wf.task.run."):
-                raise ValueError(f"unknown task subject {msg.subject}")
-            task = (str(data["runId"]), str(data["stepId"]), int(data["attempt"])) if is_step else (str(data["runId"]), "", 0)
-        except Exception as exc:  # noqa: BLE001 - a malformed task can never succeed: drop it, loudly
-            log.warning("worker: terminating malformed task on %s: %s: %s", msg.subject, type(exc).__name__, exc)
+            task = decode_task(msg.subject, msg.data, msg.headers)
+        except MalformedTask as exc:  # a malformed task can never succeed: drop it, loudly
+            log.warning("worker: terminating malformed task on %s: %s", msg.subject, exc)
             with contextlib.suppress(Exception):
                 await msg.term()
             return
@@ -201,16 +166,16 @@ class TaskWorker:
         try:
             if self._suspect(msg):
                 # Committed BEFORE deciding: a task that kills the process every time still ends.
-                await self.writer.run(lambda c: self.tx.count_delivery(c, data, is_step, None))
+                await self.writer.run(lambda c: self.tx.count_delivery(c, task, None))
                 counted = True
-            if is_step:
-                await self._handle_step(msg, *task, counted=counted)
+            if task.kind == "step":
+                await self._handle_step(msg, task, counted=counted)
             else:
-                outcome = await self.writer.run(lambda c: self.tx.start_run(c, task[0]))
+                outcome = await self.writer.run(lambda c: self.tx.start_run(c, task.run_id))
                 if isinstance(outcome, Unknown):
                     await self._not_ours(msg)
                     return
-                self._after_commit(outcome)
+                self.on_commit()
                 await msg.ack()
         except asyncio.CancelledError:
             raise
@@ -218,7 +183,7 @@ class TaskWorker:
             log.exception("worker: task %s failed; will be redelivered", msg.subject)
             cause = f"{type(exc).__name__}: {exc}"[:2000]
             with contextlib.suppress(Exception):
-                await self.writer.run(lambda c: self.tx.count_delivery(c, data, is_step, cause, increment=not counted))
+                await self.writer.run(lambda c: self.tx.count_delivery(c, task, cause, increment=not counted))
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1)
 
@@ -236,12 +201,8 @@ class TaskWorker:
             log.warning("worker: task %s names a run this database does not know; giving it back", msg.subject)
             await msg.nak(delay=NOT_OURS_DELAY_S)
 
-    def _after_commit(self, tasks: int) -> None:
-        """Every commit appends events, and most enqueue tasks: wake the relays now, not at their next poll."""
-        self.on_commit()
-
-    async def _handle_step(self, msg: Msg, run_id: str, step: str, attempt: int, counted: bool = False) -> None:
-        key = (run_id, step, attempt)
+    async def _handle_step(self, msg: Msg, task: Task, counted: bool = False) -> None:
+        run_id, step, attempt = key = task.work_key
         if key in self.inflight:
             # A copy of work this process is doing right now: given back, not acked, so it is still
             # there if the original handler dies before committing (review L4).
@@ -258,11 +219,11 @@ class TaskWorker:
                 await msg.ack()
                 return
             if isinstance(begun, Committed):
-                self._after_commit(begun.tasks)
+                self.on_commit()
                 await msg.ack()
                 return
             call = begun.call
-            traceparent = (msg.headers or {}).get("traceparent") or call.traceparent
+            traceparent = task.traceparent or call.traceparent
             with step_spans(traceparent, begun.attrs) as span:
                 started = time.monotonic()
                 output, error, metadata = await self._execute(msg, call, begun.timeout_s)  # the executor task inherits the span
@@ -279,7 +240,7 @@ class TaskWorker:
                 try:
                     await record
                 finally:
-                    tasks, will_retry = await decide
+                    _, will_retry = await decide
                 kind = (error or {}).get("type")
                 status = ("succeeded" if error is None else "timed_out" if kind == "timeout"
                           else "cancelled" if kind == "cancelled" else "failed")
@@ -288,7 +249,7 @@ class TaskWorker:
             step_duration_seconds.observe(elapsed, executor=call.action)
             step_log(log, run_id=run_id, step_id=step, attempt=attempt, executor=call.action,
                      duration_ms=elapsed * 1000, status=status, error_type=error_type)
-            self._after_commit(tasks)
+            self.on_commit()  # every commit appends events and most enqueue tasks: wake the relays now
             await msg.ack()
         finally:
             self.inflight.discard(key)
@@ -332,5 +293,4 @@ class TaskWorker:
         finally:
             beat.cancel()
             self._executions.pop(key, None)
-            self.executed += 1
             log.debug("step %s/%s#%d took %.1f ms", call.run_id, call.step_id, call.attempt, (time.monotonic() - started) * 1000)

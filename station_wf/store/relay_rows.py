@@ -1,19 +1,11 @@
-"""The SQL of the relays: outbox rows and their delete, the event log and its cursor."""
+"""The SQL of the event relay: the event log after a position, and the relay's durable cursor.
+(The outbox relay's rows are in `store/outbox.py`.)"""
 
 from __future__ import annotations
 
 import sqlite3
 
 from station_wf.store.db import SqliteReaders
-
-
-async def outbox_after(readers: SqliteReaders, after_id: int, limit: int) -> list[sqlite3.Row]:
-    return await readers.fetchall(
-        "SELECT id, subject, msg_id, payload, headers FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
-
-
-def delete_outbox(conn: sqlite3.Connection, ids: list[int]) -> None:
-    conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
 
 async def cursor(readers: SqliteReaders, name: str) -> int:

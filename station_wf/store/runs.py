@@ -9,16 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from station_wf.engine import interpreter as ip
 from station_wf.engine import limits
-from station_wf.engine.identity import idempotency_key, run_task_subject, step_task_subject
-from station_wf.store.db import utcnow
+from station_wf.engine.identity import idempotency_key
+from station_wf.protocol import run_task, step_task
+from station_wf.store import approvals, outbox, timers
+from station_wf.store import vocab as v
+from station_wf.store.db import SqliteReaders, utcnow
 from station_wf.store.jsontext import dumps
 from station_wf.telemetry.metrics import runs_finished_total
 
@@ -47,17 +48,14 @@ def load_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
 
 def open_steps(conn: sqlite3.Connection, run_id: str) -> tuple[ip.StepView, ...]:
     rows = conn.execute(
-        "SELECT * FROM workflow_run_steps WHERE run_id = ? AND status IN ('PENDING', 'RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL')",
+        f"SELECT * FROM workflow_run_steps WHERE run_id = ? AND status IN {v.OPEN_STEPS}",
         (run_id,),
     ).fetchall()
     return tuple(step_view(r) for r in rows)
 
 
 def pending_signals(conn: sqlite3.Connection, run_id: str) -> tuple[ip.Signal, ...]:
-    rows = conn.execute(
-        "SELECT id, name, payload FROM workflow_signals WHERE run_id = ? AND consumed_by IS NULL ORDER BY id", (run_id,)
-    ).fetchall()
-    return tuple(ip.Signal(r["id"], r["name"], json.loads(r["payload"])) for r in rows)
+    return tuple(ip.Signal(r["id"], r["name"], json.loads(r["payload"])) for r in approvals.pending_signals(conn, run_id))
 
 
 def run_state(conn: sqlite3.Connection, run: RunRow) -> ip.RunState:
@@ -81,27 +79,15 @@ def append_event(
     return seq
 
 
-def enqueue(conn: sqlite3.Connection, subject: str, msg_id: str, payload: dict[str, Any], headers: dict[str, str]) -> None:
-    """A task in the outbox: published by the relay only after this transaction commits (invariant 2)."""
-    conn.execute(
-        "INSERT INTO outbox (subject, msg_id, payload, headers, created_at) VALUES (?, ?, ?, ?, ?)",
-        (subject, msg_id, dumps(payload), dumps(headers), utcnow()),
-    )
+def enqueue_step_task(conn: sqlite3.Connection, run: RunRow, step: str, attempt: int, key: str,
+                      redispatch: str | None = None) -> None:
+    """A step attempt's task in the outbox; `redispatch` gives a deliberate second dispatch (resume) its
+    own Nats-Msg-Id, so the broker's de-duplication window does not swallow it."""
+    outbox.enqueue_task(conn, step_task(run.run_id, step, attempt, key, run.traceparent, redispatch))
 
 
-def enqueue_step_task(conn: sqlite3.Connection, run: RunRow, step: str, attempt: int, key: str, suffix: str = "") -> None:
-    """`suffix` gives a re-dispatch (resume) its own Nats-Msg-Id, so the broker's de-duplication window
-    does not swallow it."""
-    headers = {"idempotency-key": key}
-    if run.traceparent:
-        headers["traceparent"] = run.traceparent
-    enqueue(conn, step_task_subject(run.run_id, step), f"step:{key}" + (f":{suffix}" if suffix else ""),
-            {"runId": run.run_id, "stepId": step, "attempt": attempt}, headers)
-
-
-def enqueue_run_task(conn: sqlite3.Connection, run_id: str, traceparent: str | None) -> None:
-    headers = {"traceparent": traceparent} if traceparent else {}
-    enqueue(conn, run_task_subject(run_id), f"run:{run_id}:start", {"runId": run_id}, headers)
+def enqueue_run_task(conn: sqlite3.Connection, run_id: str, traceparent: str | None, redispatch: str | None = None) -> None:
+    outbox.enqueue_task(conn, run_task(run_id, traceparent, redispatch))
 
 
 def insert_run(
@@ -133,6 +119,9 @@ def _insert_step(conn: sqlite3.Connection, run: RunRow, new: ip.NewStep, now: st
     return attempt, key
 
 
+_OPEN_GUARD = f" AND status IN {v.OPEN_STEPS}"
+
+
 def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, step: ip.StepView | None = None,
                      inline: list[tuple[str, int]] | None = None, *, checked: bool = True) -> int:
     """Commit one transition: steps, run, context, engine state, events, new steps with their tasks or
@@ -151,7 +140,7 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
             return apply_transition(conn, run, ip.limit_exceeded(run_state(conn, run), step, error), step, checked=False)
     for u in t.step_updates:
         done = u.status not in ip.OPEN_STEP_STATUSES
-        guard = " AND status IN ('PENDING', 'RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL')" if u.only_if_open else ""
+        guard = _OPEN_GUARD if u.only_if_open else ""
         conn.execute(
             f"""UPDATE workflow_run_steps SET status = ?, output = COALESCE(?, output), error = COALESCE(?, error),
                    input = COALESCE(?, input), started_at = COALESCE(started_at, ?),
@@ -194,57 +183,34 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
             new.step_id, now=now,
         )
         if new.delay_seconds > 0:
-            add_timer(conn, run.run_id, "retry", new.delay_seconds, new.step_id, attempt)
+            timers.add(conn, run.run_id, "retry", new.delay_seconds, new.step_id, attempt)
         elif inline is not None and new.inline:
             inline.append((new.step_id, attempt))
         else:
             enqueue_step_task(conn, run, new.step_id, attempt, key)
             tasks += 1
     for timer in t.timers:
-        add_timer(conn, run.run_id, timer.kind, timer.delay_seconds, timer.step_id, timer.attempt, timer.payload)
+        timers.add(conn, run.run_id, timer.kind, timer.delay_seconds, timer.step_id, timer.attempt, timer.payload)
     for a in t.approvals:
-        expires = None
-        if a.timeout_seconds:
-            expires = datetime.fromtimestamp(time.time() + a.timeout_seconds, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-        conn.execute(
-            """INSERT INTO workflow_approvals (approval_id, run_id, step_id, attempt, workflow_id, state_name, status, message,
-                   summary, approvers, on_reject, on_timeout, created_at, expires_at)
-               VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)""",
-            (a.approval_id, run.run_id, a.step_id, a.attempt, run.workflow_id, a.state_name, a.message, dumps(a.summary),
-             dumps(a.approvers), a.on_reject, a.on_timeout, now, expires),
-        )
+        approvals.insert(conn, a, run.run_id, run.workflow_id, now)
     for signal_id, consumer in t.consumed_signals:
-        conn.execute("UPDATE workflow_signals SET consumed_by = ?, consumed_at = ? WHERE id = ? AND consumed_by IS NULL",
-                     (consumer, now, signal_id))
+        approvals.consume_signal(conn, signal_id, consumer, now)
     final = t.run_status if t.run_status is not None else run.status
     if t.run_status in ip.TERMINAL_RUN_STATUSES:
         runs_finished_total.inc(workflow=run.workflow_id, status=t.run_status)
     if final in ip.TERMINAL_RUN_STATUSES:
-        conn.execute("UPDATE timers SET fired_at = ? WHERE run_id = ? AND fired_at IS NULL", (now, run.run_id))
-        conn.execute("UPDATE workflow_approvals SET status = 'closed', decided_at = ? WHERE run_id = ? AND status = 'pending'",
-                     (now, run.run_id))
+        timers.close_for_run(conn, run.run_id, now)
+        approvals.close_pending(conn, run.run_id, now)
     elif final in ip.ACTIVE_RUN_STATUSES:
         statuses = [r[0] for r in conn.execute(
-            "SELECT status FROM workflow_run_steps WHERE run_id = ? AND status IN ('PENDING', 'RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL')"
-            " AND NOT (status = 'RUNNING' AND state_type IN ('parallel', 'foreach', 'try'))",
+            f"SELECT status FROM workflow_run_steps WHERE run_id = ? AND status IN {v.OPEN_STEPS}"
+            f" AND NOT (status = 'RUNNING' AND state_type IN {v.CONTAINERS})",
             (run.run_id,),
         )]
         derived = ip.derive_status(statuses)
         if derived != final:
             conn.execute("UPDATE workflow_runs SET status = ? WHERE run_id = ?", (derived, run.run_id))
     return tasks
-
-
-def add_timer(conn: sqlite3.Connection, run_id: str, kind: str, delay: float, step: str | None = None,
-              attempt: int | None = None, payload: dict[str, Any] | None = None) -> None:
-    """A durable timer (invariant 5): fired by the timer loop, which re-checks state before acting."""
-    body = dict(payload or {})
-    if attempt is not None:
-        body["attempt"] = attempt
-    conn.execute(
-        "INSERT INTO timers (run_id, step_id, kind, due_at, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        (run_id, step, kind, time.time() + delay, dumps(body), utcnow()),
-    )
 
 
 def load_step(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> sqlite3.Row | None:
@@ -264,8 +230,8 @@ def mark_running(conn: sqlite3.Connection, run: RunRow, row: sqlite3.Row, execut
     attempt's durable `step_timeout` timer is written the first time (a redelivery keeps the first deadline)."""
     redelivered = row["status"] == ip.RUNNING
     now = utcnow()
-    if timeout_s is not None and step_timeout_left(conn, run.run_id, row["step_id"], row["attempt"]) is None:
-        add_timer(conn, run.run_id, "step_timeout", timeout_s, row["step_id"], row["attempt"], {"timeoutSeconds": timeout_s})
+    if timeout_s is not None and timers.step_timeout_left(conn, run.run_id, row["step_id"], row["attempt"]) is None:
+        timers.add(conn, run.run_id, "step_timeout", timeout_s, row["step_id"], row["attempt"], {"timeoutSeconds": timeout_s})
     conn.execute(
         """UPDATE workflow_run_steps SET status = 'RUNNING', executor = ?, input = ?, started_at = COALESCE(started_at, ?)
            WHERE id = ?""",
@@ -280,19 +246,6 @@ def mark_running(conn: sqlite3.Connection, run: RunRow, row: sqlite3.Row, execut
 
 
 # -- the step timeout, the recorded result and the delivery budget (issue 11) ----------------------
-def step_timeout_left(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> float | None:
-    """Seconds until the attempt's durable timeout (negative: overdue), or None without one."""
-    row = conn.execute(
-        """SELECT due_at FROM timers WHERE run_id = ? AND step_id = ? AND kind = 'step_timeout' AND fired_at IS NULL
-             AND json_extract(payload, '$.attempt') = ? ORDER BY id LIMIT 1""", (run_id, step, attempt)).fetchone()
-    return None if row is None else row["due_at"] - time.time()
-
-
-def close_step_timeout(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> None:
-    conn.execute("""UPDATE timers SET fired_at = ? WHERE run_id = ? AND step_id = ? AND kind = 'step_timeout'
-                      AND fired_at IS NULL AND json_extract(payload, '$.attempt') = ?""", (utcnow(), run_id, step, attempt))
-
-
 def record_result(conn: sqlite3.Connection, run_id: str, step: str, attempt: int, result_json: str,
                   metadata_json: str | None) -> bool:
     """Store an executor's outcome on its RUNNING attempt (compare-and-set); False if it was closed meanwhile."""
@@ -308,7 +261,7 @@ def count_step_delivery(conn: sqlite3.Connection, run_id: str, step: str, attemp
     """One more failed or interrupted handling of an open attempt's task; returns the count (None: not open)."""
     row = conn.execute(
         f"""UPDATE workflow_run_steps SET deliveries = deliveries + {int(increment)}, delivery_error = COALESCE(?, delivery_error)
-            WHERE run_id = ? AND step_id = ? AND attempt = ? AND status IN ('PENDING', 'RUNNING') RETURNING deliveries""",
+            WHERE run_id = ? AND step_id = ? AND attempt = ? AND status IN {v.DISPATCHABLE_STEPS} RETURNING deliveries""",
         (cause, run_id, step, attempt)).fetchone()
     return None if row is None else row[0]
 
@@ -335,6 +288,63 @@ def run_counts(conn: sqlite3.Connection, run_id: str) -> tuple[int, int]:
 def run_status(conn: sqlite3.Connection, run_id: str) -> str | None:
     row = conn.execute("SELECT status FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone()
     return None if row is None else row["status"]
+
+
+# -- control: pause, resume and what they re-dispatch --------------------------------------------
+def mark_paused(conn: sqlite3.Connection, run_id: str, paused_from: str, now: str) -> None:
+    """PAUSED, remembering the status to return to (in the engine state)."""
+    conn.execute(f"UPDATE workflow_runs SET status = '{ip.PAUSED}', version = version + 1, updated_at = ?, "
+                 "engine_state = json_set(engine_state, '$.pausedFrom', ?) WHERE run_id = ?", (now, paused_from, run_id))
+
+
+def mark_resumed(conn: sqlite3.Connection, run_id: str, status: str, now: str) -> None:
+    conn.execute("UPDATE workflow_runs SET status = ?, version = version + 1, updated_at = ?, "
+                 "engine_state = json_remove(engine_state, '$.pausedFrom') WHERE run_id = ?", (status, now, run_id))
+
+
+def touch(conn: sqlite3.Connection, run_id: str, now: str) -> None:
+    """The run changed without a transition (a buffered signal): readers see a new version."""
+    conn.execute("UPDATE workflow_runs SET version = version + 1, updated_at = ? WHERE run_id = ?", (now, run_id))
+
+
+def steps_waiting_signal(conn: sqlite3.Connection, run_id: str) -> list[sqlite3.Row]:
+    return conn.execute(
+        f"SELECT * FROM workflow_run_steps WHERE run_id = ? AND status = '{ip.WAITING_SIGNAL}' ORDER BY id", (run_id,)
+    ).fetchall()
+
+
+# Open attempts that need a task to progress: not a container or sleep RUNNING on purpose, and not
+# held by a timer of their own (a retry back-off, a wait timeout); a step timeout holds nothing.
+_NEEDS_TASK = f"""s.status IN {v.DISPATCHABLE_STEPS}
+    AND NOT (s.status = '{ip.RUNNING}' AND s.state_type IN {v.HELD_TYPES})
+    AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.run_id = s.run_id AND t.step_id = s.step_id
+                    AND t.fired_at IS NULL AND t.kind != '{timers.STEP_TIMEOUT}')"""
+
+
+def steps_needing_tasks(conn: sqlite3.Connection, run_id: str) -> list[sqlite3.Row]:
+    """What resume re-dispatches (tasks dropped while the run was paused)."""
+    return conn.execute(f"SELECT s.* FROM workflow_run_steps s WHERE s.run_id = ? AND {_NEEDS_TASK}", (run_id,)).fetchall()
+
+
+async def lost_task_candidates(readers: SqliteReaders, created_before: str) -> list[sqlite3.Row]:
+    """The reconciler's list: attempts of active runs, older than the cutoff, that need a task."""
+    return await readers.fetchall(
+        f"""SELECT s.run_id, s.step_id, s.attempt, s.idempotency_key, r.traceparent
+           FROM workflow_run_steps s JOIN workflow_runs r ON r.run_id = s.run_id
+           WHERE r.status IN {v.ACTIVE_RUNS} AND s.created_at < ? AND {_NEEDS_TASK}""",
+        (created_before,),
+    )
+
+
+async def unstarted_runs(readers: SqliteReaders, created_before: str) -> list[sqlite3.Row]:
+    return await readers.fetchall(
+        f"SELECT run_id, traceparent FROM workflow_runs WHERE status = '{ip.PENDING}' AND created_at < ?", (created_before,))
+
+
+async def count_unfinished_by_status(readers: SqliteReaders) -> dict[str, int]:
+    rows = await readers.fetchall(
+        f"SELECT status, COUNT(*) AS n FROM workflow_runs WHERE status NOT IN {v.TERMINAL_RUNS} GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
 
 
 @contextlib.contextmanager
