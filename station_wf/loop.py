@@ -80,6 +80,8 @@ class Loop:
 
     async def run(self, loops: int | None = None) -> None:
         """Run passes until cancelled, or `loops` of them (tests)."""
+        for counter in (loop_iterations_total, loop_items_total, loop_errors_total):
+            counter.inc(0, loop=self.name)  # shown from the start, zero included
         done = 0
         while loops is None or done < loops:
             if done or self.interval is None:

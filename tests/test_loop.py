@@ -8,9 +8,11 @@ import logging
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from station_wf.loop import Loop, loop_errors_total, loop_items_total, loop_iterations_total
 from station_wf.telemetry.metrics import render_prometheus
+from tests.conftest import Daemon, wait_until
 
 
 class Scripted(Loop):
@@ -135,3 +137,31 @@ def test_cancellation_stops_the_loop_and_is_not_an_error() -> None:
     loop = Scripted("t-cancel", [], interval=0.01)
     asyncio.run(go(loop))
     assert loop.stats.errors == 0 and loop.stats.iterations >= 2
+
+
+def test_the_daemons_loops_are_counted_on_metrics(daemon: Daemon) -> None:
+    """Every background loop of a real daemon shows its passes; the timer loop's items are timers fired."""
+    daemon.add_workflow("nap", """
+id: nap
+start: z
+states:
+  - { name: z, type: sleep, duration: 0.2s, next: done }
+  - { name: done, type: inject, data: { woke: true }, end: true }
+""")
+    daemon.start()
+    daemon.wait_status(daemon.start_run("nap")["id"])
+
+    def scrape() -> dict[tuple[str, str], float]:
+        out: dict[tuple[str, str], float] = {}
+        for family in text_string_to_metric_families(daemon.request("GET", "/metrics").text):
+            for sample in family.samples:
+                if sample.name.startswith("station_loop_"):
+                    out[(sample.name, sample.labels["loop"])] = sample.value
+        return out
+
+    seen = wait_until(lambda: (m := scrape()) and m.get(("station_loop_items_total", "timers"), 0) >= 1 and m,
+                      10, what="the timer loop's fired timer on /metrics")
+    for name in ("outbox-relay", "event-relay", "reconciler", "timers", "schedules"):
+        assert seen[("station_loop_iterations_total", name)] >= 1, name
+    assert seen[("station_loop_items_total", "outbox-relay")] >= 1  # the run's start task at least
+    assert seen[("station_loop_errors_total", "timers")] == 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
-FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+from station_wf.engine import interpreter as ip
+
+FINISHED = tuple(sorted(ip.TERMINAL_RUN_STATUSES))
 CHILD_TABLES = ("workflow_run_events", "workflow_run_steps", "workflow_approvals", "workflow_signals", "timers")
 
 
