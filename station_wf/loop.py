@@ -10,7 +10,7 @@ used to write by hand, once:
   `backoff[0]` up to `backoff[1]`; the first pass that succeeds resets it. A loop never ends on its
   own error; only cancellation stops it;
 - `drain`: a pass that handled a full `batch` goes again at once (not after the interval);
-- an overrun warning when one pass takes longer than its interval;
+- an overrun warning when a pass takes longer than its interval (counted; logged once a minute);
 - `idle()`, called when the wait ended without a kick (the relays commit their ride-alongs there);
 - `run(loops=N)` for tests: N passes, then return;
 - counters: `stats` per loop object (tests read them) and, per loop name, the process's
@@ -34,6 +34,8 @@ from station_wf.telemetry.metrics import REGISTRY, Counter
 
 log = logging.getLogger(__name__)
 
+OVERRUN_WARNING_EVERY_S = 60.0
+
 loop_iterations_total = Counter("station_loop_iterations_total", "Passes of each background loop.", ["loop"], REGISTRY)
 loop_items_total = Counter("station_loop_items_total",
                            "Items the background loops handled (timers fired, rows published, runs started...).",
@@ -48,6 +50,7 @@ class LoopStats:
     errors: int = 0       # passes that raised
     last_error: str | None = None
     last_duration_s: float = 0.0
+    overruns: int = 0     # passes that took longer than the interval
 
 
 class Loop:
@@ -67,6 +70,7 @@ class Loop:
         self._wake = asyncio.Event()
         self._delay: float | None = None  # the current back-off; None while passes succeed
         self._seen_error: str | None = None
+        self._last_overrun_warning: float | None = None
 
     async def run_once(self) -> int:
         raise NotImplementedError
@@ -119,9 +123,19 @@ class Loop:
             loop_iterations_total.inc(loop=self.name)
             self.stats.last_duration_s = elapsed
             if self.interval is not None and elapsed > self.interval:
-                self.log.warning("%s: one pass took %.1fs, longer than its %.1fs interval", self.name, elapsed, self.interval)
+                self._overran(elapsed)
             if n is None or self.batch is None or n < self.batch:
                 return
+
+    def _overran(self, elapsed: float) -> None:
+        """Warn that a pass took longer than the interval: at most once a minute per loop, since the
+        short poll periods (timers 0.1 s, relays 1 s) are overrun by any big batch."""
+        self.stats.overruns += 1
+        now = time.monotonic()
+        if self._last_overrun_warning is None or now - self._last_overrun_warning >= OVERRUN_WARNING_EVERY_S:
+            self._last_overrun_warning = now
+            self.log.warning("%s: one pass took %.2fs, longer than its %.2fs interval (%d overrun(s) so far)",
+                             self.name, elapsed, self.interval, self.stats.overruns)
 
     async def _guard(self, step: Callable[[], Awaitable[int | None]]) -> int | None:
         """Run one pass under the error policy; its item count, or None when it failed."""
