@@ -93,6 +93,7 @@ class ScheduleLoop(Loop):
                 continue
             run_id = str(uuid.uuid4())
             if await self.writer.run(functools.partial(self._tx_fire, row=row, tick=tick.timestamp(), run_id=run_id)):
+                runs_started_total.inc(workflow=row["workflow_id"])  # after the commit: a rolled-back group starts nothing
                 fired += 1
                 log.info("schedule %s started run %s for tick %s", row["schedule_id"], run_id, tick.isoformat())
         if fired:
@@ -127,6 +128,5 @@ class ScheduleLoop(Loop):
         traceparent = new_run_traceparent(None, {"workflow.id": row["workflow_id"], "workflow.version": defn_row["version"],
                                                  "run.id": run_id, "schedule.id": row["schedule_id"]})
         insert_new_run(conn, defn_row, defn, run_id, run_input, traceparent, {"_cronTriggeredAt": triggered})
-        runs_started_total.inc(workflow=row["workflow_id"])
         store.set_started(conn, row["schedule_id"], run_id)
         return True
