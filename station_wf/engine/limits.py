@@ -1,13 +1,17 @@
-"""Bounds a run cannot exceed, set once from the daemon's settings.
+"""Bounds a run cannot exceed, set once from the daemon's settings: the shell's copy of them.
 
 They live in one small module (not threaded through every constructor) because every transaction
-that commits a transition checks them: the worker, the timer loop and the control API alike.
+that commits a transition checks them: the worker, the timer loop and the control API alike. The
+part the pure interpreter obeys is `LIMITS.rules` (a `core.model.Rules` value), which the shell hands
+to the interpreter inside each `RunState`; the core itself reads no global.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from station_wf.core.model import Rules
 
 MIB = 1 << 20
 
@@ -15,17 +19,10 @@ MIB = 1 << 20
 @dataclass
 class Limits:
     max_deliveries: int = 5
-    step_timeout_default_s: float = 3600.0
-    step_timeout_max_s: float = 86400.0
     max_steps_per_run: int = 10_000
     max_events_per_run: int = 100_000
     max_context_bytes: int = 16 * MIB
-    retry_max_backoff_s: float = 3600.0
-
-    def step_timeout(self, requested: float | None) -> float:
-        """A step's `timeoutSeconds`, or the default; clamped to the maximum (never refused at run time)."""
-        value = float(requested) if requested else self.step_timeout_default_s
-        return min(value, self.step_timeout_max_s) if self.step_timeout_max_s > 0 else value
+    rules: Rules = field(default_factory=Rules)  # step timeouts, retry cap, expression timeout
 
 
 LIMITS = Limits()
@@ -34,12 +31,15 @@ LIMITS = Limits()
 def configure(settings: Any) -> None:
     """Copy the daemon's settings into LIMITS (fields of the same names on `Settings`)."""
     LIMITS.max_deliveries = int(settings.max_deliveries)
-    LIMITS.step_timeout_default_s = float(settings.step_timeout_default_seconds)
-    LIMITS.step_timeout_max_s = float(settings.step_timeout_max_seconds)
     LIMITS.max_steps_per_run = int(settings.max_steps_per_run)
     LIMITS.max_events_per_run = int(settings.max_events_per_run)
     LIMITS.max_context_bytes = int(settings.max_context_bytes)
-    LIMITS.retry_max_backoff_s = float(settings.retry_max_backoff_seconds)
+    LIMITS.rules = Rules(
+        expression_timeout_s=float(settings.expression_timeout_ms) / 1000,
+        retry_max_backoff_s=float(settings.retry_max_backoff_seconds),
+        step_timeout_default_s=float(settings.step_timeout_default_seconds),
+        step_timeout_max_s=float(settings.step_timeout_max_seconds),
+    )
 
 
 def exceeded(steps: int, events: int, new_steps: int, new_events: int, state_bytes: int) -> dict[str, Any] | None:

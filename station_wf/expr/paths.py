@@ -15,7 +15,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["RESERVED_ROOT_KEYS", "PathError", "Segment", "get_path", "parse_path", "set_path"]
+__all__ = ["RESERVED_INPUT_KEYS", "RESERVED_ROOT_KEYS", "PathError", "Segment", "get_path", "parse_path", "set_path"]
 
 Segment = str | int
 
@@ -36,6 +36,8 @@ _MISSING: Any = _Missing()
 _INT_RE = re.compile(r"-?\d+\Z")
 RESERVED_ROOT_KEYS = ("workflow", "steps")
 """Context keys the engine owns (DESIGN 3); a merge into the root never overwrites them."""
+RESERVED_INPUT_KEYS = (*RESERVED_ROOT_KEYS, "ctx")
+"""Keys a run's input may not carry: the engine's own plus `ctx`, the name expressions read the context by."""
 _ROOTS = frozenset({"", "$", "ctx"})
 
 
