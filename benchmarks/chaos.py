@@ -58,7 +58,7 @@ from aiohttp import web
 
 from benchmarks.harness import REPO
 from station_wf.bus.nats_server import EmbeddedNats, free_port
-from station_wf.engine.interpreter import rebuild_context
+from station_wf.core.history import rebuild_context
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 SLOW_START_S = 8.0  # a restart slower than this gets a py-spy stack dump in the working directory

@@ -60,7 +60,7 @@ def cmd_agents_show(args: argparse.Namespace) -> int:
 
 
 def cmd_agents_run(args: argparse.Namespace) -> int:
-    from station_wf.executors.agent_run import AgentRunExecutor
+    from station_wf.agents.executor import AgentRunExecutor
     from station_wf.executors.base import StepCall, StepError
 
     try:

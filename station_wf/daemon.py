@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from station_wf.agents.catalog import AgentCatalog
+from station_wf.agents.executor import AgentRunExecutor
 from station_wf.agents.providers import AgentLimits
 from station_wf.api.app import ApiState, build_app
 from station_wf.api.auth import TokenTable
@@ -35,14 +36,12 @@ from station_wf.bus.jetstream import Bus
 from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay
 from station_wf.config import Settings
-from station_wf.engine import interpreter as ip
 from station_wf.engine import limits
 from station_wf.engine.reconciler import Reconciler
 from station_wf.engine.retention import Retention
 from station_wf.engine.schedules import ScheduleLoop
 from station_wf.engine.timers import TimerLoop
 from station_wf.engine.worker import TaskWorker
-from station_wf.executors.agent_run import AgentRunExecutor
 from station_wf.executors.base import ExecutorRegistry
 from station_wf.expr import sandbox
 from station_wf.loop import Loop, cancel
@@ -139,7 +138,6 @@ class Daemon:
         self.offloader = Offloader(settings.max_concurrent_validations)
         self.isolated = IsolatedPool(settings.max_concurrent_validations, settings.validation_timeout_seconds,
                                      settings.validation_memory_mb)
-        ip.EXPRESSION_TIMEOUT_S = settings.expression_timeout_ms / 1000
         self.sandbox = sandbox.SandboxPool(settings.expression_workers, memory_mb=settings.expression_memory_mb,
                                            max_result_bytes=settings.expression_max_result_bytes)
         limits.configure(settings)

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from station_wf.agents.catalog import MAX_SIBLINGS, AgentCatalog, AgentFileError, parse_agent_text
+from station_wf.agents.executor import AgentRunExecutor
 from station_wf.agents.providers import AgentLimits
-from station_wf.executors.agent_run import AgentRunExecutor
 from station_wf.executors.base import StepCall, StepError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

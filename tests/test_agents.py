@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from station_wf.agents.catalog import AgentCatalog
-from station_wf.executors.agent_run import AgentRunExecutor
+from station_wf.agents.executor import AgentRunExecutor
 from station_wf.executors.base import StepCall, StepError, StepResult
 from tests.conftest import AgentServer
 from tests.fake_llm import FakeLLM, Reply, running_llm

@@ -74,7 +74,7 @@ def test_happy_path_context_and_events(daemon: Daemon) -> None:
     assert call.body["task"] == "greet Ada in eu" and call.body["variables"] == {"who": "Ada"}
 
     # The event log alone rebuilds the context (audit guarantee).
-    from station_wf.engine.interpreter import rebuild_context
+    from station_wf.core.history import rebuild_context
     assert rebuild_context([(e["type"], e["payload"]) for e in events]) == ctx
 
     # Paging the events.

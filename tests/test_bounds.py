@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from station_wf.engine import interpreter as ip
+from station_wf.core import history, model
+from station_wf.core import interpreter as ip
 from tests.conftest import Daemon, wait_until
 
 HANGING = """
@@ -195,11 +196,11 @@ def test_retries_count_per_visit_of_a_state(daemon: Daemon) -> None:
 
 def test_backoff_is_capped_without_max_backoff_seconds() -> None:
     policy = {"maxAttempts": 10_000, "backoffSeconds": 1, "backoffRate": 2}
-    assert ip.retry_delay(policy, ip.StepView("s", "call", 40)) == 3600.0
-    assert ip.retry_delay(policy, ip.StepView("s", "call", 5000)) == 3600.0  # 2**4999 overflows a float
-    assert ip.retry_delay({**policy, "maxBackoffSeconds": 5}, ip.StepView("s", "call", 40)) == 5.0
+    assert ip.retry_delay(policy, model.StepView("s", "call", 40)) == 3600.0
+    assert ip.retry_delay(policy, model.StepView("s", "call", 5000)) == 3600.0  # 2**4999 overflows a float
+    assert ip.retry_delay({**policy, "maxBackoffSeconds": 5}, model.StepView("s", "call", 40)) == 5.0
     # Per visit: the 7th attempt overall, first of its visit, waits like a first retry.
-    assert ip.retry_delay(policy, ip.StepView("s", "call", 7, try_number=1)) == 1.0
+    assert ip.retry_delay(policy, model.StepView("s", "call", 7, try_number=1)) == 1.0
 
 
 TOKENS = {"alice-token-0123456789": {"principal": "alice", "groups": []}}
@@ -246,10 +247,10 @@ def test_a_step_timeout_timer_is_a_compare_and_set() -> None:
     """Pure: the timer fails a RUNNING executor attempt; a recorded result or a closed attempt wins."""
     defn = {"id": "hang", "start": "call", "states": {"call": {"name": "call", "type": "operation", "action": "agent.run",
                                                             "input": {}, "timeoutSeconds": 5, "end": True}}}
-    state = ip.RunState("r1", {"steps": {}}, ip.empty_engine())
-    running = ip.StepView("s1", "call", 1, status=ip.RUNNING, state_type="operation")
+    state = model.RunState("r1", {"steps": {}}, history.empty_engine())
+    running = model.StepView("s1", "call", 1, status=model.RUNNING, state_type="operation")
     t = ip.timer_fired(defn, state, "step_timeout", running)
-    assert t is not None and t.step_updates[0].status == ip.TIMED_OUT and t.run_status == ip.FAILED
+    assert t is not None and t.step_updates[0].status == model.TIMED_OUT and t.run_status == model.FAILED
     assert t.step_updates[0].error["message"] == "state 'call': step timed out after 5s"
-    assert ip.timer_fired(defn, state, "step_timeout", ip.StepView("s1", "call", 1, status=ip.RUNNING, has_result=True)) is None
-    assert ip.timer_fired(defn, state, "step_timeout", ip.StepView("s1", "call", 1, status=ip.SUCCEEDED)) is None
+    assert ip.timer_fired(defn, state, "step_timeout", model.StepView("s1", "call", 1, status=model.RUNNING, has_result=True)) is None
+    assert ip.timer_fired(defn, state, "step_timeout", model.StepView("s1", "call", 1, status=model.SUCCEEDED)) is None

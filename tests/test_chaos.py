@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chaos import Call, Chaos, Checker, Plan, diff_paths, reply, run_chaos, table
-from station_wf.engine.interpreter import rebuild_context
+from station_wf.core.history import rebuild_context
 from tests.conftest import Daemon, wait_until
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from station_wf.dsl import limits
-from station_wf.dsl.approvers import load_problems, rendered_problem
 from station_wf.dsl.loader import DefinitionError, normalize_definition, parse_definition
 from station_wf.dsl.validate import validate_text
+from station_wf.expr.approvers import load_problems, rendered_problem
 from station_wf.expr.limits import (
     MAX_EXPRESSION_DEPTH,
     expression_depth,

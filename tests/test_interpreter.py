@@ -16,9 +16,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from station_wf.core import history, model
+from station_wf.core import interpreter as ip
+from station_wf.core.identity import idempotency_key, step_id
 from station_wf.dsl.loader import normalize_definition, parse_definition
-from station_wf.engine import interpreter as ip
-from station_wf.engine.identity import idempotency_key, step_id
 
 
 class Replay:
@@ -28,9 +29,9 @@ class Replay:
                  execute: Callable[[str, dict[str, Any], int], Any] | None = None, run_id: str = "run-1") -> None:
         self.defn = defn
         self.run_id = run_id
-        self.context = ip.initial_context(defn, run_id, 1, run_input or {}, "t0")
+        self.context = history.initial_context(defn, run_id, 1, run_input or {}, "t0")
         self.engine: dict[str, Any] = {}
-        self.status = ip.PENDING
+        self.status = model.PENDING
         self.error: dict[str, Any] | None = None
         self.steps: dict[tuple[str, int], dict[str, Any]] = {}
         # As store.runs.insert_run: run.created carries the input (run.started only what the start added).
@@ -42,18 +43,18 @@ class Replay:
         self.execute = execute or (lambda name, inp, attempt: {"from": name})
         self.calls: list[tuple[str, int]] = []
 
-    def state(self) -> ip.RunState:
-        open_steps = tuple(self.view(k) for k, s in self.steps.items() if s["status"] in ip.OPEN_STEP_STATUSES)
-        return ip.RunState(self.run_id, self.context, self.engine, open_steps, "now")
+    def state(self) -> model.RunState:
+        open_steps = tuple(self.view(k) for k, s in self.steps.items() if s["status"] in model.OPEN_STEP_STATUSES)
+        return model.RunState(self.run_id, self.context, self.engine, open_steps, "now")
 
-    def view(self, key: tuple[str, int]) -> ip.StepView:
+    def view(self, key: tuple[str, int]) -> model.StepView:
         s = self.steps[key]
-        return ip.StepView(key[0], s["state"], key[1], s["branch"], s["index"], s["status"], s["type"])
+        return model.StepView(key[0], s["state"], key[1], s["branch"], s["index"], s["status"], s["type"])
 
-    def apply(self, t: ip.Transition) -> None:
+    def apply(self, t: model.Transition) -> None:
         for u in t.step_updates:
             s = self.steps[(u.step_id, u.attempt)]
-            if u.only_if_open and s["status"] not in ip.OPEN_STEP_STATUSES:
+            if u.only_if_open and s["status"] not in model.OPEN_STEP_STATUSES:
                 continue
             s["status"] = u.status
             if u.output is not None:
@@ -72,7 +73,7 @@ class Replay:
             attempt = max([a for (sid, a) in self.steps if sid == new.step_id], default=0) + 1
             attempt = max(attempt, new.attempt)
             self.steps[(new.step_id, attempt)] = {"state": new.state_name, "type": new.state_type, "branch": new.branch_path,
-                                                  "index": new.foreach_index, "status": ip.PENDING}
+                                                  "index": new.foreach_index, "status": model.PENDING}
             self.events.append(("step.scheduled", {}, new.step_id))
             if new.delay_seconds > 0:
                 self.timers.append((self.clock + new.delay_seconds, "retry", new.step_id, attempt))
@@ -80,14 +81,14 @@ class Replay:
                 self.queue.append((new.step_id, attempt))
         for timer in t.timers:
             self.timers.append((self.clock + timer.delay_seconds, timer.kind, timer.step_id, timer.attempt))
-        if self.status in ip.TERMINAL_RUN_STATUSES:
+        if self.status in model.TERMINAL_RUN_STATUSES:
             self.timers.clear()
 
     def run(self, max_tasks: int = 5000) -> Replay:
         self.apply(ip.start_run(self.defn, self.state()))
         for _ in range(max_tasks):
             if not self.queue:
-                if not self.timers or self.status in ip.TERMINAL_RUN_STATUSES:
+                if not self.timers or self.status in model.TERMINAL_RUN_STATUSES:
                     return self
                 self.timers.sort(key=lambda x: x[0])
                 due, kind, sid, attempt = self.timers.pop(0)
@@ -96,22 +97,22 @@ class Replay:
                     self.queue.append((sid, attempt))
                     continue
                 view = self.view((sid, attempt)) if sid else None
-                if view is not None and view.status not in ip.OPEN_STEP_STATUSES:
+                if view is not None and view.status not in model.OPEN_STEP_STATUSES:
                     continue
                 t = ip.timer_fired(self.defn, self.state(), kind, view)
                 if t is not None:
                     self.apply(t)
                 continue
             key = self.queue.popleft()
-            if self.status != ip.RUNNING or self.steps[key]["status"] not in ip.OPEN_STEP_STATUSES:
+            if self.status != model.RUNNING or self.steps[key]["status"] not in model.OPEN_STEP_STATUSES:
                 continue
             decided = ip.begin_step(self.defn, self.state(), self.view(key))
             if decided is None:
                 continue
-            if isinstance(decided, ip.Transition):
+            if isinstance(decided, model.Transition):
                 self.apply(decided)
                 continue
-            self.steps[key]["status"] = ip.RUNNING
+            self.steps[key]["status"] = model.RUNNING
             self.calls.append((self.steps[key]["state"], key[1]))
             try:
                 output = self.execute(self.steps[key]["state"], decided.input, key[1])
@@ -154,10 +155,10 @@ states:
 """)
     seen: list[dict] = []
     r = Replay(defn, {"who": "me"}, execute=lambda name, inp, attempt: seen.append(inp) or {"ok": True}).run()
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
     assert seen == [{"agent": "w", "task": "x is 1", "variables": {"n": 1}}]
     assert r.context["x"] == 1 and r.context["steps"]["b"] == {"ok": True}
-    assert ip.rebuild_context([(k, p) for k, p, _ in r.events]) == r.context
+    assert history.rebuild_context([(k, p) for k, p, _ in r.events]) == r.context
 
 
 def test_template_error_names_state_and_name() -> None:
@@ -168,7 +169,7 @@ states:
   - { name: b, type: operation, action: agent.run, input: { agent: w, task: "{{ nope }}" }, end: true }
 """)
     r = Replay(defn).run()
-    assert r.status == ip.FAILED and "'b'" in r.error["message"] and "nope" in r.error["message"]
+    assert r.status == model.FAILED and "'b'" in r.error["message"] and "nope" in r.error["message"]
     assert r.calls == []
 
 
@@ -191,7 +192,7 @@ states:
   - { name: fine, type: inject, data: { chose: fine }, end: true }
 """)
     r = Replay(defn).run()
-    assert r.status == ip.COMPLETED and r.context["chose"] == "mitigate"
+    assert r.status == model.COMPLETED and r.context["chose"] == "mitigate"
 
 
 def test_switch_with_no_match_and_no_default_fails_with_values() -> None:
@@ -203,7 +204,7 @@ states:
   - { name: e, type: inject, data: {}, end: true }
 """)
     r = Replay(defn, {"x": 0}).run()
-    assert r.status == ip.FAILED and r.error["type"] == "switch" and r.error["details"]["values"]["result"] == {"x": 0}
+    assert r.status == model.FAILED and r.error["type"] == "switch" and r.error["details"]["values"]["result"] == {"x": 0}
 
 
 def test_switch_condition_error_names_condition_and_names() -> None:
@@ -215,7 +216,7 @@ states:
   - { name: e, type: inject, data: {}, end: true }
 """)
     r = Replay(defn, {"seen": 1}).run()
-    assert r.status == ip.FAILED and r.error["condition"] == "missing_name > 1"
+    assert r.status == model.FAILED and r.error["condition"] == "missing_name > 1"
     assert "missing_name" in r.error["message"] and "seen" in r.error["names"]
 
 
@@ -252,14 +253,14 @@ def test_parallel_branch_local_writes_and_transitions_inside_branches() -> None:
         return {"ok": name == "check_pods", "name": name}
 
     r = Replay(load(PARALLEL), execute=execute).run()
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
     assert r.context["steps"]["diagnostics"] == {
         "pods": {"result": {"ok": True, "name": "check_pods"}, "verdict": "good"},
         "errors": {"result": {"ok": False, "name": "check_errors"}},
     }
     assert "result" not in r.context  # branch writes stayed branch-local
     assert inputs[-1]["task"] == "good"
-    assert ip.rebuild_context([(k, p) for k, p, _ in r.events]) == r.context
+    assert history.rebuild_context([(k, p) for k, p, _ in r.events]) == r.context
 
 
 def test_parallel_branch_failure_fails_state_and_cancels_others() -> None:
@@ -269,9 +270,9 @@ def test_parallel_branch_failure_fails_state_and_cancels_others() -> None:
         return {"ok": True}
 
     r = Replay(load(PARALLEL), execute=execute).run()
-    assert r.status == ip.FAILED and r.error["type"] == "branch_failed" and r.error["cause"]["stateName"] == "check_errors"
+    assert r.status == model.FAILED and r.error["type"] == "branch_failed" and r.error["cause"]["stateName"] == "check_errors"
     statuses = {s["state"]: s["status"] for s in r.steps.values()}
-    assert statuses["diag"] == ip.FAILED
+    assert statuses["diag"] == model.FAILED
     assert ("after", 1) not in r.calls
 
 
@@ -279,7 +280,7 @@ def test_parallel_join_any_and_at_least() -> None:
     base = PARALLEL.replace('"{{ steps.diagnostics.pods.verdict }}"', '"done"')
     text = base.replace("resultPath: steps.diagnostics", "join: { mode: any }\n    resultPath: steps.diagnostics")
     r = Replay(load(text)).run()
-    assert r.status == ip.COMPLETED and len(r.context["steps"]["diagnostics"]) == 1
+    assert r.status == model.COMPLETED and len(r.context["steps"]["diagnostics"]) == 1
     text = base.replace("resultPath: steps.diagnostics", "join: { atLeast: 1 }\n    resultPath: steps.diagnostics")
 
     def execute(name: str, inp: dict, attempt: int) -> dict:
@@ -288,7 +289,7 @@ def test_parallel_join_any_and_at_least() -> None:
         return {"ok": True}
 
     r = Replay(load(text), execute=execute).run()
-    assert r.status == ip.COMPLETED and list(r.context["steps"]["diagnostics"]) == ["errors"]
+    assert r.status == model.COMPLETED and list(r.context["steps"]["diagnostics"]) == ["errors"]
 
 
 FOREACH = """
@@ -321,15 +322,15 @@ def test_foreach_results_in_item_order_and_concurrency_bound() -> None:
     assert live == [2]
     r2 = Replay(load(FOREACH.replace("{conc}", "2")), {"services": services},
                 execute=lambda name, inp, attempt: {"task": inp["task"]}).run()
-    assert r2.status == ip.COMPLETED
+    assert r2.status == model.COMPLETED
     assert r2.context["steps"]["results"] == [{"r": {"task": f"s{i} {i}/5"}} for i in range(5)]
 
 
 def test_foreach_empty_list_gives_empty_result_and_non_list_fails() -> None:
     r = Replay(load(FOREACH.replace("{conc}", "1")), {"services": []}).run()
-    assert r.status == ip.COMPLETED and r.context["steps"]["results"] == []
+    assert r.status == model.COMPLETED and r.context["steps"]["results"] == []
     r = Replay(load(FOREACH.replace("{conc}", "1")), {"services": "nope"}).run()
-    assert r.status == ip.FAILED and "not a list" in r.error["message"]
+    assert r.status == model.FAILED and "not a list" in r.error["message"]
 
 
 def test_nested_parallel_inside_foreach_and_foreach_inside_parallel() -> None:
@@ -349,7 +350,7 @@ def test_nested_parallel_inside_foreach_and_foreach_inside_parallel() -> None:
         }],
     })
     r = Replay(defn, {"xs": [{"ys": [1, 2]}, {"ys": []}, {"ys": [3]}]}).run()
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
     out = r.context["steps"]["out"]
     assert [len(o["p"]["b"]["ys"]) for o in out] == [2, 0, 1]
     assert out[0]["p"]["a"] == {"steps": {"a1": {"from": "a1"}}}
@@ -367,13 +368,13 @@ def test_retry_with_backoff_then_success_and_exhaustion() -> None:
         return {"ok": attempt}
 
     r = Replay(defn, execute=flaky).run()
-    assert r.status == ip.COMPLETED and attempts == [1, 2, 3] and r.context["steps"]["a"] == {"ok": 3}
+    assert r.status == model.COMPLETED and attempts == [1, 2, 3] and r.context["steps"]["a"] == {"ok": 3}
     assert r.clock == 2 + 5  # 2 s, then 6 s capped at 5 s
     failed = [p for k, p, _ in r.events if k == "step.failed"]
     assert [f["willRetry"] for f in failed] == [True, True]
 
     r = Replay(defn, execute=lambda n, i, a: (_ for _ in ()).throw(RuntimeError("always"))).run()
-    assert r.status == ip.FAILED and [s["status"] for s in r.steps.values()] == [ip.FAILED] * 3
+    assert r.status == model.FAILED and [s["status"] for s in r.steps.values()] == [model.FAILED] * 3
 
 
 def test_timeout_error_is_timed_out_and_run_timeout_ends_run() -> None:
@@ -381,23 +382,23 @@ def test_timeout_error_is_timed_out_and_run_timeout_ends_run() -> None:
     r = Replay(defn)
     r.apply(ip.start_run(defn, r.state()))
     key = r.queue.popleft()
-    r.steps[key]["status"] = ip.RUNNING
+    r.steps[key]["status"] = model.RUNNING
     t = ip.step_failed(defn, r.state(), r.view(key), {"type": "timeout", "message": "slow"})
     r.apply(t)
-    assert r.steps[key]["status"] == ip.TIMED_OUT and r.status == ip.FAILED
+    assert r.steps[key]["status"] == model.TIMED_OUT and r.status == model.FAILED
 
     slow = normalize_definition({"id": "r", "start": "s", "timeoutSeconds": 5, "states": [
         {"name": "s", "type": "sleep", "duration": "1m", "end": True}]})
     r = Replay(slow).run()
-    assert r.status == ip.TIMED_OUT and r.clock == 5
-    assert [s["status"] for s in r.steps.values()] == [ip.CANCELLED]
+    assert r.status == model.TIMED_OUT and r.clock == 5
+    assert [s["status"] for s in r.steps.values()] == [model.CANCELLED]
 
 
 def test_sleep_then_continue() -> None:
     defn = normalize_definition({"id": "r", "start": "s", "states": [
         {"name": "s", "type": "sleep", "duration": "30s", "next": "a"}, op("a")]})
     r = Replay(defn).run()
-    assert r.status == ip.COMPLETED and r.clock == 30 and r.context["steps"]["s"] == {"sleptSeconds": 30.0}
+    assert r.status == model.COMPLETED and r.clock == 30 and r.context["steps"]["s"] == {"sleptSeconds": 30.0}
 
 
 def test_try_catch_finally() -> None:
@@ -414,14 +415,14 @@ def test_try_catch_finally() -> None:
         return {"ok": name}
 
     r = Replay(defn, execute=execute).run()
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
     assert r.context["cleaned"] is True and r.context["handled"] == "{{ error.stateName }}"  # inject data is literal
     assert [c[0] for c in r.calls] == ["risky", "after"]
 
     no_catch = copy.deepcopy(defn)
     no_catch["states"]["guard"]["catch"] = None
     r = Replay(no_catch, execute=execute).run()
-    assert r.status == ip.FAILED and r.context["cleaned"] is True  # finally ran, then the error went on
+    assert r.status == model.FAILED and r.context["cleaned"] is True  # finally ran, then the error went on
 
 
 def test_transform_sees_previous_output_as_input() -> None:
@@ -439,7 +440,7 @@ states:
 """)
     pods = {"pods": [{"name": "x", "status": "Error"}, {"name": "y", "status": "Running"}]}
     r = Replay(defn, {"ns": "prod"}, execute=lambda n, i, a: pods).run()
-    assert r.status == ip.COMPLETED and r.context["steps"]["shaped"] == {"bad": ["x"], "ns": "prod"}
+    assert r.status == model.COMPLETED and r.context["steps"]["shaped"] == {"bad": ["x"], "ns": "prod"}
 
 
 # -- properties ------------------------------------------------------------------------------------
@@ -499,10 +500,10 @@ def test_generated_workflows_terminate_replay_stably_and_rebuild(case: tuple, fa
         return {"done": name}
 
     first = Replay(defn, {"items": items}, execute=execute).run()
-    assert first.status in (ip.COMPLETED, ip.FAILED)
-    assert not any(s["status"] in ip.OPEN_STEP_STATUSES for s in first.steps.values())
+    assert first.status in (model.COMPLETED, model.FAILED)
+    assert not any(s["status"] in model.OPEN_STEP_STATUSES for s in first.steps.values())
     counter["n"] = 0
     second = Replay(defn, {"items": items}, execute=execute).run()
     assert list(first.steps) == list(second.steps)  # same step ids and attempts, in the same order
     assert json.dumps(first.context, sort_keys=True) == json.dumps(second.context, sort_keys=True)
-    assert ip.rebuild_context([(k, p) for k, p, _ in first.events]) == first.context
+    assert history.rebuild_context([(k, p) for k, p, _ in first.events]) == first.context

@@ -76,18 +76,18 @@ def test_oversized_event_does_not_stop_the_event_stream(daemon: Daemon, nats_ser
 def test_events_carry_the_input_and_outputs_once() -> None:
     """run.started no longer repeats the input (twice, before); step.succeeded carries its output once;
     the events still rebuild the context exactly."""
-    from station_wf.engine import interpreter as ip
+    from station_wf.core import history
 
     run_input = {"blob": "y" * 600_000, "n": 1}
     defn = {"id": "w", "start": "a", "states": {"a": {"name": "a", "type": "inject", "data": {"m": 2}, "end": True}}}
-    context = ip.initial_context(defn, "r", 1, run_input, "t0")
+    context = history.initial_context(defn, "r", 1, run_input, "t0")
     context["_cronTriggeredAt"] = "t1"
     context["n"] = 5  # an extra that overrides an input key is kept
-    started = ip.started_payload(context)
+    started = history.started_payload(context)
     assert len(json.dumps(started)) < 1000 and started["context"]["n"] == 5
     output = {"big": "z" * 1000}
     succeeded = {"attempt": 1, "output": output, "write": {"scope": "", "path": "steps.a"}}
-    rebuilt = ip.rebuild_context([("run.created", {"input": run_input}), ("run.started", started),
+    rebuilt = history.rebuild_context([("run.created", {"input": run_input}), ("run.started", started),
                                   ("step.succeeded", succeeded)])
     assert rebuilt == {**context, "steps": {"a": output}}
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from station_wf.core import history, model
 from station_wf.dsl.loader import DefinitionError, normalize_definition, parse_definition
 from station_wf.dsl.station import decide_dialect, path_template, rewrite_literals
-from station_wf.engine import interpreter as ip
 from tests.test_interpreter import Replay
 
 
@@ -122,7 +122,7 @@ def test_true_false_null_are_python_literals_in_expressions() -> None:
           - {id: nope, type: inject, data: {took: no}, end: true}
           - {id: yep, type: transform, expression: "{'took': 'yes', 'n': null, 't': true}", end: true}
         """)
-    assert r.status == ip.COMPLETED and r.context["yep"] == {"took": "yes", "n": None, "t": True}
+    assert r.status == model.COMPLETED and r.context["yep"] == {"took": "yes", "n": None, "t": True}
 
 
 def test_transform_last_expression_is_its_output() -> None:
@@ -138,7 +138,7 @@ def test_transform_last_expression_is_its_output() -> None:
               report
             end: true
         """, {"service_name": "api"})
-    assert r.status == ip.COMPLETED and r.context["t"] == {"service": "api"}
+    assert r.status == model.COMPLETED and r.context["t"] == {"service": "api"}
 
 
 # ---- data flow -------------------------------------------------------------------------------------
@@ -154,12 +154,12 @@ def test_every_output_is_at_steps_id_output_and_at_id_and_input_is_the_previous_
           - {id: second, type: transform, expression: "{'pods': input.pods, 'again': steps.first.output.pods, 'top': first.pods}", transition: third}
           - {id: third, type: agent, agent: a2, task: "count {{ input.pods }}", end: true}
         """, {"task": "investigate", "ns": "prod"}, {"first": {"pods": 3}}, seen)
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
     assert seen[0] == ("first", {"agent": "a1", "task": "investigate", "variables": {"task": "investigate", "ns": "prod"}})
     assert r.context["steps"]["first"] == {"output": {"pods": 3}} and r.context["first"] == {"pods": 3}
     assert r.context["second"] == {"pods": 3, "again": 3, "top": 3}
     assert seen[1][1]["task"] == "count 3"
-    assert ip.rebuild_context([(k, p) for k, p, _ in r.events]) == r.context
+    assert history.rebuild_context([(k, p) for k, p, _ in r.events]) == r.context
 
 
 def test_output_map_and_input_map_with_dollar_paths() -> None:
@@ -185,7 +185,7 @@ def test_output_map_and_input_map_with_dollar_paths() -> None:
             input: {sev: "$.severity", whole: "$.log_analysis.summary"}
             end: true
         """, {"service_name": "api"}, {"look": {"severity": "high", "summary": "oom"}}, seen)
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
     assert seen[0][1]["variables"] == {"service": "api", "window": 60}
     assert r.context["log_analysis"] == {"severity": "high", "summary": "oom"} and r.context["severity"] == "high"
     assert "missing" not in r.context  # Station skips a mapping that does not resolve
@@ -201,7 +201,7 @@ def test_input_path_and_output_path() -> None:
           - {id: a, type: agent, agent: x, outputPath: "$.data.inner", transition: b}
           - {id: b, type: transform, inputPath: "$.deep", expression: "input.v * 2", end: true}
         """, {}, {"a": {"data": {"inner": {"deep": {"v": 21}}}}})
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
     assert r.context["a"] == {"deep": {"v": 21}} and r.context["b"] == 42
 
 
@@ -213,7 +213,7 @@ def test_result_path_under_steps_is_also_a_step_slot() -> None:
           - {id: x, type: transform, expression: "{'n': 1}", resultPath: steps.extract, next: y}
           - {id: y, type: transform, expression: "ctx.steps.extract.output.n + steps.extract.n", end: true}
         """)
-    assert r.status == ip.COMPLETED and r.context["y"] == 2
+    assert r.status == model.COMPLETED and r.context["y"] == 2
 
 
 # ---- parallel and foreach -------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_parallel_branch_that_is_one_agent_call_and_merge_aggregation() -> None:
             output: {investigation: "$.branches"}
             end: true
         """, {"task": "look"}, {"kubernetes": {"pods": 1}, "logs": {"lines": 2}}, seen)
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
     assert sorted(a["agent"] for _, a in seen) == ["k8s-investigator", "log-analyzer"]
     assert all(a["task"] == "look" for _, a in seen)
     assert r.context["fan"] == {"kubernetes": {"pods": 1}, "logs": {"lines": 2}}
@@ -273,7 +273,7 @@ def test_foreach_with_agent_directly_and_item_variable() -> None:
             output: {all_results: "$.iterations"}
             end: true
         """, {"services": [{"name": "api"}, {"name": "db"}]}, {"call": lambda attempt: {"ok": True}}, seen)
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
     assert sorted(a["task"] for _, a in seen) == ["check api", "check db"]
     assert r.context["each"] == {"results": [{"ok": True}, {"ok": True}], "count": 2}
     assert r.context["all_results"] == r.context["each"]["results"]
@@ -294,7 +294,7 @@ def test_foreach_merge_aggregation() -> None:
                 - {id: one, type: transform, expression: "{it: _index}", end: true}
             end: true
         """, {"items": ["a", "b"]})
-    assert r.status == ip.COMPLETED and r.context["each"] == {"a": 0, "b": 1}
+    assert r.status == model.COMPLETED and r.context["each"] == {"a": 0, "b": 1}
 
 
 # ---- agent step shorthands ---------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_operation_agent_run_and_agent_task_spellings() -> None:
           - {id: c, type: agent, agent: z, agentTask: "three", transition: d}
           - {name: d, type: operation, operation: agent.run, input: {agent: w, task: "four"}, end: true}
         """, {}, {}, seen)
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
     assert [(a["agent"], a["task"]) for _, a in seen] == [("x", "one"), ("y", "two"), ("z", "three"), ("w", "four")]
 
 
@@ -344,10 +344,10 @@ def test_timeout_and_retry_max_attempts_backoff_retry_on() -> None:
         return execute
 
     r = Replay(parse_definition(text), {}, flaky("boom")).run()
-    assert r.status == ip.FAILED and calls == [1]  # agent_error is not in retry_on: not retried
+    assert r.status == model.FAILED and calls == [1]  # agent_error is not in retry_on: not retried
     retried = parse_definition(text.replace('"timeout"', '"agent_error"'))
     calls.clear()
-    assert Replay(retried, {}, flaky("boom")).run().status == ip.COMPLETED and calls == [1, 2]
+    assert Replay(retried, {}, flaky("boom")).run().status == model.COMPLETED and calls == [1, 2]
 
 
 def test_approval_title_and_timeout_on_human_approval() -> None:
@@ -397,12 +397,12 @@ OUTPUT_SCHEMA = """\
 
 def test_output_schema_passes_when_the_final_output_matches() -> None:
     r = run(OUTPUT_SCHEMA, {}, {"a": {"root_cause": "oom"}})
-    assert r.status == ip.COMPLETED
+    assert r.status == model.COMPLETED
 
 
 def test_output_schema_fails_the_run_with_a_clear_error() -> None:
     r = run(OUTPUT_SCHEMA, {}, {"a": {"root_cause": 7}})
-    assert r.status == ip.FAILED and r.error["type"] == "output_schema"
+    assert r.status == model.FAILED and r.error["type"] == "output_schema"
     assert "does not match its outputSchema at root_cause" in r.error["message"]
     assert "7 is not of type 'string'" in r.error["message"]
 
@@ -447,7 +447,7 @@ def test_transform_program_with_top_level_for_and_if() -> None:
             end: true
         """, {"all_results": [{"service": {"name": "api"}, "health": {"status": "healthy"}},
                               {"service": {"name": "db"}, "health": {"status": "degraded"}}]})
-    assert r.status == ip.COMPLETED, r.error
+    assert r.status == model.COMPLETED, r.error
     assert r.context["summarize"] == {"total_services": 2, "healthy_count": 1, "unhealthy_count": 1,
                                       "details": [{"service": "api", "status": "healthy"},
                                                   {"service": "db", "status": "degraded"}]}

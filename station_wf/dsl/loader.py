@@ -26,14 +26,14 @@ import yaml
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 
-from station_wf.dsl import approvers as approver_rules
 from station_wf.dsl import limits
 from station_wf.dsl import station as station_dialect
+from station_wf.expr import approvers as approver_rules
+from station_wf.expr.cron import CronError, CronSchedule
 from station_wf.expr.limits import MAX_EXPRESSION_BYTES, MAX_TEMPLATES_PER_STRING, expression_problem
 from station_wf.expr.paths import PathError, parse_path
 from station_wf.expr.starlark_eval import _DIALECT as _STARLARK_DIALECT
 from station_wf.expr.starlark_eval import _PROGRAM_DIALECT
-from station_wf.schedules.cron import CronError, CronSchedule
 
 __all__ = [
     "KNOWN_ACTIONS",

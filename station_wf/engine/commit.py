@@ -16,17 +16,18 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from station_wf.engine import interpreter as ip
+from station_wf.core import interpreter as ip
+from station_wf.core import model
 from station_wf.store import runs as rs
 from station_wf.store.definitions import DefinitionCache
 
 MAX_INLINE_STEPS = 64
 
-Decision = Callable[[dict[str, Any], ip.RunState], ip.Transition | None]
+Decision = Callable[[dict[str, Any], model.RunState], model.Transition | None]
 
 
 def decide_and_commit(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, decision: Decision,
-                      step: ip.StepView | None = None) -> int:
+                      step: model.StepView | None = None) -> int:
     """Load the run's definition and state, let `decision(definition, state)` (a pure interpreter call)
     say what happens, and commit it with its inline chain; returns the tasks enqueued (0: no change)."""
     defn = defs.get(conn, run.workflow_id, run.workflow_version)
@@ -34,8 +35,8 @@ def decide_and_commit(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.R
     return 0 if t is None else commit_transition(conn, defs, run, t, step)
 
 
-def commit_transition(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, t: ip.Transition,
-                      step: ip.StepView | None = None) -> int:
+def commit_transition(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, t: model.Transition,
+                      step: model.StepView | None = None) -> int:
     """apply_transition plus the inline chain; returns the number of tasks enqueued."""
     pending: list[tuple[str, int]] = []
     tasks = rs.apply_transition(conn, run, t, step, inline=pending)
@@ -44,10 +45,10 @@ def commit_transition(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.R
         sid, attempt = pending.pop(0)
         current = rs.load_run(conn, run.run_id)
         row = rs.load_step(conn, run.run_id, sid, attempt)
-        if current is None or row is None or row["status"] != ip.PENDING:
+        if current is None or row is None or row["status"] != model.PENDING:
             continue
-        if current.status not in ip.ACTIVE_RUN_STATUSES or budget <= 0:
-            if current.status in ip.ACTIVE_RUN_STATUSES:  # over budget: an ordinary task
+        if current.status not in model.ACTIVE_RUN_STATUSES or budget <= 0:
+            if current.status in model.ACTIVE_RUN_STATUSES:  # over budget: an ordinary task
                 rs.enqueue_step_task(conn, current, sid, attempt, row["idempotency_key"])
                 tasks += 1
             continue  # paused: resume dispatches it; finished: nothing to do
@@ -55,7 +56,7 @@ def commit_transition(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.R
         defn = defs.get(conn, current.workflow_id, current.workflow_version)
         view = rs.step_view(row)
         decided = ip.begin_step(defn, rs.run_state(conn, current), view)
-        if isinstance(decided, ip.Transition):
+        if isinstance(decided, model.Transition):
             tasks += rs.apply_transition(conn, current, decided, view, inline=pending)
         elif decided is not None:  # needs an executor after all
             rs.enqueue_step_task(conn, current, sid, attempt, row["idempotency_key"])

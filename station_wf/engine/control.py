@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from station_wf.engine import interpreter as ip
+from station_wf.core import interpreter as ip
+from station_wf.core import model, waits
 from station_wf.engine.commit import commit_transition, decide_and_commit
 from station_wf.engine.limits import LIMITS
 from station_wf.store import approvals, timers
@@ -60,17 +61,17 @@ def decide_approval(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str
     if row["status"] != approvals.PENDING:
         raise Conflict(f"approval is already {row['status']}", {"status": row["status"], "decidedBy": row["decided_by"],
                                                                 "decidedAt": row["decided_at"]})
-    if run.status == ip.PAUSED:  # review L2: a paused run does not advance
+    if run.status == model.PAUSED:  # review L2: a paused run does not advance
         raise Conflict("run is PAUSED: resume it before deciding its approvals", {"status": row["status"], "runStatus": run.status})
     step_row = rs.load_step(conn, run_id, row["step_id"], row["attempt"])
-    if run.status in ip.TERMINAL_RUN_STATUSES or step_row is None or step_row["status"] != ip.WAITING_APPROVAL:
+    if run.status in model.TERMINAL_RUN_STATUSES or step_row is None or step_row["status"] != model.WAITING_APPROVAL:
         raise Conflict(f"run is {run.status}", {"status": row["status"], "runStatus": run.status})
     now = utcnow()
     approvals.decide(conn, approval_id, decision, decided_by, comment, now)
     timers.close_for_step(conn, run_id, row["step_id"], timers.APPROVAL_TIMEOUT, now)
     policy = row["on_timeout"] if decision == "timed_out" else row["on_reject"]
     view = rs.step_view(step_row)
-    return Outcome(decide_and_commit(conn, defs, run, lambda defn, state: ip.approval_decided(
+    return Outcome(decide_and_commit(conn, defs, run, lambda defn, state: waits.approval_decided(
         defn, state, view, decision, decided_by, comment, policy, approval_id)))
 
 
@@ -83,7 +84,7 @@ def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str,
         prior = approvals.signal_by_effect(conn, effect_id)
         if prior is not None:
             return Outcome(), {"signalId": prior["id"], "name": prior["name"], "consumed": prior["consumed_by"] is not None}
-    if run.status in ip.TERMINAL_RUN_STATUSES:
+    if run.status in model.TERMINAL_RUN_STATUSES:
         raise Conflict(f"run is {run.status}", {"status": run.status})
     if rs.run_counts(conn, run_id)[1] >= LIMITS.max_events_per_run:  # a signal is an event: refused, the run kept
         raise Conflict(f"the run has {LIMITS.max_events_per_run} events, its cap (STATION_MAX_EVENTS_PER_RUN)",
@@ -92,7 +93,7 @@ def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str,
     signal_id = approvals.insert_signal(conn, run_id, name, payload, sender, now, effect_id)
     rs.append_event(conn, run_id, "signal.received", {"signal": name, "signalId": signal_id, "payload": payload}, actor=sender)
     info = {"signalId": signal_id, "name": name, "consumed": False}
-    if run.status != ip.PAUSED:  # review L2: a paused run keeps the signal and consumes it on resume
+    if run.status != model.PAUSED:  # review L2: a paused run keeps the signal and consumes it on resume
         consumed = _consume_signal(conn, defs, run, name, now)
         if consumed is not None:
             info["consumed"] = consumed[1] == signal_id
@@ -115,16 +116,16 @@ def _consume_signal(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.Run
             continue
         defn = defs.get(conn, run.workflow_id, run.workflow_version)
         timers.close_for_step(conn, run.run_id, step_row["step_id"], timers.SIGNAL_TIMEOUT, now)
-        t = ip.signal_received(defn, state, rs.step_view(step_row), oldest)
+        t = waits.signal_received(defn, state, rs.step_view(step_row), oldest)
         return Outcome(commit_transition(conn, defs, rs.load_run(conn, run.run_id) or run, t)), oldest.id
     return None
 
 
 def pause(conn: sqlite3.Connection, run_id: str, actor: str | None) -> Outcome:
     run = _run_or_missing(conn, run_id)
-    if run.status == ip.PAUSED:
+    if run.status == model.PAUSED:
         return Outcome()  # idempotent
-    if run.status not in ip.ACTIVE_RUN_STATUSES and run.status != ip.PENDING:
+    if run.status not in model.ACTIVE_RUN_STATUSES and run.status != model.PENDING:
         raise Conflict(f"cannot pause a run that is {run.status}", {"status": run.status})
     now = utcnow()
     rs.mark_paused(conn, run_id, run.status, now)
@@ -137,19 +138,19 @@ def resume(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor: 
 
     Timers that came due during the pause were held back by the timer loop and fire now."""
     run = _run_or_missing(conn, run_id)
-    if run.status in ip.ACTIVE_RUN_STATUSES:
+    if run.status in model.ACTIVE_RUN_STATUSES:
         return Outcome()  # idempotent
-    if run.status != ip.PAUSED:
+    if run.status != model.PAUSED:
         raise Conflict(f"cannot resume a run that is {run.status}", {"status": run.status})
     now = utcnow()
-    paused_from = run.engine.get("pausedFrom") or ip.RUNNING
-    target = ip.PENDING if paused_from == ip.PENDING else ip.RUNNING
+    paused_from = run.engine.get("pausedFrom") or model.RUNNING
+    target = model.PENDING if paused_from == model.PENDING else model.RUNNING
     rs.mark_resumed(conn, run_id, target, now)
     rs.append_event(conn, run_id, "run.resumed", {}, actor=actor, now=now)
     run = rs.load_run(conn, run_id)
     assert run is not None
     tasks = 0
-    if target == ip.PENDING:
+    if target == model.PENDING:
         rs.enqueue_run_task(conn, run_id, run.traceparent, redispatch=f"resume{time.time_ns()}")
         return Outcome(1)
     due = rs.steps_needing_tasks(conn, run_id)
@@ -158,23 +159,23 @@ def resume(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor: 
         tasks += 1
     for _ in range(1000):  # signals delivered while paused are consumed now (bounded: one per waiting step)
         current = rs.load_run(conn, run_id)
-        if current is None or current.status not in ip.ACTIVE_RUN_STATUSES:
+        if current is None or current.status not in model.ACTIVE_RUN_STATUSES:
             break
         consumed = _consume_signal(conn, defs, current, None, now)
         if consumed is None:
             break
         tasks += consumed[0].tasks
     final = rs.load_run(conn, run_id)
-    if final is not None and final.status == ip.RUNNING:
-        rs.apply_transition(conn, final, ip.Transition())  # re-derive WAITING_* from open steps
+    if final is not None and final.status == model.RUNNING:
+        rs.apply_transition(conn, final, model.Transition())  # re-derive WAITING_* from open steps
     return Outcome(tasks)
 
 
 def cancel(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, reason: str | None, actor: str | None) -> Outcome:
     run = _run_or_missing(conn, run_id)
-    if run.status == ip.CANCELLED:
+    if run.status == model.CANCELLED:
         return Outcome(cancelled_run=run_id)  # idempotent
-    if run.status in ip.TERMINAL_RUN_STATUSES:
+    if run.status in model.TERMINAL_RUN_STATUSES:
         raise Conflict(f"cannot cancel a run that is {run.status}", {"status": run.status})
     state = rs.run_state(conn, run)
     t = ip.cancel_run(state, reason or "cancelled by request", actor)

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from station_wf.expr.cron import CronError, CronSchedule
 from station_wf.loop import Loop
-from station_wf.schedules.cron import CronError, CronSchedule
 from station_wf.store import definitions as defs_store
 from station_wf.store import schedules as store
 from station_wf.store.db import SqliteReaders, SqliteWriter

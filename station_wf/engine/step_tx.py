@@ -16,7 +16,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from station_wf.engine import interpreter as ip
+from station_wf.core import interpreter as ip
+from station_wf.core import model
 from station_wf.engine.commit import commit_transition, decide_and_commit
 from station_wf.engine.limits import LIMITS
 from station_wf.executors.base import StepCall
@@ -78,7 +79,7 @@ class StepTransactions:
         run = rs.load_run(conn, run_id)
         if run is None:
             return Unknown()
-        if run.status != ip.PENDING:
+        if run.status != model.PENDING:
             return 0
         deliveries, cause = rs.run_deliveries(conn, run_id)
         if deliveries > LIMITS.max_deliveries:
@@ -86,7 +87,7 @@ class StepTransactions:
             error["message"] = (f"the run's start task failed or was interrupted {deliveries} times"
                                 f" (STATION_MAX_DELIVERIES={LIMITS.max_deliveries})")
             return rs.apply_transition(conn, run, ip.engine_failure(rs.run_state(conn, run), None, error), checked=False)
-        def start(defn: dict[str, Any], state: ip.RunState) -> ip.Transition:
+        def start(defn: dict[str, Any], state: model.RunState) -> model.Transition:
             crash_point("worker.start_run")
             return ip.start_run(defn, state)
 
@@ -102,25 +103,25 @@ class StepTransactions:
         run = rs.load_run(conn, run_id)
         if run is None:
             return Unknown()
-        if run.status not in ip.ACTIVE_RUN_STATUSES:
+        if run.status not in model.ACTIVE_RUN_STATUSES:
             return Skip(f"run is {run.status}")  # paused runs get their tasks again on resume
         row = rs.load_step(conn, run_id, step, attempt)
         if row is None:
             return Skip("unknown step attempt")
-        if row["status"] not in ip.OPEN_STEP_STATUSES:
+        if row["status"] not in model.OPEN_STEP_STATUSES:
             return Skip(f"step attempt is {row['status']}")
         if row["deliveries"] > LIMITS.max_deliveries:
             return Committed(self.quarantine(conn, run, row))
-        if row["status"] == ip.RUNNING and row["result"] is not None:
+        if row["status"] == model.RUNNING and row["result"] is not None:
             return Committed(self.decide(conn, run_id, step, attempt)[0])  # executed already: only decide again
         defn = self.definitions.get(conn, run.workflow_id, run.workflow_version)
         view = rs.step_view(row)
         decided = ip.begin_step(defn, rs.run_state(conn, run), view)
         if decided is None:
             return Skip(f"step attempt is already {row['status']}")
-        if isinstance(decided, ip.Transition):
+        if isinstance(decided, model.Transition):
             return Committed(commit_transition(conn, self.definitions, run, decided, view))
-        timeout = LIMITS.step_timeout(decided.timeout_seconds)
+        timeout = LIMITS.rules.step_timeout(decided.timeout_seconds)
         left = timers.step_timeout_left(conn, run_id, step, attempt)
         if left is not None and left <= 0:  # the deadline passed while no process was executing it
             t = ip.step_failed(defn, rs.run_state(conn, run), view, ip.step_timeout_error(row["state_name"], timeout))
@@ -142,16 +143,16 @@ class StepTransactions:
     def decide(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> tuple[int, bool]:
         """What follows the recorded result; returns (tasks enqueued, whether a failed attempt will be retried)."""
         run = rs.load_run(conn, run_id)
-        if run is None or run.status in ip.TERMINAL_RUN_STATUSES:
+        if run is None or run.status in model.TERMINAL_RUN_STATUSES:
             return 0, False
         row = rs.load_step(conn, run_id, step, attempt)
-        if row is None or row["status"] != ip.RUNNING or row["result"] is None:  # closed meanwhile, or not recorded
+        if row is None or row["status"] != model.RUNNING or row["result"] is None:  # closed meanwhile, or not recorded
             return 0, False
         result = json.loads(row["result"])
         view = rs.step_view(row)
-        decided: list[ip.Transition] = []
+        decided: list[model.Transition] = []
 
-        def follow(defn: dict[str, Any], state: ip.RunState) -> ip.Transition:
+        def follow(defn: dict[str, Any], state: model.RunState) -> model.Transition:
             crash_point("worker.decide")
             if fault_error("worker.decide"):  # tests: a decision that fails every time (a poison)
                 raise RuntimeError("fault injected at worker.decide")

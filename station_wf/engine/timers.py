@@ -12,9 +12,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from station_wf.core import interpreter as ip
+from station_wf.core import model
 from station_wf.deferral import Deferred
 from station_wf.engine import control
-from station_wf.engine import interpreter as ip
 from station_wf.engine.commit import decide_and_commit
 from station_wf.faults import fault_error
 from station_wf.loop import Loop
@@ -67,7 +68,7 @@ class TimerLoop(Loop):
         deferred: Deferred | None = None
         for timer_id in ids:
             row = timer_store.load_unfired(conn, timer_id)
-            if row is None or row["run_status"] == ip.PAUSED:
+            if row is None or row["run_status"] == model.PAUSED:
                 continue  # fired meanwhile, or paused since the read: it fires on resume
             conn.execute("SAVEPOINT timer")
             try:
@@ -111,28 +112,28 @@ class TimerLoop(Loop):
     def _fail_run(self, conn: sqlite3.Connection, row: sqlite3.Row, error: dict, attempts: int) -> None:
         """A quarantined timer would leave its run waiting forever: fail the run, without the definition."""
         run = rs.load_run(conn, row["run_id"])
-        if run is None or run.status in ip.TERMINAL_RUN_STATUSES:
+        if run is None or run.status in model.TERMINAL_RUN_STATUSES:
             return
         step_row = None
         if row["step_id"] is not None:
             step_row = rs.load_step(conn, run.run_id, row["step_id"], json.loads(row["payload"]).get("attempt", 1))
-        view = rs.step_view(step_row) if step_row is not None and step_row["status"] in ip.OPEN_STEP_STATUSES else None
+        view = rs.step_view(step_row) if step_row is not None and step_row["status"] in model.OPEN_STEP_STATUSES else None
         failure = {"type": "engine_error", "message": f"{row['kind']} timer failed {attempts} times: "
                                                       f"{error['type']}: {error['message']}"}
         rs.apply_transition(conn, run, ip.engine_failure(rs.run_state(conn, run), view, failure), view, checked=False)
 
     def _fire(self, conn: sqlite3.Connection, timer: sqlite3.Row) -> None:
         run = rs.load_run(conn, timer["run_id"])
-        if run is None or run.status in ip.TERMINAL_RUN_STATUSES:
+        if run is None or run.status in model.TERMINAL_RUN_STATUSES:
             return
         payload = json.loads(timer["payload"])
         step_row = None
         if timer["step_id"] is not None:
             step_row = rs.load_step(conn, run.run_id, timer["step_id"], payload.get("attempt", 1))
-            if step_row is None or step_row["status"] not in ip.OPEN_STEP_STATUSES:
+            if step_row is None or step_row["status"] not in model.OPEN_STEP_STATUSES:
                 return
         if timer["kind"] == "retry":
-            if step_row is not None and step_row["status"] == ip.PENDING and run.status in ip.ACTIVE_RUN_STATUSES:
+            if step_row is not None and step_row["status"] == model.PENDING and run.status in model.ACTIVE_RUN_STATUSES:
                 rs.enqueue_step_task(conn, run, step_row["step_id"], step_row["attempt"], step_row["idempotency_key"])
             return
         if timer["kind"] == timer_store.APPROVAL_TIMEOUT:

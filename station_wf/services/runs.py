@@ -8,7 +8,7 @@ import sqlite3
 import uuid
 from typing import Any
 
-from station_wf.engine import interpreter as ip
+from station_wf.core import history, model
 from station_wf.errors import ServiceError, invalid, not_found
 from station_wf.services.input_schema import SchemaProblem, input_schema_errors
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
@@ -21,7 +21,7 @@ from station_wf.telemetry.metrics import runs_started_total
 from station_wf.telemetry.tracing import new_run_traceparent
 
 MAX_LIST_LIMIT = 1000
-RUN_STATUSES = frozenset({ip.PENDING, ip.PAUSED, *ip.ACTIVE_RUN_STATUSES, *ip.TERMINAL_RUN_STATUSES})
+RUN_STATUSES = frozenset({model.PENDING, model.PAUSED, *model.ACTIVE_RUN_STATUSES, *model.TERMINAL_RUN_STATUSES})
 
 
 def input_problems(schema: dict[str, Any] | None, run_input: Any) -> list[dict[str, Any]]:
@@ -29,7 +29,7 @@ def input_problems(schema: dict[str, Any] | None, run_input: Any) -> list[dict[s
     problems: list[dict[str, Any]] = []
     if not isinstance(run_input, dict):
         return [{"path": "$", "message": "input must be a JSON object", "validator": "type"}]
-    for key in ip.RESERVED_INPUT_KEYS:
+    for key in model.RESERVED_INPUT_KEYS:
         if key in run_input:
             problems.append({"path": f"$.{key}", "message": f"input key {key!r} is reserved", "validator": "reserved"})
     if schema:
@@ -68,8 +68,8 @@ def run_to_api(row: sqlite3.Row, steps: list[sqlite3.Row] | None = None, include
         out["context"] = _json(row["context"])
     if steps is not None:
         out["steps"] = [step_to_api(s) for s in steps]
-        out["currentSteps"] = [step_to_api(s) for s in steps if s["status"] in ip.OPEN_STEP_STATUSES
-                               or s["status"] in (ip.WAITING_APPROVAL, ip.WAITING_SIGNAL)]
+        out["currentSteps"] = [step_to_api(s) for s in steps if s["status"] in model.OPEN_STEP_STATUSES
+                               or s["status"] in (model.WAITING_APPROVAL, model.WAITING_SIGNAL)]
     return out
 
 
@@ -77,7 +77,7 @@ def insert_new_run(conn: sqlite3.Connection, row: sqlite3.Row, defn: dict[str, A
                    traceparent: str | None, extra_context: dict[str, Any] | None = None) -> dict[str, Any]:
     """The one way a run is created (API and schedules): its context, row, first event and run task."""
     now = utcnow()
-    context = ip.initial_context(defn, run_id, row["version"], run_input, now)
+    context = history.initial_context(defn, run_id, row["version"], run_input, now)
     context.update(extra_context or {})
     rs.insert_run(conn, run_id, row["workflow_id"], row["version"], row["content_hash"], run_input, context, traceparent, now)
     return context
@@ -151,7 +151,7 @@ class RunService:
         # The response is what was just committed; no need to read it back.
         return {
             "id": run_id, "workflowId": workflow_id, "workflowVersion": row["version"], "contentHash": row["content_hash"],
-            "status": ip.PENDING, "input": run_input, "error": None, "version": 0, "lastEventSeq": 1,
+            "status": model.PENDING, "input": run_input, "error": None, "version": 0, "lastEventSeq": 1,
             "createdAt": context["workflow"]["startedAt"], "startedAt": None, "updatedAt": context["workflow"]["startedAt"],
             "completedAt": None, "context": context, "steps": [], "currentSteps": [],
         }

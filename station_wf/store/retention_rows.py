@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from station_wf.engine import interpreter as ip
+from station_wf.core import model
 
-FINISHED = tuple(sorted(ip.TERMINAL_RUN_STATUSES))
+FINISHED = tuple(sorted(model.TERMINAL_RUN_STATUSES))
 CHILD_TABLES = ("workflow_run_events", "workflow_run_steps", "workflow_approvals", "workflow_signals", "timers")
 
 

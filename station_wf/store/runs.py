@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from station_wf.engine import interpreter as ip
+from station_wf.core import interpreter as ip
+from station_wf.core import model
+from station_wf.core.identity import idempotency_key
 from station_wf.engine import limits
-from station_wf.engine.identity import idempotency_key
 from station_wf.protocol import run_task, step_task
 from station_wf.store import approvals, outbox, timers
 from station_wf.store import vocab as v
@@ -46,7 +47,7 @@ def load_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
                   json.loads(row["context"]), json.loads(row["engine_state"]), row["traceparent"])
 
 
-def open_steps(conn: sqlite3.Connection, run_id: str) -> tuple[ip.StepView, ...]:
+def open_steps(conn: sqlite3.Connection, run_id: str) -> tuple[model.StepView, ...]:
     rows = conn.execute(
         f"SELECT * FROM workflow_run_steps WHERE run_id = ? AND status IN {v.OPEN_STEPS}",
         (run_id,),
@@ -54,14 +55,14 @@ def open_steps(conn: sqlite3.Connection, run_id: str) -> tuple[ip.StepView, ...]
     return tuple(step_view(r) for r in rows)
 
 
-def pending_signals(conn: sqlite3.Connection, run_id: str) -> tuple[ip.Signal, ...]:
-    return tuple(ip.Signal(r["id"], r["name"], json.loads(r["payload"])) for r in approvals.pending_signals(conn, run_id))
+def pending_signals(conn: sqlite3.Connection, run_id: str) -> tuple[model.Signal, ...]:
+    return tuple(model.Signal(r["id"], r["name"], json.loads(r["payload"])) for r in approvals.pending_signals(conn, run_id))
 
 
-def run_state(conn: sqlite3.Connection, run: RunRow) -> ip.RunState:
+def run_state(conn: sqlite3.Connection, run: RunRow) -> model.RunState:
     """Everything the interpreter may look at, read inside the writer's transaction."""
-    return ip.RunState(run.run_id, run.context, run.engine, open_steps(conn, run.run_id), utcnow(),
-                       pending_signals(conn, run.run_id))
+    return model.RunState(run.run_id, run.context, run.engine, open_steps(conn, run.run_id), utcnow(),
+                       pending_signals(conn, run.run_id), rules=limits.LIMITS.rules)
 
 
 def append_event(
@@ -103,7 +104,7 @@ def insert_run(
     enqueue_run_task(conn, run_id, traceparent)
 
 
-def _insert_step(conn: sqlite3.Connection, run: RunRow, new: ip.NewStep, now: str) -> tuple[int, str]:
+def _insert_step(conn: sqlite3.Connection, run: RunRow, new: model.NewStep, now: str) -> tuple[int, str]:
     """Insert the step's next attempt; a state visited again (a loop) continues the attempt count."""
     row = conn.execute(
         "SELECT MAX(attempt) FROM workflow_run_steps WHERE run_id = ? AND step_id = ?", (run.run_id, new.step_id)
@@ -122,7 +123,7 @@ def _insert_step(conn: sqlite3.Connection, run: RunRow, new: ip.NewStep, now: st
 _OPEN_GUARD = f" AND status IN {v.OPEN_STEPS}"
 
 
-def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, step: ip.StepView | None = None,
+def apply_transition(conn: sqlite3.Connection, run: RunRow, t: model.Transition, step: model.StepView | None = None,
                      inline: list[tuple[str, int]] | None = None, *, checked: bool = True) -> int:
     """Commit one transition: steps, run, context, engine state, events, new steps with their tasks or
     timers, and timers. Returns the number of tasks enqueued. With an `inline` list, new steps that
@@ -139,7 +140,7 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
         if error is not None:
             return apply_transition(conn, run, ip.limit_exceeded(run_state(conn, run), step, error), step, checked=False)
     for u in t.step_updates:
-        done = u.status not in ip.OPEN_STEP_STATUSES
+        done = u.status not in model.OPEN_STEP_STATUSES
         guard = _OPEN_GUARD if u.only_if_open else ""
         conn.execute(
             f"""UPDATE workflow_run_steps SET status = ?, output = COALESCE(?, output), error = COALESCE(?, error),
@@ -161,10 +162,10 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
     if t.run_status is not None:
         sets.append("status = ?")
         params.append(t.run_status)
-        if t.run_status == ip.RUNNING:
+        if t.run_status == model.RUNNING:
             sets.append("started_at = COALESCE(started_at, ?)")
             params.append(now)
-        if t.run_status in ip.TERMINAL_RUN_STATUSES:
+        if t.run_status in model.TERMINAL_RUN_STATUSES:
             sets.append("completed_at = ?")
             params.append(now)
     if t.run_error is not None:
@@ -196,18 +197,18 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: ip.Transition, st
     for signal_id, consumer in t.consumed_signals:
         approvals.consume_signal(conn, signal_id, consumer, now)
     final = t.run_status if t.run_status is not None else run.status
-    if t.run_status in ip.TERMINAL_RUN_STATUSES:
+    if t.run_status in model.TERMINAL_RUN_STATUSES:
         runs_finished_total.inc(workflow=run.workflow_id, status=t.run_status)
-    if final in ip.TERMINAL_RUN_STATUSES:
+    if final in model.TERMINAL_RUN_STATUSES:
         timers.close_for_run(conn, run.run_id, now)
         approvals.close_pending(conn, run.run_id, now)
-    elif final in ip.ACTIVE_RUN_STATUSES:
+    elif final in model.ACTIVE_RUN_STATUSES:
         statuses = [r[0] for r in conn.execute(
             f"SELECT status FROM workflow_run_steps WHERE run_id = ? AND status IN {v.OPEN_STEPS}"
             f" AND NOT (status = 'RUNNING' AND state_type IN {v.CONTAINERS})",
             (run.run_id,),
         )]
-        derived = ip.derive_status(statuses)
+        derived = model.derive_status(statuses)
         if derived != final:
             conn.execute("UPDATE workflow_runs SET status = ? WHERE run_id = ?", (derived, run.run_id))
     return tasks
@@ -219,8 +220,8 @@ def load_step(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) ->
     ).fetchone()
 
 
-def step_view(row: sqlite3.Row) -> ip.StepView:
-    return ip.StepView(row["step_id"], row["state_name"], row["attempt"], row["branch_path"], row["foreach_index"],
+def step_view(row: sqlite3.Row) -> model.StepView:
+    return model.StepView(row["step_id"], row["state_name"], row["attempt"], row["branch_path"], row["foreach_index"],
                        row["status"], row["state_type"], row["try_number"] or 0, row["result"] is not None)
 
 
@@ -228,7 +229,7 @@ def mark_running(conn: sqlite3.Connection, run: RunRow, row: sqlite3.Row, execut
                  timeout_s: float | None = None) -> None:
     """Record that an attempt is executing, with exactly the input it was given. With `timeout_s`, the
     attempt's durable `step_timeout` timer is written the first time (a redelivery keeps the first deadline)."""
-    redelivered = row["status"] == ip.RUNNING
+    redelivered = row["status"] == model.RUNNING
     now = utcnow()
     if timeout_s is not None and timers.step_timeout_left(conn, run.run_id, row["step_id"], row["attempt"]) is None:
         timers.add(conn, run.run_id, "step_timeout", timeout_s, row["step_id"], row["attempt"], {"timeoutSeconds": timeout_s})
@@ -293,7 +294,7 @@ def run_status(conn: sqlite3.Connection, run_id: str) -> str | None:
 # -- control: pause, resume and what they re-dispatch --------------------------------------------
 def mark_paused(conn: sqlite3.Connection, run_id: str, paused_from: str, now: str) -> None:
     """PAUSED, remembering the status to return to (in the engine state)."""
-    conn.execute(f"UPDATE workflow_runs SET status = '{ip.PAUSED}', version = version + 1, updated_at = ?, "
+    conn.execute(f"UPDATE workflow_runs SET status = '{model.PAUSED}', version = version + 1, updated_at = ?, "
                  "engine_state = json_set(engine_state, '$.pausedFrom', ?) WHERE run_id = ?", (now, paused_from, run_id))
 
 
@@ -309,14 +310,14 @@ def touch(conn: sqlite3.Connection, run_id: str, now: str) -> None:
 
 def steps_waiting_signal(conn: sqlite3.Connection, run_id: str) -> list[sqlite3.Row]:
     return conn.execute(
-        f"SELECT * FROM workflow_run_steps WHERE run_id = ? AND status = '{ip.WAITING_SIGNAL}' ORDER BY id", (run_id,)
+        f"SELECT * FROM workflow_run_steps WHERE run_id = ? AND status = '{model.WAITING_SIGNAL}' ORDER BY id", (run_id,)
     ).fetchall()
 
 
 # Open attempts that need a task to progress: not a container or sleep RUNNING on purpose, and not
 # held by a timer of their own (a retry back-off, a wait timeout); a step timeout holds nothing.
 _NEEDS_TASK = f"""s.status IN {v.DISPATCHABLE_STEPS}
-    AND NOT (s.status = '{ip.RUNNING}' AND s.state_type IN {v.HELD_TYPES})
+    AND NOT (s.status = '{model.RUNNING}' AND s.state_type IN {v.HELD_TYPES})
     AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.run_id = s.run_id AND t.step_id = s.step_id
                     AND t.fired_at IS NULL AND t.kind != '{timers.STEP_TIMEOUT}')"""
 
@@ -338,7 +339,7 @@ async def lost_task_candidates(readers: SqliteReaders, created_before: str) -> l
 
 async def unstarted_runs(readers: SqliteReaders, created_before: str) -> list[sqlite3.Row]:
     return await readers.fetchall(
-        f"SELECT run_id, traceparent FROM workflow_runs WHERE status = '{ip.PENDING}' AND created_at < ?", (created_before,))
+        f"SELECT run_id, traceparent FROM workflow_runs WHERE status = '{model.PENDING}' AND created_at < ?", (created_before,))
 
 
 async def count_unfinished_by_status(readers: SqliteReaders) -> dict[str, int]:

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from typing import Any
 
-from station_wf.engine import interpreter as ip
+from station_wf.core import model
 from station_wf.store.db import SqliteReaders, utcnow
 from station_wf.store.jsontext import dumps
 
@@ -32,7 +32,7 @@ async def due_ids(readers: SqliteReaders, now: float, limit: int) -> list[int]:
     """Due, unfired timers of runs that are not paused (a paused run's timers fire on resume)."""
     rows = await readers.fetchall(
         f"""SELECT t.id FROM timers t JOIN workflow_runs r ON r.run_id = t.run_id
-           WHERE t.fired_at IS NULL AND t.due_at <= ? AND r.status != '{ip.PAUSED}' ORDER BY t.due_at LIMIT ?""",
+           WHERE t.fired_at IS NULL AND t.due_at <= ? AND r.status != '{model.PAUSED}' ORDER BY t.due_at LIMIT ?""",
         (now, limit),
     )
     return [r["id"] for r in rows]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from station_wf.engine import interpreter as ip
+from station_wf.core import model
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
@@ -23,10 +23,10 @@ def sql_list(values: Iterable[str]) -> str:
 
 
 SLEEP = "sleep"
-OPEN_STEPS = sql_list(ip.OPEN_STEP_STATUSES)
-ACTIVE_RUNS = sql_list(ip.ACTIVE_RUN_STATUSES)
-TERMINAL_RUNS = sql_list(ip.TERMINAL_RUN_STATUSES)
-CONTAINERS = sql_list(ip.CONTAINER_TYPES)
+OPEN_STEPS = sql_list(model.OPEN_STEP_STATUSES)
+ACTIVE_RUNS = sql_list(model.ACTIVE_RUN_STATUSES)
+TERMINAL_RUNS = sql_list(model.TERMINAL_RUN_STATUSES)
+CONTAINERS = sql_list(model.CONTAINER_TYPES)
 # RUNNING on purpose with no task: containers whose children run, and sleeps (a timer ends them).
-HELD_TYPES = sql_list(ip.CONTAINER_TYPES | {SLEEP})
-DISPATCHABLE_STEPS = sql_list({ip.PENDING, ip.RUNNING})
+HELD_TYPES = sql_list(model.CONTAINER_TYPES | {SLEEP})
+DISPATCHABLE_STEPS = sql_list({model.PENDING, model.RUNNING})

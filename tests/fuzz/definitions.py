@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from station_wf.schedules.cron import CronSchedule
+from station_wf.expr.cron import CronSchedule
 from tests.fuzz.values import SEED, Raw, dump, random_json
 
 JSON = "application/json"
