@@ -5,7 +5,7 @@ decoder drops keys it does not know, `timeout` is a duration string, `retry` is 
 parallel branch may be a bare `agent:`, and data flows through `steps.<id>.output`, `output:` maps
 and `$.`-paths. This module turns such a document into the canonical shape the strict loader knows,
 before the loader runs, and keeps what the canonical model has no key for (output maps, input/output
-paths, aggregation, retry_on) in a `dataflow` block per state that `engine/station_flow.py` applies.
+paths, aggregation, retry_on) in a `dataflow` block per state that `core/station_flow.py` applies.
 Keys Station would silently ignore become warnings with file:line and a did-you-mean, never errors;
 what cannot run (a missing state, bad Starlark) stays an error, reported by the loader as always.
 
