@@ -32,8 +32,7 @@ from station_wf.expr import approvers as approver_rules
 from station_wf.expr.cron import CronError, CronSchedule
 from station_wf.expr.limits import MAX_EXPRESSION_BYTES, MAX_TEMPLATES_PER_STRING, expression_problem
 from station_wf.expr.paths import PathError, parse_path
-from station_wf.expr.starlark_eval import _DIALECT as _STARLARK_DIALECT
-from station_wf.expr.starlark_eval import _PROGRAM_DIALECT
+from station_wf.expr.starlark_eval import DIALECT, PROGRAM_DIALECT
 
 __all__ = [
     "KNOWN_ACTIONS",
@@ -1378,7 +1377,7 @@ class _Checker:
         if too_big:
             self.error(path, f"{what} {too_big}")
             return
-        problem = _parse_error(source, _PROGRAM_DIALECT) if self.statements_ok and what == "expression" else _syntax_error(source)
+        problem = _parse_error(source, PROGRAM_DIALECT) if self.statements_ok and what == "expression" else _syntax_error(source)
         if problem is not None:
             message, offset = problem
             self._error_inside(path, offset, f"{what} {message}")
@@ -1557,7 +1556,7 @@ def _syntax_error(source: str) -> tuple[str, int | None] | None:
     return _parse_error(source) or _statement_problem(source)
 
 
-def _parse_error(source: str, dialect: Any = _STARLARK_DIALECT) -> tuple[str, int | None] | None:
+def _parse_error(source: str, dialect: Any = DIALECT) -> tuple[str, int | None] | None:
     """Exactly what `compile_expression` rejects (empty text, a Starlark parse error), by the parse alone:
     a full compile also plans the evaluation and costs ~50x more, on every file of every sync."""
     text = textwrap.dedent(source).strip()

@@ -45,6 +45,8 @@ from typing import Any
 import starlark as sl
 
 __all__ = [
+    "DIALECT",
+    "PROGRAM_DIALECT",
     "CompiledExpression",
     "EvalFailure",
     "ExpressionError",
@@ -69,10 +71,11 @@ def _make_dialect() -> sl.Dialect:
     return dialect
 
 
-_DIALECT = _make_dialect()
+DIALECT = _make_dialect()
+"""The one Starlark dialect of expressions: the loader parses with it, the engine compiles with it."""
 # Station's transforms are small programs: top-level `for`/`if`, the last expression is the output.
-_PROGRAM_DIALECT = _make_dialect()
-_PROGRAM_DIALECT.enable_top_level_stmt = True
+PROGRAM_DIALECT = _make_dialect()
+PROGRAM_DIALECT.enable_top_level_stmt = True
 _GLOBALS = sl.Globals.extended_by([sl.LibraryExtension.Json])
 
 _UNKNOWN_RE = re.compile(r"Variable `([^`]+)` not found")
@@ -429,7 +432,7 @@ class CompiledExpression:
         if not text:
             raise ExpressionError(f"{label} is empty", expression=source, kind="syntax", label=label)
         try:
-            dialect = _PROGRAM_DIALECT if programs else _DIALECT
+            dialect = PROGRAM_DIALECT if programs else DIALECT
             original = sl.parse(label, text, dialect)
         except sl.StarlarkError as exc:
             raise ExpressionError(
@@ -608,7 +611,7 @@ def _free_names(module_ast: sl.AstModule, plan: _Plan) -> tuple[str, ...]:
 def _is_global(name: str) -> bool:
     """Whether ``name`` is a Starlark builtin (those must never be shadowed by context keys)."""
     try:
-        errors, _, _ = sl.parse("name", name, _DIALECT).typecheck(_GLOBALS, {})
+        errors, _, _ = sl.parse("name", name, DIALECT).typecheck(_GLOBALS, {})
     except Exception:  # noqa: BLE001 - not an identifier Starlark knows
         return False
     return not errors
