@@ -37,6 +37,15 @@ MOVES = {
     "station_wf.schedules": "station_wf.expr.cron",
 }
 
+# Names that moved out of a module which stays: old module -> {name: new module}.
+NAME_MOVES = {
+    "station_wf.dsl.loader": {
+        "DefinitionError": "station_wf.dsl.problems", "Problem": "station_wf.dsl.problems",
+        "format_path": "station_wf.dsl.problems", "parse_duration": "station_wf.dsl.spec",
+        "KNOWN_ACTIONS": "station_wf.dsl.spec", "WORKFLOW_FILE_SUFFIXES": "station_wf.dsl.spec",
+    },
+}
+
 OLD_IP = re.compile(r"^(?P<indent>[ \t]*)from station_wf\.engine import interpreter as ip[ \t]*\n", re.M)
 OLD_FROM_IP = re.compile(r"^(?P<indent>[ \t]*)from station_wf\.engine\.interpreter import (?P<names>[^\n(]+)\n", re.M)
 
@@ -91,11 +100,27 @@ def _moves(text: str) -> str:
     return text
 
 
+def _name_moves(text: str) -> str:
+    for old, moved in NAME_MOVES.items():
+        pattern = re.compile(rf"^(?P<indent>[ \t]*)from {re.escape(old)} import (?:\((?P<many>[^)]*)\)|(?P<one>[^\n(]+))\n", re.M)
+
+        def repl(m: re.Match[str], old: str = old, moved: dict[str, str] = moved) -> str:
+            names = [n.strip() for n in (m.group("many") or m.group("one")).replace("\n", " ").split(",") if n.strip()]
+            by_module: dict[str, list[str]] = {}
+            for name in names:
+                by_module.setdefault(moved.get(name.split(" as ")[0], old), []).append(name)
+            return "".join(f"{m.group('indent')}from {mod} import {', '.join(ns)}\n" for mod, ns in sorted(by_module.items()))
+
+        text = pattern.sub(repl, text)
+    return text
+
+
 def rewrite(text: str) -> str:
     for pattern, new in FOLLOW:
         text = pattern.sub(new, text)
     text = _split_ip(text)
     text = _split_from_ip(text)
+    text = _name_moves(text)
     return _moves(text)
 
 
@@ -103,7 +128,7 @@ def main(roots: list[str]) -> int:
     changed = 0
     for root in roots:
         for path in sorted(Path(root).rglob("*.py")):
-            if path.parts[:2] == ("station_wf", "core") or path.name == "move_core.py":
+            if path.parts[:2] == ("station_wf", "core") or path.name == "move_core.py" or path.as_posix() == "station_wf/dsl/loader.py":
                 continue
             old = path.read_text()
             new = rewrite(old)

@@ -24,6 +24,8 @@ import tokenize
 from dataclasses import dataclass, field
 from typing import Any
 
+from station_wf.dsl.problems import Problem, format_path
+from station_wf.dsl.spec import parse_duration
 from station_wf.dsl.station_detect import ACTION_MARKERS as _ACTION_MARKERS
 from station_wf.dsl.station_detect import DIALECTS, decide_dialect
 from station_wf.dsl.station_names import unresolvable, writable_names
@@ -344,8 +346,6 @@ class _Rewriter:
             self.warn((*path, key), f"warning: '{key}' must be a '$.' path string; ignored")
 
     def _timeout(self, s: dict[str, Any], kind: Any, path: PathT) -> None:
-        from station_wf.dsl.loader import parse_duration
-
         value = s.pop("timeout")
         target = "timeout_seconds" if kind == "human_approval" else "timeoutSeconds"
         if target in s or value is None:
@@ -376,8 +376,6 @@ class _Rewriter:
         return out
 
     def _backoff(self, value: Any, path: PathT, out: dict[str, Any]) -> None:
-        from station_wf.dsl.loader import parse_duration
-
         if value == "exponential":
             out.setdefault("backoffRate", 2)
         elif value in ("fixed", "constant", "linear"):
@@ -519,7 +517,7 @@ def _decisions_as_data(states: list[Any]) -> None:
 
 def finish(result: dict[str, Any], prep: StationPrep, report: Any) -> LoadedDefinition:
     """After the loader: mark the definition Station, move each state's dataflow block out of metadata."""
-    from station_wf.dsl.loader import Problem, format_path, iter_states
+    from station_wf.dsl.loader import iter_states
 
     out = LoadedDefinition(result)
     out.dialect, out.dialect_reason = prep.dialect, prep.reason
