@@ -39,7 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from station_wf.dsl.loader import DefinitionError, load_definition_file
+    from station_wf.dsl.loader import load_definition_file
+    from station_wf.dsl.problems import DefinitionError
 
     failed = 0
     for file in args.files:

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from station_wf.dsl import limits
-from station_wf.dsl.loader import DefinitionError, normalize_definition, parse_definition
+from station_wf.dsl.loader import normalize_definition, parse_definition
+from station_wf.dsl.problems import DefinitionError
 from station_wf.dsl.validate import validate_text
 from station_wf.expr.approvers import load_problems, rendered_problem
 from station_wf.expr.limits import (

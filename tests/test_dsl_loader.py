@@ -10,15 +10,9 @@ from typing import Any
 
 import pytest
 
-from station_wf.dsl.loader import (
-    WORKFLOW_FILE_SUFFIXES,
-    DefinitionError,
-    Problem,
-    iter_states,
-    load_definition_file,
-    normalize_definition,
-    parse_definition,
-)
+from station_wf.dsl.loader import iter_states, load_definition_file, normalize_definition, parse_definition
+from station_wf.dsl.problems import DefinitionError, Problem
+from station_wf.dsl.spec import WORKFLOW_FILE_SUFFIXES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "station-examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.workflow.yaml")) if EXAMPLES.is_dir() else []

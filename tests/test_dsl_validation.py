@@ -15,7 +15,8 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from station_wf.dsl.loader import DefinitionError, Problem, parse_definition
+from station_wf.dsl.loader import parse_definition
+from station_wf.dsl.problems import DefinitionError, Problem
 from station_wf.dsl.schema import workflow_json_schema
 from station_wf.dsl.validate import validate_text
 from station_wf.expr.templates import TemplateError, compile_template

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from station_wf.core import history, model
-from station_wf.dsl.loader import DefinitionError, normalize_definition, parse_definition
+from station_wf.dsl.loader import normalize_definition, parse_definition
+from station_wf.dsl.problems import DefinitionError
 from station_wf.dsl.station import decide_dialect, path_template, rewrite_literals
 from tests.test_interpreter import Replay
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from station_wf.dsl.loader import DefinitionError, parse_definition
+from station_wf.dsl.loader import parse_definition
+from station_wf.dsl.problems import DefinitionError
 
 __all__ = ["validate_text"]
 
