@@ -30,9 +30,9 @@ from typing import Any
 from station_wf.agents.catalog import AgentCatalog, AgentFileError, AgentSpec, split_agent_ref
 from station_wf.agents.schemas import incompatibilities, sub_schema, validation_errors
 from station_wf.dsl.loader import iter_states
+from station_wf.expr.paths import PathError, parse_path
 
 _STATIC_REF = re.compile(r"^\s*\{\{\s*([A-Za-z_$][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+|\[\d+\])*)\s*\}\}\s*$")
-_SEGMENTS = re.compile(r"[^.\[\]]+")
 
 
 @dataclass(frozen=True)
@@ -54,15 +54,11 @@ class _AgentStep:
 
 
 def _path_segments(path: str) -> list[str]:
-    """DESIGN 3 paths: optional `$.`/`ctx.` prefix; `ctx`/`$` alone is the root; `a[0]` = `a.0`."""
-    text = path.strip()
-    if text in ("$", "ctx"):
+    """A DESIGN 3 path as string keys (`a[0]` = `a.0`), parsed by the one path parser (`expr.paths`)."""
+    try:
+        return [str(segment) for segment in parse_path(path)]
+    except PathError:  # the loader refuses such paths; nothing to wire
         return []
-    for prefix in ("$.", "ctx."):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-            break
-    return _SEGMENTS.findall(text)
 
 
 def _label(scope: str, name: str) -> str:
