@@ -249,10 +249,6 @@ class AgentCatalog:
             found = self.reload().get(name)
         return found
 
-    def names(self) -> list[str]:
-        self._refresh()
-        return sorted(self._agents)
-
     def all(self) -> list[AgentSpec]:
         self._refresh()
         return [self._agents[name] for name in sorted(self._agents)]

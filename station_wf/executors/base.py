@@ -67,6 +67,3 @@ class ExecutorRegistry:
         except KeyError:
             known = ", ".join(sorted(self._by_action)) or "none"
             raise StepError(f"no executor for action {action!r} (known: {known})", type="validation") from None
-
-    def actions(self) -> list[str]:
-        return sorted(self._by_action)

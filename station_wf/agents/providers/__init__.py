@@ -1,8 +1,7 @@
 """LLM providers, chosen by an agent's `model` prefix (`openai/...`) or its `endpoint:`.
 
-A provider is one module with one class satisfying `Provider`; register it in `PROVIDERS` (or with
-`register_provider`) and agents whose model starts with `<prefix>/` use it. Providers only talk to the
-model: rendering, schema validation and result shaping stay in the executor, so every provider gets
+A provider is one module with one class satisfying `Provider`; register it in `PROVIDERS` and agents
+whose model starts with `<prefix>/` use it. Providers only talk to the model: rendering, schema validation and result shaping stay in the executor, so every provider gets
 them for free.
 """
 
@@ -85,10 +84,6 @@ class Provider(Protocol):
 
 
 PROVIDERS: dict[str, Provider] = {}
-
-
-def register_provider(prefix: str, provider: Provider) -> None:
-    PROVIDERS[prefix] = provider
 
 
 def select_provider(spec: AgentSpec) -> tuple[Provider, str | None]:
