@@ -1,8 +1,8 @@
 """LLM providers, chosen by an agent's `model` prefix (`openai/...`) or its `endpoint:`.
 
 A provider is one module with one class satisfying `Provider`; register it in `PROVIDERS` and agents
-whose model starts with `<prefix>/` use it. Providers only talk to the model: rendering, schema validation and result shaping stay in the executor, so every provider gets
-them for free.
+whose model starts with `<prefix>/` use it. Providers only talk to the model: rendering, schema
+validation and result shaping stay in the executor, so every provider gets them for free.
 """
 
 from __future__ import annotations
