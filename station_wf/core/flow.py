@@ -46,7 +46,7 @@ def started_event(step: StepView, executor: str) -> Event:
     return Event("step.started", {"attempt": step.attempt, "executor": executor, "redelivered": False}, step.step_id)
 
 
-def enter_container(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Transition:
+def enter_container(defn: dict[str, Any], run: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Transition:
     t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, RUNNING)],
                    events=[started_event(step, state["type"])])
     record: dict[str, Any] = {"kind": state["type"], "state": state["name"], "path": step.branch_path,
@@ -54,31 +54,31 @@ def enter_container(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], 
     if state["type"] == "parallel":
         engine["containers"][step.step_id] = record
         for branch in state["branches"]:
-            _open_scope(defn, rs, engine, t, record, f"{state['name']}:{branch['name']}", "branch", {})
+            _open_scope(defn, run, engine, t, record, f"{state['name']}:{branch['name']}", "branch", {})
         return t
     if state["type"] == "foreach":
-        names = scopes.names_for(rs, engine, step.branch_path)
+        names = scopes.names_for(run, engine, step.branch_path)
         try:
             items = get_path(names, state["itemsPath"])
         except PathError as exc:
-            return fail_now(defn, rs, engine, step, {"type": "foreach", "message": f"state {state['name']!r}: itemsPath {state['itemsPath']!r}: {exc}"}, t)
+            return fail_now(defn, run, engine, step, {"type": "foreach", "message": f"state {state['name']!r}: itemsPath {state['itemsPath']!r}: {exc}"}, t)
         if not isinstance(items, list):
-            return fail_now(defn, rs, engine, step, {"type": "foreach", "message": f"state {state['name']!r}: itemsPath {state['itemsPath']!r} is {type(items).__name__}, not a list"}, t)
+            return fail_now(defn, run, engine, step, {"type": "foreach", "message": f"state {state['name']!r}: itemsPath {state['itemsPath']!r} is {type(items).__name__}, not a list"}, t)
         if not items:
-            return succeed(defn, rs, engine, step, [], t=t)
+            return succeed(defn, run, engine, step, [], t=t)
         record.update({"items": copy.deepcopy(items), "next": 0, "total": len(items)})
         engine["containers"][step.step_id] = record
         for _ in range(min(int(state.get("maxConcurrency") or 1), len(items))):
-            _next_iteration(defn, rs, engine, t, record, state)
+            _next_iteration(defn, run, engine, t, record, state)
         return t
     # try
     record["phase"] = "try"
     engine["containers"][step.step_id] = record
-    _open_scope(defn, rs, engine, t, record, f"{state['name']}!try", "try", {})
+    _open_scope(defn, run, engine, t, record, f"{state['name']}!try", "try", {})
     return t
 
 
-def _open_scope(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any],
+def _open_scope(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any],
                 frame: str, kind: str, variables: dict[str, Any]) -> None:
     path = scopes.join(record["path"], frame)
     engine["scopes"][path] = {"kind": kind, "container": record["stepId"], "data": {}, "vars": variables,
@@ -87,17 +87,17 @@ def _open_scope(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: T
     container = scopes.scope_states(defn, record["path"])[record["state"]]
     fkind, _, key = scopes.parse_frame(frame)
     start = scopes.scope_start(defn, container, fkind, key)
-    t.new_steps.append(new_step(rs.run_id, scopes.scope_states(defn, path)[start], path))
+    t.new_steps.append(new_step(run.run_id, scopes.scope_states(defn, path)[start], path))
 
 
-def _next_iteration(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], state: dict[str, Any]) -> None:
+def _next_iteration(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], state: dict[str, Any]) -> None:
     i = record["next"]
     record["next"] = i + 1
     variables = {state.get("itemName") or "item": record["items"][i], "_index": i, "_total": record["total"]}
-    _open_scope(defn, rs, engine, t, record, f"{state['name']}[{i}]", "iteration", variables)
+    _open_scope(defn, run, engine, t, record, f"{state['name']}[{i}]", "iteration", variables)
 
 
-def succeed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, output: Any,
+def succeed(defn: dict[str, Any], run: RunState, engine: dict[str, Any], step: StepView, output: Any,
              next_override: str | None = None, started: bool = False, t: Transition | None = None) -> Transition:
     """Record the output at resultPath in the step's scope, then move on within the scope."""
     t = t if t is not None else Transition(engine=engine)
@@ -116,13 +116,13 @@ def succeed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: St
         try:
             for path, value in pairs:
                 if owner == "":
-                    context = t.context if t.context is not None else copy.deepcopy(rs.context)
+                    context = t.context if t.context is not None else copy.deepcopy(run.context)
                     set_path(context, path, copy.deepcopy(value))
                     t.context = context
                 else:
                     set_path(engine["scopes"][owner]["data"], path, copy.deepcopy(value))
         except PathError as exc:
-            return fail_now(defn, rs, engine, step, {"type": "result_path", "message": f"state {state['name']!r}: resultPath {path!r}: {exc}"}, t)
+            return fail_now(defn, run, engine, step, {"type": "result_path", "message": f"state {state['name']!r}: resultPath {path!r}: {exc}"}, t)
         if pairs:  # the value written is `output` unless the dialect reshaped it: carried once
             write = {"scope": owner, "path": pairs[0][0]}
             if pairs[0][1] is not output:
@@ -137,7 +137,7 @@ def succeed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: St
     if write is not None:
         payload["write"] = write
     t.events.append(Event("step.succeeded", payload, step.step_id))
-    _advance(defn, rs, engine, t, step.branch_path, state, next_override)
+    _advance(defn, run, engine, t, step.branch_path, state, next_override)
     return t
 
 
@@ -148,20 +148,20 @@ def default_result_path(state: dict[str, Any]) -> str:
     return f"steps.{state['name']}"
 
 
-def _advance(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, path: str,
+def _advance(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, path: str,
              state: dict[str, Any], next_override: str | None = None) -> None:
     target = next_override or (None if state.get("end") else state.get("next"))
     if target:
-        t.new_steps.append(new_step(rs.run_id, scopes.scope_states(defn, path)[target], path))
+        t.new_steps.append(new_step(run.run_id, scopes.scope_states(defn, path)[target], path))
     else:
-        _scope_finished(defn, rs, engine, t, path)
+        _scope_finished(defn, run, engine, t, path)
 
 
-def _scope_finished(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, path: str) -> None:
+def _scope_finished(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, path: str) -> None:
     if path == "":
         error = station_flow.output_schema_error(defn, engine["scopes"][""].get("last")) if station_flow.is_station(defn) else None
         if error is not None:
-            end_run(rs, engine, t, FAILED, error)
+            end_run(run, engine, t, FAILED, error)
             return
         t.run_status = COMPLETED
         t.events.append(Event("run.completed", {}))
@@ -175,7 +175,7 @@ def _scope_finished(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], 
     container = scopes.scope_states(defn, record["path"])[record["state"]]
     if record["kind"] == "parallel":
         if len(record["done"]) >= _needed(container):
-            _cancel_children(rs, engine, t, record, "join satisfied")
+            _cancel_children(run, engine, t, record, "join satisfied")
             result = {}
             for branch in container["branches"]:
                 child = scopes.join(record["path"], f"{container['name']}:{branch['name']}")
@@ -185,19 +185,19 @@ def _scope_finished(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], 
                 result = station_flow.aggregate_parallel(container, [
                     (name, station_flow.scope_output(engine["scopes"][scopes.join(record["path"], f"{container['name']}:{name}")]))
                     for name in result])
-            _container_done(defn, rs, engine, t, record, result)
+            _container_done(defn, run, engine, t, record, result)
     elif record["kind"] == "foreach":
         if record["next"] < record["total"]:
-            _next_iteration(defn, rs, engine, t, record, container)
+            _next_iteration(defn, run, engine, t, record, container)
         elif len(record["done"]) == record["total"]:
             result = [engine["scopes"][scopes.join(record["path"], f"{container['name']}[{i}]")]["data"] for i in range(record["total"])]
             if station_flow.is_station(defn):
                 result = station_flow.aggregate_foreach(container, record["items"], [
                     station_flow.scope_output(engine["scopes"][scopes.join(record["path"], f"{container['name']}[{i}]")])
                     for i in range(record["total"])])
-            _container_done(defn, rs, engine, t, record, result)
+            _container_done(defn, run, engine, t, record, result)
     else:
-        _try_section_done(defn, rs, engine, t, record, container, error=None)
+        _try_section_done(defn, run, engine, t, record, container, error=None)
 
 
 def _needed(container: dict[str, Any]) -> int:
@@ -214,45 +214,45 @@ def _container_step(record: dict[str, Any]) -> StepView:
                     RUNNING, record["kind"])
 
 
-def _container_done(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], output: Any) -> None:
+def _container_done(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], output: Any) -> None:
     record["closed"] = True
-    succeed(defn, rs, engine, _container_step(record), output, t=t)
+    succeed(defn, run, engine, _container_step(record), output, t=t)
 
 
-def _try_section_done(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any],
+def _try_section_done(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any],
                       container: dict[str, Any], error: dict[str, Any] | None) -> None:
     """Try -> (catch on error) -> finally -> the container succeeds, or fails with the uncaught error."""
     phase = record["phase"]
     if error is not None and phase == "try" and container.get("catch"):
         record["phase"] = "catch"
         record["caught"] = error
-        _open_scope(defn, rs, engine, t, record, f"{container['name']}!catch", "try", {"error": error})
+        _open_scope(defn, run, engine, t, record, f"{container['name']}!catch", "try", {"error": error})
         return
     if error is not None:
         record["error"] = error
     if phase != "finally" and container.get("finally"):
         record["phase"] = "finally"
-        _open_scope(defn, rs, engine, t, record, f"{container['name']}!finally", "try", {"error": record.get("error")})
+        _open_scope(defn, run, engine, t, record, f"{container['name']}!finally", "try", {"error": record.get("error")})
         return
     if record.get("error") is not None:
-        _container_failed(defn, rs, engine, t, record, record["error"])
+        _container_failed(defn, run, engine, t, record, record["error"])
     else:
-        _container_done(defn, rs, engine, t, record, {"caught": record.get("caught")})
+        _container_done(defn, run, engine, t, record, {"caught": record.get("caught")})
 
 
-def _cancel_children(rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], reason: str) -> None:
+def _cancel_children(run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], reason: str) -> None:
     for child in record["children"]:
         if engine["scopes"][child]["status"] == RUNNING:
-            _cancel_scope(rs, engine, t, child, reason)
+            _cancel_scope(run, engine, t, child, reason)
 
 
-def _cancel_scope(rs: RunState, engine: dict[str, Any], t: Transition, path: str, reason: str) -> None:
+def _cancel_scope(run: RunState, engine: dict[str, Any], t: Transition, path: str, reason: str) -> None:
     """Close every open step at or under `path` (their late results are dropped by compare-and-set)."""
     for scope_path, scope in engine["scopes"].items():
         if (scope_path == path or scope_path.startswith(path + "/")) and scope["status"] == RUNNING:
             scope["status"] = CANCELLED
     updated = {(u.step_id, u.attempt) for u in t.step_updates}
-    for s in rs.open_steps:
+    for s in run.open_steps:
         if (s.branch_path == path or s.branch_path.startswith(path + "/")) and (s.step_id, s.attempt) not in updated:
             t.step_updates.append(StepUpdate(s.step_id, s.attempt, CANCELLED, error={"type": "cancelled", "message": reason},
                                              only_if_open=True))
@@ -260,7 +260,7 @@ def _cancel_scope(rs: RunState, engine: dict[str, Any], t: Transition, path: str
 
 
 
-def fail_now(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, error: dict[str, Any],
+def fail_now(defn: dict[str, Any], run: RunState, engine: dict[str, Any], step: StepView, error: dict[str, Any],
               t: Transition | None = None, status: str = FAILED) -> Transition:
     t = t if t is not None else Transition(engine=engine)
     t.engine = engine
@@ -268,53 +268,53 @@ def fail_now(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: S
     t.step_updates.append(StepUpdate(step.step_id, step.attempt, status, error=error))
     t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": False}, step.step_id))
     error = {**error, "stateName": step.state_name, "stepId": step.step_id, "branchPath": step.branch_path}
-    _scope_failed(defn, rs, engine, t, step.branch_path, error)
+    _scope_failed(defn, run, engine, t, step.branch_path, error)
     return t
 
 
-def _scope_failed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, path: str, error: dict[str, Any]) -> None:
+def _scope_failed(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, path: str, error: dict[str, Any]) -> None:
     if path == "":
-        end_run(rs, engine, t, TIMED_OUT if error.get("type") == "wait_timeout" else FAILED, error)
+        end_run(run, engine, t, TIMED_OUT if error.get("type") == "wait_timeout" else FAILED, error)
         return
     scope = engine["scopes"][path]
     record = engine["containers"][scope["container"]]
     if record.get("closed"):
         return
     container = scopes.scope_states(defn, record["path"])[record["state"]]
-    _cancel_scope(rs, engine, t, path, "scope failed")
+    _cancel_scope(run, engine, t, path, "scope failed")
     scope["status"] = FAILED
     record["failed"].append(path)
     if record["kind"] == "parallel":
         possible = len(container["branches"]) - len(record["failed"])
         if possible < _needed(container):
-            _cancel_children(rs, engine, t, record, "another branch failed")
-            _container_failed(defn, rs, engine, t, record, {"type": "branch_failed", "message": f"branch of {record['state']!r} failed", "cause": error})
+            _cancel_children(run, engine, t, record, "another branch failed")
+            _container_failed(defn, run, engine, t, record, {"type": "branch_failed", "message": f"branch of {record['state']!r} failed", "cause": error})
     elif record["kind"] == "foreach":
-        _cancel_children(rs, engine, t, record, "another iteration failed")
-        _container_failed(defn, rs, engine, t, record, {"type": "iteration_failed", "message": f"iteration of {record['state']!r} failed", "cause": error})
+        _cancel_children(run, engine, t, record, "another iteration failed")
+        _container_failed(defn, run, engine, t, record, {"type": "iteration_failed", "message": f"iteration of {record['state']!r} failed", "cause": error})
     else:
-        _try_section_done(defn, rs, engine, t, record, container, error=error)
+        _try_section_done(defn, run, engine, t, record, container, error=error)
 
 
-def _container_failed(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], error: dict[str, Any]) -> None:
+def _container_failed(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], error: dict[str, Any]) -> None:
     record["closed"] = True
     step = _container_step(record)
     t.step_updates.append(StepUpdate(step.step_id, step.attempt, FAILED, error=error))
     t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": False}, step.step_id))
-    _scope_failed(defn, rs, engine, t, record["path"], {**error, "stateName": record["state"], "stepId": record["stepId"]})
+    _scope_failed(defn, run, engine, t, record["path"], {**error, "stateName": record["state"], "stepId": record["stepId"]})
 
 
-def end_run(rs: RunState, engine: dict[str, Any], t: Transition, status: str, error: dict[str, Any] | None) -> None:
-    _cancel_scope_all(rs, engine, t, f"run {status.lower()}")
+def end_run(run: RunState, engine: dict[str, Any], t: Transition, status: str, error: dict[str, Any] | None) -> None:
+    _cancel_scope_all(run, engine, t, f"run {status.lower()}")
     t.run_status = status
     t.run_error = error
     t.events.append(Event(f"run.{status.lower().replace('_', '')}" if status != TIMED_OUT else "run.timed_out",
                           {"error": error} if error else {}))
 
 
-def _cancel_scope_all(rs: RunState, engine: dict[str, Any], t: Transition, reason: str) -> None:
+def _cancel_scope_all(run: RunState, engine: dict[str, Any], t: Transition, reason: str) -> None:
     updated = {(u.step_id, u.attempt) for u in t.step_updates}
-    for s in rs.open_steps:
+    for s in run.open_steps:
         if (s.step_id, s.attempt) not in updated:
             t.step_updates.append(StepUpdate(s.step_id, s.attempt, CANCELLED, error={"type": "cancelled", "message": reason},
                                              only_if_open=True))

@@ -55,49 +55,49 @@ DEFAULT_RULES = Rules()
 
 
 # -- events ---------------------------------------------------------------------------------------
-def start_run(defn: dict[str, Any], rs: RunState) -> Transition:
+def start_run(defn: dict[str, Any], run: RunState) -> Transition:
     """The run task: RUNNING, the start state's first step, and the run's durable timeout."""
     engine = empty_engine()
-    t = Transition(run_status=RUNNING, engine=engine, events=[Event("run.started", started_payload(rs.context))])
-    t.new_steps.append(new_step(rs.run_id, defn["states"][defn["start"]], ""))
+    t = Transition(run_status=RUNNING, engine=engine, events=[Event("run.started", started_payload(run.context))])
+    t.new_steps.append(new_step(run.run_id, defn["states"][defn["start"]], ""))
     if defn.get("timeoutSeconds"):
         t.timers.append(NewTimer("run_timeout", float(defn["timeoutSeconds"])))
     return t
 
 
-def begin_step(defn: dict[str, Any], rs: RunState, step: StepView) -> Execute | Transition | None:
+def begin_step(defn: dict[str, Any], run: RunState, step: StepView) -> Execute | Transition | None:
     """A step's task arrived: run it through an executor, or decide it here. None: nothing to do."""
     state = scopes.scope_states(defn, step.branch_path)[step.state_name]
     kind = state["type"]
     if step.status != PENDING and (kind != "operation" or step.status != RUNNING):
         return None  # entered already (containers, sleeps) or closed; only an executor call is re-run
-    engine = copy.deepcopy(rs.engine)
+    engine = copy.deepcopy(run.engine)
     if kind == "operation":
-        names = scopes.view(rs, engine, step.branch_path)
-        station_input = _station_input(defn, rs, engine, step, state)
+        names = scopes.view(run, engine, step.branch_path)
+        station_input = _station_input(defn, run, engine, step, state)
         if station_flow.is_station(defn):
             names = station_flow.declare(defn, {**names, "input": station_input})
         try:
-            rendered = render(state.get("input") or {}, rs.context, extra=names if step.branch_path or station_input is not None else None,
-                              timeout_s=rs.rules.expression_timeout_s)
+            rendered = render(state.get("input") or {}, run.context, extra=names if step.branch_path or station_input is not None else None,
+                              timeout_s=run.rules.expression_timeout_s)
         except TemplateError as exc:
-            return step_failed(defn, rs, step, {"type": "template", "message": f"state {state['name']!r}: {exc}"}, retry=False)
+            return step_failed(defn, run, step, {"type": "template", "message": f"state {state['name']!r}: {exc}"}, retry=False)
         if station_input is not None:
             rendered = station_flow.agent_call(state, rendered, station_input)
         if state["action"] == "human.approval":
             bad = rendered_approvers_problem(rendered["approvers"]) if "approvers" in rendered else None
             if bad:  # never a list of characters, never "anyone" (expr/approvers.py)
-                return step_failed(defn, rs, step, {"type": "validation", "message": f"state {state['name']!r}: {bad}"}, retry=False)
-            return request_approval(defn, rs, engine, step, state, rendered)
+                return step_failed(defn, run, step, {"type": "validation", "message": f"state {state['name']!r}: {bad}"}, retry=False)
+            return request_approval(defn, run, engine, step, state, rendered)
         if state["action"] == "signal.wait":
-            return wait_for_signal(defn, rs, engine, step, state, rendered)
+            return wait_for_signal(defn, run, engine, step, state, rendered)
         return Execute(state["action"], rendered, state.get("timeoutSeconds"))
     if kind == "inject":
-        return succeed(defn, rs, engine, step, copy.deepcopy(state.get("data")), started=True)
+        return succeed(defn, run, engine, step, copy.deepcopy(state.get("data")), started=True)
     if kind == "switch":
-        return _switch(defn, rs, engine, step, state)
+        return _switch(defn, run, engine, step, state)
     if kind == "transform":
-        return _transform(defn, rs, engine, step, state)
+        return _transform(defn, run, engine, step, state)
     if kind == "sleep":
         t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, RUNNING)])
         t.events.append(Event("step.started", {"attempt": step.attempt, "executor": "sleep",
@@ -105,75 +105,75 @@ def begin_step(defn: dict[str, Any], rs: RunState, step: StepView) -> Execute | 
         t.timers.append(NewTimer("sleep", float(state["durationSeconds"]), step.step_id, step.attempt))
         return t
     if kind in CONTAINER_TYPES:
-        return enter_container(defn, rs, engine, step, state)
-    return step_failed(defn, rs, step, {"type": "unsupported", "message": f"state type {kind!r} cannot run here"}, retry=False)
+        return enter_container(defn, run, engine, step, state)
+    return step_failed(defn, run, step, {"type": "unsupported", "message": f"state type {kind!r} cannot run here"}, retry=False)
 
 
-def _station_input(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Any:
+def _station_input(defn: dict[str, Any], run: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Any:
     """Station's `input` name: the previous step's output (None for PRD definitions)."""
     if not station_flow.is_station(defn):
         return None
     last = engine["scopes"][scopes.owner(engine, step.branch_path)].get("last")
-    return station_flow.step_input(rs.context, last, state)
+    return station_flow.step_input(run.context, last, state)
 
 
-def cancel_run(rs: RunState, reason: str, actor: str | None) -> Transition:
+def cancel_run(run: RunState, reason: str, actor: str | None) -> Transition:
     """Operator cancel: every open step closed, the run CANCELLED (the reason and actor in its error)."""
-    engine = copy.deepcopy(rs.engine)
+    engine = copy.deepcopy(run.engine)
     t = Transition(engine=engine)
-    end_run(rs, engine, t, CANCELLED, {"type": "cancelled", "message": reason or "cancelled", "by": actor})
+    end_run(run, engine, t, CANCELLED, {"type": "cancelled", "message": reason or "cancelled", "by": actor})
     return t
 
 
-def _switch(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Transition:
-    names = scopes.names_for(rs, engine, step.branch_path)
+def _switch(defn: dict[str, Any], run: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Transition:
+    names = scopes.names_for(run, engine, step.branch_path)
     if station_flow.is_station(defn):
-        names["input"] = _station_input(defn, rs, engine, step, state)
+        names["input"] = _station_input(defn, run, engine, step, state)
         station_flow.declare(defn, names)
     if state.get("dataPath"):
         try:
             value = get_path(names, state["dataPath"])
         except PathError as exc:
-            return fail_now(defn, rs, engine, step, {"type": "switch", "message": f"state {state['name']!r}: dataPath {state['dataPath']!r}: {exc}"})
+            return fail_now(defn, run, engine, step, {"type": "switch", "message": f"state {state['name']!r}: dataPath {state['dataPath']!r}: {exc}"})
         names.update({"result": value, "_value": value, "val": value})
         if isinstance(value, dict):
             names.update({k: v for k, v in value.items() if isinstance(k, str) and k.isidentifier() and k not in ("ctx",)})
     for index, cond in enumerate(state["conditions"]):
         try:
             matched = truthy(compile_expression(cond["if"], f"switch {state['name']!r} condition").evaluate(
-                names, timeout_s=rs.rules.expression_timeout_s))
+                names, timeout_s=run.rules.expression_timeout_s))
         except ExpressionError as exc:
-            return fail_now(defn, rs, engine, step, {"type": "expression", "message": str(exc), "condition": cond["if"],
+            return fail_now(defn, run, engine, step, {"type": "expression", "message": str(exc), "condition": cond["if"],
                                                       "names": sorted(k for k in names if not k.startswith("__"))})
         if matched:
-            return succeed(defn, rs, engine, step, {"next": cond["next"], "matched": index, "condition": cond["if"]},
+            return succeed(defn, run, engine, step, {"next": cond["next"], "matched": index, "condition": cond["if"]},
                             next_override=cond["next"], started=True)
     if state.get("defaultNext"):
-        return succeed(defn, rs, engine, step, {"next": state["defaultNext"], "matched": None},
+        return succeed(defn, run, engine, step, {"next": state["defaultNext"], "matched": None},
                         next_override=state["defaultNext"], started=True)
     seen = {k: names[k] for k in ("result",) if k in names}
-    return fail_now(defn, rs, engine, step, {"type": "switch", "message": f"state {state['name']!r}: no condition matched and no defaultNext",
+    return fail_now(defn, run, engine, step, {"type": "switch", "message": f"state {state['name']!r}: no condition matched and no defaultNext",
                                               "details": {"conditions": [c["if"] for c in state["conditions"]], "values": seen}})
 
 
-def _transform(defn: dict[str, Any], rs: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Transition:
-    names = scopes.names_for(rs, engine, step.branch_path)
-    names["ctx"] = {**rs.context, "_timestamp": rs.now}
+def _transform(defn: dict[str, Any], run: RunState, engine: dict[str, Any], step: StepView, state: dict[str, Any]) -> Transition:
+    names = scopes.names_for(run, engine, step.branch_path)
+    names["ctx"] = {**run.context, "_timestamp": run.now}
     scope = engine["scopes"][scopes.owner(engine, step.branch_path)]
     names["input"] = scope.get("last") if scope.get("last") is not None else {}
     if station_flow.is_station(defn):
-        names["input"] = _station_input(defn, rs, engine, step, state)
+        names["input"] = _station_input(defn, run, engine, step, state)
         station_flow.declare(defn, names)
     try:
         output = compile_expression(state["expression"], f"transform {state['name']!r}",
-                                    programs=station_flow.is_station(defn)).evaluate(names, timeout_s=rs.rules.expression_timeout_s)
+                                    programs=station_flow.is_station(defn)).evaluate(names, timeout_s=run.rules.expression_timeout_s)
     except ExpressionError as exc:
-        return fail_now(defn, rs, engine, step, {"type": "expression", "message": str(exc)})
-    return succeed(defn, rs, engine, step, output, started=True)
+        return fail_now(defn, run, engine, step, {"type": "expression", "message": str(exc)})
+    return succeed(defn, run, engine, step, output, started=True)
 
 
-def step_succeeded(defn: dict[str, Any], rs: RunState, step: StepView, output: Any) -> Transition:
-    return succeed(defn, rs, copy.deepcopy(rs.engine), step, output)
+def step_succeeded(defn: dict[str, Any], run: RunState, step: StepView, output: Any) -> Transition:
+    return succeed(defn, run, copy.deepcopy(run.engine), step, output)
 
 
 def retry_delay(policy: dict[str, Any], step: StepView, rules: Rules = DEFAULT_RULES) -> float:
@@ -190,31 +190,31 @@ def retry_delay(policy: dict[str, Any], step: StepView, rules: Rules = DEFAULT_R
     return delay
 
 
-def step_failed(defn: dict[str, Any], rs: RunState, step: StepView, error: dict[str, Any], retry: bool = True) -> Transition:
+def step_failed(defn: dict[str, Any], run: RunState, step: StepView, error: dict[str, Any], retry: bool = True) -> Transition:
     """A failed attempt: retry after back-off while attempts remain, else fail the scope."""
-    engine = copy.deepcopy(rs.engine)
+    engine = copy.deepcopy(run.engine)
     state = scopes.scope_states(defn, step.branch_path)[step.state_name]
     status = TIMED_OUT if error.get("type") == "timeout" else FAILED
     policy = state.get("retry") if retry else None
     if policy and station_flow.is_station(defn) and not station_flow.retryable(state, error):
         policy = None
     if policy and step.tries < int(policy.get("maxAttempts", 1)):
-        delay = retry_delay(policy, step, rs.rules)
+        delay = retry_delay(policy, step, run.rules)
         t = Transition(engine=engine, step_updates=[StepUpdate(step.step_id, step.attempt, status, error=error)])
         t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": True,
                                               "retryInSeconds": round(delay, 3)}, step.step_id))
-        t.new_steps.append(new_step(rs.run_id, state, step.branch_path, step.tries + 1, delay))
+        t.new_steps.append(new_step(run.run_id, state, step.branch_path, step.tries + 1, delay))
         return t
-    return fail_now(defn, rs, engine, step, error, status=status)
+    return fail_now(defn, run, engine, step, error, status=status)
 
 
 
-def timer_fired(defn: dict[str, Any], rs: RunState, kind: str, step: StepView | None) -> Transition | None:
+def timer_fired(defn: dict[str, Any], run: RunState, kind: str, step: StepView | None) -> Transition | None:
     """A durable timer came due. Compare-and-set: a timer whose wait already ended changes nothing."""
-    engine = copy.deepcopy(rs.engine)
+    engine = copy.deepcopy(run.engine)
     if kind == "run_timeout":
         t = Transition(engine=engine)
-        end_run(rs, engine, t, TIMED_OUT, {"type": "timeout", "message": f"workflow timed out after {defn.get('timeoutSeconds')}s"})
+        end_run(run, engine, t, TIMED_OUT, {"type": "timeout", "message": f"workflow timed out after {defn.get('timeoutSeconds')}s"})
         return t
     if kind == "approval_timeout" and step is not None and step.status == WAITING_APPROVAL:
         return None  # decided through approval_decided by the shell, which owns the approval row
@@ -222,15 +222,15 @@ def timer_fired(defn: dict[str, Any], rs: RunState, kind: str, step: StepView | 
         state = scopes.scope_states(defn, step.branch_path)[step.state_name]
         policy = (state.get("input") or {}).get("onTimeout") or "fail"
         t = Transition(engine=engine, events=[Event("signal.timed_out", {}, step.step_id)])
-        return wait_outcome(defn, rs, engine, step, t, None, ok=False, policy=policy, timed_out=True, what="signal wait timed out")
+        return wait_outcome(defn, run, engine, step, t, None, ok=False, policy=policy, timed_out=True, what="signal wait timed out")
     if kind == "step_timeout" and step is not None and step.status == RUNNING and not step.has_result:
         state = scopes.scope_states(defn, step.branch_path)[step.state_name]
         if state["type"] == "operation":
-            return step_failed(defn, rs, step, step_timeout_error(step.state_name, rs.rules.step_timeout(state.get("timeoutSeconds"))))
+            return step_failed(defn, run, step, step_timeout_error(step.state_name, run.rules.step_timeout(state.get("timeoutSeconds"))))
         return None
     if kind == "sleep" and step is not None and step.status == RUNNING:
         state = scopes.scope_states(defn, step.branch_path)[step.state_name]
-        return succeed(defn, rs, engine, step, {"sleptSeconds": state["durationSeconds"]})
+        return succeed(defn, run, engine, step, {"sleptSeconds": state["durationSeconds"]})
     return None
 
 
@@ -238,20 +238,20 @@ def step_timeout_error(state_name: str, seconds: float) -> dict[str, Any]:
     return {"type": "timeout", "message": f"state {state_name!r}: step timed out after {seconds:g}s"}
 
 
-def limit_exceeded(rs: RunState, step: StepView | None, error: dict[str, Any]) -> Transition:
+def limit_exceeded(run: RunState, step: StepView | None, error: dict[str, Any]) -> Transition:
     """A cap was reached: the step that reached it fails, every other open step is cancelled, the run fails."""
-    return engine_failure(rs, step, error)
+    return engine_failure(run, step, error)
 
 
-def engine_failure(rs: RunState, step: StepView | None, error: dict[str, Any]) -> Transition:
+def engine_failure(run: RunState, step: StepView | None, error: dict[str, Any]) -> Transition:
     """Fail the attempt and the whole run without consulting the definition: the last resort when
     deciding what follows is itself what fails (a poison task), and for per-run caps."""
-    engine = copy.deepcopy(rs.engine)
+    engine = copy.deepcopy(run.engine)
     t = Transition(engine=engine)
     if step is not None:
         t.step_updates.append(StepUpdate(step.step_id, step.attempt, FAILED, error=error, only_if_open=True))
         t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": False}, step.step_id))
         error = {**error, "stateName": step.state_name, "stepId": step.step_id}
-    end_run(rs, engine, t, FAILED, error)
+    end_run(run, engine, t, FAILED, error)
     return t
 

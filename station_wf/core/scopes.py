@@ -85,9 +85,9 @@ def overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def view(rs: RunState, engine: dict[str, Any], path: str) -> dict[str, Any]:
+def view(run: RunState, engine: dict[str, Any], path: str) -> dict[str, Any]:
     """What a step in `path` reads: the context, overlaid with each enclosing scope's vars and writes."""
-    names = rs.context
+    names = run.context
     for depth in range(1, len(frames(path)) + 1):
         scope = engine["scopes"]["/".join(frames(path)[:depth])]
         if scope["kind"] == "try":
@@ -98,8 +98,8 @@ def view(rs: RunState, engine: dict[str, Any], path: str) -> dict[str, Any]:
     return names
 
 
-def names_for(rs: RunState, engine: dict[str, Any], path: str) -> dict[str, Any]:
-    names = dict(view(rs, engine, path))
-    names["ctx"] = rs.context
+def names_for(run: RunState, engine: dict[str, Any], path: str) -> dict[str, Any]:
+    names = dict(view(run, engine, path))
+    names["ctx"] = run.context
     return names
 
