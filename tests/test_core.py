@@ -10,6 +10,7 @@ import pytest
 from station_wf.core import history, model
 from station_wf.core import interpreter as ip
 from station_wf.dsl.loader import parse_definition
+from tests.conftest import Daemon
 
 PACKAGE = Path(__file__).resolve().parent.parent / "station_wf"
 
@@ -108,3 +109,13 @@ def test_expression_timeout_comes_from_the_rules_in_the_run_state() -> None:
     assert isinstance(cut, model.Transition) and cut.run_status == model.FAILED
     assert cut.run_error is not None and cut.run_error["type"] == "expression"
     assert "timed out after 1e-06s" in cut.run_error["message"]
+
+
+def test_the_daemon_hands_its_expression_timeout_to_the_core(daemon: Daemon) -> None:
+    """STATION_EXPRESSION_TIMEOUT_MS reaches the interpreter through LIMITS.rules and the RunState."""
+    daemon.add_workflow("slow", TRANSFORM)
+    daemon.start(extra_env={"STATION_EXPRESSION_TIMEOUT_MS": "1"})
+    run = daemon.start_run("slow")
+    failed = daemon.wait_status(run["id"], "FAILED", timeout=30)
+    assert failed["error"]["type"] == "expression", failed["error"]
+    assert "timed out after 0.001s" in failed["error"]["message"], failed["error"]

@@ -132,6 +132,8 @@ def main(roots: list[str]) -> int:
                 continue
             old = path.read_text()
             new = rewrite(old)
+            if path.parts[0] == "station_wf" and "RunState(" in new and "rules=" not in new:
+                print(f"WARNING {path}: builds a RunState without rules= (the daemon's settings would be ignored)")
             if new != old:
                 path.write_text(new)
                 changed += 1
