@@ -127,7 +127,7 @@ class StateTypes:
                 self.error((*path, "data"), f"inject {problem}")
 
     def _approvers(self, value: Any, path: PathT) -> bool:
-        """`user:`/`team:` entries or templates (see dsl.approvers); True when the value is usable."""
+        """`user:`/`team:` entries or templates (see expr.approvers); True when the value is usable."""
         problems = approver_rules.load_problems(value)
         for sub, message in problems:
             self.error((*path, *sub), message)
