@@ -64,7 +64,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", "STATION_LOG_FORMAT", str, "json (one object per line) or text"),
     Option("retention_days", "STATION_RETENTION_DAYS", float, "finished runs older than this are deleted (0: keep forever)"),
     Option("retention_interval_seconds", "STATION_RETENTION_INTERVAL_SECONDS", float, "how often retention runs"),
-    # -- run bounds (engine/limits.py) --
+    # -- run bounds (core/limits.py) --
     Option("max_deliveries", "STATION_MAX_DELIVERIES", int, "failed or interrupted handlings of one task before its step fails with engine_error"),
     Option("step_timeout_default_seconds", "STATION_STEP_TIMEOUT_DEFAULT_SECONDS", float, "timeout of a step without timeoutSeconds (durable)"),
     Option("step_timeout_max_seconds", "STATION_STEP_TIMEOUT_MAX_SECONDS", float, "a larger timeoutSeconds is clamped to this (0: no maximum)"),
@@ -128,7 +128,7 @@ class Settings:
     log_format: str = "json"
     retention_days: float = 30.0
     retention_interval_seconds: float = 3600.0
-    # -- run bounds (engine/limits.py) --
+    # -- run bounds (core/limits.py) --
     max_deliveries: int = 5
     step_timeout_default_seconds: float = 3600.0
     step_timeout_max_seconds: float = 86400.0

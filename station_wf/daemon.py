@@ -36,7 +36,7 @@ from station_wf.bus.jetstream import Bus
 from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay
 from station_wf.config import Settings
-from station_wf.engine import limits
+from station_wf.core import limits
 from station_wf.engine.reconciler import Reconciler
 from station_wf.engine.retention import Retention
 from station_wf.engine.schedules import ScheduleLoop

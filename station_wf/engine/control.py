@@ -13,8 +13,8 @@ from typing import Any
 
 from station_wf.core import interpreter as ip
 from station_wf.core import model, waits
+from station_wf.core.limits import LIMITS
 from station_wf.engine.commit import commit_transition, decide_and_commit
-from station_wf.engine.limits import LIMITS
 from station_wf.store import approvals, timers
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow

@@ -18,8 +18,8 @@ from typing import Any
 
 from station_wf.core import interpreter as ip
 from station_wf.core import model
+from station_wf.core.limits import LIMITS
 from station_wf.engine.commit import commit_transition, decide_and_commit
-from station_wf.engine.limits import LIMITS
 from station_wf.executors.base import StepCall
 from station_wf.faults import crash_point, fault_error
 from station_wf.protocol import Task

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 
 from station_wf.bus.jetstream import Bus
 from station_wf.core import interpreter as ip
-from station_wf.engine.limits import LIMITS
+from station_wf.core.limits import LIMITS
 from station_wf.engine.step_tx import Committed, Skip, StepTransactions, Unknown, encode_result
 from station_wf.executors.base import ExecutorRegistry, StepCall, StepError, StepResult
 from station_wf.protocol import MalformedTask, Task, decode_task

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from station_wf.core import interpreter as ip
-from station_wf.core import model
+from station_wf.core import limits, model
 from station_wf.core.identity import idempotency_key
-from station_wf.engine import limits
 from station_wf.protocol import run_task, step_task
 from station_wf.store import approvals, outbox, timers
 from station_wf.store import vocab as v
@@ -128,7 +127,7 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: model.Transition,
     """Commit one transition: steps, run, context, engine state, events, new steps with their tasks or
     timers, and timers. Returns the number of tasks enqueued. With an `inline` list, new steps that
     need no executor are put there (to be decided in this same transaction) instead of getting a task.
-    A transition that would take the run past a cap (engine/limits.py) is replaced by one that fails
+    A transition that would take the run past a cap (core/limits.py) is replaced by one that fails
     the run naming the cap; `step` is the attempt that caused it (it fails with the cap's error)."""
     now = utcnow()
     context_json = None if t.context is None else dumps(t.context)

@@ -1,4 +1,7 @@
-"""Bounds a run cannot exceed, set once from the daemon's settings: the shell's copy of them.
+"""Bounds a run cannot exceed, set once from the daemon's settings.
+
+A leaf of the core room (data only, no I/O) so that the store, which enforces the per-run caps while
+it applies a transition, can read them without importing the engine shell.
 
 They live in one small module (not threaded through every constructor) because every transaction
 that commits a transition checks them: the worker, the timer loop and the control API alike. The
