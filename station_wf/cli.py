@@ -16,8 +16,6 @@ from typing import Any
 from station_wf.cli_agents import add_agents_commands
 from station_wf.config import Settings, add_settings_flags, settings_from_args, settings_from_env
 
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
-
 
 class CliError(Exception):
     """Printed as one line, exit code 1."""
@@ -80,18 +78,10 @@ def agent_problems(file: Path, defn: dict) -> tuple[list[str], list[str]]:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from station_wf.services.definitions import plan_sync
-    from station_wf.store.db import SqliteWriter
+    from station_wf.services.definitions import sync_database
 
     settings = settings_from_args(args)
-    env = args.env or settings.environment
-    apply = plan_sync(Path(settings.environments_dir), env)
-    writer = SqliteWriter(settings.database_path)
-    writer.start()
-    try:
-        report = writer.run_sync(apply)
-    finally:
-        writer.close()
+    report = sync_database(settings.database_path, Path(settings.environments_dir), args.env or settings.environment)
     for item in report.registered:
         print(f"registered {item['workflowId']} v{item['version']} ({item['file']})")
     for wf in report.unchanged:
@@ -140,6 +130,8 @@ def _print(value: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from station_wf.services.runs import TERMINAL_RUN_STATUSES as TERMINAL
+
     try:
         run_input = json.loads(args.input) if args.input else {}
     except ValueError as exc:
