@@ -16,6 +16,10 @@ from typing import Any
 from station_wf.cli_agents import add_agents_commands
 from station_wf.config import Settings, add_settings_flags, settings_from_args, settings_from_env
 
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+"""The run statuses the API reports for an ended run. Written out: the client commands speak only HTTP
+and must start fast, so they import nothing of the engine (importing its vocabulary costs ~0.5 s)."""
+
 
 class CliError(Exception):
     """Printed as one line, exit code 1."""
@@ -130,8 +134,6 @@ def _print(value: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from station_wf.services.runs import TERMINAL_RUN_STATUSES as TERMINAL
-
     try:
         run_input = json.loads(args.input) if args.input else {}
     except ValueError as exc:
