@@ -58,7 +58,6 @@ class EventHub:
         self._everywhere: set[Subscriber] = set()  # global streams (filtered by workflow/status)
         self._wake = asyncio.Event()
         self._cursor: int | None = None
-        self.delivered = 0
 
     @property
     def cursor(self) -> int:
@@ -141,7 +140,6 @@ class EventHub:
                     continue
                 try:
                     sub.queue.put_nowait(event)
-                    self.delivered += 1
                 except asyncio.QueueFull:
                     sub.overflowed = True
                     with contextlib.suppress(asyncio.QueueFull):
