@@ -93,6 +93,12 @@ async def test_a_keyed_start_is_answered_once_and_its_events_have_the_one_shape(
     assert again.json() == first.json()
     other = await client.post("/api/v1/workflow-runs", json={**body, "input": {"x": 1}}, headers={"Idempotency-Key": "k1"})
     assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+    ghost = {"workflowId": "ghost", "input": {}}
+    lost = await client.post("/api/v1/workflow-runs", json=ghost, headers={"Idempotency-Key": "k2", "X-Request-Id": "r-1"})
+    assert lost.status_code == 404 and lost.json()["error"]["request_id"] == "r-1"
+    replay = await client.post("/api/v1/workflow-runs", json=ghost, headers={"Idempotency-Key": "k2", "X-Request-Id": "r-2"})
+    assert replay.status_code == 404 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.json()["error"]["request_id"] == "r-2" and replay.headers["x-request-id"] == "r-2"  # this request's id
     run_id = first.json()["run"]["id"]
     events = (await client.get(f"/api/v1/workflow-runs/{run_id}/events")).json()["events"]
     assert [e["type"] for e in events] == ["run.created"] and tuple(events[0]) == LIST_FIELDS
