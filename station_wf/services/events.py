@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from station_wf.loop import Loop
 from station_wf.services.runs import TERMINAL_RUN_STATUSES
 from station_wf.store import events as store
 from station_wf.store.db import SqliteReaders
@@ -50,22 +51,25 @@ def stream_view(event: dict[str, Any]) -> dict[str, Any]:
     return event_view(event, STREAM_FIELDS)
 
 
-class EventHub:
+class EventHub(Loop):
+    """A woken-only loop (`interval=None`): each kick after a commit runs `_dispatch` until a page
+    comes back short; the loop base owns the waiting, the error policy and the counters."""
+
+    name = "event-hub"
+    batch = BATCH
+
     def __init__(self, readers: SqliteReaders) -> None:
+        super().__init__(None)
         self.readers = readers
         self.subscribers: set[Subscriber] = set()
         self._by_run: dict[str, set[Subscriber]] = {}  # a run's stream sees only its run's events
         self._everywhere: set[Subscriber] = set()  # global streams (filtered by workflow/status)
-        self._wake = asyncio.Event()
         self._cursor: int | None = None
 
     @property
     def cursor(self) -> int:
         """The last event id handed to subscribers: every later event reaches a subscriber's queue."""
         return self._cursor or 0
-
-    def kick(self) -> None:
-        self._wake.set()
 
     async def subscribe(self, sub: Subscriber) -> Subscriber:
         """Register before the caller reads its backlog, so nothing committed in between is missed
@@ -114,17 +118,8 @@ class EventHub:
                 if not subs:
                     del self._by_run[sub.run_id]
 
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                while await self._dispatch() == BATCH:
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - try again at the next commit
-                log.exception("event hub")
+    async def run_once(self) -> int:
+        return await self._dispatch()
 
     async def _dispatch(self) -> int:
         if not self.subscribers or self._cursor is None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from station_wf.errors import ServiceError
 from station_wf.faults import crash_point
+from station_wf.loop import Loop
 from station_wf.services.storable import dumps_safe
 from station_wf.store import idempotency as store
 from station_wf.store.db import SqliteWriter
@@ -58,18 +59,25 @@ async def purge_expired(writer: SqliteWriter, ttl_s: float = TTL_S) -> int:
     return total
 
 
+class IdempotencyPurge(Loop):
+    """Purge expired keys at start and every `interval` (the loop base's error policy and counters)."""
+
+    name = "idempotency-purge"
+
+    def __init__(self, writer: SqliteWriter, interval_s: float = 3600.0) -> None:
+        super().__init__(interval_s)
+        self.writer = writer
+
+    async def run_once(self) -> int:
+        purged = await purge_expired(self.writer)
+        if purged:
+            log.info("idempotency: purged %d expired key(s)", purged)
+        return purged
+
+
 async def purge_loop(writer: SqliteWriter, interval_s: float = 3600.0) -> None:
-    """Purge expired keys now and every `interval_s`; errors are logged and retried next period."""
-    while True:
-        try:
-            purged = await purge_expired(writer)
-            if purged:
-                log.info("idempotency: purged %d expired key(s)", purged)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - try again next period
-            log.exception("idempotency purge")
-        await asyncio.sleep(interval_s)
+    """The daemon's purge task."""
+    await IdempotencyPurge(writer, interval_s).run()
 
 
 class IdempotencyStore:
