@@ -30,8 +30,6 @@ from station_wf.agents.providers import AgentLimits
 from station_wf.api.app import ApiState, build_app
 from station_wf.api.auth import TokenTable
 from station_wf.api.door import LoopbackPolicy
-from station_wf.api.hub import EventHub
-from station_wf.api.idempotency import purge_loop
 from station_wf.bus.jetstream import Bus
 from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay
@@ -47,6 +45,8 @@ from station_wf.expr import sandbox
 from station_wf.loop import Loop, cancel
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
+from station_wf.services.events import EventHub
+from station_wf.services.idempotency import purge_loop
 from station_wf.services.isolated import IsolatedPool
 from station_wf.services.offload import Offloader
 from station_wf.services.runs import RunService
@@ -213,10 +213,11 @@ class Daemon:
         control = ControlService(self.writer, self.readers, self.definitions, run_service, self._kick_relays,
                                  self.worker.cancel_run)
         self._spawn("event-hub", self.hub.run())
-        state = ApiState(run_service, DefinitionService(self.readers), self.writer, self.readiness, self.tokens,
+        definitions = DefinitionService(self.readers, self.writer, self.agents, self.offloader, self.isolated)
+        state = ApiState(run_service, definitions, self.writer, self.readiness, self.tokens,
                          control, self.hub, sse_ping=s.sse_ping_seconds,
                          extra_routes=[Route("/metrics", self.metrics_endpoint, methods=["GET"])], agents=self.agents,
-                         offloader=self.offloader, isolated=self.isolated, max_sse=s.max_sse_connections, body_timeout=s.http_body_timeout_seconds,
+                         offloader=self.offloader, max_sse=s.max_sse_connections, body_timeout=s.http_body_timeout_seconds,
                          loopback=None if self.tokens.enabled else
                          LoopbackPolicy(s.http_host, s.http_port, tuple(s.allowed_hosts.split(","))))
         config = uvicorn.Config(build_app(state), host=s.http_host, port=s.http_port, log_level="warning",

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from station_wf.agents.catalog import AgentCatalog
-from station_wf.api.agents_routes import agent_routes
+from station_wf.api.agents import agent_routes
 from station_wf.cli_agents import add_agents_commands
 from station_wf.errors import ServiceError
 from tests.fake_llm import FakeLLM, Reply, running_llm

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from station_wf.api.auth import Principal, may_decide
+from station_wf.principals import Principal, may_decide
 from tests.conftest import Daemon, wait_until
 
 JSON = {"Content-Type": "application/json"}
@@ -471,7 +471,7 @@ def test_expired_idempotency_keys_are_purged(daemon: Daemon) -> None:
 async def test_a_cancelled_request_keeps_its_reservation(tmp_path: Path) -> None:
     from starlette.responses import JSONResponse
 
-    from station_wf.api.idempotency import IdempotencyStore
+    from station_wf.services.idempotency import IdempotencyStore
     from station_wf.store.db import SqliteWriter
 
     writer = SqliteWriter(tmp_path / "s.db")

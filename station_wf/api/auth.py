@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Principal:
-    name: str
-    groups: tuple[str, ...] = field(default_factory=tuple)
-
+from station_wf.principals import Principal
 
 MIN_TOKEN_LENGTH = 16
 
@@ -86,25 +80,3 @@ class TokenTable:
             if hmac.compare_digest(supplied, token):
                 found = principal
         return found
-
-
-def may_decide(principal: Principal, approvers: object) -> bool:
-    """`user:<name>`, `team:<group>`, or a bare name (Station's files write `["admin"]`); empty = anyone.
-
-    Stored lists may predate the loader's checks: a bare string is one entry (never a list of its
-    characters), anything that is not a string matches nobody, and a non-list matches nobody."""
-    if isinstance(approvers, str):
-        approvers = [approvers]
-    if not isinstance(approvers, list | tuple):
-        return False
-    if not approvers:
-        return True
-    for entry in approvers:
-        if not isinstance(entry, str) or not entry.strip():
-            continue
-        kind, _, value = entry.partition(":") if ":" in entry else ("user", "", entry)
-        if kind == "user" and value == principal.name:
-            return True
-        if kind == "team" and value in principal.groups:
-            return True
-    return False

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from station_wf.api.auth import Principal, TokenTable
-from station_wf.api.jsonio import SafeJSONResponse
+from station_wf.api.auth import TokenTable
+from station_wf.api.http import MAX_BODY_BYTES, SafeJSONResponse
+from station_wf.principals import Principal
 
-MAX_BODY_BYTES = 1 << 20
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 JSON_TYPES = frozenset({"application/json"})
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})

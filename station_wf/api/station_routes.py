@@ -10,7 +10,8 @@ differently. Each alias here calls the same service as our own path; nothing is 
 * `GET /api/v1/workflow-runs/{runId}/steps`: the run's steps as `{"steps": [...]}`;
 * `GET /api/v1/workflow-runs/{runId}/stream?format=station`: Station's SSE shape, `event: message`
   with `{"type": "run_update", "run"}` and `{"type": "step_update", "step"}`;
-* `workflow_id` beside `workflowId` (and Station's `environmentId`, `options`) in a start body.
+* `workflow_id` beside `workflowId` (and Station's `environmentId`, `options`) in a start body
+  (`api/runs.py` `station_start_body`).
 """
 
 from __future__ import annotations
@@ -22,71 +23,38 @@ from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from station_wf.errors import invalid, not_found
-from station_wf.services.control import approval_to_api
-from station_wf.store.approval_lookup import approval_by_id
+from station_wf.api.http import SafeJSONResponse, idempotent, parse_json
+from station_wf.api.people import decide, send_signal
+from station_wf.api.runs import started
+from station_wf.api.state import ApiState
+from station_wf.errors import invalid
+from station_wf.services.runs import TERMINAL_RUN_STATUSES
 
-Handler = Callable[[Request, Any], Awaitable[Response]]
-_TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+Handler = Callable[[Request, ApiState], Awaitable[Response]]
 STREAM_POLL_S = 0.25
 STREAM_MAX_S = 24 * 3600.0  # a Station-format stream is polled; it ends at the run's end or after a day
 
 
-def station_start_body(body: Any) -> Any:
-    """Station's start body: `workflow_id` means `workflowId`; `environmentId`/`options` are accepted and unused."""
-    if not isinstance(body, dict):
-        return body
-    out = {k: v for k, v in body.items() if k not in ("environmentId", "options")}
-    if "workflow_id" in out:
-        value = out.pop("workflow_id")
-        if "workflowId" in out and out["workflowId"] != value:
-            raise invalid("workflowId and workflow_id differ", {"workflowId": out["workflowId"], "workflow_id": value})
-        out["workflowId"] = value
-    return out
+async def get_approval(request: Request, state: ApiState) -> Response:
+    return SafeJSONResponse({"approval": await state.control.approval(request.path_params["approval_id"])})
 
 
-async def _approval_run(state: Any, approval_id: str) -> str:
-    row = await approval_by_id(state.runs.readers, approval_id)
-    if row is None:
-        raise not_found("approval", approval_id)
-    return str(row["run_id"])
+async def _decide(request: Request, state: ApiState, approve: bool) -> Response:
+    run_id = await state.control.approval_run(request.path_params["approval_id"])  # 404 before the body is read
+    return await decide(request, state, run_id, approve)
 
 
-async def get_approval(request: Request, state: Any) -> Response:
-    row = await approval_by_id(state.runs.readers, request.path_params["approval_id"])
-    if row is None:
-        raise not_found("approval", request.path_params["approval_id"])
-    return JSONResponse({"approval": approval_to_api(row)})
-
-
-async def _decide(request: Request, state: Any, approve: bool) -> Response:
-    from station_wf.api.app import _object, idempotent, principal_of
-
-    approval_id = request.path_params["approval_id"]
-    run_id = await _approval_run(state, approval_id)
-
-    async def action(raw: bytes, effect_id: str | None) -> Response:
-        body = _object(raw)
-        text = body.get("comment") if approve else body.get("reason", body.get("comment"))
-        approval = await state.control.decide(run_id, approval_id, approve, principal_of(request), text)
-        return JSONResponse({"approval": approval})
-
-    return await idempotent(request, state, action)
-
-
-async def approve(request: Request, state: Any) -> Response:
+async def approve(request: Request, state: ApiState) -> Response:
     return await _decide(request, state, True)
 
 
-async def reject(request: Request, state: Any) -> Response:
+async def reject(request: Request, state: ApiState) -> Response:
     return await _decide(request, state, False)
 
 
-async def start_nested(request: Request, state: Any) -> Response:
-    from station_wf.api.app import idempotent, parse_json
-
+async def start_nested(request: Request, state: ApiState) -> Response:
     async def action(raw: bytes, effect_id: str | None) -> Response:
         body = parse_json(raw, required=False) if raw.strip() else {}
         if not isinstance(body, dict):
@@ -94,25 +62,21 @@ async def start_nested(request: Request, state: Any) -> Response:
         unknown = sorted(set(body) - {"input", "version", "environmentId", "options"})
         if unknown:
             raise invalid(f"unknown field(s): {', '.join(unknown)}", {"fields": unknown})
-        run = await state.runs.start(request.path_params["workflow_id"], body.get("input"), body.get("version"),
-                                     traceparent=request.headers.get("traceparent"), run_id=effect_id)
-        return JSONResponse({"run": run}, status_code=201, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
+        return await started(request, state, request.path_params["workflow_id"], body, effect_id)
 
     return await idempotent(request, state, action)
 
 
-async def signal(request: Request, state: Any) -> Response:
-    from station_wf.api.app import send_signal
-
+async def signal(request: Request, state: ApiState) -> Response:
     return await send_signal(request, state)
 
 
-async def steps(request: Request, state: Any) -> Response:
+async def steps(request: Request, state: ApiState) -> Response:
     run = await state.runs.get(request.path_params["run_id"])
-    return JSONResponse({"steps": run["steps"]})
+    return SafeJSONResponse({"steps": run["steps"]})
 
 
-async def station_stream(request: Request, state: Any) -> Response:
+async def station_stream(request: Request, state: ApiState) -> Response:
     """Station's SSE: a `run_update` first and whenever the status or current step changes, a
     `step_update` per step as it appears or changes; the stream ends when the run does."""
     run_id = request.path_params["run_id"]
@@ -135,7 +99,7 @@ async def station_stream(request: Request, state: Any) -> Response:
                 if seen_steps.get(ident) != mark:
                     seen_steps[ident] = mark
                     yield {"event": "message", "data": json.dumps({"type": "step_update", "step": step})}
-            if run["status"] in _TERMINAL or loop.time() > deadline:
+            if run["status"] in TERMINAL_RUN_STATUSES or loop.time() > deadline:
                 return
             await asyncio.sleep(STREAM_POLL_S)
             run = await state.runs.get(run_id)
@@ -147,16 +111,9 @@ def _brief(run: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run.items() if k != "steps"}
 
 
-async def deliveries(request: Request, state: Any) -> Response:
+async def deliveries(request: Request, state: ApiState) -> Response:
     """The approval's webhook deliveries with every attempt (Station's audit log of notifications)."""
-    from station_wf.engine.approval_webhooks import deliveries_to_api
-    from station_wf.store.webhooks import attempts_for, deliveries_for
-
-    approval_id = request.path_params["approval_id"]
-    await _approval_run(state, approval_id)  # 404 for an unknown approval
-    rows = await deliveries_for(state.runs.readers, approval_id)
-    tries = await attempts_for(state.runs.readers, [r["delivery_id"] for r in rows])
-    return JSONResponse({"deliveries": deliveries_to_api(rows, tries)})
+    return SafeJSONResponse({"deliveries": await state.control.deliveries(request.path_params["approval_id"])})
 
 
 def station_handlers() -> list[tuple[str, Handler, list[str]]]:

@@ -1,4 +1,5 @@
-"""ControlService: approvals, signals, pause/resume/cancel, as the API and CLI see them."""
+"""ControlService: approvals, signals, pause/resume/cancel, as the API and CLI see them; and the
+approval webhooks' delivery log (Station's audit view)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from station_wf.api.auth import Principal, may_decide
 from station_wf.engine import control as ec
+from station_wf.engine.approval_webhooks import deliveries_to_api
 from station_wf.errors import ServiceError, invalid, not_found
+from station_wf.principals import Principal, may_decide
 from station_wf.services.runs import RunService
+from station_wf.store import approval_lookup as approvals
+from station_wf.store import webhooks
 from station_wf.store.db import SqliteReaders, SqliteWriter
 from station_wf.store.definitions import DefinitionCache
 
@@ -52,25 +56,35 @@ class ControlService:
 
     # -- approvals --------------------------------------------------------------------------------
     async def list_approvals(self, status: str | None, workflow_id: str | None, run_id: str | None = None) -> list[dict[str, Any]]:
-        where, params = [], []
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        if workflow_id:
-            where.append("workflow_id = ?")
-            params.append(workflow_id)
-        if run_id:
-            where.append("run_id = ?")
-            params.append(run_id)
-        sql = "SELECT * FROM workflow_approvals" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_at, approval_id LIMIT 1000"
-        return [approval_to_api(r) for r in await self.readers.fetchall(sql, params)]
+        return [approval_to_api(r) for r in await approvals.list_approvals(self.readers, status, workflow_id, run_id)]
+
+    async def approval(self, approval_id: str) -> dict[str, Any]:
+        """One approval by its id alone (Station's routes): 404 when unknown."""
+        return approval_to_api(await self._approval_row(approval_id))
+
+    async def approval_run(self, approval_id: str) -> str:
+        """The run an approval belongs to: 404 when unknown."""
+        return str((await self._approval_row(approval_id))["run_id"])
+
+    async def deliveries(self, approval_id: str) -> list[dict[str, Any]]:
+        """The approval's webhook deliveries with every attempt; 404 for an unknown approval."""
+        await self._approval_row(approval_id)
+        rows = await webhooks.deliveries_for(self.readers, approval_id)
+        tries = await webhooks.attempts_for(self.readers, [r["delivery_id"] for r in rows])
+        return deliveries_to_api(rows, tries)
+
+    async def _approval_row(self, approval_id: str) -> sqlite3.Row:
+        row = await approvals.approval_by_id(self.readers, approval_id)
+        if row is None:
+            raise not_found("approval", approval_id)
+        return row
 
     async def run_approvals(self, run_id: str) -> list[dict[str, Any]]:
         await self.runs.get(run_id)  # 404 for an unknown run
         return await self.list_approvals(None, None, run_id)
 
     async def decide(self, run_id: str, approval_id: str, approve: bool, principal: Principal, comment: str | None) -> dict[str, Any]:
-        row = await self.readers.fetchone("SELECT * FROM workflow_approvals WHERE approval_id = ? AND run_id = ?", (approval_id, run_id))
+        row = await approvals.approval_of_run(self.readers, run_id, approval_id)
         if row is None:
             raise not_found("approval", approval_id)
         approvers = json.loads(row["approvers"]) if row["approvers"] else []
@@ -82,11 +96,11 @@ class ControlService:
         try:
             await self._tx(lambda c: ec.decide_approval(c, self.definitions, run_id, approval_id, decision, principal.name, comment))
         except ServiceError as exc:
-            current = await self.readers.fetchone("SELECT * FROM workflow_approvals WHERE approval_id = ?", (approval_id,))
+            current = await approvals.approval_by_id(self.readers, approval_id)
             if exc.status != 409 or current is None or (current["status"], current["decided_by"]) != (decision, principal.name):
                 raise
             # The same principal asking for the decision already recorded (a retry): the same answer.
-        fresh = await self.readers.fetchone("SELECT * FROM workflow_approvals WHERE approval_id = ?", (approval_id,))
+        fresh = await approvals.approval_by_id(self.readers, approval_id)
         assert fresh is not None
         return approval_to_api(fresh)
 

@@ -19,9 +19,12 @@ from station_wf.dsl.spec import WORKFLOW_FILE_SUFFIXES
 from station_wf.engine.schedules import sync_schedules
 from station_wf.errors import ServiceError, invalid, not_found
 from station_wf.services.input_schema import schema_problems
-from station_wf.services.storable import value_problem
+from station_wf.services.isolated import IsolatedPool
+from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
+from station_wf.services.offload import Offloader
+from station_wf.services.storable import refuse_hostile_json, value_problem
 from station_wf.store import definitions as ds
-from station_wf.store.db import SqliteReaders
+from station_wf.store.db import SqliteReaders, SqliteWriter
 
 
 @dataclass
@@ -192,20 +195,22 @@ def _problem(source: str, message: str) -> dict[str, Any]:
 
 
 class DefinitionService:
-    def __init__(self, readers: SqliteReaders) -> None:
-        self.readers = readers
+    """Reads and writes of versioned definitions. An API body is parsed in a limited worker process
+    (`isolated`), its agents checked on a helper thread (`offloader`), then the version is written
+    with its schedules in one transaction."""
 
+    def __init__(self, readers: SqliteReaders, writer: SqliteWriter, agents: AgentCatalog | None = None,
+                 offloader: Offloader | None = None, isolated: IsolatedPool | None = None) -> None:
+        self.readers = readers
+        self.writer = writer
+        self.agents = agents
+        self.offloader = offloader or DEFAULT_OFFLOADER
+        self.isolated = isolated or IsolatedPool()
+
+    # -- reads ------------------------------------------------------------------------------------
     async def list(self, status: str | None = None, q: str | None = None) -> list[dict[str, Any]]:
-        rows = await self.readers.fetchall(
-            # The newest run by id (the (workflow_id, id) index: one seek per workflow, not a scan of its runs).
-            """SELECT d.*, (SELECT r.created_at FROM workflow_runs r WHERE r.workflow_id = d.workflow_id
-                            ORDER BY r.id DESC LIMIT 1) AS last_run_at
-               FROM workflow_definitions d
-               WHERE d.version = (SELECT MAX(version) FROM workflow_definitions WHERE workflow_id = d.workflow_id)
-               ORDER BY d.workflow_id"""
-        )
         out = []
-        for row in rows:
+        for row in await ds.read_heads(self.readers):
             if status and row["status"] != status:
                 continue
             if q and q.lower() not in (row["workflow_id"] + " " + (row["name"] or "")).lower():
@@ -216,28 +221,65 @@ class DefinitionService:
         return out
 
     async def get(self, workflow_id: str, version: int | None = None) -> dict[str, Any]:
-        if version is None:
-            row = await self.readers.fetchone(
-                "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC LIMIT 1", (workflow_id,)
-            )
-        else:
-            row = await self.readers.fetchone(
-                "SELECT * FROM workflow_definitions WHERE workflow_id = ? AND version = ?", (workflow_id, version)
-            )
+        row = await ds.read_definition(self.readers, workflow_id, version)
         if row is None:
             raise not_found("workflow", workflow_id if version is None else f"{workflow_id}@{version}")
         return definition_to_api(row)
 
     async def versions(self, workflow_id: str) -> list[dict[str, Any]]:
-        rows = await self.readers.fetchall(
-            "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC", (workflow_id,)
-        )
+        rows = await ds.read_versions(self.readers, workflow_id)
         if not rows:
             raise not_found("workflow", workflow_id)
         return [definition_to_api(r, include_definition=False) for r in rows]
 
+    async def validate(self, text: str, source: str) -> dict[str, Any]:
+        """`POST /workflows/validate`: the loader's answer plus the agents check; stores nothing."""
+        if source.endswith(".json"):
+            await self.offloader.run(refuse_hostile_json, text)
+        result, defn = await self.isolated.run(check_definition_text, text, source)
+        return await self.offloader.run(add_agent_problems, result, defn, source, self.agents)
 
-def tx_create(defn: dict[str, Any], raw: str, *, must_exist: bool):
+    # -- writes -----------------------------------------------------------------------------------
+    async def create(self, body: Any, raw: str) -> dict[str, Any]:
+        """A new workflow from an API body (409 when the id exists); the stored version 1."""
+        defn = await self._checked(body, raw)
+        version = await self.writer.run(_tx_create(defn, raw, must_exist=False))
+        return await self.get(defn["id"], version)
+
+    async def update(self, workflow_id: str, body: Any, raw: str) -> dict[str, Any]:
+        """A new version of an existing workflow (404 when unknown); the body's id defaults to the URL's."""
+        if isinstance(body, dict) and "id" not in body:
+            body = {**body, "id": workflow_id}
+        defn = await self._checked(body, raw)
+        if defn["id"] != workflow_id:
+            raise invalid(f"body id {defn['id']!r} does not match the URL's {workflow_id!r}", {"id": defn["id"]})
+        version = await self.writer.run(_tx_create(defn, json.dumps(body, sort_keys=True), must_exist=True))
+        return await self.get(workflow_id, version)
+
+    async def disable(self, workflow_id: str) -> dict[str, Any]:
+        """Disable (never delete) a workflow: its runs and versions stay readable."""
+        await self.writer.run(_tx_disable(workflow_id))
+        return await self.get(workflow_id)
+
+    async def _checked(self, body: Any, raw: str) -> dict[str, Any]:
+        defn = await self.isolated.run(parse_api_body, body, raw)
+        await self.offloader.run(require_known_agents, defn, self.agents)
+        return defn
+
+
+def sync_database(database_path: Path, environments_dir: Path, environment: str) -> SyncReport:
+    """`station-wf sync`: register the environment's files into the database at `database_path`, through
+    a writer of its own (the CLI runs no daemon)."""
+    apply = plan_sync(Path(environments_dir), environment)
+    writer = SqliteWriter(database_path)
+    writer.start()
+    try:
+        return writer.run_sync(apply)
+    finally:
+        writer.close()
+
+
+def _tx_create(defn: dict[str, Any], raw: str, *, must_exist: bool):
     """POST (must not exist) or PUT (must exist): a new version from an API body."""
     def apply(conn: sqlite3.Connection) -> int:
         head = ds.latest_row(conn, defn["id"])
@@ -252,7 +294,7 @@ def tx_create(defn: dict[str, Any], raw: str, *, must_exist: bool):
     return apply
 
 
-def tx_disable(workflow_id: str):
+def _tx_disable(workflow_id: str):
     def apply(conn: sqlite3.Connection) -> None:
         if ds.latest_row(conn, workflow_id) is None:
             raise not_found("workflow", workflow_id)

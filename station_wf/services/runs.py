@@ -13,14 +13,17 @@ from station_wf.errors import ServiceError, invalid, not_found
 from station_wf.services.input_schema import SchemaProblem, input_schema_errors
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
-from station_wf.store import door
+from station_wf.store import run_reads
 from station_wf.store import runs as rs
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
-from station_wf.store.definitions import DefinitionCache
+from station_wf.store.definitions import DefinitionCache, definition_status, read_definition
+from station_wf.store.events import LIST_FIELDS, event_from_row, event_view, run_events
 from station_wf.telemetry.metrics import runs_started_total
 from station_wf.telemetry.tracing import new_run_traceparent
 
 MAX_LIST_LIMIT = 1000
+TERMINAL_RUN_STATUSES = model.TERMINAL_RUN_STATUSES
+"""A run in one of these has ended; the face asks here, not the engine."""
 RUN_STATUSES = frozenset({model.PENDING, model.PAUSED, *model.ACTIVE_RUN_STATUSES, *model.TERMINAL_RUN_STATUSES})
 
 
@@ -114,14 +117,7 @@ class RunService:
         if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
             raise invalid("version must be a positive integer", {"field": "version"})
         run_input = {} if run_input is None else run_input
-        if version is None:
-            row = await self.readers.fetchone(
-                "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC LIMIT 1", (workflow_id,)
-            )
-        else:
-            row = await self.readers.fetchone(
-                "SELECT * FROM workflow_definitions WHERE workflow_id = ? AND version = ?", (workflow_id, version)
-            )
+        row = await read_definition(self.readers, workflow_id, version)
         if row is None:
             raise not_found("workflow", workflow_id if version is None else f"{workflow_id}@{version}")
         if row["status"] != "active":
@@ -135,9 +131,9 @@ class RunService:
         traceparent = new_run_traceparent(traceparent, {"workflow.id": workflow_id, "workflow.version": row["version"], "run.id": run_id})
 
         def apply(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            if door.run_exists(conn, run_id):
+            if run_reads.run_exists(conn, run_id):
                 return None  # created by an earlier attempt of this same request
-            if door.definition_status(conn, workflow_id, row["version"]) != "active":  # disabled since the read above
+            if definition_status(conn, workflow_id, row["version"]) != "active":  # disabled since the read above
                 raise ServiceError(409, "workflow_disabled", f"workflow {workflow_id!r} is disabled", {"id": workflow_id})
             return insert_new_run(conn, row, self.definitions.get(conn, workflow_id, row["version"]), run_id, run_input,
                                   traceparent)
@@ -167,37 +163,29 @@ class RunService:
 
     async def summary(self, run_id: str) -> dict[str, Any]:
         """The run without its steps and context (what an SSE connect needs: status and last seq)."""
-        row = await self.readers.fetchone("SELECT * FROM workflow_runs WHERE run_id = ?", (run_id,))
+        row = await run_reads.run_row(self.readers, run_id)
         if row is None:
             raise not_found("run", run_id)
         return run_to_api(row, include_context=False)
 
     async def get(self, run_id: str) -> dict[str, Any]:
-        row = await self.readers.fetchone("SELECT * FROM workflow_runs WHERE run_id = ?", (run_id,))
+        row = await run_reads.run_row(self.readers, run_id)
         if row is None:
             raise not_found("run", run_id)
-        steps = await self.readers.fetchall("SELECT * FROM workflow_run_steps WHERE run_id = ? ORDER BY id", (run_id,))
+        steps = await run_reads.run_steps(self.readers, run_id)
         return run_to_api(row, steps)
 
     async def list(self, workflow_id: str | None, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise invalid(f"limit must be between 1 and {MAX_LIST_LIMIT}", {"limit": limit})
-        where, params = [], []
-        if workflow_id:
-            where.append("workflow_id = ?")
-            params.append(workflow_id)
+        statuses: list[str] | None = None
         if status:
             statuses = sorted({s.strip().upper() for s in status.split(",") if s.strip()})
             unknown = [s for s in statuses if s not in RUN_STATUSES]
             if unknown:
                 raise invalid(f"unknown run status: {unknown[0][:40]!r}", {"status": unknown[:5], "allowed": sorted(RUN_STATUSES)})
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
-        if cursor:
-            where.append("id < ?")
-            params.append(decode_cursor(cursor))
-        sql = "SELECT * FROM workflow_runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
-        rows = await self.readers.fetchall(sql, (*params, limit + 1))
+        before = decode_cursor(cursor) if cursor else None
+        rows = await run_reads.list_runs(self.readers, workflow_id, statuses, before, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return {
@@ -208,14 +196,8 @@ class RunService:
     async def events(self, run_id: str, after_seq: int, limit: int) -> dict[str, Any]:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise invalid(f"limit must be between 1 and {MAX_LIST_LIMIT}", {"limit": limit})
-        if await self.readers.fetchone("SELECT 1 FROM workflow_runs WHERE run_id = ?", (run_id,)) is None:
+        if not await run_reads.run_known(self.readers, run_id):
             raise not_found("run", run_id)
-        rows = await self.readers.fetchall(
-            "SELECT * FROM workflow_run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?", (run_id, after_seq, limit)
-        )
-        events = [
-            {"seq": r["seq"], "type": r["type"], "stepId": r["step_id"], "payload": json.loads(r["payload"]),
-             "actor": r["actor"], "time": r["created_at"]}
-            for r in rows
-        ]
+        rows = await run_events(self.readers, run_id, after_seq, limit)
+        events = [event_view(event_from_row(r), LIST_FIELDS) for r in rows]
         return {"events": events, "nextAfterSeq": events[-1]["seq"] if len(events) == limit else None}

@@ -9,7 +9,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from station_wf.store.db import utcnow
+from station_wf.store.db import SqliteReaders, utcnow
+
+_LATEST = "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC LIMIT 1"
+_VERSION = "SELECT * FROM workflow_definitions WHERE workflow_id = ? AND version = ?"
 
 
 def content_hash(raw: str) -> str:
@@ -25,9 +28,7 @@ class Registered:
 
 
 def latest_row(conn: sqlite3.Connection, workflow_id: str) -> sqlite3.Row | None:
-    return conn.execute(
-        "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC LIMIT 1", (workflow_id,)
-    ).fetchone()
+    return conn.execute(_LATEST, (workflow_id,)).fetchone()
 
 
 def register(
@@ -112,3 +113,35 @@ class DefinitionCache:
     def put(self, workflow_id: str, version: int, defn: dict[str, Any]) -> None:
         with self._lock:
             self._items[(workflow_id, version)] = defn
+
+
+def definition_status(conn: sqlite3.Connection, workflow_id: str, version: int) -> str | None:
+    """The status a start must see inside its own transaction (a workflow disabled meanwhile cannot start)."""
+    row = conn.execute("SELECT status FROM workflow_definitions WHERE workflow_id = ? AND version = ?",
+                       (workflow_id, version)).fetchone()
+    return None if row is None else row["status"]
+
+
+# -- reads for the API (the readers' pool) ------------------------------------------------------
+async def read_definition(readers: SqliteReaders, workflow_id: str, version: int | None = None) -> sqlite3.Row | None:
+    """That version of the workflow, or its latest one when `version` is None."""
+    if version is None:
+        return await readers.fetchone(_LATEST, (workflow_id,))
+    return await readers.fetchone(_VERSION, (workflow_id, version))
+
+
+async def read_versions(readers: SqliteReaders, workflow_id: str) -> list[sqlite3.Row]:
+    """Every version of the workflow, newest first."""
+    return await readers.fetchall("SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC",
+                                  (workflow_id,))
+
+
+async def read_heads(readers: SqliteReaders) -> list[sqlite3.Row]:
+    """Each workflow's latest version with `last_run_at` (its newest run's creation time), by id."""
+    return await readers.fetchall(
+        # The newest run by id (the (workflow_id, id) index: one seek per workflow, not a scan of its runs).
+        """SELECT d.*, (SELECT r.created_at FROM workflow_runs r WHERE r.workflow_id = d.workflow_id
+                        ORDER BY r.id DESC LIMIT 1) AS last_run_at
+           FROM workflow_definitions d
+           WHERE d.version = (SELECT MAX(version) FROM workflow_definitions WHERE workflow_id = d.workflow_id)
+           ORDER BY d.workflow_id""")

@@ -1,25 +1,33 @@
-"""In-process fan-out of committed events to SSE subscribers.
+"""In-process fan-out of committed events to SSE subscribers, and the backlogs a stream replays first.
 
 Woken after every commit (never a fixed-interval poll): one read of the new rows of
 `workflow_run_events`, then each subscriber whose filter matches gets them on its own bounded queue.
 A subscriber that falls too far behind is dropped; its client reconnects with `Last-Event-ID`.
+Events have the one shape of `store/events.py`. Not HTTP: `api/streams.py` turns them into SSE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from station_wf.loop import Loop
+from station_wf.services.runs import TERMINAL_RUN_STATUSES
+from station_wf.store import events as store
 from station_wf.store.db import SqliteReaders
+from station_wf.store.events import STREAM_FIELDS, event_from_row, event_view
 
 log = logging.getLogger(__name__)
 
+TERMINAL_EVENTS = frozenset(f"run.{status.lower()}" for status in TERMINAL_RUN_STATUSES)
+"""The events that end a run (`run.completed` ... `run.timed_out`): a run's stream ends after one."""
 QUEUE_LIMIT = 10_000
 BATCH = 1000
+BACKLOG_PAGE = 1000
 
 
 @dataclass(eq=False)  # identity-hashed: each connection is its own subscriber
@@ -38,50 +46,67 @@ class Subscriber:
         return self.statuses is None or event["runStatus"] in self.statuses
 
 
-def event_from_row(row: Any) -> dict[str, Any]:
-    return {
-        "id": row["id"], "runId": row["run_id"], "seq": row["seq"], "type": row["type"], "stepId": row["step_id"],
-        "payload": json.loads(row["payload"]), "actor": row["actor"], "time": row["created_at"],
-        "workflowId": row["workflow_id"], "runStatus": row["run_status"],
-    }
+def stream_view(event: dict[str, Any]) -> dict[str, Any]:
+    """What an SSE client receives of an event (the one shape, without the hub's routing fields)."""
+    return event_view(event, STREAM_FIELDS)
 
 
-EVENT_QUERY = """SELECT e.id, e.run_id, e.seq, e.type, e.step_id, e.payload, e.actor, e.created_at,
-                        r.workflow_id, r.status AS run_status
-                 FROM workflow_run_events e JOIN workflow_runs r ON r.run_id = e.run_id"""
+class EventHub(Loop):
+    """A woken-only loop (`interval=None`): each kick after a commit runs `_dispatch` until a page
+    comes back short; the loop base owns the waiting, the error policy and the counters."""
 
+    name = "event-hub"
+    batch = BATCH
 
-class EventHub:
     def __init__(self, readers: SqliteReaders) -> None:
+        super().__init__(None)
         self.readers = readers
         self.subscribers: set[Subscriber] = set()
         self._by_run: dict[str, set[Subscriber]] = {}  # a run's stream sees only its run's events
         self._everywhere: set[Subscriber] = set()  # global streams (filtered by workflow/status)
-        self._wake = asyncio.Event()
         self._cursor: int | None = None
-        self.delivered = 0
 
     @property
     def cursor(self) -> int:
         """The last event id handed to subscribers: every later event reaches a subscriber's queue."""
         return self._cursor or 0
 
-    def kick(self) -> None:
-        self._wake.set()
-
     async def subscribe(self, sub: Subscriber) -> Subscriber:
         """Register before the caller reads its backlog, so nothing committed in between is missed
         (an event may arrive both ways; streams drop the copy by its id)."""
         if not self.subscribers or self._cursor is None:
-            row = await self.readers.fetchone("SELECT COALESCE(MAX(id), 0) AS id FROM workflow_run_events")
+            newest = await store.last_event_id(self.readers)
             if not self.subscribers:
-                self._cursor = row["id"] if row else 0
+                self._cursor = newest
         self.subscribers.add(sub)
         if sub.run_id is not None:
             self._by_run.setdefault(sub.run_id, set()).add(sub)
         else:
             self._everywhere.add(sub)
         return sub
+
+    async def run_backlog(self, run_id: str, after_seq: int) -> AsyncIterator[dict[str, Any]]:
+        """A run's events after `after_seq`, read a page at a time (never the whole history in memory)."""
+        for _ in range(1 << 30):
+            rows = await store.run_events(self.readers, run_id, after_seq, BACKLOG_PAGE)
+            for row in rows:
+                yield event_from_row(row)
+            if len(rows) < BACKLOG_PAGE:
+                return
+            after_seq = rows[-1]["seq"]
+
+    async def global_backlog(self, after_id: int, sub: Subscriber, until_id: int) -> AsyncIterator[dict[str, Any]]:
+        """Every event after `after_id` up to `until_id` (the hub's cursor when the client subscribed), a
+        page at a time: from there the live queue continues, so a resume has no gap however far behind."""
+        for _ in range(1 << 30):
+            rows = await store.events_after(self.readers, after_id, BACKLOG_PAGE, until_id)
+            for row in rows:
+                event = event_from_row(row)
+                if sub.wants(event):
+                    yield event
+            if len(rows) < BACKLOG_PAGE:
+                return
+            after_id = rows[-1]["id"]
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
@@ -93,22 +118,13 @@ class EventHub:
                 if not subs:
                     del self._by_run[sub.run_id]
 
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                while await self._dispatch() == BATCH:
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - try again at the next commit
-                log.exception("event hub")
+    async def run_once(self) -> int:
+        return await self._dispatch()
 
     async def _dispatch(self) -> int:
         if not self.subscribers or self._cursor is None:
             return 0  # nobody listens: no read at all (a new subscriber sets the cursor)
-        rows = await self.readers.fetchall(EVENT_QUERY + " WHERE e.id > ? ORDER BY e.id LIMIT ?", (self._cursor, BATCH))
+        rows = await store.events_after(self.readers, self._cursor, BATCH)
         for row in rows:
             targets = [*self._by_run.get(row["run_id"], ()), *self._everywhere]
             if not targets:
@@ -119,7 +135,6 @@ class EventHub:
                     continue
                 try:
                     sub.queue.put_nowait(event)
-                    self.delivered += 1
                 except asyncio.QueueFull:
                     sub.overflowed = True
                     with contextlib.suppress(asyncio.QueueFull):

@@ -7,6 +7,9 @@ after its effect committed but before its answer was stored is taken over (at on
 that made it is gone, i.e. another boot; after a minute otherwise), and the retry finds that effect by
 its id instead of causing it again. A request cancelled mid-way (shutdown, client gone) keeps its
 reservation for the same reason. Keys older than 24 h are purged by `purge_loop`.
+
+The policy speaks in `Answer`s (status and JSON body), not HTTP responses: `api/http.py` `idempotent`
+turns one into the other. The SQL is in `store/idempotency.py`.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
-from starlette.responses import Response
-
-from station_wf.api.jsonio import SafeJSONResponse, dumps_safe
 from station_wf.errors import ServiceError
 from station_wf.faults import crash_point
+from station_wf.loop import Loop
+from station_wf.services.storable import dumps_safe
 from station_wf.store import idempotency as store
 from station_wf.store.db import SqliteWriter
 
@@ -30,6 +34,14 @@ log = logging.getLogger(__name__)
 
 TTL_S = 24 * 3600
 STALE_RESERVATION_S = 60
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a keyed request answered: given again, as it was, to every retry with the same key."""
+    status: int
+    body: Any
+    replayed: bool = False
 
 
 def request_hash(method: str, path: str, body: bytes) -> str:
@@ -47,26 +59,33 @@ async def purge_expired(writer: SqliteWriter, ttl_s: float = TTL_S) -> int:
     return total
 
 
+class IdempotencyPurge(Loop):
+    """Purge expired keys at start and every `interval` (the loop base's error policy and counters)."""
+
+    name = "idempotency-purge"
+
+    def __init__(self, writer: SqliteWriter, interval_s: float = 3600.0) -> None:
+        super().__init__(interval_s)
+        self.writer = writer
+
+    async def run_once(self) -> int:
+        purged = await purge_expired(self.writer)
+        if purged:
+            log.info("idempotency: purged %d expired key(s)", purged)
+        return purged
+
+
 async def purge_loop(writer: SqliteWriter, interval_s: float = 3600.0) -> None:
-    """Purge expired keys now and every `interval_s`; errors are logged and retried next period."""
-    while True:
-        try:
-            purged = await purge_expired(writer)
-            if purged:
-                log.info("idempotency: purged %d expired key(s)", purged)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - try again next period
-            log.exception("idempotency purge")
-        await asyncio.sleep(interval_s)
+    """The daemon's purge task."""
+    await IdempotencyPurge(writer, interval_s).run()
 
 
 class IdempotencyStore:
     def __init__(self, writer: SqliteWriter) -> None:
         self.writer = writer
 
-    async def run(self, scope: str, key: str, digest: str, action: Callable[[str], Awaitable[Response]],
-                  request_id: str = "") -> Response:
+    async def run(self, scope: str, key: str, digest: str, action: Callable[[str], Awaitable[Answer]]) -> Answer:
+        """`action(effect_id)` once per (scope, key); a retry gets the stored answer (`replayed`)."""
         if not key or len(key) > 255:
             raise ServiceError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 characters")
         now = time.time()
@@ -79,11 +98,7 @@ class IdempotencyStore:
             if existing["status"] is None:
                 raise ServiceError(409, "idempotency_key_in_progress", "a request with this Idempotency-Key is still being answered",
                                    {"key": key})
-            body = json.loads(existing["response"])
-            if isinstance(body, dict) and isinstance(body.get("error"), dict):  # an error names this request
-                body["error"]["request_id"] = request_id
-            return SafeJSONResponse(body, status_code=existing["status"],
-                                    headers={"Idempotent-Replayed": "true", "X-Request-Id": request_id})
+            return Answer(existing["status"], json.loads(existing["response"]), replayed=True)
         assert effect_id is not None
         try:
             response = await action(effect_id)
@@ -102,8 +117,8 @@ class IdempotencyStore:
             await self.writer.run(lambda c: store.release(c, scope, key))
             raise
         crash_point("api.idempotency.after_effect")  # tests: the effect committed, its answer not stored
-        if response.status_code < 500:
-            await self._store(scope, key, response.status_code, json.loads(bytes(response.body)))
+        if response.status < 500:
+            await self._store(scope, key, response.status, response.body)
         return response
 
     async def _store(self, scope: str, key: str, status: int, body: object) -> None:

@@ -4,9 +4,10 @@ Read from the catalog (the files), not the database: the catalog re-scans on cha
 shows exactly what the next `agent.run` will use, content hash included. `?environment=` (or
 `name@env`) looks at another environment under the same directory.
 
-Handlers raise `ServiceError`; the app's wrapper renders it. Two shapes are offered so app.py can
-mount them either way: `agent_handlers()` yields `(path, handler(request, state), methods)` for its
-`route()` helper, `agent_routes()` plain Starlette routes (which then need a ServiceError handler).
+Handlers raise `ServiceError`; the app's wrapper renders it. `agent_handlers()` yields
+`(path, handler(request, state), methods)` for the app's route table; `agent_routes()` mounts the
+same handlers as plain Starlette routes, on their own, for an in-process app (tests) that brings its
+own ServiceError handler.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from station_wf.agents.catalog import AgentCatalog, AgentFileError, split_agent_ref
-from station_wf.api.jsonio import SafeJSONResponse
+from station_wf.api.http import SafeJSONResponse
 from station_wf.errors import ServiceError, invalid, not_found
 
 CatalogFactory = Callable[[], AgentCatalog]

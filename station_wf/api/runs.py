@@ -1,0 +1,63 @@
+"""`/api/v1/workflow-runs`: start a run (idempotent with `Idempotency-Key`), list, show, its events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from station_wf.api.http import SafeJSONResponse, idempotent, parse_json
+from station_wf.api.params import int_param
+from station_wf.api.state import ApiState
+from station_wf.errors import invalid
+
+START_FIELDS = frozenset({"workflowId", "version", "input"})
+
+
+def station_start_body(body: Any) -> Any:
+    """Station's start body: `workflow_id` means `workflowId`; `environmentId`/`options` are accepted and unused."""
+    if not isinstance(body, dict):
+        return body
+    out = {k: v for k, v in body.items() if k not in ("environmentId", "options")}
+    if "workflow_id" in out:
+        value = out.pop("workflow_id")
+        if "workflowId" in out and out["workflowId"] != value:
+            raise invalid("workflowId and workflow_id differ", {"workflowId": out["workflowId"], "workflow_id": value})
+        out["workflowId"] = value
+    return out
+
+
+async def start_run(request: Request, state: ApiState) -> Response:
+    async def action(raw: bytes, effect_id: str | None) -> Response:
+        body = station_start_body(parse_json(raw))  # Station's `workflow_id` too
+        if not isinstance(body, dict):
+            raise invalid("the body must be a JSON object {workflowId, version?, input}")
+        unknown = sorted(set(body) - START_FIELDS)
+        if unknown:
+            raise invalid(f"unknown field(s): {', '.join(unknown)}", {"fields": unknown})
+        return await started(request, state, body.get("workflowId"), body, effect_id)
+
+    return await idempotent(request, state, action)
+
+
+async def started(request: Request, state: ApiState, workflow_id: Any, body: dict[str, Any], effect_id: str | None) -> Response:
+    """Start the run and answer 201 with its Location (shared with Station's nested start route)."""
+    run = await state.runs.start(workflow_id, body.get("input"), body.get("version"),
+                                 traceparent=request.headers.get("traceparent"), run_id=effect_id)
+    return SafeJSONResponse({"run": run}, status_code=201, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
+
+
+async def list_runs(request: Request, state: ApiState) -> Response:
+    q = request.query_params
+    return SafeJSONResponse(await state.runs.list(q.get("workflowId"), q.get("status"), int_param(request, "limit", 50),
+                                                  q.get("cursor")))
+
+
+async def get_run(request: Request, state: ApiState) -> Response:
+    return SafeJSONResponse(await state.runs.get(request.path_params["run_id"]))
+
+
+async def run_events(request: Request, state: ApiState) -> Response:
+    return SafeJSONResponse(await state.runs.events(
+        request.path_params["run_id"], int_param(request, "afterSeq", 0), int_param(request, "limit", 100)))

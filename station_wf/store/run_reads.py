@@ -1,0 +1,48 @@
+"""The runs as the API reads them: one run, its steps, a page of the run list.
+
+The engine's own run SQL (load, transitions, steps) is in `store/runs.py`; these are the readers'
+queries, on the aiosqlite pool, never on the writer thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection
+
+from station_wf.store.db import SqliteReaders
+
+
+async def run_row(readers: SqliteReaders, run_id: str) -> sqlite3.Row | None:
+    return await readers.fetchone("SELECT * FROM workflow_runs WHERE run_id = ?", (run_id,))
+
+
+async def run_known(readers: SqliteReaders, run_id: str) -> bool:
+    return await readers.fetchone("SELECT 1 FROM workflow_runs WHERE run_id = ?", (run_id,)) is not None
+
+
+async def run_steps(readers: SqliteReaders, run_id: str) -> list[sqlite3.Row]:
+    """Every step row of the run (all attempts), in creation order."""
+    return await readers.fetchall("SELECT * FROM workflow_run_steps WHERE run_id = ? ORDER BY id", (run_id,))
+
+
+async def list_runs(readers: SqliteReaders, workflow_id: str | None, statuses: Collection[str] | None, before_id: int | None,
+                    limit: int) -> list[sqlite3.Row]:
+    """Newest first; `before_id` is the page cursor (the last row id of the previous page). `statuses`
+    None is every status; an empty collection matches no run."""
+    where, params = [], []
+    if workflow_id:
+        where.append("workflow_id = ?")
+        params.append(workflow_id)
+    if statuses is not None:
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        params.extend(statuses)
+    if before_id is not None:
+        where.append("id < ?")
+        params.append(before_id)
+    sql = "SELECT * FROM workflow_runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+    return await readers.fetchall(sql, (*params, limit))
+
+
+def run_exists(conn: sqlite3.Connection, run_id: str) -> bool:
+    """Inside a writer transaction: did an earlier attempt of this request already create the run?"""
+    return conn.execute("SELECT 1 FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone() is not None
