@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from station_wf.engine.runs import input_problems, insert_new_run
 from station_wf.expr.cron import CronError, CronSchedule
 from station_wf.loop import Loop
 from station_wf.store import definitions as defs_store
@@ -111,8 +112,6 @@ class ScheduleLoop(Loop):
                                                 error=error))
 
     def _tx_fire(self, conn: sqlite3.Connection, row: sqlite3.Row, tick: float, run_id: str) -> bool:
-        from station_wf.services.runs import input_problems, insert_new_run
-
         if not store.claim_tick(conn, row["schedule_id"], tick, row["last_fire_at"]):
             return False
         defn_row = defs_store.latest_row(conn, row["workflow_id"])

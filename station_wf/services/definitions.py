@@ -12,13 +12,13 @@ import yaml
 
 from station_wf.agents.catalog import AgentCatalog
 from station_wf.agents.flow_check import check_definition_agents
+from station_wf.dsl.input_schema import schema_problems
 from station_wf.dsl.limits import document_size_problem
 from station_wf.dsl.loader import normalize_definition, parse_definition
 from station_wf.dsl.problems import DefinitionError
 from station_wf.dsl.spec import WORKFLOW_FILE_SUFFIXES
 from station_wf.engine.schedules import sync_schedules
 from station_wf.errors import ServiceError, invalid, not_found
-from station_wf.services.input_schema import schema_problems
 from station_wf.services.isolated import IsolatedPool
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader

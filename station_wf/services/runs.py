@@ -8,14 +8,13 @@ import sqlite3
 import uuid
 from typing import Any
 
-from station_wf.core import history, model
+from station_wf.core import model
+from station_wf.engine.runs import input_problems, insert_new_run
 from station_wf.errors import ServiceError, invalid, not_found
-from station_wf.services.input_schema import SchemaProblem, input_schema_errors
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
 from station_wf.store import run_reads
-from station_wf.store import runs as rs
-from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
+from station_wf.store.db import SqliteReaders, SqliteWriter
 from station_wf.store.definitions import DefinitionCache, definition_status, read_definition
 from station_wf.store.events import LIST_FIELDS, event_from_row, event_view, run_events
 from station_wf.telemetry.metrics import runs_started_total
@@ -25,23 +24,6 @@ MAX_LIST_LIMIT = 1000
 TERMINAL_RUN_STATUSES = model.TERMINAL_RUN_STATUSES
 """A run in one of these has ended; the face asks here, not the engine."""
 RUN_STATUSES = frozenset({model.PENDING, model.PAUSED, *model.ACTIVE_RUN_STATUSES, *model.TERMINAL_RUN_STATUSES})
-
-
-def input_problems(schema: dict[str, Any] | None, run_input: Any) -> list[dict[str, Any]]:
-    """Every violation of the input schema, each with its JSON path, message and failing keyword."""
-    problems: list[dict[str, Any]] = []
-    if not isinstance(run_input, dict):
-        return [{"path": "$", "message": "input must be a JSON object", "validator": "type"}]
-    for key in model.RESERVED_INPUT_KEYS:
-        if key in run_input:
-            problems.append({"path": f"$.{key}", "message": f"input key {key!r} is reserved", "validator": "reserved"})
-    if schema:
-        try:
-            errors = input_schema_errors(schema, run_input)
-        except SchemaProblem as exc:
-            raise ServiceError(422, "invalid_input_schema", f"the workflow's inputSchema cannot be used: {exc}") from None
-        problems.extend({"path": err.json_path, "message": err.message, "validator": err.validator} for err in errors)
-    return problems
 
 
 def _json(text: str | None) -> Any:
@@ -74,16 +56,6 @@ def run_to_api(row: sqlite3.Row, steps: list[sqlite3.Row] | None = None, include
         out["currentSteps"] = [step_to_api(s) for s in steps if s["status"] in model.OPEN_STEP_STATUSES
                                or s["status"] in (model.WAITING_APPROVAL, model.WAITING_SIGNAL)]
     return out
-
-
-def insert_new_run(conn: sqlite3.Connection, row: sqlite3.Row, defn: dict[str, Any], run_id: str, run_input: dict[str, Any],
-                   traceparent: str | None, extra_context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The one way a run is created (API and schedules): its context, row, first event and run task."""
-    now = utcnow()
-    context = history.initial_context(defn, run_id, row["version"], run_input, now)
-    context.update(extra_context or {})
-    rs.insert_run(conn, run_id, row["workflow_id"], row["version"], row["content_hash"], run_input, context, traceparent, now)
-    return context
 
 
 def encode_cursor(value: int) -> str:
