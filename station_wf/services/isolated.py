@@ -5,7 +5,7 @@ thread it still competes with the event loop for the GIL (a 950 KB definition ma
 a pathological one (a YAML merge-key bomb, a schema that explodes) could never be stopped. A worker
 process has its own GIL, an address-space limit (`RLIMIT_AS`), and is killed when it runs past the
 time limit; the request then gets a clear 422 and the daemon carries on. The pool is started on first
-use (forkserver: the daemon's threads are never forked) and replaced after a kill or a crash.
+use (spawned: the daemon's threads are never forked; each worker dies with the daemon) and replaced after a kill or a crash.
 """
 
 from __future__ import annotations
@@ -30,9 +30,13 @@ T = TypeVar("T")
 def _limit_memory(limit_bytes: int) -> None:
     """Worker initializer: cap the address space, so a memory bomb fails in the worker, not the host, and
     yield the CPU to the daemon (a validation may be slow; the event loop may not)."""
+    import ctypes
     import os
     import resource
+    import signal
 
+    with contextlib.suppress(Exception):  # die with the daemon, even on kill -9 (no orphans)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     with contextlib.suppress(OSError):
         os.nice(10)
     if limit_bytes > 0:
@@ -53,7 +57,7 @@ class IsolatedPool:
     def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[ProcessPoolExecutor, Any]:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_limit_memory, initargs=(self.memory_bytes,))
             pool = self._pool
             return pool, pool.submit(fn, *args)
@@ -82,7 +86,7 @@ class IsolatedPool:
                                {"workers": self.workers}) from None
         try:
             for attempt in range(2):
-                # Starting workers forks and waits on the forkserver: never on the loop.
+                # Starting workers spawns processes and waits for them: never on the loop.
                 pool, submitted = await asyncio.to_thread(self._submit, fn, args)
                 future = asyncio.wrap_future(submitted)
                 try:
