@@ -13,6 +13,8 @@ expression and template checks), `diagnostics` (Starlark/template error position
 
 from __future__ import annotations
 
+from station_wf import strict_json
+
 __all__ = ["iter_states", "load_definition_file", "normalize_definition", "parse_definition"]
 
 import json
@@ -41,7 +43,7 @@ def parse_definition(text: str, source: str | os.PathLike[str] | None = None) ->
     json_value: Any = MISSING
     if looks_json:  # YAML would accept things JSON does not (`{"a": }`): a .json file must be JSON
         try:
-            json_value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+            json_value = json.loads(text, parse_constant=strict_json.parse_constant, parse_float=strict_json.parse_float)
         except json.JSONDecodeError as exc:
             if is_json_file:
                 report.add((), (exc.lineno, exc.colno), f"invalid JSON: {exc.msg}")
@@ -139,17 +141,6 @@ def _iter_scope(states: dict[str, dict[str, Any]], scope: str) -> Iterator[tuple
 
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range")
-    return value
-
-
 def _parse_json(text: str, report: Report) -> Any:
     """JSON the YAML parser refused (or MISSING); duplicate keys are still errors, though without lines."""
 
@@ -162,7 +153,7 @@ def _parse_json(text: str, report: Report) -> Any:
         return out
 
     try:
-        return json.loads(text, object_pairs_hook=pairs_hook, parse_constant=_no_constant, parse_float=_finite_float)
+        return json.loads(text, object_pairs_hook=pairs_hook, parse_constant=strict_json.parse_constant, parse_float=strict_json.parse_float)
     except (ValueError, RecursionError):
         return MISSING
 

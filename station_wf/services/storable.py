@@ -16,35 +16,9 @@ import math
 from typing import Any
 
 from station_wf.errors import ServiceError
+from station_wf.strict_json import INT64_MAX, INT64_MIN, NotStorable, parse_constant, parse_float, parse_int
 
 MAX_DEPTH = 64
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-
-
-class _Refused(ValueError):
-    """A value JSON allows but we do not; carries the reason for the 400."""
-
-
-def _parse_constant(name: str) -> Any:
-    raise _Refused(f"{name} is not allowed (only finite numbers)")
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _Refused(f"number {text[:40]} is out of range")
-    return value
-
-
-def _parse_int(text: str) -> int:
-    if len(text) > 20:
-        raise _Refused(f"integer {text[:40]}... is outside the signed 64-bit range")
-    value = int(text)
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise _Refused(f"integer {text} is outside the signed 64-bit range")
-    return value
-
-
 def _bad(message: str, details: Any = None) -> ServiceError:
     return ServiceError(400, "malformed_json", message, details)
 
@@ -94,8 +68,8 @@ def loads_strict(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     """Decode a JSON body, refusing what could not be stored and answered faithfully (400 `malformed_json`)."""
     text = decode_text(raw) if isinstance(raw, bytes) else raw
     try:
-        value = json.loads(text, parse_constant=_parse_constant, parse_float=_parse_float, parse_int=_parse_int)
-    except _Refused as exc:
+        value = json.loads(text, parse_constant=parse_constant, parse_float=parse_float, parse_int=parse_int)
+    except NotStorable as exc:
         raise _bad(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise _bad(f"the body is nested deeper than {max_depth} levels", {"maxDepth": max_depth}) from None
