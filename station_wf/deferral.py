@@ -43,10 +43,12 @@ class TxScope:
     now: str | None = None
     answers: dict[Any, Any] = field(default_factory=dict)
     deferrals: int = 0
+    committed: list[Callable[[], None]] = field(default_factory=list)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` with this scope current on this thread."""
+        """Run `fn` with this scope current on this thread (an attempt starts with no `after_commit`)."""
         previous = getattr(_local, "scope", None)
+        self.committed = []
         _local.scope = self
         try:
             return fn(*args)
@@ -60,6 +62,16 @@ _local = threading.local()
 def current_scope() -> TxScope | None:
     """The scope of the transaction running on this thread, if any."""
     return getattr(_local, "scope", None)
+
+
+def after_commit(fn: Callable[[], None]) -> None:
+    """Run `fn` once the current transaction has committed (a metric, say), never for a rolled-back
+    attempt; outside a writer transaction, at once."""
+    scope = getattr(_local, "scope", None)
+    if scope is None:
+        fn()
+    else:
+        scope.committed.append(fn)
 
 
 def pinned_now() -> str | None:

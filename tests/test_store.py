@@ -214,3 +214,28 @@ def test_a_timer_of_a_run_paused_since_the_read_does_not_fire(tmp_path: Path) ->
     fired = dict(writer.run_sync(lambda c: [tuple(r) for r in c.execute("SELECT run_id, fired_at IS NOT NULL FROM timers")]))
     assert fired == {"paused": 0, "done": 1}  # the paused run's timer waits for resume; the other was consumed
     writer.close()
+
+
+def test_after_commit_runs_only_for_committed_attempts(tmp_path: Path) -> None:
+    """A metric counted in a transaction must not count a rolled-back attempt (review 1.9)."""
+    from station_wf.deferral import after_commit
+
+    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer.start()
+    seen: list[str] = []
+
+    def tx(key: str, fail: bool):
+        def fn(conn: sqlite3.Connection) -> None:
+            after_commit(lambda: seen.append(key))
+            if fail:
+                raise ValueError(key)
+        return fn
+
+    async def main() -> None:
+        await writer.run(tx("ok", False))
+        with pytest.raises(ValueError):
+            await writer.run(tx("rolled-back", True))
+
+    asyncio.run(main())
+    writer.close()
+    assert seen == ["ok"]

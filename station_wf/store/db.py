@@ -205,7 +205,10 @@ class SqliteWriter:
             fut: Future = Future()
             self._queue.put((functools.partial(scope.call, fn), fut))
             try:
-                return await asyncio.wrap_future(fut)
+                result = await asyncio.wrap_future(fut)
+                for done in scope.committed:  # committed: side effects that must not count a rollback
+                    done()
+                return result
             except Deferred as deferred:
                 scope.deferrals += 1
                 if scope.deferrals > MAX_DEFERRALS:

@@ -7,6 +7,7 @@ with the outbox they are what makes invariants 1, 2 and 7 hold.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 from station_wf.core import interpreter as ip
 from station_wf.core import limits, model
 from station_wf.core.identity import idempotency_key
+from station_wf.deferral import after_commit
 from station_wf.protocol import run_task, step_task
 from station_wf.store import approvals, outbox, timers
 from station_wf.store import vocab as v
@@ -197,7 +199,7 @@ def apply_transition(conn: sqlite3.Connection, run: RunRow, t: model.Transition,
         approvals.consume_signal(conn, signal_id, consumer, now)
     final = t.run_status if t.run_status is not None else run.status
     if t.run_status in model.TERMINAL_RUN_STATUSES:
-        runs_finished_total.inc(workflow=run.workflow_id, status=t.run_status)
+        after_commit(functools.partial(runs_finished_total.inc, workflow=run.workflow_id, status=t.run_status))
     if final in model.TERMINAL_RUN_STATUSES:
         timers.close_for_run(conn, run.run_id, now)
         approvals.close_pending(conn, run.run_id, now)
