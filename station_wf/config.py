@@ -77,6 +77,9 @@ OPTIONS: tuple[Option, ...] = (
            "cap on the SQLite file's size (PRAGMA max_page_count); writes past it answer 507 (0: no cap)"),
     Option("timer_max_attempts", "STATION_TIMER_MAX_ATTEMPTS", int,
            "a timer whose firing fails this many times is quarantined with its error"),
+    # -- the writer's hot path (issue 14) --
+    Option("run_cache_mb", "STATION_RUN_CACHE_MB", int,
+           "decoded run state the writer keeps across transactions (MiB of JSON, LRU; 0: off)"),
     # agents (issue 11): what one agent call may cost
     Option("agent_max_response_bytes", "STATION_AGENT_MAX_RESPONSE_BYTES", int, "largest agent/model response body read; a bigger one fails the step"),
     Option("agent_connect_timeout_seconds", "STATION_AGENT_CONNECT_TIMEOUT_SECONDS", float, "bound on connecting to an agent or model server"),
@@ -139,6 +142,8 @@ class Settings:
     # -- storage and loops (issue 11) --
     database_max_bytes: int = 0
     timer_max_attempts: int = 5
+    # -- the writer's hot path (issue 14) --
+    run_cache_mb: int = 64
     # agents (issue 11)
     agent_max_response_bytes: int = 4 * 1024 * 1024
     agent_connect_timeout_seconds: float = 10.0

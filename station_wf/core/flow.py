@@ -1,17 +1,17 @@
 """How a scope moves on: a step's output is written, the next step scheduled, a finished or failed
 scope closes its container (parallel join, foreach, try/catch/finally), and the run ends.
 
-These functions mutate the `Transition` and the copied engine state they are handed; the event
+These functions mutate the `Transition` and the forked engine state they are handed (`cow.fork_engine`:
+its records are their own, the values inside are shared and only replaced, never written in place); the event
 functions of `core/interpreter.py` and `core/waits.py` call them. Imports `core.model`,
 `core.scopes`, `core.identity`, `core.station_flow` and `expr/` only.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from station_wf.core import scopes, station_flow
+from station_wf.core import cow, scopes, station_flow
 from station_wf.core.identity import idempotency_key, step_id
 from station_wf.core.model import (
     CANCELLED,
@@ -27,7 +27,7 @@ from station_wf.core.model import (
     StepView,
     Transition,
 )
-from station_wf.expr.paths import PathError, get_path, set_path
+from station_wf.expr.paths import PathError, get_path
 
 
 def needs_executor(state: dict[str, Any]) -> bool:
@@ -66,7 +66,7 @@ def enter_container(defn: dict[str, Any], run: RunState, engine: dict[str, Any],
             return fail_now(defn, run, engine, step, {"type": "foreach", "message": f"state {state['name']!r}: itemsPath {state['itemsPath']!r} is {type(items).__name__}, not a list"}, t)
         if not items:
             return succeed(defn, run, engine, step, [], t=t)
-        record.update({"items": copy.deepcopy(items), "next": 0, "total": len(items)})
+        record.update({"items": items, "next": 0, "total": len(items)})  # shared: never written in place
         engine["containers"][step.step_id] = record
         for _ in range(min(int(state.get("maxConcurrency") or 1), len(items))):
             _next_iteration(defn, run, engine, t, record, state)
@@ -116,11 +116,9 @@ def succeed(defn: dict[str, Any], run: RunState, engine: dict[str, Any], step: S
         try:
             for path, value in pairs:
                 if owner == "":
-                    context = t.context if t.context is not None else copy.deepcopy(run.context)
-                    set_path(context, path, copy.deepcopy(value))
-                    t.context = context
+                    t.context = cow.set_path(t.context if t.context is not None else run.context, path, value)
                 else:
-                    set_path(engine["scopes"][owner]["data"], path, copy.deepcopy(value))
+                    engine["scopes"][owner]["data"] = cow.set_path(engine["scopes"][owner]["data"], path, value)
         except PathError as exc:
             return fail_now(defn, run, engine, step, {"type": "result_path", "message": f"state {state['name']!r}: resultPath {path!r}: {exc}"}, t)
         if pairs:  # the value written is `output` unless the dialect reshaped it: carried once

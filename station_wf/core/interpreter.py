@@ -19,12 +19,12 @@ in `core/waits.py`. The core imports only `expr/`: never the store, the bus or t
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from typing import Any
 
 from station_wf.core import scopes, station_flow
+from station_wf.core.cow import fork_engine
 from station_wf.core.flow import end_run, enter_container, fail_now, new_step, succeed
 from station_wf.core.history import empty_engine, started_payload
 from station_wf.core.model import (
@@ -71,7 +71,7 @@ def begin_step(defn: dict[str, Any], run: RunState, step: StepView) -> Execute |
     kind = state["type"]
     if step.status != PENDING and (kind != "operation" or step.status != RUNNING):
         return None  # entered already (containers, sleeps) or closed; only an executor call is re-run
-    engine = copy.deepcopy(run.engine)
+    engine = fork_engine(run.engine)
     if kind == "operation":
         names = scopes.view(run, engine, step.branch_path)
         station_input = _station_input(defn, run, engine, step, state)
@@ -93,7 +93,7 @@ def begin_step(defn: dict[str, Any], run: RunState, step: StepView) -> Execute |
             return wait_for_signal(defn, run, engine, step, state, rendered)
         return Execute(state["action"], rendered, state.get("timeoutSeconds"))
     if kind == "inject":
-        return succeed(defn, run, engine, step, copy.deepcopy(state.get("data")), started=True)
+        return succeed(defn, run, engine, step, state.get("data"), started=True)  # the definition's, shared
     if kind == "switch":
         return _switch(defn, run, engine, step, state)
     if kind == "transform":
@@ -119,7 +119,7 @@ def _station_input(defn: dict[str, Any], run: RunState, engine: dict[str, Any], 
 
 def cancel_run(run: RunState, reason: str, actor: str | None) -> Transition:
     """Operator cancel: every open step closed, the run CANCELLED (the reason and actor in its error)."""
-    engine = copy.deepcopy(run.engine)
+    engine = fork_engine(run.engine)
     t = Transition(engine=engine)
     end_run(run, engine, t, CANCELLED, {"type": "cancelled", "message": reason or "cancelled", "by": actor})
     return t
@@ -173,7 +173,7 @@ def _transform(defn: dict[str, Any], run: RunState, engine: dict[str, Any], step
 
 
 def step_succeeded(defn: dict[str, Any], run: RunState, step: StepView, output: Any) -> Transition:
-    return succeed(defn, run, copy.deepcopy(run.engine), step, output)
+    return succeed(defn, run, fork_engine(run.engine), step, output)
 
 
 def retry_delay(policy: dict[str, Any], step: StepView, rules: Rules = DEFAULT_RULES) -> float:
@@ -192,7 +192,7 @@ def retry_delay(policy: dict[str, Any], step: StepView, rules: Rules = DEFAULT_R
 
 def step_failed(defn: dict[str, Any], run: RunState, step: StepView, error: dict[str, Any], retry: bool = True) -> Transition:
     """A failed attempt: retry after back-off while attempts remain, else fail the scope."""
-    engine = copy.deepcopy(run.engine)
+    engine = fork_engine(run.engine)
     state = scopes.scope_states(defn, step.branch_path)[step.state_name]
     status = TIMED_OUT if error.get("type") == "timeout" else FAILED
     policy = state.get("retry") if retry else None
@@ -211,7 +211,7 @@ def step_failed(defn: dict[str, Any], run: RunState, step: StepView, error: dict
 
 def timer_fired(defn: dict[str, Any], run: RunState, kind: str, step: StepView | None) -> Transition | None:
     """A durable timer came due. Compare-and-set: a timer whose wait already ended changes nothing."""
-    engine = copy.deepcopy(run.engine)
+    engine = fork_engine(run.engine)
     if kind == "run_timeout":
         t = Transition(engine=engine)
         end_run(run, engine, t, TIMED_OUT, {"type": "timeout", "message": f"workflow timed out after {defn.get('timeoutSeconds')}s"})
@@ -246,7 +246,7 @@ def limit_exceeded(run: RunState, step: StepView | None, error: dict[str, Any]) 
 def engine_failure(run: RunState, step: StepView | None, error: dict[str, Any]) -> Transition:
     """Fail the attempt and the whole run without consulting the definition: the last resort when
     deciding what follows is itself what fails (a poison task), and for per-run caps."""
-    engine = copy.deepcopy(run.engine)
+    engine = fork_engine(run.engine)
     t = Transition(engine=engine)
     if step is not None:
         t.step_updates.append(StepUpdate(step.step_id, step.attempt, FAILED, error=error, only_if_open=True))

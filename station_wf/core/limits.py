@@ -26,6 +26,7 @@ class Limits:
     max_events_per_run: int = 100_000
     max_context_bytes: int = 16 * MIB
     rules: Rules = field(default_factory=Rules)  # step timeouts, retry cap, expression timeout
+    run_cache_bytes: int = 64 * MIB  # the writer's decoded-run-state cache (store/run_cache.py)
 
 
 LIMITS = Limits()
@@ -37,6 +38,7 @@ def configure(settings: Any) -> None:
     LIMITS.max_steps_per_run = int(settings.max_steps_per_run)
     LIMITS.max_events_per_run = int(settings.max_events_per_run)
     LIMITS.max_context_bytes = int(settings.max_context_bytes)
+    LIMITS.run_cache_bytes = max(0, int(getattr(settings, "run_cache_mb", 64))) * MIB
     LIMITS.rules = Rules(
         expression_timeout_s=float(settings.expression_timeout_ms) / 1000,
         retry_max_backoff_s=float(settings.retry_max_backoff_seconds),

@@ -175,7 +175,7 @@ def scope_output(scope: dict[str, Any]) -> Any:
 def remember(scope: dict[str, Any], output: Any) -> None:
     """A branch or iteration's output merges its steps' outputs, as Station's executors do."""
     if isinstance(output, dict):
-        scope.setdefault("outputs", {}).update(copy.deepcopy(output))
+        scope["outputs"] = {**(scope.get("outputs") or {}), **output}  # a new dict: the old one may be shared
 
 
 def output_schema_error(defn: dict[str, Any], final: Any) -> dict[str, Any] | None:

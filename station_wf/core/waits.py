@@ -7,10 +7,10 @@ buffered and consumed once. Imports `core.model`, `core.scopes`, `core.identity`
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from station_wf.core import scopes
+from station_wf.core.cow import fork_engine
 from station_wf.core.flow import end_run, fail_now, succeed
 from station_wf.core.identity import step_id
 from station_wf.core.model import (
@@ -63,7 +63,7 @@ def request_approval(defn: dict[str, Any], run: RunState, engine: dict[str, Any]
 def approval_decided(defn: dict[str, Any], run: RunState, step: StepView, decision: str, decided_by: str | None,
                      comment: str | None, policy: str, approval_id: str | None = None) -> Transition:
     """approved | rejected | timed_out -> DESIGN 3's result at resultPath, then the onReject/onTimeout policy."""
-    engine = copy.deepcopy(run.engine)
+    engine = fork_engine(run.engine)
     result = {"approved": decision == "approved", "decision": decision, "decidedBy": decided_by,
               "comment": comment, "decidedAt": run.now}
     kind = "approval.timed_out" if decision == "timed_out" else "approval.decided"
@@ -103,7 +103,7 @@ def wait_for_signal(defn: dict[str, Any], run: RunState, engine: dict[str, Any],
 
 def signal_received(defn: dict[str, Any], run: RunState, step: StepView, sig: Signal, t: Transition | None = None,
                     engine: dict[str, Any] | None = None) -> Transition:
-    engine = engine if engine is not None else copy.deepcopy(run.engine)
+    engine = engine if engine is not None else fork_engine(run.engine)
     t = t if t is not None else Transition(engine=engine)
     t.consumed_signals.append((sig.id, step.step_id))
     t.events.append(Event("signal.consumed", {"signal": sig.name, "signalId": sig.id, "payload": sig.payload}, step.step_id))

@@ -20,6 +20,7 @@ from station_wf.core import interpreter as ip
 from station_wf.core import model
 from station_wf.store import runs as rs
 from station_wf.store.definitions import DefinitionCache
+from station_wf.store.run_unit import RunUnit
 
 MAX_INLINE_STEPS = 64
 
@@ -31,34 +32,40 @@ def decide_and_commit(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.R
     """Load the run's definition and state, let `decision(definition, state)` (a pure interpreter call)
     say what happens, and commit it with its inline chain; returns the tasks enqueued (0: no change)."""
     defn = defs.get(conn, run.workflow_id, run.workflow_version)
-    t = decision(defn, rs.run_state(conn, run))
-    return 0 if t is None else commit_transition(conn, defs, run, t, step)
+    unit = RunUnit.load(conn, run)
+    if unit is None:
+        return 0
+    t = decision(defn, unit.state(conn, defn))
+    return 0 if t is None else commit_transition(conn, defs, run, t, step, unit=unit)
 
 
 def commit_transition(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, t: model.Transition,
-                      step: model.StepView | None = None) -> int:
-    """apply_transition plus the inline chain; returns the number of tasks enqueued."""
+                      step: model.StepView | None = None, *, unit: RunUnit | None = None) -> int:
+    """apply_transition plus the inline chain, on one unit of work (one load of the run, one flush);
+    returns the number of tasks enqueued."""
+    unit = unit if unit is not None else RunUnit.load(conn, run)
+    if unit is None:
+        return 0
     pending: list[tuple[str, int]] = []
-    tasks = rs.apply_transition(conn, run, t, step, inline=pending)
+    tasks = unit.apply(conn, t, step, inline=pending)
     budget = MAX_INLINE_STEPS
+    defn = defs.get(conn, run.workflow_id, run.workflow_version)
     while pending:
         sid, attempt = pending.pop(0)
-        current = rs.load_run(conn, run.run_id)
-        row = rs.load_step(conn, run.run_id, sid, attempt)
-        if current is None or row is None or row["status"] != model.PENDING:
+        view = unit.step(sid, attempt)
+        if view is None or view.status != model.PENDING:
             continue
-        if current.status not in model.ACTIVE_RUN_STATUSES or budget <= 0:
-            if current.status in model.ACTIVE_RUN_STATUSES:  # over budget: an ordinary task
-                rs.enqueue_step_task(conn, current, sid, attempt, row["idempotency_key"])
+        if unit.status not in model.ACTIVE_RUN_STATUSES or budget <= 0:
+            if unit.status in model.ACTIVE_RUN_STATUSES:  # over budget: an ordinary task
+                unit.enqueue(conn, sid, attempt)
                 tasks += 1
             continue  # paused: resume dispatches it; finished: nothing to do
         budget -= 1
-        defn = defs.get(conn, current.workflow_id, current.workflow_version)
-        view = rs.step_view(row)
-        decided = ip.begin_step(defn, rs.run_state(conn, current), view)
+        decided = ip.begin_step(defn, unit.state(conn, defn), view)
         if isinstance(decided, model.Transition):
-            tasks += rs.apply_transition(conn, current, decided, view, inline=pending)
+            tasks += unit.apply(conn, decided, view, inline=pending)
         elif decided is not None:  # needs an executor after all
-            rs.enqueue_step_task(conn, current, sid, attempt, row["idempotency_key"])
+            unit.enqueue(conn, sid, attempt)
             tasks += 1
+    unit.flush(conn)
     return tasks

@@ -31,6 +31,7 @@ import aiosqlite
 from station_wf.deferral import MAX_DEFERRALS, Deferred, TooManyDeferrals, TxScope, pinned_now
 from station_wf.errors import ServiceError
 from station_wf.faults import fault_error
+from station_wf.store import run_cache
 from station_wf.store.storage_errors import as_storage_error, injected_ioerr, is_fatal, is_storage_error
 
 log = logging.getLogger(__name__)
@@ -307,6 +308,7 @@ class SqliteWriter:
         lost: list[_Rider] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            run_cache.begin_group()  # decoded run state staged by the group's transactions (published on COMMIT)
             for key, rider in riders:
                 if not self._run_rider(conn, key, rider):
                     lost.append(rider)
@@ -317,8 +319,10 @@ class SqliteWriter:
                 raise injected_ioerr("writer.commit")
             conn.execute("COMMIT")
         except BaseException as exc:  # noqa: BLE001 - SQLite undid the group; everyone hears it
+            run_cache.discard()
             self._group_broken(conn, exc, batch, riders)
             return
+        run_cache.publish()
         self.commits += 1
         self.transactions += len(results)
         self._failures_in_row = 0
@@ -345,11 +349,13 @@ class SqliteWriter:
 
     def _run_one(self, conn: sqlite3.Connection, fn: Callable, fut: Future) -> tuple[Future, bool, Any]:
         conn.execute("SAVEPOINT tx")
+        mark = run_cache.checkpoint()
         try:
             value = fn(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             if not conn.in_transaction:  # SQLite rolled back the whole group, not just this savepoint
                 raise _GroupBroken(str(exc)) from exc
+            run_cache.rollback_to(mark)  # what the attempt staged is not true (a Deferred re-runs it)
             conn.execute("ROLLBACK TO tx")
             conn.execute("RELEASE tx")
             return fut, False, as_storage_error(exc) if is_storage_error(exc) else exc

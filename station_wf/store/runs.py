@@ -7,27 +7,26 @@ with the outbox they are what makes invariants 1, 2 and 7 hold.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from station_wf.core import interpreter as ip
 from station_wf.core import limits, model
-from station_wf.core.identity import idempotency_key
-from station_wf.deferral import after_commit
 from station_wf.protocol import run_task, step_task
-from station_wf.store import approvals, outbox, timers
+from station_wf.store import approvals, outbox, run_cache, timers
 from station_wf.store import vocab as v
 from station_wf.store.db import SqliteReaders, utcnow
 from station_wf.store.jsontext import dumps
-from station_wf.telemetry.metrics import runs_finished_total
+from station_wf.store.run_unit import RunUnit, load_state, step_view
 
 
 @dataclass(frozen=True)
 class RunRow:
+    """A run as one transaction read it. `context` and `engine` may be shared with the writer's cache
+    (store/run_cache.py): read them, never write into them."""
+
     run_id: str
     workflow_id: str
     workflow_version: int
@@ -35,17 +34,19 @@ class RunRow:
     context: dict[str, Any]
     engine: dict[str, Any]
     traceparent: str | None
+    version: int = -1
 
 
 def load_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
     row = conn.execute(
-        "SELECT run_id, workflow_id, workflow_version, status, context, engine_state, traceparent FROM workflow_runs WHERE run_id = ?",
+        "SELECT run_id, workflow_id, workflow_version, status, version, traceparent FROM workflow_runs WHERE run_id = ?",
         (run_id,),
     ).fetchone()
     if row is None:
         return None
+    state = load_state(conn, run_id, row["version"])
     return RunRow(row["run_id"], row["workflow_id"], row["workflow_version"], row["status"],
-                  json.loads(row["context"]), json.loads(row["engine_state"]), row["traceparent"])
+                  state.context, state.engine, row["traceparent"], row["version"])
 
 
 def open_steps(conn: sqlite3.Connection, run_id: str) -> tuple[model.StepView, ...]:
@@ -105,113 +106,19 @@ def insert_run(
     enqueue_run_task(conn, run_id, traceparent)
 
 
-def _insert_step(conn: sqlite3.Connection, run: RunRow, new: model.NewStep, now: str) -> tuple[int, str]:
-    """Insert the step's next attempt; a state visited again (a loop) continues the attempt count."""
-    row = conn.execute(
-        "SELECT MAX(attempt) FROM workflow_run_steps WHERE run_id = ? AND step_id = ?", (run.run_id, new.step_id)
-    ).fetchone()
-    attempt = new.attempt if row[0] is None else max(new.attempt, row[0] + 1)
-    key = idempotency_key(run.run_id, new.step_id, attempt)
-    conn.execute(
-        """INSERT INTO workflow_run_steps (run_id, step_id, state_name, state_type, branch_path, foreach_index,
-               attempt, try_number, status, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'PENDING', ?, ?)""",
-        (run.run_id, new.step_id, new.state_name, new.state_type, new.branch_path, new.foreach_index, attempt, new.attempt,
-         key, now),
-    )
-    return attempt, key
-
-
-_OPEN_GUARD = f" AND status IN {v.OPEN_STEPS}"
-
-
 def apply_transition(conn: sqlite3.Connection, run: RunRow, t: model.Transition, step: model.StepView | None = None,
                      inline: list[tuple[str, int]] | None = None, *, checked: bool = True) -> int:
     """Commit one transition: steps, run, context, engine state, events, new steps with their tasks or
     timers, and timers. Returns the number of tasks enqueued. With an `inline` list, new steps that
     need no executor are put there (to be decided in this same transaction) instead of getting a task.
     A transition that would take the run past a cap (core/limits.py) is replaced by one that fails
-    the run naming the cap; `step` is the attempt that caused it (it fails with the cap's error)."""
-    now = utcnow()
-    context_json = None if t.context is None else dumps(t.context)
-    engine_json = None if t.engine is None else dumps(t.engine)
-    if checked:
-        steps, events = run_counts(conn, run.run_id)
-        error = limits.exceeded(steps, events, len(t.new_steps), len(t.events) + len(t.new_steps),
-                                max(len(context_json or ""), len(engine_json or "")))
-        if error is not None:
-            return apply_transition(conn, run, ip.limit_exceeded(run_state(conn, run), step, error), step, checked=False)
-    for u in t.step_updates:
-        done = u.status not in model.OPEN_STEP_STATUSES
-        guard = _OPEN_GUARD if u.only_if_open else ""
-        conn.execute(
-            f"""UPDATE workflow_run_steps SET status = ?, output = COALESCE(?, output), error = COALESCE(?, error),
-                   input = COALESCE(?, input), started_at = COALESCE(started_at, ?),
-                   completed_at = CASE WHEN ? THEN ? ELSE completed_at END
-               WHERE run_id = ? AND step_id = ? AND attempt = ?{guard}""",
-            (u.status, None if u.output is None else dumps(u.output), None if u.error is None else dumps(u.error),
-             None if u.input is None else dumps(u.input), now, done, now, run.run_id, u.step_id, u.attempt),
-        )
-    sets, params = ["version = version + 1", "updated_at = ?"], [now]
-    if t.new_steps:
-        sets.append(f"step_count = step_count + {len(t.new_steps)}")
-    if context_json is not None:
-        sets.append("context = ?")
-        params.append(context_json)
-    if engine_json is not None:
-        sets.append("engine_state = ?")
-        params.append(engine_json)
-    if t.run_status is not None:
-        sets.append("status = ?")
-        params.append(t.run_status)
-        if t.run_status == model.RUNNING:
-            sets.append("started_at = COALESCE(started_at, ?)")
-            params.append(now)
-        if t.run_status in model.TERMINAL_RUN_STATUSES:
-            sets.append("completed_at = ?")
-            params.append(now)
-    if t.run_error is not None:
-        sets.append("error = ?")
-        params.append(dumps(t.run_error))
-    conn.execute(f"UPDATE workflow_runs SET {', '.join(sets)} WHERE run_id = ?", (*params, run.run_id))
-    for event in t.events:
-        append_event(conn, run.run_id, event.type, event.payload, event.step_id, now=now)
-    tasks = 0
-    for new in t.new_steps:
-        attempt, key = _insert_step(conn, run, new, now)
-        append_event(
-            conn, run.run_id, "step.scheduled",
-            {"stateName": new.state_name, "stateType": new.state_type, "branchPath": new.branch_path,
-             "foreachIndex": new.foreach_index, "attempt": attempt, "delaySeconds": new.delay_seconds or None},
-            new.step_id, now=now,
-        )
-        if new.delay_seconds > 0:
-            timers.add(conn, run.run_id, "retry", new.delay_seconds, new.step_id, attempt)
-        elif inline is not None and new.inline:
-            inline.append((new.step_id, attempt))
-        else:
-            enqueue_step_task(conn, run, new.step_id, attempt, key)
-            tasks += 1
-    for timer in t.timers:
-        timers.add(conn, run.run_id, timer.kind, timer.delay_seconds, timer.step_id, timer.attempt, timer.payload)
-    for a in t.approvals:
-        approvals.insert(conn, a, run.run_id, run.workflow_id, now)
-    for signal_id, consumer in t.consumed_signals:
-        approvals.consume_signal(conn, signal_id, consumer, now)
-    final = t.run_status if t.run_status is not None else run.status
-    if t.run_status in model.TERMINAL_RUN_STATUSES:
-        after_commit(functools.partial(runs_finished_total.inc, workflow=run.workflow_id, status=t.run_status))
-    if final in model.TERMINAL_RUN_STATUSES:
-        timers.close_for_run(conn, run.run_id, now)
-        approvals.close_pending(conn, run.run_id, now)
-    elif final in model.ACTIVE_RUN_STATUSES:
-        statuses = [r[0] for r in conn.execute(
-            f"SELECT status FROM workflow_run_steps WHERE run_id = ? AND status IN {v.OPEN_STEPS}"
-            f" AND NOT (status = 'RUNNING' AND state_type IN {v.CONTAINERS})",
-            (run.run_id,),
-        )]
-        derived = model.derive_status(statuses)
-        if derived != final:
-            conn.execute("UPDATE workflow_runs SET status = ? WHERE run_id = ?", (derived, run.run_id))
+    the run naming the cap; `step` is the attempt that caused it (it fails with the cap's error).
+    A chain of transitions of one run uses a `RunUnit` directly (engine/commit.py): one load, one flush."""
+    unit = RunUnit.load(conn, run)
+    if unit is None:
+        return 0
+    tasks = unit.apply(conn, t, step, inline, checked=checked)
+    unit.flush(conn)
     return tasks
 
 
@@ -219,11 +126,6 @@ def load_step(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) ->
     return conn.execute(
         "SELECT * FROM workflow_run_steps WHERE run_id = ? AND step_id = ? AND attempt = ?", (run_id, step, attempt)
     ).fetchone()
-
-
-def step_view(row: sqlite3.Row) -> model.StepView:
-    return model.StepView(row["step_id"], row["state_name"], row["attempt"], row["branch_path"], row["foreach_index"],
-                       row["status"], row["state_type"], row["try_number"] or 0, row["result"] is not None)
 
 
 def mark_running(conn: sqlite3.Connection, run: RunRow, row: sqlite3.Row, executor: str, rendered: dict[str, Any],
@@ -353,9 +255,11 @@ async def count_unfinished_by_status(readers: SqliteReaders) -> dict[str, int]:
 def savepoint(conn: sqlite3.Connection, name: str) -> Iterator[None]:
     """A nested savepoint inside the writer's transaction: undo one attempt at a change and try another."""
     conn.execute(f"SAVEPOINT {name}")
+    mark = run_cache.checkpoint()
     try:
         yield
     except BaseException:
+        run_cache.rollback_to(mark)  # decoded state staged inside is undone with it
         conn.execute(f"ROLLBACK TO {name}")
         conn.execute(f"RELEASE {name}")
         raise
