@@ -66,10 +66,12 @@ def enter_container(defn: dict[str, Any], run: RunState, engine: dict[str, Any],
             return fail_now(defn, run, engine, step, {"type": "foreach", "message": f"state {state['name']!r}: itemsPath {state['itemsPath']!r} is {type(items).__name__}, not a list"}, t)
         if not items:
             return succeed(defn, run, engine, step, [], t=t)
-        record.update({"items": items, "next": 0, "total": len(items)})  # shared: never written in place
+        # The items stay where they live (read again by `_items`): copying them into the engine state
+        # made every transition of a foreach write them all again.
+        record.update({"next": 0, "total": len(items), "doneCount": 0, "results": {}})
         engine["containers"][step.step_id] = record
         for _ in range(min(int(state.get("maxConcurrency") or 1), len(items))):
-            _next_iteration(defn, run, engine, t, record, state)
+            _next_iteration(defn, run, engine, t, record, state, items)
         return t
     # try
     record["phase"] = "try"
@@ -90,10 +92,24 @@ def _open_scope(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: 
     t.new_steps.append(new_step(run.run_id, scopes.scope_states(defn, path)[start], path))
 
 
-def _next_iteration(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], state: dict[str, Any]) -> None:
+def _items(run: RunState, engine: dict[str, Any], record: dict[str, Any], state: dict[str, Any]) -> list[Any]:
+    """A foreach's items, read again from where they live. Sound because nothing writes the scopes a
+    running foreach reads from: its iterations write their own scopes, and every step that could write
+    an enclosing one runs before or after it (a record written before this change carries `items`)."""
+    if "items" in record:
+        return record["items"]
+    items = get_path(scopes.names_for(run, engine, record["path"]), state["itemsPath"])
+    if not isinstance(items, list) or len(items) != record["total"]:
+        raise PathError(f"state {state['name']!r}: itemsPath {state['itemsPath']!r} changed while the foreach ran")
+    return items
+
+
+def _next_iteration(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any],
+                    state: dict[str, Any], items: list[Any] | None = None) -> None:
     i = record["next"]
     record["next"] = i + 1
-    variables = {state.get("itemName") or "item": record["items"][i], "_index": i, "_total": record["total"]}
+    items = items if items is not None else _items(run, engine, record, state)
+    variables = {state.get("itemName") or "item": items[i], "_index": i, "_total": record["total"]}
     _open_scope(defn, run, engine, t, record, f"{state['name']}[{i}]", "iteration", variables)
 
 
@@ -169,8 +185,11 @@ def _scope_finished(defn: dict[str, Any], run: RunState, engine: dict[str, Any],
     if record.get("closed") or scope["status"] != RUNNING:
         return
     scope["status"] = SUCCEEDED
-    record["done"].append(path)
     container = scopes.scope_states(defn, record["path"])[record["state"]]
+    if record["kind"] == "foreach" and "doneCount" in record:
+        _iteration_done(defn, run, engine, t, record, container, path, scope)
+        return
+    record["done"].append(path)
     if record["kind"] == "parallel":
         if len(record["done"]) >= _needed(container):
             _cancel_children(run, engine, t, record, "join satisfied")
@@ -198,6 +217,34 @@ def _scope_finished(defn: dict[str, Any], run: RunState, engine: dict[str, Any],
         _try_section_done(defn, run, engine, t, record, container, error=None)
 
 
+def _iteration_done(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any],
+                    container: dict[str, Any], path: str, scope: dict[str, Any]) -> None:
+    """An iteration succeeded: its result is kept by index and its scope (with everything nested in
+    it) is pruned, so a foreach's engine state holds only its live iterations and their results."""
+    index = scopes.innermost_index(path)
+    value = station_flow.scope_output(scope) if station_flow.is_station(defn) else scope["data"]
+    record["results"] = {**record["results"], str(index): value}  # a new dict: the old one may be shared
+    record["doneCount"] += 1
+    record["children"] = [c for c in record["children"] if c != path]
+    _prune(engine, path)
+    if record["next"] < record["total"]:
+        _next_iteration(defn, run, engine, t, record, container)
+    elif record["doneCount"] == record["total"]:
+        outputs = [record["results"][str(i)] for i in range(record["total"])]
+        if station_flow.is_station(defn):
+            outputs = station_flow.aggregate_foreach(container, _items(run, engine, record, container), outputs)
+        _container_done(defn, run, engine, t, record, outputs)
+
+
+def _prune(engine: dict[str, Any], path: str) -> None:
+    """Drop a closed scope and every scope and container nested in it (none of their steps is open)."""
+    prefix = path + "/"
+    for p in [p for p in engine["scopes"] if p == path or p.startswith(prefix)]:
+        del engine["scopes"][p]
+    for sid in [sid for sid, r in engine["containers"].items() if r["path"] == path or r["path"].startswith(prefix)]:
+        del engine["containers"][sid]
+
+
 def _needed(container: dict[str, Any]) -> int:
     join = container.get("join") or {"mode": "all"}
     if join.get("mode") == "any":
@@ -214,7 +261,17 @@ def _container_step(record: dict[str, Any]) -> StepView:
 
 def _container_done(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], output: Any) -> None:
     record["closed"] = True
+    _close_foreach(engine, record)
     succeed(defn, run, engine, _container_step(record), output, t=t)
+
+
+def _close_foreach(engine: dict[str, Any], record: dict[str, Any]) -> None:
+    """A closed foreach keeps none of its iterations: their results are in its output now."""
+    if record["kind"] == "foreach" and "doneCount" in record:
+        for child in record["children"]:
+            _prune(engine, child)
+        record["children"] = []
+        record["results"] = {}
 
 
 def _try_section_done(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any],
@@ -296,6 +353,7 @@ def _scope_failed(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t
 
 def _container_failed(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], error: dict[str, Any]) -> None:
     record["closed"] = True
+    _close_foreach(engine, record)
     step = _container_step(record)
     t.step_updates.append(StepUpdate(step.step_id, step.attempt, FAILED, error=error))
     t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": False}, step.step_id))
