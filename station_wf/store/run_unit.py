@@ -67,6 +67,23 @@ def load_state(conn: sqlite3.Connection, run_id: str, version: int) -> run_cache
     return entry
 
 
+def _context_bound(size: int, t: model.Transition, payloads: list[str]) -> int | None:
+    """An upper bound of the context's JSON size after `t`, without encoding it (None: none known).
+
+    The interpreter changes the context only by writes it reports in `step.succeeded` events (a value
+    at a path, `write`); each adds at most its value's text (inside the event's payload text), its
+    path's keys and the punctuation of the objects made on the way. The cap is checked against this
+    bound and the exact size is computed only when the bound reaches it, so a chain of inline steps
+    over a large context encodes it once, at flush, not once per step."""
+    grown = 0
+    for event, text in zip(t.events, payloads, strict=True):
+        write = event.payload.get("write") if event.type == "step.succeeded" else None
+        if isinstance(write, dict) and write.get("scope") == "":
+            paths = [write.get("path") or ""] + [p for p, _ in write.get("also", ())]
+            grown += len(text) + sum(8 * len(str(p)) + 16 for p in paths)
+    return size + grown if grown else None
+
+
 _signal_memo: dict[tuple[str, int], bool] = {}
 
 
@@ -136,15 +153,20 @@ class RunUnit:
               inline: list[tuple[str, int]] | None = None, *, checked: bool = True) -> int:
         """One transition onto the unit (see `store.runs.apply_transition`); returns the tasks enqueued."""
         now = utcnow()
-        context_json = self.context_json
+        payloads = [dumps(e.payload) for e in t.events]  # encoded once: the row's text and the size bound
+        context_json, context_size = self.context_json, self.context_size
         if t.context is not None and (t.context is not self.context or context_json is None):
-            context_json = dumps(t.context)
+            context_size = _context_bound(self.context_size, t, payloads)
+            context_json = None
+            if context_size is None or context_size > limits.LIMITS.max_context_bytes:
+                context_json = dumps(t.context)  # the exact size decides (and is the text flush writes)
+                context_size = len(context_json)
         engine_json = self.engine_json
         if t.engine is not None and (t.engine is not self.engine or engine_json is None):
             engine_json = dumps(t.engine)
         if checked:
             error = limits.exceeded(self.step_count, self.event_seq, len(t.new_steps), len(t.events) + len(t.new_steps),
-                                    max(len(context_json or "") if t.context is not None else 0,
+                                    max(context_size if t.context is not None else 0,
                                         len(engine_json or "") if t.engine is not None else 0))
             if error is not None:
                 return self.apply(conn, ip.limit_exceeded(self.state(conn), step, error), step, checked=False)
@@ -153,7 +175,7 @@ class RunUnit:
             self._update_step(conn, u, now)
         if t.context is not None:
             self.context, self.context_json, self._context_changed = t.context, context_json, True
-            self.context_size = len(context_json or "")
+            self.context_size = context_size
         if t.engine is not None:
             self.engine, self.engine_json, self._engine_changed = t.engine, engine_json, True
             self.engine_size = len(engine_json or "")
@@ -168,8 +190,8 @@ class RunUnit:
                 self._sets["completed_at"] = now
         if t.run_error is not None:
             self._sets["error"] = dumps(t.run_error)
-        for event in t.events:
-            self.event(event.type, event.payload, event.step_id, now=now)
+        for event, text in zip(t.events, payloads, strict=True):
+            self.event(event.type, event.payload, event.step_id, now=now, text=text)
         tasks = 0
         for new in t.new_steps:
             attempt, key = self._insert_step(conn, new, now)
@@ -207,10 +229,11 @@ class RunUnit:
         return tasks
 
     def event(self, kind: str, payload: dict[str, Any], step: str | None = None, actor: str | None = None,
-              now: str | None = None) -> int:
+              now: str | None = None, text: str | None = None) -> int:
         """The next gap-free seq, assigned here (invariant 7: the writer owns the run row); written at flush."""
         self.event_seq += 1
-        self._events.append((self.run_id, self.event_seq, kind, step, dumps(payload), actor, now or utcnow()))
+        self._events.append((self.run_id, self.event_seq, kind, step, dumps(payload) if text is None else text, actor,
+                             now or utcnow()))
         return self.event_seq
 
     def enqueue(self, conn: sqlite3.Connection, step: str, attempt: int, key: str | None = None) -> None:
@@ -280,6 +303,9 @@ class RunUnit:
         sets = ["version = version + ?", "event_seq = ?", "step_count = ?"]
         params: list[Any] = [self.applied, self.event_seq, self.step_count]
         if self._context_changed:
+            if self.context_json is None:
+                self.context_json = dumps(self.context)
+                self.context_size = len(self.context_json)
             sets.append("context = ?")
             params.append(self.context_json)
         if self._engine_changed:
