@@ -84,6 +84,25 @@ def _context_bound(size: int, t: model.Transition, payloads: list[str]) -> int |
     return size + grown if grown else None
 
 
+def _engine_bound(size: int, old: dict[str, Any], t: model.Transition, payloads: list[str]) -> int:
+    """An upper bound of the engine state's JSON size after `t`, without encoding all of it.
+
+    What a transition adds to the engine state is either in its events (outputs written to scopes,
+    a scope's `last`, caught errors) or a new scope or container record (encoded here, one by one);
+    a finished iteration's data moves into its foreach's results as its scope is pruned. Slack per
+    event and record covers statuses, counters and the paths in a record's lists."""
+    new = t.engine or {}
+    grown = sum(len(text) + 64 for text in payloads)
+    old_scopes, old_records = old.get("scopes", {}), old.get("containers", {})
+    for path, scope in new.get("scopes", {}).items():
+        if path not in old_scopes:
+            grown += len(dumps(scope)) + 3 * len(path) + 64
+    for sid, record in new.get("containers", {}).items():
+        if sid not in old_records:
+            grown += len(dumps(record)) + 64
+    return size + grown + 64 * (len(t.new_steps) + len(t.step_updates) + 1)
+
+
 _signal_memo: dict[tuple[str, int], bool] = {}
 
 
@@ -161,13 +180,16 @@ class RunUnit:
             if context_size is None or context_size > limits.LIMITS.max_context_bytes:
                 context_json = dumps(t.context)  # the exact size decides (and is the text flush writes)
                 context_size = len(context_json)
-        engine_json = self.engine_json
+        engine_json, engine_size = self.engine_json, self.engine_size
         if t.engine is not None and (t.engine is not self.engine or engine_json is None):
-            engine_json = dumps(t.engine)
+            engine_json, engine_size = None, _engine_bound(self.engine_size, self.engine, t, payloads)
+            if engine_size > limits.LIMITS.max_context_bytes:
+                engine_json = dumps(t.engine)
+                engine_size = len(engine_json)
         if checked:
             error = limits.exceeded(self.step_count, self.event_seq, len(t.new_steps), len(t.events) + len(t.new_steps),
                                     max(context_size if t.context is not None else 0,
-                                        len(engine_json or "") if t.engine is not None else 0))
+                                        engine_size if t.engine is not None else 0))
             if error is not None:
                 return self.apply(conn, ip.limit_exceeded(self.state(conn), step, error), step, checked=False)
         self.applied += 1
@@ -178,7 +200,7 @@ class RunUnit:
             self.context_size = context_size
         if t.engine is not None:
             self.engine, self.engine_json, self._engine_changed = t.engine, engine_json, True
-            self.engine_size = len(engine_json or "")
+            self.engine_size = engine_size
         if t.new_steps:
             self.step_count += len(t.new_steps)
         if t.run_status is not None:
@@ -309,6 +331,9 @@ class RunUnit:
             sets.append("context = ?")
             params.append(self.context_json)
         if self._engine_changed:
+            if self.engine_json is None:
+                self.engine_json = dumps(self.engine)
+                self.engine_size = len(self.engine_json)
             sets.append("engine_state = ?")
             params.append(self.engine_json)
         for column, value in self._sets.items():
