@@ -53,8 +53,10 @@ def fork_engine(engine: dict[str, Any]) -> dict[str, Any]:
     """A writable engine state: its own scope and container records (and their lists); the values
     inside them are shared and are only ever replaced, never written in place."""
     out = dict(engine)
-    out["scopes"] = {path: dict(scope) for path, scope in engine.get("scopes", {}).items()}
-    out["containers"] = {sid: _fork_record(record) for sid, record in engine.get("containers", {}).items()}
+    if "scopes" in engine:
+        out["scopes"] = {path: dict(scope) for path, scope in engine["scopes"].items()}
+    if "containers" in engine:
+        out["containers"] = {sid: _fork_record(record) for sid, record in engine["containers"].items()}
     return out
 
 
