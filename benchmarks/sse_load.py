@@ -101,17 +101,20 @@ def fanout(n: int) -> dict[str, Any]:
 async def _fanout(daemon: BenchDaemon, pid: int, run_id: str, n: int, gate: GateAgent) -> dict[str, Any]:
     lat: list[float] = []
     done = 0
+    released = float("inf")
 
     def on_event(now: float, event: dict[str, Any]) -> None:
         nonlocal done
-        if gate.release.is_set():
-            lat.append(now - ts(event["time"]))
+        committed = ts(event["time"])
+        if committed >= released:  # live events only: a late connection's backfill is not fan-out latency
+            lat.append(now - committed)
         if event["type"] == "run.completed":
             done += 1
 
     clients = await open_clients("127.0.0.1", daemon.http_port, f"/api/v1/workflow-runs/{run_id}/stream", n, on_event)
     await asyncio.sleep(1.0)
     rss_before, cpu0, t0 = rss_mb(pid), cpu_seconds(pid), time.monotonic()
+    released = time.time()
     gate.release.set()
     await asyncio.wait_for(asyncio.gather(*(c.closed for c in clients)), 120)
     cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - t0
