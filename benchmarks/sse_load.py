@@ -2,6 +2,7 @@
 
     python -m benchmarks.sse_load fanout 1000   # N subscribers on one run: commit-to-client p50/p99, daemon CPU
     python -m benchmarks.sse_load idle 10000    # N idle subscribers: daemon RSS before/after, CPU while idle
+    python -m benchmarks.sse_load fanout 1000 /tmp/fan.txt   # also a raw py-spy profile of the fan-out
 
 Clients speak HTTP/1.1 on plain asyncio sockets and parse only `data:` lines; each connection is its own
 socket (mind `ulimit -n`: the daemon and this process each hold N descriptors). Prints one JSON line.
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import BenchDaemon
@@ -85,20 +89,20 @@ def _gated_daemon(n: int) -> tuple[BenchDaemon, GateAgent]:
     return daemon, gate
 
 
-def fanout(n: int) -> dict[str, Any]:
+def fanout(n: int, profile: str | None = None) -> dict[str, Any]:
     """N subscribers on one run held at its first step; release it; every later event's latency to every client."""
     daemon, gate = _gated_daemon(n)
     daemon.start()
     try:
         run_id = asyncio.run(post_runs(daemon.base, "fan", 1))[0]
         pid = daemon.procs[-1].pid
-        return asyncio.run(_fanout(daemon, pid, run_id, n, gate))
+        return asyncio.run(_fanout(daemon, pid, run_id, n, gate, profile))
     finally:
         daemon.stop()
         gate.close()
 
 
-async def _fanout(daemon: BenchDaemon, pid: int, run_id: str, n: int, gate: GateAgent) -> dict[str, Any]:
+async def _fanout(daemon: BenchDaemon, pid: int, run_id: str, n: int, gate: GateAgent, profile: str | None) -> dict[str, Any]:
     lat: list[float] = []
     done = 0
     released = float("inf")
@@ -119,11 +123,18 @@ async def _fanout(daemon: BenchDaemon, pid: int, run_id: str, n: int, gate: Gate
             done += 1
 
     clients = await open_clients("127.0.0.1", daemon.http_port, f"/api/v1/workflow-runs/{run_id}/stream", n, on_event)
+    spy = None
+    if profile:  # py-spy (pip install py-spy) samples the daemon from here to the end of the fan-out
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-o", profile,  # noqa: ASYNC220
+                                "-f", "raw", "-r", "500"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await asyncio.sleep(1.0)
     rss_before, cpu0, t0, own0 = rss_mb(pid), cpu_seconds(pid), time.monotonic(), time.process_time()
     released = time.time()
     gate.release.set()
     await asyncio.wait_for(asyncio.gather(*(c.closed for c in clients)), 120)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
     cpu, wall, own = cpu_seconds(pid) - cpu0, time.monotonic() - t0, time.process_time() - own0
     lat.sort()
     return {"scenario": f"sse-fanout-{n}", "clients": n, "completed_streams": done, "deliveries": len(lat),
@@ -167,4 +178,4 @@ async def _idle(daemon: BenchDaemon, pid: int, run_id: str, n: int, hold: float)
 
 if __name__ == "__main__":
     kind, count = sys.argv[1], int(sys.argv[2])
-    print(json.dumps(fanout(count) if kind == "fanout" else idle(count)))
+    print(json.dumps(fanout(count, *sys.argv[3:4]) if kind == "fanout" else idle(count)))
