@@ -102,6 +102,14 @@ class Subscriber:
             return False
         return self.statuses is None or event["runStatus"] in self.statuses
 
+    def wants_row(self, row: Any) -> bool:
+        """`wants` on a stored row, before its payload is decoded (a filtered backlog skips most rows)."""
+        if self.run_id is not None and row["run_id"] != self.run_id:
+            return False
+        if self.workflow_id is not None and row["workflow_id"] != self.workflow_id:
+            return False
+        return self.statuses is None or row["run_status"] in self.statuses
+
     def push(self, item: LiveEvent | bytes, size: int) -> None:
         """Append (the hub, on the loop); past a limit the subscriber is cut off and its buffer freed."""
         if self.overflowed or self.closed:
@@ -231,7 +239,7 @@ class EventHub(Loop):
             rows = await store.events_after(self.readers, after_id, BACKLOG_PAGE, until_id)
             if rows:
                 after_id = rows[-1]["id"]
-                yield [LiveEvent(e) for e in map(event_from_row, rows) if sub.wants(e)], after_id
+                yield [LiveEvent(event_from_row(row)) for row in rows if sub.wants_row(row)], after_id
             if len(rows) < BACKLOG_PAGE:
                 return
 
