@@ -18,23 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
 from station_wf.api.http import SafeJSONResponse, idempotent, parse_json
 from station_wf.api.people import decide, send_signal
 from station_wf.api.runs import started
+from station_wf.api.sse import SseOut, SseResponse
 from station_wf.api.state import ApiState
 from station_wf.errors import invalid
+from station_wf.services.events import Subscriber
 from station_wf.services.runs import TERMINAL_RUN_STATUSES
+from station_wf.services.sse_frames import sse_frame
 
 Handler = Callable[[Request, ApiState], Awaitable[Response]]
-STREAM_POLL_S = 0.25
-STREAM_MAX_S = 24 * 3600.0  # a Station-format stream is polled; it ends at the run's end or after a day
+STREAM_MAX_S = 24 * 3600.0  # a Station-format stream ends at the run's end or after a day
 
 
 async def get_approval(request: Request, state: ApiState) -> Response:
@@ -78,33 +79,53 @@ async def steps(request: Request, state: ApiState) -> Response:
 
 async def station_stream(request: Request, state: ApiState) -> Response:
     """Station's SSE: a `run_update` first and whenever the status or current step changes, a
-    `step_update` per step as it appears or changes; the stream ends when the run does."""
+    `step_update` per step as it appears or changes; the stream ends when the run does. Woken by the
+    hub when the run has new events (never polled); the frames are this stream's own (its diff)."""
     run_id = request.path_params["run_id"]
-    run = await state.runs.get(run_id)  # 404 before the stream starts
+    await state.runs.summary(run_id)  # 404 before the stream starts
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        nonlocal run
-        seen_run: tuple[Any, ...] | None = None
-        seen_steps: dict[str, tuple[Any, ...]] = {}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STREAM_MAX_S
-        while True:
-            key = (run["status"], run.get("currentStep"))
-            if key != seen_run:
-                seen_run = key
-                yield {"event": "message", "data": json.dumps({"type": "run_update", "run": _brief(run)})}
-            for step in run["steps"]:
-                ident = f"{step.get('stepId')}:{step.get('attempt')}"
-                mark = (step.get("status"), step.get("completedAt"))
-                if seen_steps.get(ident) != mark:
-                    seen_steps[ident] = mark
-                    yield {"event": "message", "data": json.dumps({"type": "step_update", "step": step})}
-            if run["status"] in TERMINAL_RUN_STATUSES or loop.time() > deadline:
-                return
-            await asyncio.sleep(STREAM_POLL_S)
+    async def produce(out: SseOut) -> None:
+        sub = Subscriber(run_id=run_id, ping=state.sse_ping)
+        out.attach(sub)
+        await state.hub.subscribe(sub)  # before the read below: no change falls between
+        try:
+            seen_run: tuple[Any, ...] | None = None
+            seen_steps: dict[str, tuple[Any, ...]] = {}
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STREAM_MAX_S
             run = await state.runs.get(run_id)
+            for _ in range(1 << 62):
+                frames: list[bytes] = []
+                key = (run["status"], run.get("currentStep"))
+                if key != seen_run:
+                    seen_run = key
+                    frames.append(_message({"type": "run_update", "run": _brief(run)}))
+                for step in run["steps"]:
+                    ident = f"{step.get('stepId')}:{step.get('attempt')}"
+                    mark = (step.get("status"), step.get("completedAt"))
+                    if seen_steps.get(ident) != mark:
+                        seen_steps[ident] = mark
+                        frames.append(_message({"type": "step_update", "step": step}))
+                if frames:
+                    await out.write(b"".join(frames))
+                if run["status"] in TERMINAL_RUN_STATUSES or loop.time() > deadline:
+                    return
+                items = await sub.take()
+                if not items:
+                    return  # cut off or closed; a Station client reconnects and gets the current state
+                pings = [item for item in items if isinstance(item, bytes)]
+                if pings:
+                    await out.write(b"".join(pings))
+                if len(pings) < len(items):
+                    run = await state.runs.get(run_id)
+        finally:
+            state.hub.unsubscribe(sub)
 
-    return EventSourceResponse(events(), ping=state.sse_ping)
+    return SseResponse(produce)
+
+
+def _message(body: dict[str, Any]) -> bytes:
+    return sse_frame("message", None, json.dumps(body).encode())
 
 
 def _brief(run: dict[str, Any]) -> dict[str, Any]:

@@ -1,99 +1,119 @@
 """Server-sent events: one run's stream and the global stream, each resumable by `Last-Event-ID`.
 
-A stream subscribes to the hub (`services/events.py`) before it replays its backlog, so nothing
-committed in between is missed; copies are dropped by id. Events have the one shape of
-`store/events.py`; a client receives `stream_view` of each.
+A stream first replays its backlog a page at a time with no subscription (a long history buffers
+nothing live, and each page is written before the next is read), then subscribes to the hub
+(`services/events.py`), reads the backlog once more up to where the hub's live fan-out begins, and
+follows live: nothing committed in between is missed, copies are dropped by id. Live frames are the
+hub's shared bytes (`LiveEvent`); a client receives `stream_view` of each event. A subscriber the hub
+cut off (it fell behind) ends its stream; the client resumes by `Last-Event-ID` with no gap.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Iterable
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
 from station_wf.api.params import last_event_id
+from station_wf.api.sse import SseOut, SseResponse
 from station_wf.api.state import ApiState
 from station_wf.api.station_routes import station_stream
-from station_wf.services.events import TERMINAL_EVENTS, Subscriber, stream_view
+from station_wf.services.events import LiveEvent, Subscriber
 from station_wf.services.runs import TERMINAL_RUN_STATUSES
-from station_wf.services.storable import dumps_safe
 
 
-def _sse(event: dict[str, Any], ident: int) -> dict[str, Any]:
-    return {"event": event["type"], "id": str(ident), "data": dumps_safe(stream_view(event))}
-
-
-async def _follow(sub: Subscriber) -> AsyncIterator[dict[str, Any]]:
-    """Queue events until the hub drops us (we fell behind): the client then resumes by Last-Event-ID."""
-    while True:
-        try:
-            event = await asyncio.wait_for(sub.queue.get(), 1.0)
-        except TimeoutError:
-            if sub.overflowed:
-                return
+async def _write(out: SseOut, items: Iterable[LiveEvent | bytes], last: int, by_seq: bool) -> tuple[int, bool]:
+    """Write the items after `last` (by seq for a run's stream, by id for the global one) in one send;
+    returns the new `last` and whether a run's terminal event was written (its stream ends there)."""
+    chunks: list[bytes] = []
+    ended = False
+    for item in items:
+        if isinstance(item, bytes):  # a ping
+            chunks.append(item)
             continue
-        if event is None:
+        ident = item.seq if by_seq else item.id
+        if ident <= last:
+            continue
+        chunks.append(item.run_frame if by_seq else item.global_frame)
+        last = ident
+        if by_seq and item.terminal:
+            ended = True
+            break
+    if chunks:
+        await out.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+    return last, ended
+
+
+async def _follow(out: SseOut, sub: Subscriber, last: int, by_seq: bool) -> None:
+    """Live: sleep until the hub appends, write, again; ends when cut off, closed or the run ended."""
+    for _ in range(1 << 62):
+        items = await sub.take()
+        if not items:
             return
-        yield event
+        last, ended = await _write(out, items, last, by_seq)
+        if ended:
+            return
 
 
 async def run_stream(request: Request, state: ApiState) -> Response:
     if request.query_params.get("format") == "station":
         return await station_stream(request, state)
     run_id = request.path_params["run_id"]
-    last = last_event_id(request)
+    start = last_event_id(request)
     run = await state.runs.summary(run_id)  # 404 before the stream starts; no step rows needed
-    sub = await state.hub.subscribe(Subscriber(run_id=run_id))  # before the backfill: nothing falls between
+    hub = state.hub
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        nonlocal last
+    async def produce(out: SseOut) -> None:
+        last, sent = start, 0
+        async for page in hub.run_backlog(run_id, last):
+            last, ended = await _write(out, page, last, by_seq=True)
+            sent += len(page)
+            if ended:
+                return
+        sub = Subscriber(run_id=run_id, ping=state.sse_ping)
+        out.attach(sub)
+        await hub.subscribe(sub)
         try:
-            sent = 0
-            async for event in state.hub.run_backlog(run_id, last):
-                yield _sse(event, event["seq"])
-                last, sent = event["seq"], sent + 1
-                if event["type"] in TERMINAL_EVENTS:
+            async for page in hub.run_backlog(run_id, last):  # what committed before the subscription took
+                last, ended = await _write(out, page, last, by_seq=True)
+                sent += len(page)
+                if ended:
                     return
             if not sent and run["status"] in TERMINAL_RUN_STATUSES and last >= run["lastEventSeq"]:
                 return
-            async for event in _follow(sub):
-                if event["seq"] <= last:
-                    continue
-                yield _sse(event, event["seq"])
-                last = event["seq"]
-                if event["type"] in TERMINAL_EVENTS:
-                    return
+            await _follow(out, sub, last, by_seq=True)
         finally:
-            state.hub.unsubscribe(sub)
+            hub.unsubscribe(sub)
 
-    return EventSourceResponse(events(), ping=state.sse_ping)
+    return SseResponse(produce)
 
 
 async def global_stream(request: Request, state: ApiState) -> Response:
     q = request.query_params
     statuses = frozenset(s.strip().upper() for s in q.get("status", "").split(",") if s.strip()) or None
-    last = last_event_id(request)
-    sub = await state.hub.subscribe(Subscriber(workflow_id=q.get("workflowId") or None, statuses=statuses))
-    live_from = state.hub.cursor  # everything after it reaches the queue; the backlog pages up to it
+    start = last_event_id(request)
+    workflow_id = q.get("workflowId") or None
+    hub = state.hub
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        nonlocal last
+    async def produce(out: SseOut) -> None:
+        last = start
+        sub = Subscriber(workflow_id=workflow_id, statuses=statuses, ping=state.sse_ping)
+        if last:
+            async for page, read_to in hub.global_backlog(last, sub):
+                last, _ = await _write(out, page, last, by_seq=False)
+                last = max(last, read_to)
+        out.attach(sub)
+        await hub.subscribe(sub)
+        live_from = hub.cursor  # every later event reaches the subscriber; the backlog pages up to it
         try:
             if last:
-                async for event in state.hub.global_backlog(last, sub, live_from):
-                    yield _sse(event, event["id"])
-                    last = event["id"]
+                async for page, read_to in hub.global_backlog(last, sub, live_from):
+                    last, _ = await _write(out, page, last, by_seq=False)
+                    last = max(last, read_to)
                 last = max(last, live_from)
-            async for event in _follow(sub):
-                if event["id"] <= last:
-                    continue
-                yield _sse(event, event["id"])
-                last = event["id"]
+            await _follow(out, sub, last, by_seq=False)
         finally:
-            state.hub.unsubscribe(sub)
+            hub.unsubscribe(sub)
 
-    return EventSourceResponse(events(), ping=state.sse_ping)
+    return SseResponse(produce)
