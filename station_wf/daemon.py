@@ -315,6 +315,7 @@ class Daemon:
         self._stop.set()
         if self.server is not None:
             self.server.should_exit = True
+            self.hub.close()  # open streams end now, not after uvicorn's graceful timeout
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["api"], 10)
         for name in ("reconciler", "timers", "schedules", "retention", "idempotency-purge"):
