@@ -197,9 +197,13 @@ _HEADER_VALUE_BREAKS = str.maketrans({"\r": " ", "\n": " "})
 def header_block(msg_id: str, headers: Mapping[str, str] | None = None) -> bytes:
     """The header section of an HPUB (`NATS/1.0`, `Nats-Msg-Id` first, then `headers`), built once per
     message. Values are stripped and line breaks become spaces, as nats-py does; keys are ours (constants)."""
-    parts = ["NATS/1.0\r\n", MSG_ID_HEADER, ": ", msg_id.strip().translate(_HEADER_VALUE_BREAKS), "\r\n"]
+    text = f"NATS/1.0\r\n{MSG_ID_HEADER}: {_header_value(msg_id)}\r\n"
     if headers:
-        for key, value in headers.items():
-            parts += (key, ": ", str(value).strip().translate(_HEADER_VALUE_BREAKS), "\r\n")
-    parts.append("\r\n")
-    return "".join(parts).encode()
+        text += "".join(f"{key}: {_header_value(str(value))}\r\n" for key, value in headers.items())
+    return (text + "\r\n").encode()
+
+
+def _header_value(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        value = value.translate(_HEADER_VALUE_BREAKS)
+    return value.strip()

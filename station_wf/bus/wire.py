@@ -93,18 +93,19 @@ def _raw_ok(nc: Client) -> bool:
     return nc.is_connected and not nc.is_draining_pubs and hasattr(nc, "_send_command") and hasattr(nc, "_flush_pending")
 
 
-async def send(nc: Client, subject: str, reply: str, header: bytes, payload: bytes) -> None:
-    """Queue one HPUB on the connection (flushed by `flush`); raises what `nc.publish` would."""
+async def send(nc: Client, subject: str, reply: str, header: bytes, payload: bytes, raw: bool | None = None) -> None:
+    """Queue one HPUB on the connection (flushed by `flush`); raises what `nc.publish` would. `raw`:
+    the caller's `_raw_ok(nc)` of this window (None: ask)."""
     if nc.is_closed:
         raise ConnectionClosedError
     if not subject or _UNSAFE_SUBJECT.search(subject):
         raise BadSubjectError
-    if len(header) + len(payload) > nc.max_payload:
+    size = len(header) + len(payload)
+    if size > nc.max_payload:
         raise MaxPayloadError
-    if not _raw_ok(nc):
+    if not (_raw_ok(nc) if raw is None else raw and nc.is_connected):
         await nc.publish(subject, payload, reply=reply, headers=headers_of(header))
         return
-    size = len(header) + len(payload)
     cmd = b"".join((f"HPUB {subject} {reply} {len(header)} {size}\r\n".encode(), header, payload, b"\r\n"))
     nc.stats["out_msgs"] += 1
     nc.stats["out_bytes"] += len(payload)
@@ -145,6 +146,7 @@ async def publish_window(nc: Client, router: AckRouter, items: list[Wire], start
                 done.set_result(None)
         return handle
 
+    raw = _raw_ok(nc)
     try:
         for i in range(start, end):
             subject, header, payload = items[i]
@@ -152,7 +154,7 @@ async def publish_window(nc: Client, router: AckRouter, items: list[Wire], start
             router.expect(token, on_ack(i, token))
             waiting[token] = i
             try:
-                await send(nc, subject, f"{prefix}{token}", header, payload)
+                await send(nc, subject, f"{prefix}{token}", header, payload, raw)
             except Exception as exc:  # noqa: BLE001 - this message failed; the others may not have
                 waiting.pop(token, None)
                 router.forget(token)
