@@ -103,6 +103,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("approval_webhook_backoff_seconds", "STATION_APPROVAL_WEBHOOK_BACKOFF_SECONDS", float, "first retry delay (doubles per attempt, at most 300 s)"),
     Option("approval_webhook_timeout_seconds", "STATION_APPROVAL_WEBHOOK_TIMEOUT_SECONDS", float, "time bound of one delivery"),
     Option("public_url", "STATION_PUBLIC_URL", _opt_str, "base URL of approve/reject links (default: http://<STATION_HTTP_ADDR>)"),
+    # -- the event loop and the NATS side (issue 14) --
+    Option("event_loop", "STATION_EVENT_LOOP", str, "uvloop (libuv, faster) or asyncio (the standard library's loop)"),
+    Option("event_mirror", "STATION_EVENT_MIRROR", _bool,
+           "mirror the event log to JetStream WORKFLOW_EVENTS for external subscribers (off: the API and SSE still serve every event)"),
 )
 
 
@@ -161,6 +165,9 @@ class Settings:
     approval_webhook_backoff_seconds: float = 2.0
     approval_webhook_timeout_seconds: float = 10.0
     public_url: str | None = None
+    # -- the event loop and the NATS side (issue 14) --
+    event_loop: str = "uvloop"
+    event_mirror: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -192,6 +199,8 @@ class Settings:
         if self.agent_max_response_bytes < 1 or self.agent_connect_timeout_seconds <= 0 or self.agent_read_timeout_seconds <= 0:
             raise ValueError("STATION_AGENT_MAX_RESPONSE_BYTES and STATION_AGENT_*_TIMEOUT_SECONDS must be > 0")
         self.database_path  # noqa: B018 - raises on a bad URL
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise ValueError(f"STATION_EVENT_LOOP must be uvloop or asyncio, got {self.event_loop!r}")
         for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")

@@ -184,7 +184,9 @@ class Daemon:
         sandbox.install(self.sandbox)  # from here on no expression runs on the writer thread
 
         self.relay = OutboxRelay(self.writer, self.readers, self.bus)
-        self.event_relay = EventRelay(self.writer, self.readers, self.bus)
+        # Nothing in the daemon reads WORKFLOW_EVENTS (the API and SSE read SQLite): the mirror is for
+        # external subscribers, and STATION_EVENT_MIRROR=off spares its cost when there are none.
+        self.event_relay = EventRelay(self.writer, self.readers, self.bus) if s.event_mirror else None
         await self.relay.drain()  # whatever a crash left between commit and publish goes out first
         self.worker = TaskWorker(self.writer, self.bus, self.registry, self.definitions, self._kick_relays,
                                  concurrency=s.worker_concurrency, ack_wait=s.ack_wait_seconds)
@@ -198,7 +200,8 @@ class Daemon:
 
         self.bus.on_reconnect = on_reconnect
         self._start_loop(self.relay)
-        self._start_loop(self.event_relay)
+        if self.event_relay is not None:
+            self._start_loop(self.event_relay)
         self._spawn("worker", self.worker.run())
         self._start_loop(self.reconciler)
         self._start_loop(self.timers)

@@ -4,7 +4,11 @@ and the event envelope.
 Pure on purpose (the sans-IO idea of nats.py's `protocol/`): the store writes outbox rows with
 `encode_task`, the reconciler re-publishes with it, the worker reads tasks with `decode_task`, and the
 event relay publishes with `encode_event`, so a change of the wire form is one edit here, tested
-without a server (`tests/test_protocol.py`). It imports nothing of the project.
+without a server (`tests/test_protocol.py`). It imports nothing of the project but the JSON text
+helper (`store/jsontext.py`, itself pure).
+
+The relays publish precomputed header blocks (`header_block`): the NATS header section is built once
+per message from its message id and stored headers, not by nats-py from a dict per publish.
 
 Message ids are what JetStream de-duplicates on (`Nats-Msg-Id`): a task's id is derived from its
 identity (`step:<idempotency key>`, `run:<run id>:start`), and a deliberate re-dispatch (resume, a
@@ -17,6 +21,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
+
+import msgspec
+
+from station_wf.store.jsontext import dumps_bytes, loads
 
 TASK_PREFIX = "wf.task."
 EVENT_PREFIX = "wf.event."
@@ -71,7 +79,7 @@ class Envelope:
 
     @property
     def body(self) -> bytes:
-        return json.dumps(self.payload).encode()
+        return dumps_bytes(self.payload)
 
 
 def step_task(run_id: str, step_id: str, attempt: int, key: str, traceparent: str | None = None,
@@ -112,7 +120,7 @@ def encode_task(task: Task) -> Envelope:
 def decode_task(subject: str, data: bytes | str, headers: Mapping[str, str] | None = None) -> Task:
     """The task a message carries; `MalformedTask` for anything else (the worker terminates those)."""
     try:
-        body = json.loads(data)
+        body = loads(data)
         if not isinstance(body, dict):
             raise TypeError(f"payload is {type(body).__name__}, not an object")
         hdrs = headers or {}
@@ -149,7 +157,7 @@ def event_msg_id(run_id: str, seq: int) -> str:
 def event_body(row: Mapping[str, Any]) -> dict[str, Any]:
     """The one event shape on the wire (`row` is an event-log row; `payload` is its JSON text)."""
     return {"runId": row["run_id"], "seq": row["seq"], "type": row["type"], "stepId": row["step_id"],
-            "payload": json.loads(row["payload"]), "actor": row["actor"], "time": row["created_at"]}
+            "payload": loads(row["payload"]), "actor": row["actor"], "time": row["created_at"]}
 
 
 def _event_head(row: Mapping[str, Any]) -> str:
@@ -161,14 +169,41 @@ def _event_tail(row: Mapping[str, Any]) -> str:
     return f'"actor":{json.dumps(row["actor"])},"time":{json.dumps(row["created_at"])}'
 
 
+_encode = msgspec.json.Encoder().encode
+
+
 def encode_event(row: Mapping[str, Any]) -> tuple[str, bytes, str]:
     """(subject, body, message id) of an event-log row. The payload is already JSON text in SQLite: it is
-    spliced in rather than parsed and re-encoded (the relay's hot path); the result equals `event_body`."""
-    body = f'{{{_event_head(row)},"payload":{row["payload"]},{_event_tail(row)}}}'
-    return event_subject(row["run_id"], row["step_id"]), body.encode(), event_msg_id(row["run_id"], row["seq"])
+    spliced in rather than parsed and re-encoded (the relay's hot path, one C call); the result equals
+    `event_body`."""
+    try:
+        body = _encode({"runId": row["run_id"], "seq": row["seq"], "type": row["type"], "stepId": row["step_id"],
+                        "payload": msgspec.Raw(row["payload"]), "actor": row["actor"], "time": row["created_at"]})
+    except (TypeError, ValueError):  # not what SQLite hands back (a str subclass, a lone surrogate)
+        body = f'{{{_event_head(row)},"payload":{row["payload"]},{_event_tail(row)}}}'.encode()
+    return event_subject(row["run_id"], row["step_id"]), body, event_msg_id(row["run_id"], row["seq"])
 
 
 def encode_event_stub(row: Mapping[str, Any], size: int) -> tuple[str, bytes, str]:
     """The stand-in for an event over the server's max_payload: `truncated: true` and its size."""
     body = f'{{{_event_head(row)},"truncated":true,"bytes":{size},{_event_tail(row)}}}'
     return event_subject(row["run_id"], row["step_id"]), body.encode(), event_msg_id(row["run_id"], row["seq"])
+
+
+# -- the NATS header section ----------------------------------------------------------------------
+_HEADER_VALUE_BREAKS = str.maketrans({"\r": " ", "\n": " "})
+
+
+def header_block(msg_id: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """The header section of an HPUB (`NATS/1.0`, `Nats-Msg-Id` first, then `headers`), built once per
+    message. Values are stripped and line breaks become spaces, as nats-py does; keys are ours (constants)."""
+    text = f"NATS/1.0\r\n{MSG_ID_HEADER}: {_header_value(msg_id)}\r\n"
+    if headers:
+        text += "".join(f"{key}: {_header_value(str(value))}\r\n" for key, value in headers.items())
+    return (text + "\r\n").encode()
+
+
+def _header_value(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        value = value.translate(_HEADER_VALUE_BREAKS)
+    return value.strip()

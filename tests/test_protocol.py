@@ -87,3 +87,18 @@ def test_an_event_stub_keeps_the_identity_and_drops_the_payload() -> None:
     assert stub["truncated"] is True and stub["bytes"] == 12345 and "payload" not in stub
     assert {k: stub[k] for k in ("runId", "seq", "type", "stepId", "actor", "time")} == {
         k: v for k, v in p.event_body(row).items() if k != "payload"}
+
+
+def test_the_header_block_is_the_nats_header_section_with_the_message_id_first() -> None:
+    block = p.header_block("step:r:s:1", {"idempotency-key": "r:s:1", "traceparent": " 00-a-b-01\r\n"})
+    assert block == (b"NATS/1.0\r\nNats-Msg-Id: step:r:s:1\r\nidempotency-key: r:s:1\r\n"
+                     b"traceparent: 00-a-b-01\r\n\r\n")
+    assert p.header_block("evt:r:3") == b"NATS/1.0\r\nNats-Msg-Id: evt:r:3\r\n\r\n"
+    assert b"\r\n\r\n" not in p.header_block("x\r\ninjected: 1")[:-4]  # no line break smuggled in
+
+
+def test_the_event_encoding_keeps_unicode_and_big_numbers_of_the_stored_payload() -> None:
+    row = _row(payload='{"n":18446744073709551617,"s":"é☃"}', actor="ünï")
+    subject, body, _ = p.encode_event(row)
+    assert json.loads(body) == p.event_body(row) and json.loads(body)["payload"]["n"] == 2**64 + 1
+    assert "é☃".encode() in body and "ünï".encode() in body

@@ -288,6 +288,26 @@ def test_json_logs_carry_step_fields(restore_root_logging: None) -> None:
     assert lines[2]["run_id"] == "r9" and lines[2]["exc_type"] == "ValueError" and "Traceback" in lines[2]["exc"]
 
 
+def test_json_log_lines_stay_one_strict_json_object_whatever_the_extras(restore_root_logging: None) -> None:
+    """Extra fields of any type: unknown objects as their str(), NaN as null, non-str keys as text."""
+    import datetime
+
+    class Thing:
+        def __str__(self) -> str:
+            return "thing!"
+
+    out = io.StringIO()
+    tlogs.configure_logging("INFO", "json", stream=out)
+    logger = logging.getLogger("station_wf.test")
+    logger.info("odd", extra={"obj": Thing(), "when": datetime.date(2026, 1, 2), "ratio": float("nan"), "u": "ü"})
+    logger.info("keys", extra={"mapping": {1: "a", None: "b"}})
+    strict = [json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in a log line"))
+              for line in out.getvalue().splitlines()[:1]]
+    assert strict[0]["obj"] == "thing!" and strict[0]["when"] == "2026-01-02" and strict[0]["ratio"] is None
+    assert strict[0]["u"] == "ü" and "\\u" not in out.getvalue().splitlines()[0]
+    assert sorted(json.loads(out.getvalue().splitlines()[1])["mapping"].values()) == ["a", "b"]  # keys as text
+
+
 def test_json_logs_include_trace_ids_inside_a_step(restore_root_logging: None) -> None:
     out = io.StringIO()
     tlogs.configure_logging("INFO", "json", stream=out)

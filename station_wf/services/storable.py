@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 from station_wf.errors import ServiceError
+from station_wf.store.jsontext import try_dumps
 from station_wf.strict_json import INT64_MAX, INT64_MIN, NotStorable, parse_constant, parse_float, parse_int
 
 MAX_DEPTH = 64
@@ -113,7 +114,11 @@ def _sanitize_str(text: str) -> str:
 
 
 def dumps_safe(value: Any) -> str:
-    """Strict JSON text for any value our code holds: never NaN, never an unencodable string, never an error."""
+    """Strict JSON text for any value our code holds: never NaN, never an unencodable string, never an error.
+    msgspec first (non-finite floats as null, always valid UTF-8: the common case, ~10x faster), then json."""
+    fast = try_dumps(value)
+    if fast is not None:
+        return fast
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         text.encode("utf-8")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
+import msgspec
 from opentelemetry import trace
 
 ERROR_TYPES = frozenset({"timeout", "retry_exhausted", "validation", "agent_error"})
@@ -21,6 +22,8 @@ STEP_FIELDS = ("run_id", "step_id", "attempt", "executor", "duration_ms", "statu
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 _HANDLER_FLAG = "_station_wf_handler"
+# One line per executor step at INFO: msgspec writes it ~10x cheaper than json (unknown types as str()).
+_encode_line = msgspec.json.Encoder(enc_hook=str).encode
 
 
 def record_extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -56,7 +59,10 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = record.exc_text
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, default=str, ensure_ascii=False, separators=(",", ":"))
+        try:
+            return _encode_line(out).decode()
+        except (TypeError, ValueError, RecursionError):  # e.g. a non-str key in an extra field
+            return json.dumps(out, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
 class TextFormatter(logging.Formatter):
