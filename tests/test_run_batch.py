@@ -248,3 +248,33 @@ def test_kill_during_a_batch_leaves_all_or_nothing(daemon: Daemon, point: str, c
     assert _count(daemon, "SELECT COUNT(*) FROM workflow_runs") == 200
     wait_until(lambda: _count(daemon, "SELECT COUNT(*) FROM workflow_runs WHERE status = 'COMPLETED'") == 200, 30,
                what="every run of the batch to complete")
+
+
+BRANCH = """
+id: branch
+start: check
+states:
+  - name: check
+    type: switch
+    conditions: [ { if: "size > 5", next: big } ]
+    defaultNext: small
+  - { name: big, type: inject, data: { kind: big }, resultPath: summary, end: true }
+  - { name: small, type: inject, data: { kind: small }, resultPath: summary, end: true }
+"""
+
+
+def test_a_start_whose_chain_needs_the_sandbox_is_run_again_whole(daemon: Daemon) -> None:
+    """A switch at the start is evaluated in a sandbox process: the insert transaction is deferred and
+    run again (single and batch alike), and still creates each run once with the right branch."""
+    daemon.add_workflow("branch", BRANCH)
+    daemon.start()
+    single = daemon.start_run("branch", {"size": 9})
+    assert single["status"] == "COMPLETED" and [s["stateName"] for s in single["steps"]] == ["check", "big"], single["steps"]
+    sizes = [i % 11 for i in range(300)]
+    results = _batch(daemon, [{"workflowId": "branch", "input": {"size": n}, "idempotencyKey": f"s{i}"}
+                              for i, n in enumerate(sizes)]).json()["results"]
+    assert [r["status"] for r in results] == [201] * 300
+    assert [r["run"]["steps"][-1]["stateName"] for r in results] == ["big" if n > 5 else "small" for n in sizes]
+    assert all(r["run"]["status"] == "COMPLETED" for r in results)
+    assert _count(daemon, "SELECT COUNT(*) FROM workflow_runs") == 301
+    assert _count(daemon, "SELECT COUNT(*) FROM workflow_run_events WHERE type = 'run.created'") == 301
