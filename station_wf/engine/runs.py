@@ -23,6 +23,7 @@ from station_wf.store import run_start
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
 from station_wf.store.definitions import DefinitionCache
+from station_wf.store.storage_errors import is_storage_error
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +59,28 @@ def create_and_start(conn: sqlite3.Connection, defs: DefinitionCache, row: sqlit
                      run_input: dict[str, Any], traceparent: str | None) -> bool:
     """Insert the run and decide its start in this transaction; True when it started here.
 
-    The decision runs in a savepoint: if it raises, only it is undone and the run is committed PENDING
+    The decision runs in a savepoint: if it raises (other than for storage), only it is undone and the run is committed PENDING
     with its run task (the worker tries again, within its delivery budget). A `Deferred` (an expression
     for the sandbox) is a BaseException: it undoes the whole transaction, which the writer runs again;
     nothing here depends on an earlier attempt."""
     mark = run_start.outbox_mark(conn)
     insert_new_run(conn, row, defn, run_id, run_input, traceparent)
+    conn.execute("SAVEPOINT start_run")
     try:
-        with rs.savepoint(conn, "start_run"):
-            if fault_error("api.start_run"):  # tests: a start decision that fails
-                raise RuntimeError("fault injected at api.start_run")
-            run = rs.load_run(conn, run_id)
-            assert run is not None
-            decide_and_commit(conn, defs, run, ip.start_run)
-            run_start.withdraw_run_task(conn, mark, run_id, traceparent)
-    except Exception as exc:  # noqa: BLE001 - the worker's run task decides it again
+        if fault_error("api.start_run"):  # tests: a start decision that fails
+            raise RuntimeError("fault injected at api.start_run")
+        run = rs.load_run(conn, run_id)
+        assert run is not None
+        decide_and_commit(conn, defs, run, ip.start_run)
+        run_start.withdraw_run_task(conn, mark, run_id, traceparent)
+    except BaseException as exc:
         if not conn.in_transaction:
-            raise  # SQLite undid the whole transaction: the writer fails the group
+            raise  # SQLite undid the whole transaction (a full disk, say): the writer fails the group
+        conn.execute("ROLLBACK TO start_run")
+        conn.execute("RELEASE start_run")
+        if not isinstance(exc, Exception) or is_storage_error(exc):
+            raise  # a Deferred (the whole transaction runs again), or the database cannot store it: not the decision's fault
         log.warning("run %s: start decision failed, left to its run task: %s: %s", run_id, type(exc).__name__, exc)
         return False
+    conn.execute("RELEASE start_run")
     return True
