@@ -45,7 +45,7 @@ def test_happy_path_context_and_events(daemon: Daemon) -> None:
     daemon.agent_server.behave("worker", reply={"greeting": "hi Ada", "score": 3})
 
     run = daemon.start_run("pipeline", {"who": "Ada"})
-    assert run["status"] == "PENDING" and run["workflowVersion"] == 1
+    assert run["status"] == "RUNNING" and run["workflowVersion"] == 1  # started in its POST, its agent step queued
     done = daemon.wait_status(run["id"])
 
     ctx = done["context"]

@@ -190,7 +190,7 @@ def test_input_schemas_resolve_locally_and_match_in_linear_time(daemon: Daemon) 
         _err(daemon.request("POST", "/api/v1/workflow-runs", json={"workflowId": "redos", "input": {"a": "a" * 40 + "!"}}),
              400, "invalid_input")
         assert time.monotonic() - t0 < 1.0
-        assert daemon.start_run("redos", {"a": "aaaa"})["status"] == "PENDING"
+        assert daemon.start_run("redos", {"a": "aaaa"})["status"] == "COMPLETED"  # started (and done) in its POST
         # Legitimate recursion (a tree) bounded by the input's own depth still validates.
         tree = _with_schema("tree", {"type": "object", "$defs": {"n": {"type": "object", "properties": {
             "kids": {"type": "array", "items": {"$ref": "#/$defs/n"}}}}}, "properties": {"root": {"$ref": "#/$defs/n"}}})
@@ -198,7 +198,7 @@ def test_input_schemas_resolve_locally_and_match_in_linear_time(daemon: Daemon) 
         deep: dict[str, Any] = {}
         for _ in range(20):
             deep = {"kids": [deep]}
-        assert daemon.start_run("tree", {"root": deep})["status"] == "PENDING"
+        assert daemon.start_run("tree", {"root": deep})["status"] == "COMPLETED"
         _err(daemon.request("POST", "/api/v1/workflow-runs", json={"workflowId": "tree", "input": {"root": {"kids": 1}}}),
              400, "invalid_input")
         assert listener.hits == []
@@ -280,7 +280,7 @@ def test_hostile_json_is_refused_on_every_route_before_anything_is_stored(daemon
     r = daemon.request("GET", "/api/v1/workflow-runs/%ED%A0%80")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert daemon.request("GET", "/healthz").status_code == 200
-    assert daemon.start_run("waits")["status"] == "PENDING"
+    assert daemon.start_run("waits")["status"] == "WAITING_SIGNAL"  # started in its POST
 
 
 def test_old_rows_holding_nan_or_surrogates_do_not_break_read_routes(daemon: Daemon) -> None:

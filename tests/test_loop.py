@@ -150,8 +150,15 @@ states:
   - { name: z, type: sleep, duration: 0.2s, next: done }
   - { name: done, type: inject, data: { woke: true }, end: true }
 """)
+    daemon.add_workflow("ask", """
+id: ask
+start: a
+states:
+  - { name: a, type: operation, action: agent.run, input: { agent: worker, task: t }, end: true }
+""")
     daemon.start()
     daemon.wait_status(daemon.start_run("nap")["id"])
+    daemon.wait_status(daemon.start_run("ask")["id"])  # its step's task goes through the outbox
 
     def scrape() -> dict[tuple[str, str], float]:
         out: dict[tuple[str, str], float] = {}
@@ -165,5 +172,5 @@ states:
                       10, what="the timer loop's fired timer on /metrics")
     for name in ("outbox-relay", "event-relay", "reconciler", "timers", "schedules"):
         assert seen[("station_loop_iterations_total", name)] >= 1, name
-    assert seen[("station_loop_items_total", "outbox-relay")] >= 1  # the run's start task at least
+    assert seen[("station_loop_items_total", "outbox-relay")] >= 1  # the agent step's task at least
     assert seen[("station_loop_errors_total", "timers")] == 0

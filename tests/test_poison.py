@@ -109,9 +109,12 @@ def test_a_decision_that_kills_the_daemon_ends_after_three_restarts(daemon: Daem
 
 def test_a_run_start_that_kills_the_daemon_fails_the_run(daemon: Daemon) -> None:
     daemon.add_workflow("plain", PLAIN)
-    env = {"STATION_FAULTS": "worker.start_run:1", "STATION_MAX_DELIVERIES": "1"}
+    # The API decides a start in the POST's own transaction; failing that decision (every time here)
+    # leaves the run PENDING with its run task, as before, for the worker's start to kill the daemon.
+    env = {"STATION_FAULTS": "worker.start_run:1", "STATION_MAX_DELIVERIES": "1", "STATION_FAULT_ERRORS": "api.start_run"}
     daemon.start(extra_env=env)
     run = daemon.start_run("plain")
+    assert run["status"] == "PENDING"
     wait_until(lambda: daemon.proc.poll() is not None, what="the first crash")
     restarts = 0
     for _ in range(5):

@@ -62,6 +62,7 @@ ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/api/v1/workflows/{workflow_id}", workflows.delete_workflow, ["DELETE"]),
     ("/api/v1/workflows/{workflow_id}/versions", workflows.workflow_versions, ["GET"]),
     ("/api/v1/workflow-runs", runs.start_run, ["POST"]),
+    ("/api/v1/workflow-runs:batch", runs.start_batch, ["POST"]),
     ("/api/v1/workflow-runs", runs.list_runs, ["GET"]),
     ("/api/v1/workflow-runs/stream", streams.global_stream, ["GET"]),  # before {run_id}
     ("/api/v1/workflow-runs/{run_id}", runs.get_run, ["GET"]),

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from station_wf.errors import ServiceError, invalid
 from station_wf.principals import Principal
-from station_wf.services.idempotency import Answer, request_hash
+from station_wf.services.idempotency import Answer, Keyed, check_key, request_hash
 from station_wf.services.storable import dumps_safe, loads_strict
 
 if TYPE_CHECKING:
@@ -91,14 +91,35 @@ async def json_body(request: Request, state: ApiState, required: bool = True) ->
     return body, raw.decode("utf-8")
 
 
+def key_scope(request: Request, path: str | None = None) -> str:
+    """Where a request's keys live: its route and principal."""
+    return f"{request.method} {path or request.url.path} {principal_of(request).name}"
+
+
+def keyed_request(request: Request, body: bytes) -> Keyed | None:
+    """The request's `Idempotency-Key` (None without one; 400 for a bad one)."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    check_key(key)
+    return Keyed(key_scope(request), key, request_hash(request.method, request.url.path, body))
+
+
+def replayed(request: Request, answer: Answer) -> Response:
+    """A stored answer given again; an error in it names this request."""
+    body, rid = answer.body, request_id(request)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body["error"]["request_id"] = rid
+    return SafeJSONResponse(body, status_code=answer.status, headers={"Idempotent-Replayed": "true", "X-Request-Id": rid})
+
+
 async def idempotent(request: Request, state: ApiState, action: Action) -> Response:
     """Run `action(body, effect_id)` once per Idempotency-Key (when the client sent one); `effect_id` is
     the id the effect must take (None without a key). A retry gets the stored answer again."""
     body = await read_body(request, state)
-    key = request.headers.get("idempotency-key")
-    if key is None:
+    keyed = keyed_request(request, body)
+    if keyed is None:
         return await action(body, None)
-    scope = f"{request.method} {request.url.path} {principal_of(request).name}"
     fresh: list[Response] = []
 
     async def act(effect_id: str) -> Answer:
@@ -107,10 +128,7 @@ async def idempotent(request: Request, state: ApiState, action: Action) -> Respo
         status = response.status_code
         return Answer(status, json.loads(bytes(response.body)) if status < 500 else None)
 
-    answer = await state.idempotency.run(scope, key, request_hash(request.method, request.url.path, body), act)
+    answer = await state.idempotency.run(keyed.scope, keyed.key, keyed.digest, act)
     if not answer.replayed:
         return fresh[0]
-    body, rid = answer.body, request_id(request)
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):  # a replayed error names this request
-        body["error"]["request_id"] = rid
-    return SafeJSONResponse(body, status_code=answer.status, headers={"Idempotent-Replayed": "true", "X-Request-Id": rid})
+    return replayed(request, answer)

@@ -1,4 +1,5 @@
-"""`/api/v1/workflow-runs`: start a run (idempotent with `Idempotency-Key`), list, show, its events."""
+"""`/api/v1/workflow-runs`: start a run (idempotent with `Idempotency-Key`), start a batch of them
+(`:batch`), list, show, its events."""
 
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from station_wf.api.http import SafeJSONResponse, idempotent, parse_json
+from station_wf.api.http import (
+    SafeJSONResponse,
+    json_body,
+    key_scope,
+    keyed_request,
+    parse_json,
+    read_body,
+    replayed,
+)
 from station_wf.api.params import int_param
 from station_wf.api.state import ApiState
-from station_wf.errors import invalid
+from station_wf.errors import ServiceError, invalid
+from station_wf.services.run_start import batch_items
 
 START_FIELDS = frozenset({"workflowId", "version", "input"})
 
@@ -28,17 +38,50 @@ def station_start_body(body: Any) -> Any:
     return out
 
 
-async def start_run(request: Request, state: ApiState) -> Response:
-    async def action(raw: bytes, effect_id: str | None) -> Response:
-        body = station_start_body(parse_json(raw))  # Station's `workflow_id` too
-        if not isinstance(body, dict):
-            raise invalid("the body must be a JSON object {workflowId, version?, input}")
-        unknown = sorted(set(body) - START_FIELDS)
-        if unknown:
-            raise invalid(f"unknown field(s): {', '.join(unknown)}", {"fields": unknown})
-        return await started(request, state, body.get("workflowId"), body, effect_id)
+def start_body(raw: bytes) -> dict[str, Any]:
+    body = station_start_body(parse_json(raw))  # Station's `workflow_id` too
+    if not isinstance(body, dict):
+        raise invalid("the body must be a JSON object {workflowId, version?, input}")
+    unknown = sorted(set(body) - START_FIELDS)
+    if unknown:
+        raise invalid(f"unknown field(s): {', '.join(unknown)}", {"fields": unknown})
+    return body
 
-    return await idempotent(request, state, action)
+
+async def start_run(request: Request, state: ApiState) -> Response:
+    """With an Idempotency-Key, the key's reservation, the run and its answer are one transaction."""
+    raw = await read_body(request, state)
+    keyed = keyed_request(request, raw)
+    if keyed is None:
+        body = start_body(raw)
+        return await started(request, state, body.get("workflowId"), body, None)
+    try:
+        body = start_body(raw)
+    except ServiceError as exc:
+        answer = await state.idempotency.refuse(keyed, exc)
+    else:
+        answer = await state.runs.start_keyed(keyed, body.get("workflowId"), body.get("input"), body.get("version"),
+                                              traceparent=request.headers.get("traceparent"))
+    if answer.replayed:
+        return replayed(request, answer)
+    if answer.status >= 400:
+        error = answer.body["error"]
+        raise ServiceError(answer.status, error["code"], error["message"], error["details"])
+    run = answer.body["run"]
+    return SafeJSONResponse(answer.body, status_code=answer.status, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
+
+
+async def start_batch(request: Request, state: ApiState) -> Response:
+    """`{"runs": [...]}`, 1..1000 starts created in one transaction; 200 with a result per item, in
+    order (`status` 201 with `run`, or a 4xx with `error`). Per-item `idempotencyKey`s replace the
+    Idempotency-Key header, which a batch does not take."""
+    if request.headers.get("idempotency-key") is not None:
+        raise invalid("a batch takes no Idempotency-Key header: give each item its idempotencyKey",
+                      {"header": "Idempotency-Key"})
+    body, _ = await json_body(request, state)
+    items = batch_items(body)
+    results = await state.runs.start_batch(items, request.headers.get("traceparent"), key_scope(request))
+    return SafeJSONResponse({"results": results})
 
 
 async def started(request: Request, state: ApiState, workflow_id: Any, body: dict[str, Any], effect_id: str | None) -> Response:

@@ -1,16 +1,31 @@
 """The one way a run is created, for the API and the schedule loop alike: check its input, then
-write its context, row, first event and run task in the caller's transaction."""
+write its context, row, first event and run task in the caller's transaction.
+
+The API also starts the run in that transaction (`create_and_start`): the start decision and the
+inline chain it leads to commit with the insert, and the run task is withdrawn, so a run of inject
+steps is done when its POST answers. When the decision fails the run stays PENDING with its run task,
+as before, for the worker and its delivery budget.
+"""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from typing import Any
 
 from station_wf.core import history, model
+from station_wf.core import interpreter as ip
 from station_wf.dsl.input_schema import SchemaProblem, input_schema_errors
+from station_wf.engine.commit import decide_and_commit
 from station_wf.errors import ServiceError
+from station_wf.faults import fault_error
+from station_wf.store import run_start
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
+from station_wf.store.definitions import DefinitionCache
+from station_wf.store.storage_errors import is_storage_error
+
+log = logging.getLogger(__name__)
 
 
 def input_problems(schema: dict[str, Any] | None, run_input: Any) -> list[dict[str, Any]]:
@@ -38,3 +53,34 @@ def insert_new_run(conn: sqlite3.Connection, row: sqlite3.Row, defn: dict[str, A
     context.update(extra_context or {})
     rs.insert_run(conn, run_id, row["workflow_id"], row["version"], row["content_hash"], run_input, context, traceparent, now)
     return context
+
+
+def create_and_start(conn: sqlite3.Connection, defs: DefinitionCache, row: sqlite3.Row, defn: dict[str, Any], run_id: str,
+                     run_input: dict[str, Any], traceparent: str | None) -> bool:
+    """Insert the run and decide its start in this transaction; True when it started here.
+
+    The decision runs in a savepoint: if it raises (other than for storage), only it is undone and the run is committed PENDING
+    with its run task (the worker tries again, within its delivery budget). A `Deferred` (an expression
+    for the sandbox) is a BaseException: it undoes the whole transaction, which the writer runs again;
+    nothing here depends on an earlier attempt."""
+    mark = run_start.outbox_mark(conn)
+    insert_new_run(conn, row, defn, run_id, run_input, traceparent)
+    conn.execute("SAVEPOINT start_run")
+    try:
+        if fault_error("api.start_run"):  # tests: a start decision that fails
+            raise RuntimeError("fault injected at api.start_run")
+        run = rs.load_run(conn, run_id)
+        assert run is not None
+        decide_and_commit(conn, defs, run, ip.start_run)
+        run_start.withdraw_run_task(conn, mark, run_id, traceparent)
+    except BaseException as exc:
+        if not conn.in_transaction:
+            raise  # SQLite undid the whole transaction (a full disk, say): the writer fails the group
+        conn.execute("ROLLBACK TO start_run")
+        conn.execute("RELEASE start_run")
+        if not isinstance(exc, Exception) or is_storage_error(exc):
+            raise  # a Deferred (the whole transaction runs again), or the database cannot store it: not the decision's fault
+        log.warning("run %s: start decision failed, left to its run task: %s: %s", run_id, type(exc).__name__, exc)
+        return False
+    conn.execute("RELEASE start_run")
+    return True

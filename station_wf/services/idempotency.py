@@ -8,6 +8,10 @@ that made it is gone, i.e. another boot; after a minute otherwise), and the retr
 its id instead of causing it again. A request cancelled mid-way (shutdown, client gone) keeps its
 reservation for the same reason. Keys older than 24 h are purged by `purge_loop`.
 
+A start (`POST /api/v1/workflow-runs`, and each item of a batch) does all of it in ONE transaction:
+`claim` the key, create the run, `answer` it; an unanswered reservation of that route can then only be
+left by an older daemon, and is taken over as above.
+
 The policy speaks in `Answer`s (status and JSON body), not HTTP responses: `api/http.py` `idempotent`
 turns one into the other. The SQL is in `store/idempotency.py`.
 """
@@ -46,6 +50,50 @@ class Answer:
 
 def request_hash(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """A keyed request: where its key lives (route and principal), the key, and its body's hash."""
+    scope: str
+    key: str
+    digest: str
+
+
+def check_key(key: str) -> None:
+    if not key or len(key) > 255:
+        raise ServiceError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 characters")
+
+
+def error_body(exc: ServiceError) -> dict[str, Any]:
+    return {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
+
+
+def stores_error(exc: ServiceError) -> bool:
+    """A 4xx is the key's answer; a 409 (busy, disabled) or 5xx is not: the key is free again."""
+    return exc.status < 500 and exc.status != 409
+
+
+def claim(conn: Any, keyed: Keyed, effect: str) -> tuple[str | None, Answer | None]:
+    """In the caller's transaction: (effect id to act with, None), or (None, the stored answer to
+    replay); 422 for another body, 409 while another request holds the key. `effect` is the id a new
+    reservation takes; a taken-over one keeps its own."""
+    effect_id, existing = store.reserve(conn, keyed.scope, keyed.key, keyed.digest, time.time(), TTL_S,
+                                        STALE_RESERVATION_S, effect)
+    if existing is None:
+        return effect_id, None
+    if existing["request_hash"] != keyed.digest:
+        raise ServiceError(422, "idempotency_key_reused",
+                           "this Idempotency-Key was used with a different request body", {"key": keyed.key})
+    if existing["status"] is None:
+        raise ServiceError(409, "idempotency_key_in_progress", "a request with this Idempotency-Key is still being answered",
+                           {"key": keyed.key})
+    return None, Answer(existing["status"], json.loads(existing["response"]), replayed=True)
+
+
+def answer(conn: Any, keyed: Keyed, status: int, body: object) -> None:
+    """In the caller's transaction: store the key's answer."""
+    store.store_response(conn, keyed.scope, keyed.key, status, dumps_safe(body))
 
 
 async def purge_expired(writer: SqliteWriter, ttl_s: float = TTL_S) -> int:
@@ -120,6 +168,19 @@ class IdempotencyStore:
         if response.status < 500:
             await self._store(scope, key, response.status, response.body)
         return response
+
+    async def refuse(self, keyed: Keyed, exc: ServiceError) -> Answer:
+        """A keyed start refused before its transaction (bad body, unknown workflow, bad input): in one
+        transaction, the key's stored answer if it has one (replayed), else this error stored as it."""
+        def tx(conn: Any) -> Answer:
+            _, replay = claim(conn, keyed, "")
+            if replay is not None:
+                return replay
+            body = error_body(exc)
+            answer(conn, keyed, exc.status, body)
+            return Answer(exc.status, body)
+
+        return await self.writer.run(tx)
 
     async def _store(self, scope: str, key: str, status: int, body: object) -> None:
         text = dumps_safe(body)

@@ -5,20 +5,21 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-import uuid
 from typing import Any
 
 from station_wf.core import model
-from station_wf.engine.runs import input_problems, insert_new_run
+from station_wf.engine.runs import input_problems
 from station_wf.errors import ServiceError, invalid, not_found
+from station_wf.faults import crash_point
+from station_wf.services import idempotency as idem
+from station_wf.services import run_start as rstart
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
 from station_wf.store import run_reads
 from station_wf.store.db import SqliteReaders, SqliteWriter
-from station_wf.store.definitions import DefinitionCache, definition_status, read_definition
+from station_wf.store.definitions import DefinitionCache, Head, read_definition
 from station_wf.store.events import LIST_FIELDS, event_from_row, event_view, run_events
 from station_wf.telemetry.metrics import runs_started_total
-from station_wf.telemetry.tracing import new_run_traceparent
 
 MAX_LIST_LIMIT = 1000
 TERMINAL_RUN_STATUSES = model.TERMINAL_RUN_STATUSES
@@ -58,6 +59,20 @@ def run_to_api(row: sqlite3.Row, steps: list[sqlite3.Row] | None = None, include
     return out
 
 
+def _check_inputs(items: list[tuple[int, Head, Any]]) -> dict[int, ServiceError]:
+    """Batch items' inputs against their schemas (one trip off the loop for the whole batch)."""
+    found: dict[int, ServiceError] = {}
+    for i, head, run_input in items:
+        try:
+            problems = input_problems(head.definition["inputSchema"], run_input)
+        except ServiceError as exc:
+            found[i] = exc
+            continue
+        if problems:
+            found[i] = RunService._invalid_input(head.row["workflow_id"], problems)
+    return found
+
+
 def encode_cursor(value: int) -> str:
     return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
 
@@ -80,49 +95,146 @@ class RunService:
         self.on_commit = on_commit
         self.definitions = definitions or DefinitionCache()
         self.offloader = offloader or DEFAULT_OFFLOADER
+        self.idempotency = idem.IdempotencyStore(writer)
 
     async def start(self, workflow_id: Any, run_input: Any, version: Any = None, traceparent: str | None = None,
                     run_id: str | None = None) -> dict[str, Any]:
-        """Start a run; with `run_id` (an idempotency key's effect id) a run that already has it is returned instead."""
-        if not isinstance(workflow_id, str) or not workflow_id:
-            raise invalid("workflowId is required", {"field": "workflowId"})
-        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
-            raise invalid("version must be a positive integer", {"field": "version"})
+        """Start a run (started in the same transaction, see `run_start`); with `run_id` (an idempotency
+        key's effect id) a run that already has it is returned instead."""
+        outcome = await self._start(workflow_id, run_input, version, traceparent, run_id, None)
+        return outcome.render(run_to_api)["run"]
+
+    async def start_keyed(self, keyed: idem.Keyed, workflow_id: Any, run_input: Any, version: Any = None,
+                          traceparent: str | None = None) -> idem.Answer:
+        """A start with an Idempotency-Key: reservation, run and answer in one transaction; a retry
+        gets the stored answer (`replayed`)."""
+        try:
+            outcome = await self._start(workflow_id, run_input, version, traceparent, None, keyed)
+        except ServiceError as exc:
+            if not idem.stores_error(exc):
+                raise
+            return await self.idempotency.refuse(keyed, exc)
+        crash_point("api.idempotency.after_effect")  # tests: the effect (and here its answer) committed
+        return idem.Answer(outcome.status, outcome.render(run_to_api), outcome.replayed)
+
+    async def _start(self, workflow_id: Any, run_input: Any, version: Any, traceparent: str | None,
+                     run_id: str | None, keyed: idem.Keyed | None) -> rstart.Outcome:
+        rstart.check_ids(workflow_id, version)
         run_input = {} if run_input is None else run_input
+        for _ in range(rstart.MAX_PREPARES):
+            head = await self._head(workflow_id, version)
+            await self._check_input(head, workflow_id, run_input)
+            s = rstart.new_start(head, version, run_input, traceparent, run_id, keyed)
+            try:
+                outcome = await self.writer.run(lambda conn, s=s: rstart.start_in_tx(conn, self.definitions, s, run_to_api))
+            except rstart.StaleHead:
+                self.definitions.forget_head(workflow_id)
+                continue
+            except rstart.Retake as retake:
+                run_id = retake.effect_id
+                continue
+            self._started([outcome])
+            return outcome
+        raise ServiceError(503, "busy", "the workflow's definition kept changing during the start; try again")
+
+    async def start_batch(self, items: list[Any], traceparent: str | None, scope: str) -> list[dict[str, Any]]:
+        """Every valid item started in ONE transaction; per-item results in order (`index`, `status`,
+        `run` or `error`). Keys live in `scope` (the batch route and principal)."""
+        run_ids: dict[int, str] = {}
+        for _ in range(rstart.MAX_PREPARES):
+            prepared = await self._prepare_batch(items, traceparent, scope, run_ids)
+            tx = rstart.BatchTx(self.definitions, prepared, run_to_api)
+            try:
+                outcomes = await self.writer.run(tx)
+            except rstart.StaleHead as stale:
+                self.definitions.forget_head(stale.workflow_id)
+                continue
+            except rstart.Retake as retake:
+                run_ids[retake.index] = retake.effect_id
+                continue
+            crash_point("api.batch.after_commit")
+            self._started(outcomes)
+            results: list[dict[str, Any]] = []
+            for i, outcome in enumerate(outcomes):
+                entry: dict[str, Any] = {"index": i, "status": outcome.status, **outcome.render(run_to_api)}
+                if outcome.replayed:
+                    entry["replayed"] = True
+                results.append(entry)
+            return results
+        raise ServiceError(503, "busy", "the workflows' definitions kept changing during the batch; try again")
+
+    async def _prepare_batch(self, items: list[Any], traceparent: str | None, scope: str,
+                             run_ids: dict[int, str]) -> list[rstart.Start | rstart.Refused]:
+        """Check each item alone (its errors are its answer), with one head read per workflow and the
+        schema checks done together off the loop."""
+        prepared: list[rstart.Start | rstart.Refused] = []
+        heads: dict[tuple[str, int | None], Head | ServiceError] = {}
+        to_check: list[tuple[int, Head, dict[str, Any]]] = []
+        for i, raw in enumerate(items):
+            keyed = None
+            try:
+                item = rstart.batch_item(raw)
+                if item.get("idempotencyKey") is not None:
+                    keyed = idem.Keyed(scope, item["idempotencyKey"], rstart.item_digest(item))
+                wf, version = item["workflowId"], item.get("version")
+                if (wf, version) not in heads:
+                    try:
+                        heads[(wf, version)] = await self._head(wf, version)
+                    except ServiceError as exc:
+                        heads[(wf, version)] = exc
+                head = heads[(wf, version)]
+                if isinstance(head, ServiceError):
+                    raise head
+                run_input = {} if item.get("input") is None else item["input"]
+                if head.definition.get("inputSchema"):
+                    to_check.append((i, head, run_input))
+                else:
+                    problems = input_problems(None, run_input)
+                    if problems:
+                        raise self._invalid_input(wf, problems)
+                prepared.append(rstart.new_start(head, version, run_input, traceparent, run_ids.get(i), keyed, i))
+            except ServiceError as exc:
+                prepared.append(rstart.Refused(exc, keyed, i))
+        if to_check:
+            found = await self.offloader.run(_check_inputs, to_check)
+            for i, error in found.items():
+                start = prepared[i]
+                keyed = start.keyed if isinstance(start, rstart.Start) else None
+                prepared[i] = rstart.Refused(error, keyed, i)
+        return prepared
+
+    def _started(self, outcomes: list[rstart.Outcome]) -> None:
+        created = [o for o in outcomes if o.created]
+        for o in created:
+            runs_started_total.inc(workflow=o.workflow_id)
+        if created and self.on_commit is not None:
+            self.on_commit()
+
+    async def _head(self, workflow_id: str, version: int | None) -> Head:
+        """The workflow's definition to start with: cached, or read (and cached) when not."""
+        head = self.definitions.head(workflow_id, version)
+        if head is not None:
+            return head
+        generation = self.definitions.generation()
         row = await read_definition(self.readers, workflow_id, version)
         if row is None:
             raise not_found("workflow", workflow_id if version is None else f"{workflow_id}@{version}")
         if row["status"] != "active":
-            raise ServiceError(409, "workflow_disabled", f"workflow {workflow_id!r} is disabled", {"id": workflow_id})
+            raise rstart.disabled(workflow_id)
         defn = await self.offloader.run(self._checked_definition, row)
-        problems = input_problems(None, run_input) if not defn.get("inputSchema") else \
-            await self.offloader.run(input_problems, defn["inputSchema"], run_input)
+        self.definitions.put_head(version, row, defn, generation)
+        return Head(row, defn, generation)
+
+    async def _check_input(self, head: Head, workflow_id: str, run_input: Any) -> None:
+        schema = head.definition.get("inputSchema")
+        problems = input_problems(None, run_input) if not schema else \
+            await self.offloader.run(input_problems, schema, run_input)
         if problems:
-            raise ServiceError(400, "invalid_input", f"input does not match the input schema of {workflow_id!r}", problems)
-        run_id = run_id or str(uuid.uuid4())
-        traceparent = new_run_traceparent(traceparent, {"workflow.id": workflow_id, "workflow.version": row["version"], "run.id": run_id})
+            raise self._invalid_input(workflow_id, problems)
 
-        def apply(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            if run_reads.run_exists(conn, run_id):
-                return None  # created by an earlier attempt of this same request
-            if definition_status(conn, workflow_id, row["version"]) != "active":  # disabled since the read above
-                raise ServiceError(409, "workflow_disabled", f"workflow {workflow_id!r} is disabled", {"id": workflow_id})
-            return insert_new_run(conn, row, self.definitions.get(conn, workflow_id, row["version"]), run_id, run_input,
-                                  traceparent)
-
-        context = await self.writer.run(apply)
-        if context is None:
-            return await self.get(run_id)
-        runs_started_total.inc(workflow=workflow_id)
-        if self.on_commit is not None:
-            self.on_commit()
-        # The response is what was just committed; no need to read it back.
-        return {
-            "id": run_id, "workflowId": workflow_id, "workflowVersion": row["version"], "contentHash": row["content_hash"],
-            "status": model.PENDING, "input": run_input, "error": None, "version": 0, "lastEventSeq": 1,
-            "createdAt": context["workflow"]["startedAt"], "startedAt": None, "updatedAt": context["workflow"]["startedAt"],
-            "completedAt": None, "context": context, "steps": [], "currentSteps": [],
-        }
+    @staticmethod
+    def _invalid_input(workflow_id: str, problems: list[dict[str, Any]]) -> ServiceError:
+        return ServiceError(400, "invalid_input", f"input does not match the input schema of {workflow_id!r}", problems)
 
     def _checked_definition(self, row: sqlite3.Row) -> dict[str, Any]:
         """The parsed definition (cached per immutable version); off the loop, it can be big."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sqlite3
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+from station_wf.deferral import after_commit
 from station_wf.store.db import SqliteReaders, utcnow
 
 _LATEST = "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC LIMIT 1"
@@ -31,6 +33,30 @@ def latest_row(conn: sqlite3.Connection, workflow_id: str) -> sqlite3.Row | None
     return conn.execute(_LATEST, (workflow_id,)).fetchone()
 
 
+_generation = itertools.count(1)
+_written = [0]
+"""Bumped by every definition write (in its transaction and again once it committed): cached heads
+filled before the bump are not trusted after it."""
+
+
+def _changed() -> None:
+    _written[0] = next(_generation)
+
+
+def _definitions_written() -> None:
+    """A write to workflow_definitions: forget the cached heads now and once more after the commit (a
+    start reading meanwhile may have cached the old head again)."""
+    _changed()
+    after_commit(_changed)
+
+
+def latest_head(conn: sqlite3.Connection, workflow_id: str) -> tuple[int, str] | None:
+    """Inside a writer transaction: (latest version, status), what a start from a cached head checks."""
+    row = conn.execute("SELECT version, status FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC LIMIT 1",
+                       (workflow_id,)).fetchone()
+    return None if row is None else (row["version"], row["status"])
+
+
 def register(
     conn: sqlite3.Connection,
     definition: dict[str, Any],
@@ -43,6 +69,7 @@ def register(
     """Write a new version when the content changed; re-activate a disabled workflow otherwise."""
     wf_id = definition["id"]
     digest = content_hash(raw)
+    _definitions_written()
     head = latest_row(conn, wf_id)
     if head is not None and head["content_hash"] == digest:
         reactivated = head["status"] != "active"
@@ -65,6 +92,7 @@ def register(
 
 
 def set_status(conn: sqlite3.Connection, workflow_id: str, status: str) -> int:
+    _definitions_written()
     return conn.execute(
         "UPDATE workflow_definitions SET status = ? WHERE workflow_id = ? AND status != ?", (status, workflow_id, status)
     ).rowcount
@@ -84,12 +112,52 @@ def disable_missing_files(conn: sqlite3.Connection, environment: str, present: s
     return gone
 
 
+@dataclass(frozen=True)
+class Head:
+    """A workflow's definition row (latest, or the version asked for) and its decoded definition."""
+    row: sqlite3.Row
+    definition: dict[str, Any]
+    generation: int
+
+
 class DefinitionCache:
-    """Parsed definitions by (id, version). Versions are immutable, so entries never go stale."""
+    """Parsed definitions by (id, version), and the active head of each workflow id for starts.
+
+    Versions are immutable, so (id, version) entries never go stale. Heads can: a write through this
+    module forgets them (`_definitions_written`), and a start re-checks its head inside its own
+    transaction (`latest_head`), so even a write by another process (`station-wf sync`) is seen."""
+
+    MAX_HEADS = 4096
 
     def __init__(self) -> None:
         self._items: dict[tuple[str, int], dict[str, Any]] = {}
+        self._heads: dict[tuple[str, int | None], Head] = {}
         self._lock = threading.Lock()
+
+    def head(self, workflow_id: str, version: int | None) -> Head | None:
+        """The cached active head (version None: the latest), if no definition write happened since."""
+        found = self._heads.get((workflow_id, version))
+        if found is None or found.generation != _written[0]:
+            return None
+        return found
+
+    @staticmethod
+    def generation() -> int:
+        """Read before the head's row is read: a write in between makes the entry stale at once."""
+        return _written[0]
+
+    def put_head(self, version: int | None, row: sqlite3.Row, defn: dict[str, Any], generation: int) -> None:
+        """Cache an active head (a disabled one is never cached: re-enabling must be seen at once)."""
+        if row["status"] != "active":
+            return
+        with self._lock:
+            if len(self._heads) >= self.MAX_HEADS:
+                self._heads.clear()
+            self._heads[(row["workflow_id"], version)] = Head(row, defn, generation)
+
+    def forget_head(self, workflow_id: str) -> None:
+        with self._lock:
+            self._heads.pop((workflow_id, None), None)
 
     def get(self, conn: sqlite3.Connection, workflow_id: str, version: int) -> dict[str, Any]:
         key = (workflow_id, version)

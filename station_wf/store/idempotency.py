@@ -1,4 +1,4 @@
-"""SQL of `Idempotency-Key` reservations (see `api/idempotency.py` for the protocol)."""
+"""SQL of `Idempotency-Key` reservations (see `services/idempotency.py` for the protocol)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ PURGE_BATCH = 1000
 
 
 def reserve(conn: sqlite3.Connection, scope: str, key: str, digest: str, now: float, ttl_s: float,
-            stale_s: float) -> tuple[str | None, sqlite3.Row | None]:
+            stale_s: float, effect: str | None = None) -> tuple[str | None, sqlite3.Row | None]:
     """(effect id to act with, None) when this request may act, else (None, the existing row).
 
     An unanswered reservation of the same body is taken over, keeping its effect id, when it was made
     by an earlier boot (that process died) or is older than `stale_s` (a request that hung)."""
     conn.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND created_at < ?", (scope, key, now - ttl_s))
-    effect = str(uuid.uuid4())
+    effect = effect or str(uuid.uuid4())
     inserted = conn.execute(
         "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, effect_id, boot_id) VALUES (?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (scope, key) DO NOTHING RETURNING key",
