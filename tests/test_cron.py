@@ -340,6 +340,8 @@ def test_invalid_time_zone() -> None:
         CronSchedule.parse("* * * * *", "Mars/Olympus")
     with pytest.raises(CronError, match="unknown time zone"):
         CronSchedule.parse("* * * * *", "../etc/passwd")
+    with pytest.raises(CronError, match="unknown time zone"):  # too long for a file name: OSError inside zoneinfo
+        CronSchedule.parse("* * * * *", "x" * 10_000)
     assert issubclass(CronError, ValueError)
 
 

@@ -130,8 +130,8 @@ def _parse_field(spec: _Field, text: str, fail: _Fail) -> frozenset[int]:
 def _zone(timezone: str) -> ZoneInfo:
     try:
         return ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise CronError(f"unknown time zone {timezone!r} (use an IANA name such as 'Europe/Berlin')") from None
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # OSError: a name too long for a file
+        raise CronError(f"unknown time zone {timezone[:100]!r} (use an IANA name such as 'Europe/Berlin')") from None
 
 
 def _ceil(values: tuple[int, ...], x: int) -> int | None:
