@@ -26,11 +26,16 @@ from benchmarks.throughput import run_scenario
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def plan(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
+def plan(quick: bool, profile_dir: str | None = None) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Scenario name -> its run; `profile_dir` gets a py-spy raw profile of each throughput daemon."""
+    def prof(name: str) -> str | None:
+        return str(Path(profile_dir) / f"{name}.txt") if profile_dir else None
+
+    reps = 2 if quick else 3
     return {
         "dbos": lambda: dbos(quick),
-        "throughput-inject": lambda: run_scenario(2000, 2 if quick else 3, agent=False),
-        "throughput-agent": lambda: run_scenario(2000, 2 if quick else 3, agent=True),
+        "throughput-inject": lambda: run_scenario(2000, reps, agent=False, profile=prof("throughput-inject")),
+        "throughput-agent": lambda: run_scenario(2000, reps, agent=True, profile=prof("throughput-agent")),
         "latency": lambda: scenarios.latency(10 if quick else 30),
         "sse-fanout": lambda: fanout.sse_fanout(1000),
         "sse-idle": lambda: fanout.sse_idle(10_000),
@@ -68,14 +73,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated: " + ", ".join(plan(True)))
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
+    parser.add_argument("--profile-dir", help="py-spy raw profiles of the throughput daemons go here (bench extra)")
     args = parser.parse_args()
+    if args.profile_dir:
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
     only = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [o for o in only if not any(selected(n, [o]) for n in plan(True))]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; pick from {list(plan(True))}")
     results: dict[str, dict[str, Any]] = {}
     began = time.monotonic()
-    for name, fn in plan(args.quick).items():
+    for name, fn in plan(args.quick, args.profile_dir).items():
         if not selected(name, only):
             continue
         started = time.monotonic()

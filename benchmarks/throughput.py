@@ -5,14 +5,19 @@ from `step.succeeded` events), beside the CPU each process spent per step in tha
 its nats-server, the load client and (agent scenario) the demo agent. Each repetition posts a fresh
 batch of runs to the same daemon after a warm-up; medians over repetitions are reported.
 
-    python -m benchmarks.throughput [--runs 2000] [--repeats 3] [--agent]
+    python -m benchmarks.throughput [--runs 2000] [--repeats 3] [--agent] [--profile PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks.drive import measure_load, medians, ro, ts
@@ -59,12 +64,22 @@ KEYS = ("steps_per_s", "runs_per_s", "daemon_cpu_ms_per_step", "nats_cpu_ms_per_
         "agent_cpu_ms_per_step", "post_s", "db_span_s")
 
 
-def run_scenario(runs: int = 2000, repeats: int = 3, agent: bool = False, steps: int = 10) -> dict[str, Any]:
+def run_scenario(runs: int = 2000, repeats: int = 3, agent: bool = False, steps: int = 10,
+                 profile: str | None = None) -> dict[str, Any]:
+    """`profile`: a path for a py-spy raw profile of the daemon over the measured repetitions."""
     daemon = bench_daemon({"bench": noop_workflow(steps, agent)})
+    spy = None
     try:
         measure_load(daemon, "bench", WARMUP_RUNS)
+        if profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(daemon.pid), "-o",
+                                    profile, "-f", "raw", "-r", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
         reps = [per_step(measure_load(daemon, "bench", runs)) for _ in range(repeats)]
     finally:
+        if spy:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         daemon.stop()
     incomplete = [r for r in reps if not r["all_reached"] or set(r["statuses"]) != {"COMPLETED"}]
     result = {"scenario": f"throughput-{'agent' if agent else 'inject'}", "runs": runs, "steps_per_run": steps,
@@ -111,8 +126,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--agent", action="store_true")
+    parser.add_argument("--profile", help="write a py-spy raw profile of the daemon here (the bench extra)")
     args = parser.parse_args()
-    print(json.dumps(run_scenario(args.runs, args.repeats, args.agent, args.steps), indent=2))
+    print(json.dumps(run_scenario(args.runs, args.repeats, args.agent, args.steps, args.profile), indent=2))
 
 
 if __name__ == "__main__":
