@@ -90,6 +90,8 @@ def foreach_size(sizes: tuple[int, ...] = (100, 1_000, 10_000), timeout: float =
     if len(done) >= 2:
         first, last = out[f"n{done[0]}_daemon_cpu_ms_per_item"], out[f"n{done[-1]}_daemon_cpu_ms_per_item"]
         out["growth_per_item"] = round(last / first, 2) if first > 0 else None
+        out["growth_over"] = f"{done[0]} -> {done[-1]} items"
+    out["largest_finished"] = done[-1] if done else None
     return out
 
 

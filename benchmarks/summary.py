@@ -58,7 +58,9 @@ ROWS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
     ("parked runs: idle CPU", "parked.idle_cpu_pct", " %", "<= 2 %", lambda v: v <= 2),
     ("parked runs: created per second", "parked.create_runs_per_s", " runs/s", "", None),
     ("a step with a 1 MB vs a 1 KB context (daemon CPU)", "context-size.ratio_1mb_to_1kb", "x", "<= 1.5x", lambda v: v <= 1.5),
-    ("foreach 100 -> largest size: per-item CPU growth", "foreach-size.growth_per_item", "x", "linear (<= 2x)", lambda v: v <= 2),
+    ("foreach: per-item CPU growth, smallest -> largest finished", "foreach-size.growth_per_item", "x", "linear (<= 2x)",
+     lambda v: v <= 2),
+    ("foreach: largest size finished in time", "foreach-size.largest_finished", " items", "10,000", lambda v: v >= 10_000),
     ("run creation, single POSTs (16 threads)", "creation.single.runs_per_s", " runs/s", "", None),
     ("run creation, batches of 1,000", "creation.batch.runs_per_s", " runs/s", "", None),
 ]
@@ -89,6 +91,9 @@ def _notes(results: Results) -> list[str]:
         value = _get(results, f"{name}.{via}")
         if value:
             notes.append(f"\n{name}: runs created via {value}")
+    for key, value in (results.get("foreach-size") or {}).items():
+        if isinstance(value, str) and value.startswith("not finished"):
+            notes.append(f"\nforeach-size {key}: {value}")
     for name in ("throughput-inject", "throughput-agent"):
         if name in results and "ratio_to_dbos" not in results[name] and "error" not in results[name]:
             notes.append(f"\n{name}: no DBOS ratio (DBOS did not run in this invocation; add it to --only)")
