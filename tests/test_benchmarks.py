@@ -38,11 +38,14 @@ def test_sse_fanout_times_deliveries_in_its_own_process() -> None:
 
 
 def test_summary_puts_goals_beside_numbers_and_names_json_fields() -> None:
-    results = {"dbos": {"sequential_steps_per_s": 100.0, "concurrent_steps_per_s": 200.0, "best_steps_per_s": 200.0},
-               "throughput-inject": {"steps_per_s": 1200.0, "daemon_cpu_ms_per_step": 0.1},
+    results = {"dbos": {"sequential_steps_per_s": 100.0, "concurrent_steps_per_s": 200.0, "best_steps_per_s": 200.0,
+                        "cpu_ms_per_step": 2.0},
+               "throughput-inject": {"steps_per_s": 1200.0, "daemon_cpu_ms_per_step": 0.1, "nats_cpu_ms_per_step": 0.3,
+                                     "client_cpu_ms_per_step": 0.1},
                "latency": {"error": "RuntimeError: boom"}}
     summary.ratios(results)
     assert results["throughput-inject"]["ratio_to_dbos"] == 6.0
+    assert results["throughput-inject"]["cpu_ratio_to_dbos"] == 4.0  # 2.0 ms against 0.1 + 0.3 + 0.1
     text = summary.table(results)
     assert "| 10 inject steps: station-wf / DBOS | 6.0x | >= 5x | yes | `throughput-inject.ratio_to_dbos` |" in text
     assert "| 10 inject steps: daemon CPU per step | 0.1 ms | <= 0.2 ms | yes |" in text
