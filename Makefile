@@ -21,9 +21,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# BENCH_ARGS: e.g. --quick (about ten minutes), --only throughput,dbos
+BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 # Chaos: kill -9 the daemon and restart nats-server under a mixed workload, then check the invariants
 # (exit 1 on any violation; the short variant runs in `make test` as tests/test_chaos.py).

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.procstat import child_pid
 from station_wf.bus.nats_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +37,25 @@ class BenchDaemon:
         })
         self.procs: list[subprocess.Popen] = []
         self.base = f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def db(self) -> str:
+        return str(self.root / "data" / "station-wf.db")
+
+    @property
+    def pid(self) -> int:
+        """The daemon (the last process started)."""
+        return self.procs[-1].pid
+
+    def pids(self) -> dict[str, int | None]:
+        """The processes whose CPU a scenario reports: the daemon, its nats-server, the demo agent."""
+        return {"daemon": self.pid, "nats": child_pid(self.pid, "nats-server"),
+                "agent": self.procs[0].pid if len(self.procs) > 1 else None}
+
+    def add_agent(self, name: str, port: int) -> None:
+        """An agent prompt pointing at an HTTP agent on loopback (the demo agent or a test's own)."""
+        (self.root / "environments/default/agents" / f"{name}.prompt").write_text(
+            f"---\nmetadata: {{name: {name}}}\nendpoint: http://127.0.0.1:{port}/agents/{name}\n---\n{name}.\n")
 
     def add_workflow(self, name: str, text: str) -> None:
         (self.root / "environments/default/workflows" / f"{name}.workflow.yaml").write_text(text)

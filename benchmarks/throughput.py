@@ -1,26 +1,34 @@
-"""Throughput: N runs kept in flight (a new run starts when one completes) for a fixed time.
+"""Throughput: 2,000 runs of a 10-step workflow posted by the lean client (16 threads, its own process).
 
-Runs complete through the global SSE stream (no polling); the rates are computed afterwards from the
-daemon's own SQLite event log, over the measured window only (after a warm-up).
+Rates come from the daemon's own SQLite rows (first run created -> last run completed, steps counted
+from `step.succeeded` events), beside the CPU each process spent per step in that window: the daemon,
+its nats-server, the load client and (agent scenario) the demo agent. Each repetition posts a fresh
+batch of runs to the same daemon after a warm-up; medians over repetitions are reported.
+
+    python -m benchmarks.throughput [--runs 2000] [--repeats 3] [--agent] [--profile PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sqlite3
+import signal
 import statistics
+import subprocess
+import sys
 import time
-from datetime import datetime
+from pathlib import Path
+from typing import Any
 
-import httpx
-
+from benchmarks.drive import measure_load, medians, ro, ts
 from benchmarks.harness import BenchDaemon
 
+WARMUP_RUNS = 200
 
-def noop_workflow(steps: int, agent: bool) -> str:
-    lines = ["id: bench", "start: s0", "states:"]
+
+def noop_workflow(steps: int, agent: bool, name: str = "bench") -> str:
+    """`steps` inject steps; with `agent`, every second one is an `agent.run` against the demo agent."""
+    lines = [f"id: {name}", "start: s0", "states:"]
     for i in range(steps):
         nxt = f"next: s{i + 1}" if i + 1 < steps else "end: true"
         if agent and i % 2 == 1:
@@ -30,120 +38,97 @@ def noop_workflow(steps: int, agent: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+def bench_daemon(workflows: dict[str, str], extra_env: dict[str, str] | None = None,
+                 agents: dict[str, int] | None = None) -> BenchDaemon:
+    """A started daemon holding `workflows`, the `echo` agent (the demo agent) and `agents` (name: port)."""
+    daemon = BenchDaemon(extra_env)
+    for name, text in workflows.items():
+        daemon.add_workflow(name, text)
+    daemon.add_agent("echo", daemon.agent_port)
+    for name, port in (agents or {}).items():
+        daemon.add_agent(name, port)
+    daemon.start()
+    return daemon
 
 
-async def drive(base: str, concurrency: int, seconds: float, warmup: float) -> dict:
-    limits = httpx.Limits(max_connections=200)
-    completed = 0
-    started = 0
-    stop_at = time.monotonic() + warmup + seconds
-    wall_start = time.time()
-    sem = asyncio.Semaphore(64)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
-        async def start_one() -> None:
-            nonlocal started
-            async with sem:
-                r = await client.post("/api/v1/workflow-runs", json={"workflowId": "bench", "input": {}})
-                r.raise_for_status()
-                started += 1
-
-        async def listen(queue: asyncio.Queue) -> None:
-            async with client.stream("GET", "/api/v1/workflow-runs/stream?workflowId=bench", timeout=None) as resp:
-                event = ""
-                async for line in resp.aiter_lines():
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif not line and event:
-                        if event in ("run.completed", "run.failed"):
-                            queue.put_nowait(event)
-                        event = ""
-
-        queue: asyncio.Queue = asyncio.Queue()
-        listener = asyncio.create_task(listen(queue))
-        await asyncio.sleep(0.3)
-        await asyncio.gather(*(start_one() for _ in range(concurrency)))
-        pending: set[asyncio.Task] = set()
-        while time.monotonic() < stop_at:
-            try:
-                await asyncio.wait_for(queue.get(), 1)
-            except TimeoutError:
-                continue
-            completed += 1
-            task = asyncio.create_task(start_one())
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        listener.cancel()
-        for task in list(pending):
-            task.cancel()
-    return {"wall_start": wall_start, "completed_seen": completed, "started": started}
+def per_step(rep: dict[str, Any]) -> dict[str, Any]:
+    """CPU ms per step of every process measured in one repetition."""
+    steps = rep.get("steps") or 1
+    for name in ("nats", "client", "agent"):
+        if f"{name}_cpu_s" in rep:
+            rep[f"{name}_cpu_ms_per_step"] = round(rep[f"{name}_cpu_s"] * 1000 / steps, 3)
+    return rep
 
 
-def measure(db: str, window_start: float, window_end: float) -> dict:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    rows = conn.execute("SELECT type, created_at FROM workflow_run_events WHERE type IN ('step.succeeded', 'run.completed')").fetchall()
-    steps = sum(1 for kind, t in rows if kind == "step.succeeded" and window_start <= ts(t) < window_end)
-    runs = sum(1 for kind, t in rows if kind == "run.completed" and window_start <= ts(t) < window_end)
-    # Step-to-step overhead: previous step committed -> next step started.
-    gaps = []
-    for (_, events) in _by_run(conn):
-        last_done = None
-        for kind, t in events:
+KEYS = ("steps_per_s", "runs_per_s", "daemon_cpu_ms_per_step", "nats_cpu_ms_per_step", "client_cpu_ms_per_step",
+        "agent_cpu_ms_per_step", "post_s", "db_span_s")
+
+
+def run_scenario(runs: int = 2000, repeats: int = 3, agent: bool = False, steps: int = 10,
+                 profile: str | None = None) -> dict[str, Any]:
+    """`profile`: a path for a py-spy raw profile of the daemon over the measured repetitions."""
+    daemon = bench_daemon({"bench": noop_workflow(steps, agent)})
+    spy = None
+    try:
+        measure_load(daemon, "bench", WARMUP_RUNS)
+        if profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(daemon.pid), "-o",
+                                    profile, "-f", "raw", "-r", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+        reps = [per_step(measure_load(daemon, "bench", runs)) for _ in range(repeats)]
+    finally:
+        if spy:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        daemon.stop()
+    incomplete = [r for r in reps if not r["all_reached"] or set(r["statuses"]) != {"COMPLETED"}]
+    result = {"scenario": f"throughput-{'agent' if agent else 'inject'}", "runs": runs, "steps_per_run": steps,
+              "repeats": repeats, "client": f"lean, 16 threads, {reps[0]['client_mode']}", **medians(reps, KEYS)}
+    if incomplete:
+        result["incomplete"] = [{"statuses": r["statuses"], "error": r.get("first_error")} for r in incomplete]
+    return result
+
+
+def step_gaps(db: str, after_id: int) -> list[float]:
+    """Step-to-step overhead of runs created after `after_id`: a step committed -> the next step started."""
+    conn = ro(db)
+    gaps: list[float] = []
+    try:
+        current, last_done = None, None
+        for run_id, kind, t in conn.execute(
+                "SELECT e.run_id, e.type, e.created_at FROM workflow_run_events e JOIN workflow_runs r"
+                " ON e.run_id = r.run_id WHERE r.id > ? AND e.type IN ('step.succeeded', 'step.started')"
+                " ORDER BY e.run_id, e.seq", (after_id,)):
+            if run_id != current:
+                current, last_done = run_id, None
             if kind == "step.succeeded":
                 last_done = ts(t)
-            elif kind == "step.started" and last_done is not None:
+            elif last_done is not None:
                 gaps.append(ts(t) - last_done)
                 last_done = None
-    conn.close()
-    span = window_end - window_start
-    gaps.sort()
-    return {
-        "steps_per_s": round(steps / span, 1),
-        "runs_per_s": round(runs / span, 1),
-        "step_gap_p50_ms": round(statistics.median(gaps) * 1000, 2) if gaps else None,
-        "step_gap_p99_ms": round(gaps[int(len(gaps) * 0.99)] * 1000, 2) if gaps else None,
-    }
-
-
-def _by_run(conn: sqlite3.Connection):
-    current, events = None, []
-    for run_id, kind, t in conn.execute(
-            "SELECT run_id, type, created_at FROM workflow_run_events WHERE type IN ('step.succeeded', 'step.started') ORDER BY run_id, seq"):
-        if run_id != current:
-            if current is not None:
-                yield current, events
-            current, events = run_id, []
-        events.append((kind, t))
-    if current is not None:
-        yield current, events
-
-
-def run_scenario(concurrency: int, seconds: float, steps: int, agent: bool, warmup: float = 3.0) -> dict:
-    daemon = BenchDaemon()
-    daemon.add_workflow("bench", noop_workflow(steps, agent))
-    if agent:
-        (daemon.root / "environments/default/agents/echo.prompt").write_text(
-            f"---\nmetadata: {{name: echo}}\nendpoint: http://127.0.0.1:{daemon.agent_port}/agents/echo\n---\nEcho.\n")
-    daemon.start()
-    try:
-        info = asyncio.run(drive(daemon.base, concurrency, seconds, warmup))
-        window_start = info["wall_start"] + warmup + 0.3
-        result = measure(str(daemon.root / "data" / "station-wf.db"), window_start, window_start + seconds)
     finally:
-        daemon.stop()
-    return {"scenario": f"throughput-{'agent' if agent else 'inject'}", "concurrency": concurrency, "steps_per_run": steps,
-            "seconds": seconds, **result}
+        conn.close()
+    return sorted(gaps)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile of sorted `values` (the median for 0.5), None when there are none."""
+    if not values:
+        return None
+    if q == 0.5:
+        return statistics.median(values)
+    return values[min(len(values) - 1, int(len(values) * q))]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--concurrency", type=int, default=500)
-    parser.add_argument("--seconds", type=float, default=20)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput")
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--agent", action="store_true")
+    parser.add_argument("--profile", help="write a py-spy raw profile of the daemon here (the bench extra)")
     args = parser.parse_args()
-    print(json.dumps(run_scenario(args.concurrency, args.seconds, args.steps, args.agent), indent=2))
+    print(json.dumps(run_scenario(args.runs, args.repeats, args.agent, args.steps, args.profile), indent=2))
 
 
 if __name__ == "__main__":
