@@ -5,7 +5,9 @@
 For each context size, a fresh daemon runs `runs` runs of the 10-step workflow of
 `benchmarks.throughput` (10 inject steps, or 5 inject + 5 agent.run with `agent`) posted by 4
 http.client threads, each run's input padded to the size; prints daemon CPU (utime+stime from
-/proc) per step and the ratio of the large to the small.
+/proc) per step and the ratio of the large to the small. `per_step` leaves out the run's creation
+(the API decoding and inserting a 1 MB input): the CPU of as many 1-step runs is subtracted and the
+rest divided by the 9 other steps.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(context_bytes: int, runs: int, agent: bool) -> dict:
+def measure(context_bytes: int, runs: int, agent: bool, steps: int = 10) -> dict:
     d = BenchDaemon()
-    d.add_workflow("bench", noop_workflow(10, agent))
+    d.add_workflow("bench", noop_workflow(steps, agent))
     if agent:
         (d.root / "environments/default/agents/echo.prompt").write_text(
             f"---\nmetadata: {{name: echo}}\nendpoint: http://127.0.0.1:{d.agent_port}/agents/echo\n---\nEcho.\n")
@@ -63,16 +65,23 @@ def measure(context_bytes: int, runs: int, agent: bool) -> dict:
         con.close()
     finally:
         d.stop()
-    steps = max(done * 10, 1)
     return {"context_bytes": context_bytes, "runs": done, "elapsed_s": round(elapsed, 2),
-            "daemon_cpu_ms_per_step": round(cpu * 1000 / steps, 3)}
+            "daemon_cpu_ms_per_step": round(cpu * 1000 / max(done * steps, 1), 3), "cpu_ms_per_run": cpu * 1000 / max(done, 1)}
+
+
+def per_step(context_bytes: int, runs: int, agent: bool) -> dict:
+    """Daemon CPU per step past the first: (10-step run - 1-step run) / 9."""
+    full, one = measure(context_bytes, runs, agent), measure(context_bytes, runs, agent, steps=1)
+    return {**full, "one_step_cpu_ms_per_run": round(one["cpu_ms_per_run"], 3),
+            "per_step_ms": round((full["cpu_ms_per_run"] - one["cpu_ms_per_run"]) / 9, 3)}
 
 
 def main(runs: int, agent: bool) -> None:
-    small = measure(1_000, runs, agent)
-    large = measure(1_000_000, runs, agent)
+    small = per_step(1_000, runs, agent)
+    large = per_step(1_000_000, runs, agent)
     print(json.dumps({"agent": agent, "small": small, "large": large,
-                      "ratio": round(large["daemon_cpu_ms_per_step"] / max(small["daemon_cpu_ms_per_step"], 1e-9), 2)}))
+                      "ratio": round(large["daemon_cpu_ms_per_step"] / max(small["daemon_cpu_ms_per_step"], 1e-9), 2),
+                      "per_step_ratio": round(large["per_step_ms"] / max(small["per_step_ms"], 1e-9), 2)}))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import sqlite3
 from station_wf.core import model
 
 FINISHED = tuple(sorted(model.TERMINAL_RUN_STATUSES))
-CHILD_TABLES = ("workflow_run_events", "workflow_run_steps", "workflow_approvals", "workflow_signals", "timers")
+CHILD_TABLES = ("workflow_run_context_patches", "workflow_run_events", "workflow_run_steps", "workflow_approvals",
+                "workflow_signals", "timers")
 
 
 def prune_some(conn: sqlite3.Connection, cutoff: str, runs: int, rows: int) -> tuple[int, int]:

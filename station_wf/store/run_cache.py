@@ -34,6 +34,10 @@ class Entry:
     attempts: dict[str, int] | None  # step id -> highest attempt (None: not known)
     context_size: int  # bytes of JSON the entry stands for (what the bound counts)
     engine_size: int
+    blob_size: int = 0  # the stored context blob's bytes, its patches' rows, bytes and last seq
+    patch_rows: int = 0  # (store/context_patches.py: when to compact)
+    patch_bytes: int = 0
+    patch_seq: int = 0
 
     @property
     def size(self) -> int:

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection
+from typing import Any
 
+from station_wf.store import context_patches
 from station_wf.store.db import SqliteReaders
 
+_RUN = f"SELECT *, {context_patches.PATCHES_OF_RUN} AS context_patches FROM workflow_runs WHERE run_id = ?"
 
-async def run_row(readers: SqliteReaders, run_id: str) -> sqlite3.Row | None:
-    return await readers.fetchone("SELECT * FROM workflow_runs WHERE run_id = ?", (run_id,))
+
+async def run_row(readers: SqliteReaders, run_id: str) -> sqlite3.Row | dict[str, Any] | None:
+    """The run's row, its `context` the blob with the patches written since its compaction folded in
+    (read in one statement: one snapshot)."""
+    return context_patches.fold_row(await readers.fetchone(_RUN, (run_id,)))
 
 
 async def run_known(readers: SqliteReaders, run_id: str) -> bool:
@@ -27,7 +33,7 @@ async def run_steps(readers: SqliteReaders, run_id: str) -> list[sqlite3.Row]:
 
 async def list_runs(readers: SqliteReaders, workflow_id: str | None, statuses: Collection[str] | None, before_id: int | None,
                     limit: int) -> list[sqlite3.Row]:
-    """Newest first; `before_id` is the page cursor (the last row id of the previous page). `statuses`
+    """Newest first (their `context` column is the blob without its patches: not for showing); `before_id` is the page cursor (the last row id of the previous page). `statuses`
     None is every status; an empty collection matches no run."""
     where, params = [], []
     if workflow_id:

@@ -27,14 +27,15 @@ from station_wf.core import limits, model
 from station_wf.core.identity import idempotency_key
 from station_wf.deferral import after_commit
 from station_wf.protocol import step_task
-from station_wf.store import approvals, outbox, run_cache, timers
+from station_wf.store import approvals, context_patches, outbox, run_cache, timers
 from station_wf.store import vocab as v
 from station_wf.store.db import utcnow
 from station_wf.store.jsontext import dumps
 from station_wf.telemetry.metrics import runs_finished_total
 
 _COUNTERS = "SELECT status, version, event_seq, step_count FROM workflow_runs WHERE run_id = ?"
-_STATE = "SELECT context, engine_state FROM workflow_runs WHERE run_id = ?"
+_STATE = (f"SELECT context, engine_state, {context_patches.PATCHES_OF_RUN} AS context_patches "
+          "FROM workflow_runs WHERE run_id = ?")
 _OPEN = f"SELECT * FROM workflow_run_steps WHERE run_id = ? AND status IN {v.OPEN_STEPS} ORDER BY id"
 _ATTEMPTS = "SELECT step_id, MAX(attempt) FROM workflow_run_steps WHERE run_id = ? GROUP BY step_id"
 _STEP_COLUMNS = ("run_id", "step_id", "state_name", "state_type", "branch_path", "foreach_index", "attempt", "try_number",
@@ -61,10 +62,21 @@ def load_state(conn: sqlite3.Connection, run_id: str, version: int) -> run_cache
     entry = run_cache.get(run_id, version)
     if entry is None:
         row = conn.execute(_STATE, (run_id,)).fetchone()
-        entry = run_cache.Entry(version, json.loads(row["context"]), json.loads(row["engine_state"]), None,
-                                len(row["context"]), len(row["engine_state"]))
+        patches = context_patches.parse(row["context_patches"])
+        patch_bytes = sum(len(path) + len(value or "") + 8 for _, path, value in patches)
+        blob = row["context"]
+        entry = run_cache.Entry(version, context_patches.fold(json.loads(blob), patches), json.loads(row["engine_state"]),
+                                None, len(blob) + patch_bytes, len(row["engine_state"]), len(blob), len(patches),
+                                patch_bytes, patches[-1][0] if patches else 0)
         run_cache.stage(run_id, entry)
     return entry
+
+
+def _patch_bound(size: int, old: Any, new: Any) -> int:
+    """An upper bound of the context's JSON size after `old` became `new`, from their changed paths:
+    for a transition that reports no write (a start, a caught error) but changes the context."""
+    return size + sum(len(dumps(path)) + len(dumps(value)) + 8
+                      for path, value in context_patches.diff(old, new) if value is not context_patches.GONE)
 
 
 def _context_bound(size: int, t: model.Transition, payloads: list[str]) -> int | None:
@@ -129,6 +141,9 @@ class RunUnit:
         self.context = entry.context
         self.engine = entry.engine
         self.context_size, self.engine_size = entry.context_size, entry.engine_size
+        self._stored = entry.context  # the context the database holds now (blob + patches): what flush diffs against
+        self.blob_size, self.patch_rows, self.patch_bytes, self.patch_seq = (entry.blob_size, entry.patch_rows,
+                                                                             entry.patch_bytes, entry.patch_seq)
         self.attempts = attempts
         self.open = open_steps
         self.signals: tuple[model.Signal, ...] | None = None
@@ -176,8 +191,10 @@ class RunUnit:
         context_json, context_size = self.context_json, self.context_size
         if t.context is not None and (t.context is not self.context or context_json is None):
             context_size = _context_bound(self.context_size, t, payloads)
+            if context_size is None:
+                context_size = _patch_bound(self.context_size, self.context, t.context)
             context_json = None
-            if context_size is None or context_size > limits.LIMITS.max_context_bytes:
+            if context_size > limits.LIMITS.max_context_bytes:
                 context_json = dumps(t.context)  # the exact size decides (and is the text flush writes)
                 context_size = len(context_json)
         engine_json, engine_size = self.engine_json, self.engine_size
@@ -324,12 +341,11 @@ class RunUnit:
             return
         sets = ["version = version + ?", "event_seq = ?", "step_count = ?"]
         params: list[Any] = [self.applied, self.event_seq, self.step_count]
-        if self._context_changed:
-            if self.context_json is None:
-                self.context_json = dumps(self.context)
-                self.context_size = len(self.context_json)
-            sets.append("context = ?")
-            params.append(self.context_json)
+        if self._context_changed or (self.patch_rows and self.status in model.TERMINAL_RUN_STATUSES):
+            blob = self._write_context(conn)
+            if blob is not None:
+                sets.append("context = ?")
+                params.append(blob)
         if self._engine_changed:
             if self.engine_json is None:
                 self.engine_json = dumps(self.engine)
@@ -346,4 +362,26 @@ class RunUnit:
         self._context_changed = self._engine_changed = False
         run_cache.stage(self.run_id, run_cache.Entry(self.version, self.context, self.engine,
                                                      None if self.attempts is None else dict(self.attempts),
-                                                     self.context_size, self.engine_size))
+                                                     self.context_size, self.engine_size, self.blob_size,
+                                                     self.patch_rows, self.patch_bytes, self.patch_seq))
+
+    def _write_context(self, conn: sqlite3.Connection) -> str | None:
+        """What the context changed since the database last had it, as patch rows; or the whole blob
+        (returned, for the run UPDATE; the patches deleted) when the patches outgrow it or the run ends."""
+        rows = context_patches.rows(self.run_id, self.patch_seq + 1, context_patches.diff(self._stored, self.context))
+        self._stored = self.context
+        added = sum(len(r[2]) + len(r[3] or "") + 8 for r in rows)
+        if (self.status not in model.TERMINAL_RUN_STATUSES and self.patch_rows + len(rows) <= context_patches.COMPACT_ROWS
+                and self.patch_bytes + added <= self.blob_size * context_patches.COMPACT_FRACTION):
+            if rows:
+                context_patches.append(conn, rows)
+                self.patch_rows, self.patch_bytes, self.patch_seq = (self.patch_rows + len(rows), self.patch_bytes + added,
+                                                                     self.patch_seq + len(rows))
+            return None
+        if self.context_json is None:
+            self.context_json = dumps(self.context)
+        self.context_size = self.blob_size = len(self.context_json)
+        if self.patch_rows:
+            context_patches.drop(conn, self.run_id)
+        self.patch_rows = self.patch_bytes = self.patch_seq = 0
+        return self.context_json
