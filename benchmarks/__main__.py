@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fanout, scenarios, sizes, summary
+from benchmarks import fanout, scenarios, sizes, sse_big, summary
 from benchmarks.throughput import run_scenario
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,6 +39,7 @@ def plan(quick: bool, profile_dir: str | None = None) -> dict[str, Callable[[], 
         "latency": lambda: scenarios.latency(10 if quick else 30),
         "sse-fanout": lambda: fanout.sse_fanout(1000),
         "sse-idle": lambda: fanout.sse_idle(10_000),
+        "sse-big": lambda: sse_big.main(200_000 if quick else 1_000_000),
         "recovery": lambda: scenarios.recovery(1000),
         "parked": lambda: scenarios.parked(10_000 if quick else 100_000),
         "context-size": lambda: sizes.context_size(100, 5) if quick else sizes.context_size(200, 10),

@@ -113,7 +113,7 @@ def main(n: int = 1_000_000, pad: int = 200) -> dict[str, Any]:
                 after = page["nextAfterSeq"]
         api_s, api_cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
         stop.set()
-        return {"scenario": f"sse-big-{n}", "events": total, "payload_bytes": pad, "seed_s": round(seed_s, 1),
+        return {"scenario": "sse-big", "events": total, "payload_bytes": pad, "seed_s": round(seed_s, 1),
                 "sse_seen": seen, "sse_last_id": last, "sse_s": round(sse_s, 1), "sse_events_per_s": round(seen / sse_s),
                 "sse_daemon_cpu_us_per_event": round(sse_cpu / max(1, seen) * 1e6, 1),
                 "api_listed": listed, "api_s": round(api_s, 1), "api_events_per_s": round(listed / api_s),
