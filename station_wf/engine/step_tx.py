@@ -10,7 +10,6 @@ times is not decided again: its attempt is committed FAILED with type `engine_er
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from station_wf.protocol import Task
 from station_wf.store import runs as rs
 from station_wf.store import timers
 from station_wf.store.definitions import DefinitionCache
+from station_wf.store.jsontext import loads
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class StepTransactions:
         row = rs.load_step(conn, run_id, step, attempt)
         if row is None or row["status"] != model.RUNNING or row["result"] is None:  # closed meanwhile, or not recorded
             return 0, False
-        result = json.loads(row["result"])
+        result = loads(row["result"])
         view = rs.step_view(row)
         decided: list[model.Transition] = []
 

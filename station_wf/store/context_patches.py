@@ -11,11 +11,10 @@ same JSON text the whole-blob write gave, key order included.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
-from station_wf.store.jsontext import dumps
+from station_wf.store.jsontext import dumps, loads
 
 COMPACT_ROWS = 64  # a run's patches are folded into its blob past this many rows ...
 COMPACT_FRACTION = 0.5  # ... or past this fraction of the blob's bytes (and always when it ends)
@@ -88,15 +87,15 @@ def parse(patches_json: str | None) -> list[tuple[int, str, str | None]]:
     """The rows selected by `PATCHES_OF_RUN`, in seq order."""
     if not patches_json or patches_json == "[]":
         return []
-    return sorted((seq, path, value) for seq, path, value in json.loads(patches_json))
+    return sorted((seq, path, value) for seq, path, value in loads(patches_json))
 
 
 def fold(context: Any, patches: list[tuple[int, str, str | None]]) -> Any:
     """`context` (decoded, owned by the caller: written into) with `patches` applied in order."""
     for _, path_text, value_text in patches:
-        path = json.loads(path_text)
+        path = loads(path_text)
         if not path:
-            context = None if value_text is None else json.loads(value_text)
+            context = None if value_text is None else loads(value_text)
             continue
         node = context
         for key in path[:-1]:
@@ -104,14 +103,14 @@ def fold(context: Any, patches: list[tuple[int, str, str | None]]) -> Any:
         if value_text is None:
             node.pop(path[-1], None)
         else:
-            node[path[-1]] = json.loads(value_text)
+            node[path[-1]] = loads(value_text)
     return context
 
 
 def fold_text(blob: str, patches_json: str | None) -> str:
     """The context's JSON text as the whole-blob write would have stored it."""
     patches = parse(patches_json)
-    return blob if not patches else dumps(fold(json.loads(blob), patches))
+    return blob if not patches else dumps(fold(loads(blob), patches))
 
 
 def fold_row(row: sqlite3.Row | None) -> sqlite3.Row | dict[str, Any] | None:

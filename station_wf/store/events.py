@@ -7,11 +7,11 @@ views that show less project it (`event_view`), they never build an event of the
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
 from station_wf.store.db import SqliteReaders
+from station_wf.store.jsontext import loads
 
 _EVENTS = """SELECT e.id, e.run_id, e.seq, e.type, e.step_id, e.payload, e.actor, e.created_at,
                     r.workflow_id, r.status AS run_status
@@ -27,7 +27,7 @@ def event_from_row(row: sqlite3.Row) -> dict[str, Any]:
     """The one event shape: the event, its run's workflow and the run's status now (for filters)."""
     return {
         "id": row["id"], "runId": row["run_id"], "seq": row["seq"], "type": row["type"], "stepId": row["step_id"],
-        "payload": json.loads(row["payload"]), "actor": row["actor"], "time": row["created_at"],
+        "payload": loads(row["payload"]), "actor": row["actor"], "time": row["created_at"],
         "workflowId": row["workflow_id"], "runStatus": row["run_status"],
     }
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import sqlite3
 from typing import Any
 
@@ -30,7 +29,7 @@ from station_wf.protocol import step_task
 from station_wf.store import approvals, context_patches, outbox, run_cache, timers
 from station_wf.store import vocab as v
 from station_wf.store.db import utcnow
-from station_wf.store.jsontext import dumps
+from station_wf.store.jsontext import dumps, loads
 from station_wf.telemetry.metrics import runs_finished_total
 
 _COUNTERS = "SELECT status, version, event_seq, step_count FROM workflow_runs WHERE run_id = ?"
@@ -65,7 +64,7 @@ def load_state(conn: sqlite3.Connection, run_id: str, version: int) -> run_cache
         patches = context_patches.parse(row["context_patches"])
         patch_bytes = sum(len(path) + len(value or "") + 8 for _, path, value in patches)
         blob = row["context"]
-        entry = run_cache.Entry(version, context_patches.fold(json.loads(blob), patches), json.loads(row["engine_state"]),
+        entry = run_cache.Entry(version, context_patches.fold(loads(blob), patches), loads(row["engine_state"]),
                                 None, len(blob) + patch_bytes, len(row["engine_state"]), len(blob), len(patches),
                                 patch_bytes, patches[-1][0] if patches else 0)
         run_cache.stage(run_id, entry)
@@ -173,7 +172,7 @@ class RunUnit:
         """Everything the interpreter may look at (buffered signals only for definitions that wait for one)."""
         if self.signals is None:
             wants = defn is None or uses_signals(defn, self.run.workflow_id, self.run.workflow_version)
-            self.signals = tuple(model.Signal(r["id"], r["name"], json.loads(r["payload"]))
+            self.signals = tuple(model.Signal(r["id"], r["name"], loads(r["payload"]))
                                  for r in approvals.pending_signals(conn, self.run_id)) if wants else ()
         return model.RunState(self.run_id, self.context, self.engine, tuple(self.open.values()), utcnow(),
                               self.signals, rules=limits.LIMITS.rules)

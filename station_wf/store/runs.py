@@ -7,7 +7,6 @@ with the outbox they are what makes invariants 1, 2 and 7 hold.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from station_wf.protocol import run_task, step_task
 from station_wf.store import approvals, outbox, run_cache, timers
 from station_wf.store import vocab as v
 from station_wf.store.db import SqliteReaders, utcnow
-from station_wf.store.jsontext import dumps
+from station_wf.store.jsontext import dumps, loads
 from station_wf.store.run_unit import RunUnit, load_state, step_view
 
 
@@ -58,7 +57,7 @@ def open_steps(conn: sqlite3.Connection, run_id: str) -> tuple[model.StepView, .
 
 
 def pending_signals(conn: sqlite3.Connection, run_id: str) -> tuple[model.Signal, ...]:
-    return tuple(model.Signal(r["id"], r["name"], json.loads(r["payload"])) for r in approvals.pending_signals(conn, run_id))
+    return tuple(model.Signal(r["id"], r["name"], loads(r["payload"])) for r in approvals.pending_signals(conn, run_id))
 
 
 def run_state(conn: sqlite3.Connection, run: RunRow) -> model.RunState:
