@@ -278,3 +278,35 @@ def test_a_start_whose_chain_needs_the_sandbox_is_run_again_whole(daemon: Daemon
     assert all(r["run"]["status"] == "COMPLETED" for r in results)
     assert _count(daemon, "SELECT COUNT(*) FROM workflow_runs") == 301
     assert _count(daemon, "SELECT COUNT(*) FROM workflow_run_events WHERE type = 'run.created'") == 301
+
+
+MIXED = """
+id: mixed
+start: a
+states:
+  - name: a
+    type: inject
+    data: { x: 1 }
+    next: b
+  - name: b
+    type: operation
+    action: agent.run
+    input: { agent: worker, task: "t" }
+    end: true
+"""
+
+
+def test_a_started_run_answers_with_the_context_its_inline_steps_wrote(daemon: Daemon) -> None:
+    """The start's inline chain stores its context writes as patches: the POST's answer (single, keyed,
+    batch) folds them in, as a later GET does."""
+    daemon.add_workflow("mixed", MIXED)
+    daemon.start()
+    single = daemon.start_run("mixed")
+    assert single["status"] == "RUNNING" and single["context"]["x"] == 1, single
+    keyed = daemon.request("POST", "/api/v1/workflow-runs", json={"workflowId": "mixed"}, headers={"Idempotency-Key": "ctx-1"})
+    assert keyed.status_code == 201 and keyed.json()["run"]["context"]["x"] == 1, keyed.text
+    replay = daemon.request("POST", "/api/v1/workflow-runs", json={"workflowId": "mixed"}, headers={"Idempotency-Key": "ctx-1"})
+    assert replay.headers.get("Idempotent-Replayed") == "true" and replay.json()["run"]["context"]["x"] == 1
+    batch = _batch(daemon, [{"workflowId": "mixed"}]).json()["results"][0]
+    assert batch["status"] == 201 and batch["run"]["context"]["x"] == 1, batch
+    assert daemon.run(single["id"])["context"]["x"] == 1

@@ -4,8 +4,10 @@ task its insert queued once the start was decided there, and reading the run bac
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from station_wf.protocol import run_task, task_msg_id
+from station_wf.store import context_patches
 
 
 def outbox_mark(conn: sqlite3.Connection) -> int:
@@ -19,8 +21,12 @@ def withdraw_run_task(conn: sqlite3.Connection, after_id: int, run_id: str, trac
     return conn.execute("DELETE FROM outbox WHERE id > ? AND msg_id = ?", (after_id, msg_id)).rowcount
 
 
-def run_with_steps(conn: sqlite3.Connection, run_id: str) -> tuple[sqlite3.Row | None, list[sqlite3.Row]]:
-    """Inside the writer's transaction: the run as it is about to be committed, with its steps."""
-    row = conn.execute("SELECT * FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone()
+_RUN = f"SELECT *, {context_patches.PATCHES_OF_RUN} AS context_patches FROM workflow_runs WHERE run_id = ?"
+
+
+def run_with_steps(conn: sqlite3.Connection, run_id: str) -> tuple[sqlite3.Row | dict[str, Any] | None, list[sqlite3.Row]]:
+    """Inside the writer's transaction: the run as it is about to be committed (its context with the
+    patches of this transaction folded in), with its steps."""
+    row = context_patches.fold_row(conn.execute(_RUN, (run_id,)).fetchone())
     steps = conn.execute("SELECT * FROM workflow_run_steps WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
     return row, steps
