@@ -65,7 +65,7 @@ def create_and_start(conn: sqlite3.Connection, defs: DefinitionCache, row: sqlit
     nothing here depends on an earlier attempt."""
     mark = run_start.outbox_mark(conn)
     insert_new_run(conn, row, defn, run_id, run_input, traceparent)
-    conn.execute("SAVEPOINT start_run")
+    point = rs.Savepoint(conn, "start_run")
     try:
         if fault_error("api.start_run"):  # tests: a start decision that fails
             raise RuntimeError("fault injected at api.start_run")
@@ -76,11 +76,10 @@ def create_and_start(conn: sqlite3.Connection, defs: DefinitionCache, row: sqlit
     except BaseException as exc:
         if not conn.in_transaction:
             raise  # SQLite undid the whole transaction (a full disk, say): the writer fails the group
-        conn.execute("ROLLBACK TO start_run")
-        conn.execute("RELEASE start_run")
+        point.undo()
         if not isinstance(exc, Exception) or is_storage_error(exc):
             raise  # a Deferred (the whole transaction runs again), or the database cannot store it: not the decision's fault
         log.warning("run %s: start decision failed, left to its run task: %s: %s", run_id, type(exc).__name__, exc)
         return False
-    conn.execute("RELEASE start_run")
+    point.keep()
     return True

@@ -70,24 +70,22 @@ class TimerLoop(Loop):
             row = timer_store.load_unfired(conn, timer_id)
             if row is None or row["run_status"] == model.PAUSED:
                 continue  # fired meanwhile, or paused since the read: it fires on resume
-            conn.execute("SAVEPOINT timer")
+            point = rs.Savepoint(conn, "timer")
             try:
                 timer_store.mark_fired(conn, timer_id)
                 if fault_error(f"timer.fire.{row['workflow_id']}"):  # tests: a poisonous workflow's timers
                     raise RuntimeError(f"fault injected at timer.fire.{row['workflow_id']}")
                 self._fire(conn, row)
             except Deferred as needs:  # needs an expression evaluated: collect, so one re-run serves the batch
-                conn.execute("ROLLBACK TO timer")
-                conn.execute("RELEASE timer")
+                point.undo()
                 deferred = needs if deferred is None else deferred.merge(needs)
             except Exception as exc:  # noqa: BLE001 - this timer alone; the others fire
                 if not conn.in_transaction:
                     raise  # SQLite undid the whole transaction: the writer fails the group
-                conn.execute("ROLLBACK TO timer")
-                conn.execute("RELEASE timer")
+                point.undo()
                 self._failed(conn, row, exc)
             else:
-                conn.execute("RELEASE timer")
+                point.keep()
         if deferred is not None:
             raise deferred  # the writer evaluates what the batch needs, then fires it again
 

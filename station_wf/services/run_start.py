@@ -22,6 +22,7 @@ from station_wf.errors import ServiceError, invalid
 from station_wf.faults import crash_point
 from station_wf.services import idempotency as idem
 from station_wf.store import run_reads, run_start
+from station_wf.store import runs as rs
 from station_wf.store.definitions import DefinitionCache, Head, definition_status, latest_head
 from station_wf.telemetry.tracing import new_run_traceparent
 
@@ -158,22 +159,20 @@ class BatchTx:
         out: list[Outcome] = []
         deferred: Deferred | None = None
         for item in self.items:
-            conn.execute("SAVEPOINT batch_item")
+            point = rs.Savepoint(conn, "batch_item")
             try:
                 out.append(self._one(conn, item))
             except Deferred as needs:
-                conn.execute("ROLLBACK TO batch_item")
-                conn.execute("RELEASE batch_item")
+                point.undo()
                 deferred = needs if deferred is None else deferred.merge(needs)
                 out.append(Outcome(0))
             except ServiceError as exc:
                 if not conn.in_transaction:
                     raise
-                conn.execute("ROLLBACK TO batch_item")
-                conn.execute("RELEASE batch_item")
+                point.undo()
                 out.append(Outcome(exc.status, idem.error_body(exc)))
             else:
-                conn.execute("RELEASE batch_item")
+                point.keep()
         if deferred is not None:
             raise deferred
         crash_point("api.batch.before_commit")  # tests: all items written, nothing committed

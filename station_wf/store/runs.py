@@ -250,16 +250,31 @@ async def count_unfinished_by_status(readers: SqliteReaders) -> dict[str, int]:
     return {r["status"]: r["n"] for r in rows}
 
 
+class Savepoint:
+    """A nested savepoint inside the writer's transaction whose undo also drops the decoded run state
+    staged inside it (the cache is never ahead of the database), for callers that decide per error."""
+
+    def __init__(self, conn: sqlite3.Connection, name: str) -> None:
+        self.conn, self.name = conn, name
+        conn.execute(f"SAVEPOINT {name}")
+        self.mark = run_cache.checkpoint()
+
+    def undo(self) -> None:
+        run_cache.rollback_to(self.mark)
+        self.conn.execute(f"ROLLBACK TO {self.name}")
+        self.conn.execute(f"RELEASE {self.name}")
+
+    def keep(self) -> None:
+        self.conn.execute(f"RELEASE {self.name}")
+
+
 @contextlib.contextmanager
 def savepoint(conn: sqlite3.Connection, name: str) -> Iterator[None]:
     """A nested savepoint inside the writer's transaction: undo one attempt at a change and try another."""
-    conn.execute(f"SAVEPOINT {name}")
-    mark = run_cache.checkpoint()
+    point = Savepoint(conn, name)
     try:
         yield
     except BaseException:
-        run_cache.rollback_to(mark)  # decoded state staged inside is undone with it
-        conn.execute(f"ROLLBACK TO {name}")
-        conn.execute(f"RELEASE {name}")
+        point.undo()
         raise
-    conn.execute(f"RELEASE {name}")
+    point.keep()
