@@ -168,6 +168,22 @@ def test_the_cache_is_bounded_by_bytes_least_recently_used_first(monkeypatch: py
         run_cache.clear()
 
 
+def test_the_cache_is_bounded_by_entries_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many small runs (parked ones) do not all stay decoded: the count bound evicts the oldest."""
+    run_cache.clear()
+    monkeypatch.setattr(run_cache, "MAX_ENTRIES", 20)
+    try:
+        for i in range(100):
+            run_cache.begin_group()
+            run_cache.stage(f"r{i}", run_cache.Entry(1, {}, {}, None, 10, 10))
+            run_cache.publish()
+        entries, _ = run_cache.stats()
+        assert entries == 20
+        assert run_cache.get("r99", 1) is not None and run_cache.get("r79", 1) is None
+    finally:
+        run_cache.clear()
+
+
 def test_staged_state_is_dropped_with_its_savepoint_and_outside_a_group_nothing_is_kept() -> None:
     run_cache.clear()
     run_cache.discard()

@@ -11,7 +11,10 @@ SQLite rolled back. So no entry is ever ahead of the database. Outside a writer 
 test on a bare connection) nothing is staged: the cache only ever serves the writer thread.
 
 Bounded: least recently used entries go first once the entries' JSON size passes
-`LIMITS.run_cache_bytes` (STATION_RUN_CACHE_MB); 0 turns the cache off.
+`LIMITS.run_cache_bytes` (STATION_RUN_CACHE_MB), or their number passes `MAX_ENTRIES`; 0 turns the
+cache off. The count bound is there because decoded objects take several times their JSON's bytes (a
+small run's entry is ~2 KB of Python objects): 100,000 parked runs must not all stay decoded, and only
+the runs in flight (a few hundred) gain from being cached.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Entry:
     def size(self) -> int:
         return self.context_size + self.engine_size
 
+
+MAX_ENTRIES = 10_000
 
 _lock = threading.Lock()
 _entries: OrderedDict[str, Entry] = OrderedDict()
@@ -137,6 +142,6 @@ def _put(run_id: str, entry: Entry) -> None:
         return  # one huge run must not flush everyone else; it is decoded per transaction instead
     _entries[run_id] = entry
     _bytes += entry.size
-    while _bytes > limit and _entries:
+    while (_bytes > limit or len(_entries) > MAX_ENTRIES) and _entries:
         _, dropped = _entries.popitem(last=False)
         _bytes -= dropped.size
