@@ -312,10 +312,11 @@ class Daemon:
         assert resp.status_code == 200, resp.text
         return resp.json()
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
+    def events(self, run_id: str, max_pages: int = 1000) -> list[dict[str, Any]]:
+        """Every event of the run through `GET /events`, a keyset page of 1,000 at a time."""
         out: list[dict[str, Any]] = []
         after = 0
-        for _ in range(1000):
+        for _ in range(max_pages):
             page = self.request("GET", f"/api/v1/workflow-runs/{run_id}/events", params={"afterSeq": after, "limit": 1000}).json()
             out.extend(page["events"])
             if page["nextAfterSeq"] is None:

@@ -57,19 +57,6 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _events_api(d: Daemon, run_id: str) -> list[dict[str, Any]]:
-    """Every event of the run through `GET /events`, a keyset page of 1,000 at a time."""
-    out: list[dict[str, Any]] = []
-    after = 0
-    for _ in range(10_000):
-        page = d.request("GET", f"/api/v1/workflow-runs/{run_id}/events", params={"afterSeq": after, "limit": 1000}).json()
-        out.extend(page["events"])
-        if page["nextAfterSeq"] is None:
-            return out
-        after = page["nextAfterSeq"]
-    raise AssertionError("the events API did not end")
-
-
 async def _subscribers(url: str, n: int, connected: asyncio.Event, timeout: float = 60) -> list[list[dict[str, Any]]]:
     """N streams on `url`, each read to its end; `connected` is set once every one has its first event."""
     got: list[list[dict[str, Any]]] = [[] for _ in range(n)]
@@ -232,7 +219,7 @@ def test_ten_thousand_event_backfill_is_complete_through_sse_and_the_api(daemon:
                 break
     ids = [int(x) for x in _ID.findall(raw)]
     assert ids == list(range(1, total + 1))
-    listed = _events_api(daemon, rid)
+    listed = daemon.events(rid, max_pages=10_000)
     assert [e["seq"] for e in listed] == list(range(1, total + 1)) and listed[-1]["type"] == "note"
 
 
