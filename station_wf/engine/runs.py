@@ -19,7 +19,6 @@ from station_wf.dsl.input_schema import SchemaProblem, input_schema_errors
 from station_wf.engine.commit import decide_and_commit
 from station_wf.errors import ServiceError
 from station_wf.faults import fault_error
-from station_wf.store import run_start
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
 from station_wf.store.definitions import DefinitionCache
@@ -46,12 +45,15 @@ def input_problems(schema: dict[str, Any] | None, run_input: Any) -> list[dict[s
 
 
 def insert_new_run(conn: sqlite3.Connection, row: sqlite3.Row, defn: dict[str, Any], run_id: str, run_input: dict[str, Any],
-                   traceparent: str | None, extra_context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The one way a run is created (API and schedules): its context, row, first event and run task."""
+                   traceparent: str | None, extra_context: dict[str, Any] | None = None,
+                   run_task: bool = True) -> dict[str, Any]:
+    """The one way a run is created (API and schedules): its context, row, first event and (unless
+    the caller starts it in this transaction) its run task."""
     now = utcnow()
     context = history.initial_context(defn, run_id, row["version"], run_input, now)
     context.update(extra_context or {})
-    rs.insert_run(conn, run_id, row["workflow_id"], row["version"], row["content_hash"], run_input, context, traceparent, now)
+    rs.insert_run(conn, run_id, row["workflow_id"], row["version"], row["content_hash"], run_input, context, traceparent, now,
+                  run_task=run_task)
     return context
 
 
@@ -63,8 +65,7 @@ def create_and_start(conn: sqlite3.Connection, defs: DefinitionCache, row: sqlit
     with its run task (the worker tries again, within its delivery budget). A `Deferred` (an expression
     for the sandbox) is a BaseException: it undoes the whole transaction, which the writer runs again;
     nothing here depends on an earlier attempt."""
-    mark = run_start.outbox_mark(conn)
-    insert_new_run(conn, row, defn, run_id, run_input, traceparent)
+    insert_new_run(conn, row, defn, run_id, run_input, traceparent, run_task=False)
     point = rs.Savepoint(conn, "start_run")
     try:
         if fault_error("api.start_run"):  # tests: a start decision that fails
@@ -72,7 +73,6 @@ def create_and_start(conn: sqlite3.Connection, defs: DefinitionCache, row: sqlit
         run = rs.load_run(conn, run_id)
         assert run is not None
         decide_and_commit(conn, defs, run, ip.start_run)
-        run_start.withdraw_run_task(conn, mark, run_id, traceparent)
     except BaseException as exc:
         if not conn.in_transaction:
             raise  # SQLite undid the whole transaction (a full disk, say): the writer fails the group
@@ -80,6 +80,7 @@ def create_and_start(conn: sqlite3.Connection, defs: DefinitionCache, row: sqlit
         if not isinstance(exc, Exception) or is_storage_error(exc):
             raise  # a Deferred (the whole transaction runs again), or the database cannot store it: not the decision's fault
         log.warning("run %s: start decision failed, left to its run task: %s: %s", run_id, type(exc).__name__, exc)
+        rs.enqueue_run_task(conn, run_id, traceparent)
         return False
     point.keep()
     return True

@@ -1,25 +1,12 @@
-"""SQL of starting a run in the transaction that creates it (`engine/runs.py`): withdrawing the run
-task its insert queued once the start was decided there, and reading the run back for the answer."""
+"""SQL of starting a run in the transaction that creates it (`engine/runs.py`): reading the run back,
+as it is about to be committed, for the answer."""
 
 from __future__ import annotations
 
 import sqlite3
 from typing import Any
 
-from station_wf.protocol import run_task, task_msg_id
 from station_wf.store import context_patches
-
-
-def outbox_mark(conn: sqlite3.Connection) -> int:
-    """The outbox's last id before the insert: the run task is looked for only among later rows."""
-    return conn.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
-
-
-def withdraw_run_task(conn: sqlite3.Connection, after_id: int, run_id: str, traceparent: str | None) -> int:
-    """Delete the run's start task queued in this transaction (nobody saw it: it is not committed)."""
-    msg_id = task_msg_id(run_task(run_id, traceparent))
-    return conn.execute("DELETE FROM outbox WHERE id > ? AND msg_id = ?", (after_id, msg_id)).rowcount
-
 
 _RUN = f"SELECT *, {context_patches.PATCHES_OF_RUN} AS context_patches FROM workflow_runs WHERE run_id = ?"
 

@@ -94,15 +94,17 @@ def enqueue_run_task(conn: sqlite3.Connection, run_id: str, traceparent: str | N
 
 def insert_run(
     conn: sqlite3.Connection, run_id: str, workflow_id: str, version: int, digest: str, run_input: dict[str, Any],
-    context: dict[str, Any], traceparent: str | None, now: str,
+    context: dict[str, Any], traceparent: str | None, now: str, run_task: bool = True,
 ) -> None:
+    """The run's row and its `run.created` event, and its run task unless the caller starts it here."""
     conn.execute(
         """INSERT INTO workflow_runs (run_id, workflow_id, workflow_version, content_hash, status, input, context,
                traceparent, created_at, updated_at) VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?, ?, ?)""",
         (run_id, workflow_id, version, digest, dumps(run_input), dumps(context), traceparent, now, now),
     )
     append_event(conn, run_id, "run.created", {"workflowId": workflow_id, "version": version, "input": run_input}, now=now)
-    enqueue_run_task(conn, run_id, traceparent)
+    if run_task:
+        enqueue_run_task(conn, run_id, traceparent)
 
 
 def apply_transition(conn: sqlite3.Connection, run: RunRow, t: model.Transition, step: model.StepView | None = None,
