@@ -187,6 +187,21 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 # -- the daemon -----------------------------------------------------------------------------------
+# Two small workflows many daemon tests share: one parked on a signal, one inject step.
+WAITS = """
+id: waits
+start: first
+states:
+  - { name: first, type: operation, action: signal.wait, input: { signal: go }, resultPath: got, end: true }
+"""
+
+PLAIN = """
+id: plain
+start: a
+states:
+  - { name: a, type: inject, data: { ok: true }, end: true }
+"""
+
 AGENT_TEMPLATE = """---
 metadata:
   name: {name}

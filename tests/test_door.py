@@ -20,23 +20,10 @@ import httpx
 import pytest
 
 from station_wf.principals import Principal, may_decide
-from tests.conftest import Daemon, wait_until
+from tests.conftest import PLAIN, WAITS, Daemon, wait_until
 
 JSON = {"Content-Type": "application/json"}
 
-SIGNALS = """
-id: waits
-start: first
-states:
-  - { name: first, type: operation, action: signal.wait, input: { signal: go }, resultPath: got, end: true }
-"""
-
-PLAIN = """
-id: plain
-start: a
-states:
-  - { name: a, type: inject, data: { ok: true }, end: true }
-"""
 
 
 def _err(resp: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
@@ -226,7 +213,7 @@ HOSTILE_BODIES = {
 
 
 def test_hostile_json_is_refused_on_every_route_before_anything_is_stored(daemon: Daemon) -> None:
-    daemon.add_workflow("waits", SIGNALS)
+    daemon.add_workflow("waits", WAITS)
     daemon.start()
     run = daemon.start_run("waits")
     rid = run["id"]
@@ -524,7 +511,7 @@ def _read_sse(url: str, headers: dict[str, str], until: Any, limit: int, timeout
 
 
 def test_global_stream_resumes_across_more_than_ten_thousand_events(daemon: Daemon) -> None:
-    daemon.add_workflow("waits", SIGNALS)
+    daemon.add_workflow("waits", WAITS)
     daemon.start()
     rid = daemon.start_run("waits")["id"]
     wait_until(lambda: daemon.run(rid)["status"] == "WAITING_SIGNAL", 20, what="the run to wait")
@@ -552,7 +539,7 @@ def test_global_stream_resumes_across_more_than_ten_thousand_events(daemon: Daem
 
 
 def test_run_stream_backfill_is_paged_and_complete(daemon: Daemon) -> None:
-    daemon.add_workflow("waits", SIGNALS)
+    daemon.add_workflow("waits", WAITS)
     daemon.start()
     rid = daemon.start_run("waits")["id"]
     wait_until(lambda: daemon.run(rid)["status"] == "WAITING_SIGNAL", 20, what="the run to wait")
@@ -565,7 +552,7 @@ def test_run_stream_backfill_is_paged_and_complete(daemon: Daemon) -> None:
 
 
 def test_sse_connections_are_capped(daemon: Daemon) -> None:
-    daemon.add_workflow("waits", SIGNALS)
+    daemon.add_workflow("waits", WAITS)
     daemon.start({"STATION_MAX_SSE_CONNECTIONS": "2"})
     rid = daemon.start_run("waits")["id"]
     socks = []

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Daemon, wait_until
+from tests.conftest import PLAIN, WAITS, Daemon, wait_until
 
 GATED = """
 id: gated
@@ -28,19 +28,6 @@ states:
   - { name: d, type: inject, data: { d: 1 }, end: true }
 """
 
-WAITS = """
-id: waits
-start: first
-states:
-  - { name: first, type: operation, action: signal.wait, input: { signal: go }, resultPath: got, end: true }
-"""
-
-PLAIN = """
-id: plain
-start: a
-states:
-  - { name: a, type: inject, data: { ok: true }, end: true }
-"""
 
 _ID = re.compile(rb"^id: (\d+)\r?$", re.M)
 
