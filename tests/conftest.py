@@ -43,6 +43,7 @@ class AgentCall:
     agent: str
     idempotency_key: str | None
     body: dict[str, Any]
+    peer_port: int | None = None  # the caller's TCP port: which process made the call (replica tests)
 
 
 @dataclass
@@ -90,7 +91,8 @@ def agent_server() -> Iterator[AgentServer]:
         name = request.match_info["name"]
         body = await request.json()
         with server.lock:
-            server.calls.append(AgentCall(name, request.headers.get("Idempotency-Key"), body))
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            server.calls.append(AgentCall(name, request.headers.get("Idempotency-Key"), body, peer[1] if peer else None))
         beh = server.behaviours.setdefault(name, AgentBehaviour())
         with server.lock:
             beh.active += 1
