@@ -358,6 +358,7 @@ class Call:
     key: str | None
     body: dict[str, Any]
     at: float  # time.time() on arrival
+    via: str | None = None  # the replica that made the call (its agent URLs carry ?via=NAME)
 
 
 class AgentServer:
@@ -390,7 +391,7 @@ class AgentServer:
         name = request.match_info["name"]
         body = await request.json()
         with self.lock:
-            self.calls.append(Call(name, request.headers.get("Idempotency-Key"), body, time.time()))
+            self.calls.append(Call(name, request.headers.get("Idempotency-Key"), body, time.time(), request.query.get("via")))
             delay = self.rng.uniform(0.05, 0.4) if name == "slow" else self.rng.uniform(0, 0.05)
         await asyncio.sleep(delay)
         task = str(body.get("task"))
@@ -438,7 +439,7 @@ class Nats:
 class Daemon:
     """`station-wf serve` as a subprocess with its own data and environment; `kill()` is SIGKILL."""
 
-    def __init__(self, root: Path, nats_url: str, agents: AgentServer) -> None:
+    def __init__(self, root: Path, nats_url: str, agents: AgentServer, via: str | None = None) -> None:
         self.root = root
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -451,7 +452,8 @@ class Daemon:
         for name, text in WORKFLOWS.items():
             (env_dir / "workflows" / f"{name}.workflow.yaml").write_text(text.lstrip())
         for name in AGENTS:
-            (env_dir / "agents" / f"{name}.prompt").write_text(AGENT_TEMPLATE.format(name=name, url=agents.url(name)))
+            url = agents.url(name) + (f"?via={via}" if via else "")
+            (env_dir / "agents" / f"{name}.prompt").write_text(AGENT_TEMPLATE.format(name=name, url=url))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("STATION_")}
         self.env.update({
             "STATION_DATA_DIR": str(root / "data"),
@@ -586,13 +588,13 @@ class Api:
                         notes: list[str]) -> httpx.Response | None:
         """POST with an Idempotency-Key until it answers below 500 and not 409 `idempotency_key_in_progress`.
 
-        A 409 while one of our attempts may still be running on the current daemon: wait for it. A 409
+        A 409 while one of our attempts may still be running on a live daemon: wait for it. A 409
         whose reservation belongs to a dead daemon: `found()` says whether the action committed anyway
         (then None is returned), else the POST is retried under a fresh key."""
-        live_gen: int | None = None  # the generation that may still be answering one of our attempts
+        witness: Any = None  # who may still be answering one of our attempts (see `witness`)
         for n in range(10_000):
             resp, delivered = self.once("POST", path, json=body, headers={"Idempotency-Key": key})
-            gen = self.generation()
+            now = self.witness()
             if resp is not None and resp.status_code < 500 and not (
                     resp.status_code == 409 and _code(resp) == "idempotency_key_in_progress"):
                 return resp
@@ -600,16 +602,24 @@ class Api:
                 raise TimeoutError(f"POST {path}: no answer before the deadline")
             if resp is None or resp.status_code >= 500:
                 if delivered:
-                    live_gen = gen
-            elif live_gen is None or live_gen < gen:
+                    witness = now
+            elif witness is None or self.gone(witness):
                 if found():
                     notes.append("idempotency: reservation orphaned by a kill; the action had committed")
                     return None
                 key = f"{key.split('~')[0]}~{n}"
-                live_gen = None
+                witness = None
                 notes.append("idempotency: reservation orphaned by a kill; retried under a new key")
             time.sleep(random.uniform(0.1, 0.3))
         raise RuntimeError(f"POST {path}: gave up")
+
+    def witness(self) -> Any:
+        """After an attempt: what identifies the process that may still be answering it (the generation)."""
+        return self.generation()
+
+    def gone(self, witness: Any) -> bool:
+        """That process is dead: the attempt it held is no longer in progress."""
+        return witness < self.generation()
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -830,8 +840,8 @@ class Checker:
         self.violations.append({"kind": kind, "key": plan.key if plan else None, "runId": plan.run_id if plan else None,
                                 "workflow": plan.workflow if plan else None, **detail})
 
-    def _disturbed(self, start: float, end: float) -> str | None:
-        """Did a kill or a nats-server restart overlap [start, end]?"""
+    def _disturbed(self, start: float, end: float, calls: list[Call]) -> str | None:
+        """Did a kill or a nats-server restart overlap [start, end]? (`calls`: the attempt's, by arrival)"""
         if any(a - TOLERANCE_S <= end and b + TOLERANCE_S >= start for a, b in self.chaos.daemon_down):
             return "kill"
         if any(a - TOLERANCE_S <= end and b + TOLERANCE_S >= start for a, b in self.chaos.nats_down):
@@ -921,7 +931,7 @@ class Checker:
                           lateBySeconds=[round(c.at - completed, 3) for c in late])
             early = [c for c in calls if c.at <= completed + TOLERANCE_S]
             if step["status"] == "SUCCEEDED" and len(early) > 1:
-                cause = self._disturbed(early[0].at, completed)
+                cause = self._disturbed(early[0].at, completed, early)
                 if cause is None:
                     self.flag("duplicate_call_unexplained", plan, stepId=step["stepId"], state=step["stateName"],
                               attempt=step["attempt"], calls=len(early), completedAt=step["completedAt"])
@@ -930,13 +940,13 @@ class Checker:
 
 
 # -- putting it together ----------------------------------------------------------------------------
-def _drive_all(daemon: Daemon, nats: Nats, plans: list[Plan], api: Api, t0: float, seconds: float, seed: int,
-               rng: random.Random, kills: int, nats_restarts: int, min_gap: float, chaos: Chaos) -> list[dict[str, Any]]:
-    """The chaos window: clients in a thread pool, the driver on this (the main) thread. Returns harness errors."""
+def _drive_all(plans: list[Plan], api: Api, t0: float, seed: int, driver: Callable[[], None]) -> list[dict[str, Any]]:
+    """The chaos window: clients in a thread pool, `driver` (kills and restarts) on this, the main, thread.
+    Returns harness errors."""
     errors: list[dict[str, Any]] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(max(len(plans), 1), 128), thread_name_prefix="chaos-client") as pool:
         futures = {pool.submit(drive, api, p, t0, seed): p for p in plans}
-        run_driver(daemon, nats, schedule(seconds, kills, nats_restarts, rng), t0, seconds, rng, min_gap, chaos)
+        driver()
         for fut in concurrent.futures.as_completed(futures):
             exc = fut.exception()
             if exc is not None:
@@ -1014,35 +1024,60 @@ def run_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, kills: int
         log(f"chaos: {runs} runs, {seconds:.0f} s, seed {seed}, up to {kills} kill and {nats_restarts} nats actions; dir {root}")
         t0 = time.monotonic()
         api = Api(daemon.base, t0 + seconds + max(10.0, seconds / 2) + settle, lambda: daemon.starts)
-        harness_errors = _drive_all(daemon, nats, plans, api, t0, seconds, seed, rng, kills, nats_restarts, min_gap, chaos)
-        chaos_done = time.monotonic()
-        wanted = {p.run_id for p in plans if p.run_id}
-        while time.monotonic() < chaos_done + settle:
-            listed = {r["id"]: r["status"] for r in api.all_runs()}
-            if all(listed.get(rid) in TERMINAL for rid in wanted):
-                break
-            time.sleep(0.25)
-        settled = time.monotonic()
-        with agents.lock:
-            calls = list(agents.calls)
-        calls_by_key: dict[str, list[Call]] = {}
-        for c in calls:
-            calls_by_key.setdefault(c.key or "", []).append(c)
-        checker = Checker(chaos, calls_by_key)
-        checker.violations.extend(harness_errors)
-        statuses, dumps = _check_all(api, plans, checker, calls)
+        harness_errors = _drive_all(plans, api, t0, seed, lambda: run_driver(
+            daemon, nats, schedule(seconds, kills, nats_restarts, rng), t0, seconds, rng, min_gap, chaos))
+        outcome = settle_and_check(api, plans, agents, Checker(chaos, {}), harness_errors, settle)
         api.close()
     finally:
         daemon.stop()
         nats.stop()
         agents.stop()
+    report = build_report(outcome, plans, chaos, seconds, seed, t0, began)
+    return keep_if_violations(report, outcome, root, keep, own_root)
+
+
+@dataclass
+class Outcome:
+    """What the checks found once the window closed and the runs settled."""
+
+    checker: Checker
+    statuses: Counter
+    dumps: dict[str, Any]
+    calls: list[Call]
+    chaos_done: float  # time.monotonic() when the chaos window (clients and driver) ended
+    settled: float     # ... and when every run was terminal (or the settle bound passed)
+
+
+def settle_and_check(api: Api, plans: list[Plan], agents: AgentServer, checker: Checker,
+                     harness_errors: list[dict[str, Any]], settle: float) -> Outcome:
+    """Wait (bounded) for every run to be terminal, then check every run against the agent calls."""
+    chaos_done = time.monotonic()
+    wanted = {p.run_id for p in plans if p.run_id}
+    while time.monotonic() < chaos_done + settle:
+        listed = {r["id"]: r["status"] for r in api.all_runs()}
+        if all(listed.get(rid) in TERMINAL for rid in wanted):
+            break
+        time.sleep(0.25)
+    settled = time.monotonic()
+    with agents.lock:
+        calls = list(agents.calls)
+    for c in calls:
+        checker.calls_by_key.setdefault(c.key or "", []).append(c)
+    checker.violations.extend(harness_errors)
+    statuses, dumps = _check_all(api, plans, checker, calls)
+    return Outcome(checker, statuses, dumps, calls, chaos_done, settled)
+
+
+def build_report(outcome: Outcome, plans: list[Plan], chaos: Chaos, seconds: float, seed: int, t0: float,
+                 began: float) -> dict[str, Any]:
+    checker = outcome.checker
     kinds = Counter(v["kind"] for v in checker.violations)
     restarts = sorted(chaos.restart_seconds)
-    report: dict[str, Any] = {
-        "runs": runs,
+    return {
+        "runs": len(plans),
         "runs_started": sum(1 for p in plans if p.run_id),
         "by_workflow": dict(sorted(Counter(p.workflow for p in plans).items())),
-        "by_status": dict(sorted(statuses.items())),
+        "by_status": dict(sorted(outcome.statuses.items())),
         "seconds": seconds,
         "seed": seed,
         "kills": chaos.kills,
@@ -1050,14 +1085,14 @@ def run_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, kills: int
         "nats_restarts": chaos.nats_restarts,
         "daemon_restart_p50_s": round(restarts[len(restarts) // 2], 2) if restarts else None,
         "daemon_restart_max_s": round(restarts[-1], 2) if restarts else None,
-        "agent_calls": len(calls),
+        "agent_calls": len(outcome.calls),
         "agent_attempts": checker.info["agent_attempts"],
         "re_executions_after_kill": checker.info["re_executions_after_kill"],
         "re_executions_after_nats": checker.info["re_executions_after_nats"],
         "redelivered_step_starts": checker.info["redelivered_starts"],
         "client_notes": dict(Counter(n for p in plans for n in p.notes)),
-        "chaos_seconds": round(chaos_done - t0, 1),
-        "settle_seconds": round(settled - chaos_done, 1),
+        "chaos_seconds": round(outcome.chaos_done - t0, 1),
+        "settle_seconds": round(outcome.settled - outcome.chaos_done, 1),
         "total_seconds": round(time.monotonic() - began, 1),
         "violations": {k: kinds.get(k, 0) for k in VIOLATION_KINDS},
         "violations_total": len(checker.violations),
@@ -1065,8 +1100,13 @@ def run_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, kills: int
         "all_violations": checker.violations,  # not printed: main() drops it from the JSON
         "dir": None,
     }
-    if checker.violations or keep:
-        (root / "violations.json").write_text(json.dumps({"violations": checker.violations, "runs": dumps}, indent=1, default=str))
+
+
+def keep_if_violations(report: dict[str, Any], outcome: Outcome, root: Path, keep: bool, own_root: bool) -> dict[str, Any]:
+    """On a violation (or --keep) the working directory stays, with violations.json; else it goes."""
+    if outcome.checker.violations or keep:
+        (root / "violations.json").write_text(json.dumps({"violations": outcome.checker.violations, "runs": outcome.dumps},
+                                                         indent=1, default=str))
         report["dir"] = str(root)
     elif own_root:
         shutil.rmtree(root, ignore_errors=True)
@@ -1085,6 +1125,9 @@ def table(report: dict[str, Any]) -> str:
         ("redelivered step starts", report["redelivered_step_starts"]),
         ("re-executions explained by kill / nats", f"{report['re_executions_after_kill']} / {report['re_executions_after_nats']}"),
     ]
+    from benchmarks.chaos_replicas import replica_rows
+
+    rows += replica_rows(report)
     rows += [(f"status {k}", v) for k, v in report["by_status"].items()]
     rows += [(f"violations: {k}", v) for k, v in report["violations"].items()]
     rows.append(("violations total", report["violations_total"]))
@@ -1102,8 +1145,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=120.0, help="bound on the wait for every run to finish")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="daemons; 2 or more share one Postgres database and a NATS cluster (benchmarks/chaos_replicas.py)")
+    parser.add_argument("--nats-nodes", type=int, default=3, help="NATS cluster nodes in the replica mode (1: one nats-server)")
     args = parser.parse_args(argv)
-    report = run_chaos(args.runs, args.seconds, args.seed, args.kills, args.nats_restarts, args.settle, keep=args.keep)
+    if args.replicas > 1:
+        from benchmarks.chaos_replicas import run_replica_chaos
+
+        report = run_replica_chaos(args.runs, args.seconds, args.seed, args.replicas, args.nats_nodes, args.kills,
+                                   args.nats_restarts, args.settle, keep=args.keep)
+    else:
+        report = run_chaos(args.runs, args.seconds, args.seed, args.kills, args.nats_restarts, args.settle, keep=args.keep)
     printed = {k: v for k, v in report.items() if k != "all_violations"}
     print(table(report))
     print(json.dumps(printed, indent=2, default=str))
