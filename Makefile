@@ -29,6 +29,8 @@ bench: $(STAMP)
 
 # Chaos: kill -9 the daemon and restart nats-server under a mixed workload, then check the invariants
 # (exit 1 on any violation; the short variant runs in `make test` as tests/test_chaos.py).
+# Across replicas: make chaos CHAOS_ARGS="--replicas 3 --runs 300 --seconds 120 --seed 1" runs 3 daemons
+# on one Postgres database and a 3-node NATS cluster (--nats-nodes), killing random daemons and nodes.
 CHAOS_ARGS ?= --runs 300 --seconds 120 --seed 1
 chaos: $(STAMP)
 	$(BIN)/python -m benchmarks.chaos $(CHAOS_ARGS)

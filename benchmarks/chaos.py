@@ -1,6 +1,7 @@
 """Chaos: a mixed workload while the daemon is `kill -9`ed and nats-server restarted, then invariant checks.
 
     python -m benchmarks.chaos --runs 300 --seconds 120 --seed 1
+    python -m benchmarks.chaos --replicas 3 ...   # 3 daemons, Postgres, a 3-node NATS cluster: chaos_replicas.py
 
 Parts, all real processes on 127.0.0.1: an external nats-server (its own port and store), the daemon as a
 subprocess pointed at it, and an HTTP agent server (aiohttp, in a thread) that records every call and

@@ -1,4 +1,5 @@
-"""The chaos harness, short: a mixed workload under kill -9 and a nats-server restart, then the invariants.
+"""The chaos harness, short: a mixed workload under kill -9 and a nats-server restart, then the invariants;
+and across replicas: three daemons, Postgres and a 3-node NATS cluster, random daemons and nodes killed.
 
 The long variant is `make chaos` (`python -m benchmarks.chaos`); this one keeps `make test` honest about
 the same checks in well under a minute.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chaos import Call, Chaos, Checker, Plan, diff_paths, reply, run_chaos, table
+from benchmarks.chaos_replicas import ReplicaChaos, ReplicaChecker, run_replica_chaos
 from station_wf.core.history import rebuild_context
 from tests.conftest import Daemon, wait_until
 
@@ -77,6 +79,41 @@ def test_chaos_short(tmp_path: Path) -> None:
     if report["kills"] < 3:
         warnings.warn(f"chaos reached only {report['kills']} kills (restart p50 {report['daemon_restart_p50_s']} s)",
                       stacklevel=1)
+    violations = report["all_violations"]
+    assert not violations, json.dumps(violations, indent=1, default=str)[:6000] + f"\n{json.dumps(summary)}"
+
+
+def test_replica_checker_explains_a_repeat_only_by_the_death_of_the_replica_that_called() -> None:
+    """Across replicas a kill of some other replica is no excuse for calling a step twice."""
+    now = time.time()
+    plan, run, events = _synthetic(now)
+
+    def kinds(vias: list[str], chaos: ReplicaChaos) -> list[str]:
+        calls = [Call("flaky", "r:s1:1", {}, t, v) for t, v in zip((now - 0.5, now - 0.2), vias, strict=True)]
+        checker = ReplicaChecker(chaos, {"r:s1:1": calls})
+        checker.check_run(plan, run, events)
+        return sorted(v["kind"] for v in checker.violations)
+
+    r1_died = ReplicaChaos(down_by_replica={"r1": [(now - 0.4, now - 0.3)]})
+    assert kinds(["r1", "r2"], r1_died) == []                                 # r1 called, died; r2 took over
+    assert kinds(["r2", "r1"], r1_died) == ["duplicate_call_unexplained"]     # r2 called first and lived
+    assert kinds(["r2", "r2"], r1_died) == ["duplicate_call_unexplained"]
+    assert kinds(["r2", "r1"], ReplicaChaos(nats_down=[(now - 0.4, now - 0.3)])) == []
+
+
+def test_chaos_across_replicas_short(tmp_path: Path) -> None:
+    """Three daemons on one Postgres database and a 3-node NATS cluster; replicas and nodes killed."""
+    report = run_replica_chaos(runs=30, seconds=15, seed=11, replicas=3, nats_nodes=3, kills=3, nats_restarts=1,
+                               settle=40, min_gap=0.8, root=tmp_path / "chaos", log=lambda _msg: None)
+    print(table(report))  # shown when the test fails
+    summary = {k: v for k, v in report.items() if k not in ("examples", "all_violations")}
+    assert report["runs_started"] == 30, json.dumps(summary)
+    assert report["kills"] >= 1 and report["nats_restarts"] >= 1, json.dumps(summary)
+    assert sum(report["nats_nodes_killed"].values()) == report["nats_restarts"], json.dumps(summary)
+    # The load went to every replica (each made agent calls), not to one of them.
+    assert set(report["agent_calls_by_replica"]) == {"r0", "r1", "r2"}, json.dumps(summary)
+    if report["kills"] < 3:
+        warnings.warn(f"replica chaos reached only {report['kills']} kills", stacklevel=1)
     violations = report["all_violations"]
     assert not violations, json.dumps(violations, indent=1, default=str)[:6000] + f"\n{json.dumps(summary)}"
 
