@@ -961,7 +961,7 @@ def _dump(plan: Plan, run: dict[str, Any], events: list[dict[str, Any]], calls: 
     return {"plan": {"workflow": plan.workflow, "input": plan.input, "approve": plan.approve, "signal": plan.signal_payload,
                      "notes": plan.notes},
             "run": run, "events": events,
-            "calls": [{"agent": c.agent, "key": c.key, "at": c.at, "attempt": c.body.get("attempt")}
+            "calls": [{"agent": c.agent, "key": c.key, "at": c.at, "attempt": c.body.get("attempt"), "via": c.via}
                       for c in calls if c.body.get("runId") == run["id"]]}
 
 
