@@ -11,6 +11,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from tests.conftest import AgentCall, Daemon, NatsServer, wait_until
@@ -26,12 +27,15 @@ states:
 
 
 def replicas(daemon_factory: Callable[..., Daemon], n: int, database_url: str, nats_url: str,
-             workflows: dict[str, str], agents: tuple[str, ...] = ("worker", "slow")) -> list[Daemon]:
-    """`n` daemons forming one deployment: same database and NATS, own data dirs and HTTP ports; started."""
-    shared = {"STATION_DATABASE_URL": database_url, "STATION_NATS_EMBEDDED": "false", "STATION_NATS_URL": nats_url}
+             workflows: dict[str, str], agents: tuple[str, ...] = ("worker", "slow"),
+             env: dict[str, str] | None = None) -> list[Daemon]:
+    """`n` daemons forming one deployment: same database and NATS, own data dirs and HTTP ports, replica
+    ids r0, r1, ...; started together."""
+    shared = {"STATION_DATABASE_URL": database_url, "STATION_NATS_EMBEDDED": "false", "STATION_NATS_URL": nats_url,
+              **(env or {})}
     out = []
     for i in range(n):
-        d = daemon_factory(f"r{i}", dict(shared))
+        d = daemon_factory(f"r{i}", {**shared, "STATION_REPLICA_ID": f"r{i}"})
         for name, text in workflows.items():
             d.add_workflow(name, text)
         for agent in agents:
@@ -75,6 +79,10 @@ def caller_of(call: AgentCall, daemons: list[Daemon]) -> Daemon:
     owners = [d for d in daemons if d.proc is not None and d.proc.poll() is None and mine & _socket_inodes(d.proc.pid)]
     assert len(owners) == 1, f"call from port {call.peer_port}: owners {[d.root.name for d in owners]}"
     return owners[0]
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _assert_history_sound(daemon: Daemon, run_id: str) -> list[dict]:
@@ -125,3 +133,4 @@ def test_kill9_of_the_replica_mid_agent_call_finishes_on_another(
     # The survivor's view is the deployment's: the other replica's API (gone) is not needed for any answer.
     listed = survivor.request("GET", "/api/v1/workflow-runs").json()["runs"]
     assert {r["id"] for r in listed} == set(done) and {r["status"] for r in listed} == {"COMPLETED"}
+
