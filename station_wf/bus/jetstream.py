@@ -115,6 +115,9 @@ class Bus:
             max_deliver=-1,
             max_ack_pending=self.max_ack_pending,
             filter_subject=self.ns.wire(TASK_SUBJECT_FILTER),
+            # A work-queue stream's consumer must have the stream's replica count; 1 stays implicit
+            # (what every release before replicas created, so an upgrade does not touch it).
+            num_replicas=self.replicas if self.replicas > 1 else None,
         )
 
     async def ensure_topology(self) -> None:
@@ -159,8 +162,9 @@ class Bus:
             await self.js.add_consumer(self.ns.tasks_stream, wanted)
             return
         have = info.config
-        if (have.ack_wait, have.max_ack_pending, have.max_deliver) != (wanted.ack_wait, wanted.max_ack_pending, wanted.max_deliver):
-            log.info("JetStream consumer %s: updating ack_wait/max_ack_pending in place", self.ns.consumer)
+        if ((have.ack_wait, have.max_ack_pending, have.max_deliver, have.num_replicas or 1)
+                != (wanted.ack_wait, wanted.max_ack_pending, wanted.max_deliver, wanted.num_replicas or 1)):
+            log.info("JetStream consumer %s: updating ack_wait/max_ack_pending/num_replicas in place", self.ns.consumer)
             with contextlib.suppress(APIError):  # an older server refusing the update: bind as it is
                 await self.js.add_consumer(self.ns.tasks_stream, wanted)  # create-or-update (same durable name)
 
