@@ -111,3 +111,28 @@ def test_a_control_message_for_a_run_that_is_not_cancelled_interrupts_nothing(
     assert run["status"] == "COMPLETED"
     assert d.agent_server is not None and len(d.agent_server.calls_for("slow")) == 1
     assert d.stop() == 0, d.log()
+
+
+def test_a_cancel_through_one_replica_interrupts_the_call_another_replica_is_making(
+        postgres_db: str, nats_server: NatsServer, daemon_factory: Callable[..., Daemon]) -> None:
+    """Two replicas on one Postgres database and one NATS: B executes the step, A's API cancels the run;
+    A has nothing in flight, so only the control subject can reach B's call."""
+    shared = {"STATION_DATABASE_URL": postgres_db, "STATION_NATS_EMBEDDED": "false", "STATION_NATS_URL": nats_server.url}
+    a, b = daemon_factory("a", dict(shared)), daemon_factory("b", dict(shared))
+    for d in (a, b):
+        d.add_agent("slow")
+        d.add_workflow("held", HELD)
+    assert b.agent_server is not None
+    beh = b.agent_server.behave("slow", hold=threading.Event())
+    b.start()
+    run_id = b.start_run("held")["id"]
+    wait_until(lambda: beh.active == 1, what="B's held agent call")  # only B is up: B is making it
+    a.start()
+    resp = a.request("POST", f"/api/v1/workflow-runs/{run_id}/cancel", json={"reason": "from A"})
+    assert resp.status_code == 200, resp.text
+    wait_until(lambda: beh.disconnects == 1, 15, what="B's call to be interrupted by A's cancel")
+    wait_until(lambda: "interrupted 1 execution(s) of cancelled run" in b.log(), 10, what="B's log line")
+    assert a.run(run_id)["status"] == b.run(run_id)["status"] == "CANCELLED"
+    assert len(b.agent_server.calls_for("slow")) == 1
+    assert a.stop() == 0, a.log()
+    assert b.stop() == 0, b.log()
