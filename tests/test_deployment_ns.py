@@ -174,3 +174,37 @@ def test_a_shared_store_binds_to_the_consumer_and_a_single_one_resets_it(nats_se
     assert shared.num_ack_pending == 1 and shared.delivered.stream_seq == before.delivered.stream_seq
     assert shared.config.max_ack_pending == 4096  # what may change was updated in place
     assert reset.created != before.created and reset.num_ack_pending == 0  # single replica: reset
+
+
+def test_a_replica_restarting_beside_a_live_one_leaves_its_in_flight_task_alone(
+        postgres_db: str, nats_server: NatsServer, daemon_factory: Callable[..., Daemon]) -> None:
+    """On a shared store a restart binds to the consumer: B's unacked task is not handed to A at once
+    (a reset would, and A would call the agent a second time while B's call is still running)."""
+    shared = {"STATION_DATABASE_URL": postgres_db, "STATION_NATS_EMBEDDED": "false", "STATION_NATS_URL": nats_server.url,
+              "STATION_ACK_WAIT_SECONDS": "30"}
+    a, b = daemon_factory("a", dict(shared)), daemon_factory("b", dict(shared))
+    for d in (a, b):
+        d.add_agent("slow")
+        d.add_workflow("held", HELD)
+    assert b.agent_server is not None
+    beh = b.agent_server.behave("slow", hold=threading.Event())
+    b.start()
+    run_id = b.start_run("held")["id"]
+    wait_until(lambda: beh.active == 1, what="B's held agent call")
+
+    def consumer(js: Any) -> Any:
+        return js.consumer_info("WORKFLOW_TASKS", "station-wf-worker")
+
+    before = nats_server.run(consumer)
+    a.start()
+    assert a.stop() == 0, a.log()
+    a.start()
+    time.sleep(3)
+    after = nats_server.run(consumer)
+    assert after.created == before.created and after.num_ack_pending == 1
+    assert len(b.agent_server.calls_for("slow")) == 1 and beh.disconnects == 0
+    assert beh.hold is not None
+    beh.hold.set()
+    assert a.wait_status(run_id, "COMPLETED")["status"] == "COMPLETED"
+    assert len(b.agent_server.calls_for("slow")) == 1
+    assert a.stop() == 0 and b.stop() == 0
