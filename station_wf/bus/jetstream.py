@@ -83,7 +83,8 @@ class Bus:
             log.warning("nats: %s", exc)
 
         async def _reconnected() -> None:
-            log.info("nats: reconnected to %s", self.url)
+            server = self.nc.connected_url if self.nc is not None else None
+            log.info("nats: reconnected to %s", f"{server.hostname}:{server.port}" if server else "?")  # no token in logs
             if self.on_reconnect is not None:
                 await self.on_reconnect()
 
