@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import msgspec
@@ -58,6 +58,9 @@ class Namespace:
     subscribers to `wf.event.>` keep working."""
 
     deployment: str = DEFAULT_DEPLOYMENT
+    # Derived once (the relays and the worker map every message): the default deployment maps nothing.
+    is_default: bool = field(init=False, repr=False, compare=False)
+    prefix: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.deployment, str) or not DEPLOYMENT_NAME.match(self.deployment):
@@ -65,10 +68,9 @@ class Namespace:
         if self.deployment in RESERVED_DEPLOYMENTS:
             raise ValueError(f"STATION_DEPLOYMENT may not be {self.deployment!r} (it would overlap the default "
                              f"deployment's wf.{self.deployment}.> subjects)")
-
-    @property
-    def is_default(self) -> bool:
-        return self.deployment == DEFAULT_DEPLOYMENT
+        default = self.deployment == DEFAULT_DEPLOYMENT
+        object.__setattr__(self, "is_default", default)
+        object.__setattr__(self, "prefix", "wf." if default else f"wf.{self.deployment}.")
 
     def _named(self, base: str, sep: str) -> str:
         return base if self.is_default else f"{base}{sep}{self.deployment}"
@@ -84,10 +86,6 @@ class Namespace:
     @property
     def consumer(self) -> str:
         return self._named("station-wf-worker", "-")
-
-    @property
-    def prefix(self) -> str:
-        return "wf." if self.is_default else f"wf.{self.deployment}."
 
     @property
     def control_subject(self) -> str:
