@@ -22,6 +22,7 @@ from aiohttp import web
 
 from station_wf.bus.nats_server import EmbeddedNats, free_port
 from tests.nats_cluster import nats_cluster  # noqa: F401 - the 3-node JetStream cluster fixture
+from tests.pg_server import postgres_db, postgres_server  # noqa: F401 - fixtures: a real Postgres, lazily
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,6 +178,15 @@ class NatsServer:
                 await nc.close()
 
         return asyncio.run(go())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """What a store test opens its `Writer` on: an SQLite file, then a fresh Postgres database (the
+    store tests run against both dialects)."""
+    if request.param == "sqlite":
+        return tmp_path / "db.sqlite"
+    return request.getfixturevalue("postgres_db")
 
 
 @pytest.fixture
