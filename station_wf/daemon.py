@@ -186,7 +186,7 @@ class Daemon:
         await self.bus.connect()
         await self.bus.ensure_topology()
         # Reset (redeliver a dead predecessor's work now) only when this daemon is the store's one replica.
-        await self.bus.claim_consumer(shared=getattr(self.writer, "shared", False))
+        await self.bus.claim_consumer(shared=self.writer.shared)
         await sandbox_ready
         sandbox.install(self.sandbox)  # from here on no expression runs on the writer thread
 
