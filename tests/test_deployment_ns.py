@@ -160,11 +160,13 @@ def test_a_shared_store_binds_to_the_consumer_and_a_single_one_resets_it(nats_se
         await second.claim_consumer(shared=True)
         assert second.js is not None
         shared = await second.js.consumer_info(ns.tasks_stream, ns.consumer)
+        await first.ensure_topology()  # a reconciler pass of a replica with other settings changes nothing
+        passed = await second.js.consumer_info(ns.tasks_stream, ns.consumer)
         await second.claim_consumer(shared=False)
         reset = await second.js.consumer_info(ns.tasks_stream, ns.consumer)
         await first.close()
         await second.close()
-        return {"got": len(got), "before": before, "shared": shared, "reset": reset}
+        return {"got": len(got), "before": before, "shared": shared, "passed": passed, "reset": reset}
 
     out = asyncio.run(go())
     assert out["got"] == 1
@@ -173,6 +175,7 @@ def test_a_shared_store_binds_to_the_consumer_and_a_single_one_resets_it(nats_se
     assert shared.created == before.created  # bound, not recreated
     assert shared.num_ack_pending == 1 and shared.delivered.stream_seq == before.delivered.stream_seq
     assert shared.config.max_ack_pending == 4096  # what may change was updated in place
+    assert out["passed"].config.max_ack_pending == 4096 and out["passed"].created == before.created
     assert reset.created != before.created and reset.num_ack_pending == 0  # single replica: reset
 
 

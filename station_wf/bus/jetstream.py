@@ -136,7 +136,7 @@ class Bus:
             storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S, max_age=EVENTS_MAX_AGE_S,
             max_bytes=EVENTS_MAX_BYTES, discard=DiscardPolicy.OLD, num_replicas=self.replicas,
         ))
-        await self._ensure_consumer()
+        await self._ensure_consumer(update=False)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
         assert self.js is not None
@@ -152,15 +152,18 @@ class Bus:
             info.config.num_replicas = self.replicas
             await self.js.update_stream(info.config)
 
-    async def _ensure_consumer(self) -> None:
-        """Create-or-bind: add the consumer when missing; when it exists with other settings that may
-        change (ack_wait, max_ack_pending), update them in place. Its delivery state is kept."""
+    async def _ensure_consumer(self, update: bool) -> None:
+        """Create-or-bind: add the consumer when missing; with `update` (start-up only, so replicas with
+        different settings do not undo each other every reconciler pass), bring what may change
+        (ack_wait, max_ack_pending, num_replicas) to ours in place. Its delivery state is kept."""
         assert self.js is not None
         wanted = self._consumer_config()
         try:
             info = await self.js.consumer_info(self.ns.tasks_stream, self.ns.consumer)
         except NotFoundError:
             await self.js.add_consumer(self.ns.tasks_stream, wanted)
+            return
+        if not update:
             return
         have = info.config
         if ((have.ack_wait, have.max_ack_pending, have.max_deliver, have.num_replicas or 1)
@@ -174,7 +177,7 @@ class Bus:
         redelivered now; on a shared store (several replicas) only bind to it: other live replicas
         hold its pending acks, and deleting it would hand their in-flight work out a second time."""
         if shared:
-            await self._ensure_consumer()
+            await self._ensure_consumer(update=True)
         else:
             await self.reset_consumer()
 
