@@ -187,6 +187,9 @@ class Daemon:
         await self.bus.ensure_topology()
         # Reset (redeliver a dead predecessor's work now) only when this daemon is the store's one replica.
         await self.bus.claim_consumer(shared=self.writer.shared)
+        if self.writer.shared and s.nats_embedded:
+            log.warning("the store is shared (several replicas possible) but NATS is embedded: other replicas cannot "
+                        "see this one's tasks; give every replica the same STATION_NATS_URL")
         await sandbox_ready
         sandbox.install(self.sandbox)  # from here on no expression runs on the writer thread
 
