@@ -107,6 +107,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("event_loop", "STATION_EVENT_LOOP", str, "uvloop (libuv, faster) or asyncio (the standard library's loop)"),
     Option("event_mirror", "STATION_EVENT_MIRROR", _bool,
            "mirror the event log to JetStream WORKFLOW_EVENTS for external subscribers (off: the API and SSE still serve every event)"),
+    # -- several replicas: the lease of the singleton loops (issue 15, engine/lease.py) --
+    Option("lease_ttl_seconds", "STATION_LEASE_TTL_SECONDS", float,
+           "the singleton loops' lease lasts this long unrenewed (renewed every third of it); a dead holder's is taken "
+           "over within TTL + TTL/3. Must exceed the worst clock skew between replicas"),
+    Option("replica_id", "STATION_REPLICA_ID", _opt_str, "this replica's name in the lease table (default: hostname:pid:random)"),
 )
 
 
@@ -168,6 +173,9 @@ class Settings:
     # -- the event loop and the NATS side (issue 14) --
     event_loop: str = "uvloop"
     event_mirror: bool = True
+    # -- several replicas: the lease (issue 15) --
+    lease_ttl_seconds: float = 10.0
+    replica_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -201,6 +209,8 @@ class Settings:
         self.database_path  # noqa: B018 - raises on a bad URL
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ValueError(f"STATION_EVENT_LOOP must be uvloop or asyncio, got {self.event_loop!r}")
+        if self.lease_ttl_seconds <= 0:
+            raise ValueError(f"STATION_LEASE_TTL_SECONDS must be positive, got {self.lease_ttl_seconds!r}")
         for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")

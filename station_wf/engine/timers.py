@@ -23,6 +23,7 @@ from station_wf.store import runs as rs
 from station_wf.store import timers as timer_store
 from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
 from station_wf.store.definitions import DefinitionCache
+from station_wf.store.leases import FencedWriter
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,15 @@ class TimerLoop(Loop):
     error kept), while the rest of the batch fires.
 
     It polls (every 100 ms) and is not kicked: every timer is written due in the future, so a kick at
-    write time would find nothing due, and resume's held-back timers are due at the next poll."""
+    write time would find nothing due, and resume's held-back timers are due at the next poll.
+
+    The daemon hands it the lease's `FencedWriter` (engine/lease.py): timers fire on the lease holder
+    only, and a batch fired under a token that is no longer current rolls back whole."""
 
     name = "timers"
     batch = BATCH
 
-    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, definitions: DefinitionCache,
+    def __init__(self, writer: SqliteWriter | FencedWriter, readers: SqliteReaders, definitions: DefinitionCache,
                  on_commit: Callable[[], None], poll: float = POLL_S, max_attempts: int = MAX_ATTEMPTS) -> None:
         super().__init__(poll, backoff=ERROR_BACKOFF_S, logger=log)
         self.writer = writer
