@@ -317,7 +317,8 @@ class Daemon:
         rows = [{"name": r["name"], "holder": r["holder"], "token": r["token"], "heldHere": r["holder"] == me and r["holder"] is not None,
                  "expiresInSeconds": round(r["expires_at"] - time.time(), 3) if r["holder"] is not None else None,
                  "acquiredAt": r["acquired_at"], "renewedAt": r["renewed_at"]} for r in await leases.all_leases(self.readers)]
-        return JSONResponse({"replica": me, "leases": rows})
+        # exclusive (SQLite): the data-dir lock is the lease; it is taken at start and never renewed.
+        return JSONResponse({"replica": me, "exclusive": self.keeper is not None and self.keeper.exclusive, "leases": rows})
 
     def _writer_fatal(self, cause: BaseException) -> None:
         """Called on the writer thread after repeated fatal storage errors: stop, exit non-zero."""

@@ -254,6 +254,27 @@ def test_losing_the_lease_stops_the_singleton_loops_within_one_renew_period(tmp_
         writer.close()
 
 
+def test_an_exclusive_keeper_takes_the_lease_from_a_dead_holder_at_once_and_never_renews(writer: SqliteWriter) -> None:
+    """SQLite: the data-dir lock proves the row's holder dead; an idle daemon commits nothing for the lease."""
+    assert _acquire(writer, "killed", None, now=time.time(), ttl=60.0) == 1
+
+    async def go() -> None:
+        keeper = LeaseKeeper(writer, "me", 0.3, lambda loop: asyncio.create_task(loop.run()), exclusive=True)
+        beat = Beat(keeper.fenced, "me")
+        keeper.add(beat)
+        task = asyncio.create_task(keeper.run())
+        await _until(lambda: beat.stats.iterations > 0, 2, "the beat to run")  # not after the 60 s TTL
+        renewed = _row(writer)["renewed_at"]
+        await asyncio.sleep(1.0)  # over three renew periods
+        assert keeper.held and keeper.token == 2 and _row(writer)["renewed_at"] == renewed
+        task.cancel()
+        await keeper.stop_singletons()
+        await keeper.release()
+        assert _row(writer)["holder"] is None
+
+    asyncio.run(go())
+
+
 # -- daemon level --------------------------------------------------------------------------------
 
 SLEEPER = """
@@ -286,7 +307,7 @@ def test_the_daemon_holds_the_lease_at_once_and_its_timers_fire_even_after_kill_
     daemon.start(extra_env=env)
     wait_until(lambda: _held_here(daemon), 5, what="the lease held")
     body = _leases(daemon)
-    assert body["replica"] == "first"
+    assert body["replica"] == "first" and body["exclusive"] is True  # SQLite: the data-dir lock stands behind it
     [lease] = [x for x in body["leases"] if x["name"] == NAME]
     assert lease["holder"] == "first" and lease["token"] >= 1 and 0 < lease["expiresInSeconds"] <= 60
     run = daemon.start_run("nap")

@@ -48,7 +48,8 @@ class LeaseKeeper(Loop):
     """Holds one lease for this replica and runs `singletons` exactly while it does.
 
     `exclusive`: this replica knows it is the only one (SQLite: the data-dir lock), so its first try
-    takes the lease whoever held it: a restart after kill -9 does not wait out the dead holder's TTL.
+    takes the lease whoever held it (a restart after kill -9 does not wait out the dead holder's TTL),
+    and it never renews: the data-dir lock is the lease, and an idle daemon commits nothing for it.
     `start(loop)` runs one singleton loop as a task (the daemon's spawn, so a crash is seen there)."""
 
     name = "lease"
@@ -82,15 +83,16 @@ class LeaseKeeper(Loop):
         return loop
 
     async def run_once(self) -> int:
+        if self.exclusive and self.held:
+            return 0
         asked = time.monotonic()
         if self.held and asked >= self._deadline:
             await self._lose("it expired before a renewal got through")
-        force, self.exclusive = self.exclusive, False
         try:
             budget = self._deadline - asked if self.held else self.ttl
             token = await asyncio.wait_for(self.writer.run(
                 lambda conn: leases.acquire(conn, self.lease, self.holder, self.token or self._last, self.ttl,
-                                            force=force)), max(budget, 0.05))
+                                            force=self.exclusive)), max(budget, 0.05))
         except Exception:
             if self.held and time.monotonic() >= self._deadline:
                 await self._lose("it expired before a renewal got through")
