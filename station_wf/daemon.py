@@ -53,8 +53,9 @@ from station_wf.services.offload import Offloader
 from station_wf.services.runs import RunService
 from station_wf.store import leases, outbox, timers
 from station_wf.store import runs as run_store
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import BOOT, open_readers, open_writer
 from station_wf.store.definitions import DefinitionCache
+from station_wf.store.pg import ChangeFeed
 from station_wf.telemetry.metrics import (
     ACTIVE_RUNS,
     CONTENT_TYPE,
@@ -124,11 +125,11 @@ class Daemon:
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.lock = DataDirLock(self.data_dir)
-        self.writer = SqliteWriter(settings.database_path, max_bytes=settings.database_max_bytes,
-                                   on_fatal=self._writer_fatal)
+        self.writer = open_writer(settings.database_target, max_bytes=settings.database_max_bytes,
+                                  on_fatal=self._writer_fatal)
         self.exit_code = 0  # non-zero when a component or the writer failed: a supervisor restarts us
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.readers = SqliteReaders(settings.database_path)
+        self.readers = open_readers(settings.database_target)
         self.definitions = DefinitionCache()
         self.agents = AgentCatalog(Path(settings.environments_dir), settings.environment)
         self.registry = ExecutorRegistry()
@@ -155,6 +156,7 @@ class Daemon:
         self.loops: list[Loop] = []  # every background loop on the base (`station_wf/loop.py`), in start order
         self._stop = asyncio.Event()
         self.sync_report: SyncReport | None = None
+        self.change_feed: ChangeFeed | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -190,7 +192,7 @@ class Daemon:
         # SQLite is never shared (the data-dir lock): its first try takes the lease from a dead holder at once.
         self.keeper = LeaseKeeper(self.writer, s.replica_id or default_replica_id(), s.lease_ttl_seconds,
                                   lambda loop: self._spawn(loop.name, loop.run()),
-                                  exclusive=not getattr(self.writer, "shared", False))
+                                  exclusive=not self.writer.shared)
         fenced = self.keeper.fenced
         # Nothing in the daemon reads WORKFLOW_EVENTS (the API and SSE read SQLite): the mirror is for
         # external subscribers, and STATION_EVENT_MIRROR=off spares its cost when there are none.
@@ -225,6 +227,9 @@ class Daemon:
         control = ControlService(self.writer, self.readers, self.definitions, run_service, self._kick_relays,
                                  self.worker.cancel_run)
         self._spawn("event-hub", self.hub.run())
+        if self.writer.shared:  # other replicas commit too: their notices wake what a local commit wakes
+            self.change_feed = ChangeFeed(s.database_target, BOOT, self._on_remote_commit)
+            self._spawn("change-feed", self.change_feed.run())
         definitions = DefinitionService(self.readers, self.writer, self.agents, self.offloader, self.isolated)
         state = ApiState(run_service, definitions, self.writer, self.readiness, self.tokens,
                          control, self.hub, sse_ping=s.sse_ping_seconds,
@@ -267,6 +272,11 @@ class Daemon:
         if self.event_relay is not None:
             self.event_relay.kick()
         self.hub.kick()
+
+    def _on_remote_commit(self) -> None:
+        self._kick_relays()
+        if self.timers is not None:
+            self.timers.kick()
 
     def _start_loop(self, loop: Loop) -> None:
         self.loops.append(loop)
@@ -322,7 +332,7 @@ class Daemon:
 
     def _writer_fatal(self, cause: BaseException) -> None:
         """Called on the writer thread after repeated fatal storage errors: stop, exit non-zero."""
-        log.critical("the SQLite writer gave up (%s); stopping so a supervisor restarts the daemon", cause)
+        log.critical("the database writer gave up (%s); stopping so a supervisor restarts the daemon", cause)
         self.exit_code = WRITER_FAILED_EXIT
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
@@ -355,7 +365,7 @@ class Daemon:
             await self.worker.stop(self.settings.shutdown_grace_seconds)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["worker"], 5)
-        for name in ("outbox-relay", "event-relay", "event-hub"):
+        for name in ("outbox-relay", "event-relay", "event-hub", "change-feed"):
             await cancel(self._tasks.get(name))
         for relay in (self.relay, self.event_relay):
             if relay is self.event_relay and not (self.keeper is not None and self.keeper.held):

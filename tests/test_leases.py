@@ -1,9 +1,10 @@
 """Leases with fencing tokens (issue 15): the singleton loops run on one replica at a time.
 
-Store level over a real SQLite file (acquire/renew/release/check, and a stale holder's transaction
-rolled back), keeper level with two keepers on two writers of one file (takeover after the holder
-dies, hand-over on release, loss stops the singleton loops), and daemon level (the timers fire, the
-lease is taken at once at start-up, even from a holder killed with -9, and released on SIGTERM).
+Store level over a real SQLite file and a real Postgres database (acquire/renew/release/check, and a
+stale holder's transaction rolled back), keeper level with two keepers on two writers of one database
+(takeover after the holder dies, hand-over on release, loss stops the singleton loops), and daemon
+level (the timers fire, the lease is taken at once at start-up, even from a holder killed with -9,
+and released on SIGTERM).
 """
 
 from __future__ import annotations
@@ -20,33 +21,39 @@ from station_wf.engine.lease import LeaseKeeper
 from station_wf.engine.timers import TimerLoop
 from station_wf.loop import Loop
 from station_wf.store import leases, relay_rows
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import Writer, open_readers
 from station_wf.store.definitions import DefinitionCache
 from tests.conftest import Daemon, wait_until
 
 NAME = leases.SINGLETONS
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """One database for the test: an SQLite file, or a fresh Postgres database."""
+    return tmp_path / "db.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_db")
+
+
 @pytest.fixture
-def writer(tmp_path: Path):
-    w = SqliteWriter(tmp_path / "db.sqlite")
+def writer(target: Path | str):
+    w = Writer(target)
     w.start()
     yield w
     w.close()
 
 
-def _acquire(writer: SqliteWriter, holder: str, token: int | None, now: float, ttl: float = 2.0,
+def _acquire(writer: Writer, holder: str, token: int | None, now: float, ttl: float = 2.0,
              force: bool = False) -> int | None:
     return writer.run_sync(lambda c: leases.acquire(c, NAME, holder, token, ttl, now=now, force=force))
 
 
-def _row(writer: SqliteWriter) -> sqlite3.Row:
+def _row(writer: Writer) -> sqlite3.Row:
     return writer.run_sync(lambda c: c.execute("SELECT * FROM leases WHERE name = ?", (NAME,)).fetchone())
 
 
 # -- store level ---------------------------------------------------------------------------------
 
-def test_a_free_lease_is_taken_and_renewing_keeps_the_token(writer: SqliteWriter) -> None:
+def test_a_free_lease_is_taken_and_renewing_keeps_the_token(writer: Writer) -> None:
     assert _acquire(writer, "a", None, now=100.0) == 1
     assert _acquire(writer, "b", None, now=100.5) is None  # held and not expired
     assert _acquire(writer, "a", 1, now=101.0) == 1        # renewed: same token, later expiry
@@ -55,7 +62,7 @@ def test_a_free_lease_is_taken_and_renewing_keeps_the_token(writer: SqliteWriter
     assert _acquire(writer, "b", None, now=102.5) is None  # the renewal moved the expiry past 102.5
 
 
-def test_an_expired_lease_is_taken_over_with_the_next_token_and_the_old_holder_is_fenced(writer: SqliteWriter) -> None:
+def test_an_expired_lease_is_taken_over_with_the_next_token_and_the_old_holder_is_fenced(writer: Writer) -> None:
     assert _acquire(writer, "a", None, now=100.0) == 1
     assert _acquire(writer, "b", None, now=102.0) == 2     # expired at 102: taken, token + 1
     assert _acquire(writer, "a", 1, now=102.1) is None      # the old holder's renewal does not win it back
@@ -64,7 +71,7 @@ def test_an_expired_lease_is_taken_over_with_the_next_token_and_the_old_holder_i
     writer.run_sync(lambda c: leases.check(c, NAME, 2))     # the new holder passes
 
 
-def test_release_hands_the_lease_over_at_once(writer: SqliteWriter) -> None:
+def test_release_hands_the_lease_over_at_once(writer: Writer) -> None:
     assert _acquire(writer, "a", None, now=100.0, ttl=60.0) == 1
     assert writer.run_sync(lambda c: leases.release(c, NAME, "b", 1)) is False  # not b's to release
     assert writer.run_sync(lambda c: leases.release(c, NAME, "a", 1)) is True
@@ -74,21 +81,21 @@ def test_release_hands_the_lease_over_at_once(writer: SqliteWriter) -> None:
     assert writer.run_sync(lambda c: leases.release(c, NAME, "a", 1)) is False
 
 
-def test_a_second_replica_with_the_same_id_does_not_share_the_lease(writer: SqliteWriter) -> None:
+def test_a_second_replica_with_the_same_id_does_not_share_the_lease(writer: Writer) -> None:
     """Renewal needs the holder AND its token: a misconfigured twin (same STATION_REPLICA_ID) waits."""
     assert _acquire(writer, "same", None, now=100.0) == 1
     assert _acquire(writer, "same", None, now=100.5) is None
     assert _acquire(writer, "same", 7, now=100.5) is None
 
 
-def test_force_takes_the_lease_from_a_live_holder(writer: SqliteWriter) -> None:
+def test_force_takes_the_lease_from_a_live_holder(writer: Writer) -> None:
     """SQLite's start-up: the data-dir lock proves the old holder is dead, so no TTL is waited out."""
     assert _acquire(writer, "dead", None, now=100.0, ttl=60.0) == 1
     assert _acquire(writer, "new", None, now=100.1, ttl=60.0, force=True) == 2
     assert _row(writer)["holder"] == "new"
 
 
-def test_a_stale_token_transaction_and_ride_along_write_nothing(writer: SqliteWriter) -> None:
+def test_a_stale_token_transaction_and_ride_along_write_nothing(writer: Writer) -> None:
     assert _acquire(writer, "a", None, now=time.time() - 10, ttl=1.0) == 1
     assert _acquire(writer, "b", None, now=time.time(), ttl=60.0) == 2  # a paused past its TTL: b took over
     stale = leases.FencedWriter(writer, NAME, lambda: 1)
@@ -109,7 +116,7 @@ def test_a_stale_token_transaction_and_ride_along_write_nothing(writer: SqliteWr
         leases.FencedWriter(writer, NAME, lambda: None).ride_along("k", lambda c: None)  # holding nothing: refused at once
 
 
-def test_a_timer_fired_by_a_stale_holder_rolls_back(tmp_path: Path, writer: SqliteWriter) -> None:
+def test_a_timer_fired_by_a_stale_holder_rolls_back(target: Path | str, writer: Writer) -> None:
     """The timer loop of a holder that lost the lease fires nothing: its batch fails the fence whole."""
     def seed(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO workflow_definitions (workflow_id, version, content_hash, source, definition, created_at)"
@@ -123,7 +130,7 @@ def test_a_timer_fired_by_a_stale_holder_rolls_back(tmp_path: Path, writer: Sqli
     assert _acquire(writer, "b", None, now=time.time(), ttl=60.0) == 2
 
     async def fire(token: int) -> int:
-        readers = SqliteReaders(tmp_path / "db.sqlite")
+        readers = open_readers(target)
         await readers.open()
         try:
             return await TimerLoop(leases.FencedWriter(writer, NAME, lambda: token), readers, DefinitionCache(),
@@ -163,7 +170,7 @@ class Beat(Loop):
         return 1
 
 
-def _keeper(writer: SqliteWriter, holder: str, ttl: float) -> tuple[LeaseKeeper, Beat]:
+def _keeper(writer: Writer, holder: str, ttl: float) -> tuple[LeaseKeeper, Beat]:
     keeper = LeaseKeeper(writer, holder, ttl, lambda loop: asyncio.create_task(loop.run(), name=f"{holder}-{loop.name}"))
     beat = Beat(keeper.fenced, holder)
     keeper.add(beat)
@@ -180,9 +187,9 @@ async def _until(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-def test_two_keepers_one_holds_the_other_takes_over_when_it_dies_and_at_once_on_release(tmp_path: Path) -> None:
+def test_two_keepers_one_holds_the_other_takes_over_when_it_dies_and_at_once_on_release(target: Path | str) -> None:
     ttl = 0.9
-    wa, wb = SqliteWriter(tmp_path / "db.sqlite"), SqliteWriter(tmp_path / "db.sqlite")
+    wa, wb = Writer(target), Writer(target)
     wa.start()
     wb.start()
 
@@ -227,9 +234,9 @@ def test_two_keepers_one_holds_the_other_takes_over_when_it_dies_and_at_once_on_
         wb.close()
 
 
-def test_losing_the_lease_stops_the_singleton_loops_within_one_renew_period(tmp_path: Path) -> None:
+def test_losing_the_lease_stops_the_singleton_loops_within_one_renew_period(target: Path | str) -> None:
     ttl = 1.2
-    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer = Writer(target)
     writer.start()
 
     async def go() -> None:
@@ -254,7 +261,7 @@ def test_losing_the_lease_stops_the_singleton_loops_within_one_renew_period(tmp_
         writer.close()
 
 
-def test_an_exclusive_keeper_takes_the_lease_from_a_dead_holder_at_once_and_never_renews(writer: SqliteWriter) -> None:
+def test_an_exclusive_keeper_takes_the_lease_from_a_dead_holder_at_once_and_never_renews(writer: Writer) -> None:
     """SQLite: the data-dir lock proves the row's holder dead; an idle daemon commits nothing for the lease."""
     assert _acquire(writer, "killed", None, now=time.time(), ttl=60.0) == 1
 

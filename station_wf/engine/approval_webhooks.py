@@ -26,7 +26,7 @@ import aiohttp
 
 from station_wf.loop import Loop
 from station_wf.store import webhooks as ws
-from station_wf.store.db import SqliteWriter
+from station_wf.store.db import Writer
 from station_wf.store.leases import FencedWriter
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class ApprovalWebhooks(Loop):
 
     name = "approval-webhooks"
 
-    def __init__(self, writer: SqliteWriter | FencedWriter, config: WebhookConfig) -> None:
+    def __init__(self, writer: Writer | FencedWriter, config: WebhookConfig) -> None:
         super().__init__(config.poll_seconds, logger=log)
         self.writer = writer
         self.config = config

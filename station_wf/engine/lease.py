@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from station_wf.loop import Loop, cancel
 from station_wf.store import leases
-from station_wf.store.db import SqliteWriter
+from station_wf.store.db import Writer
 from station_wf.telemetry.metrics import REGISTRY, Counter, Gauge
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class LeaseKeeper(Loop):
 
     name = "lease"
 
-    def __init__(self, writer: SqliteWriter, holder: str, ttl: float, start: Callable[[Loop], asyncio.Task],
+    def __init__(self, writer: Writer, holder: str, ttl: float, start: Callable[[Loop], asyncio.Task],
                  *, lease: str = leases.SINGLETONS, exclusive: bool = False) -> None:
         super().__init__(ttl / 3, backoff=(ttl / 3, ttl / 3), logger=log)
         self.writer = writer

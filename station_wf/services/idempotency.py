@@ -33,7 +33,7 @@ from station_wf.faults import crash_point
 from station_wf.loop import Loop
 from station_wf.services.storable import dumps_safe
 from station_wf.store import idempotency as store
-from station_wf.store.db import SqliteWriter
+from station_wf.store.db import Writer
 from station_wf.store.leases import FencedWriter
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def answer(conn: Any, keyed: Keyed, status: int, body: object) -> None:
     store.store_response(conn, keyed.scope, keyed.key, status, dumps_safe(body))
 
 
-async def purge_expired(writer: SqliteWriter | FencedWriter, ttl_s: float = TTL_S) -> int:
+async def purge_expired(writer: Writer | FencedWriter, ttl_s: float = TTL_S) -> int:
     """Delete every key older than the TTL, in small transactions (the retention loop calls this)."""
     cutoff, total = time.time() - ttl_s, 0
     for _ in range(100_000):
@@ -115,7 +115,7 @@ class IdempotencyPurge(Loop):
 
     name = "idempotency-purge"
 
-    def __init__(self, writer: SqliteWriter | FencedWriter, interval_s: float = 3600.0) -> None:
+    def __init__(self, writer: Writer | FencedWriter, interval_s: float = 3600.0) -> None:
         super().__init__(interval_s)
         self.writer = writer
 
@@ -127,7 +127,7 @@ class IdempotencyPurge(Loop):
 
 
 class IdempotencyStore:
-    def __init__(self, writer: SqliteWriter) -> None:
+    def __init__(self, writer: Writer) -> None:
         self.writer = writer
 
     async def run(self, scope: str, key: str, digest: str, action: Callable[[str], Awaitable[Answer]]) -> Answer:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import Readers, Writer
 
 T = TypeVar("T")
 
@@ -81,7 +81,7 @@ def check(conn: Any, name: str, token: int | None) -> None:
         raise LeaseLost(name, token, row)
 
 
-async def all_leases(readers: SqliteReaders) -> list[Any]:
+async def all_leases(readers: Readers) -> list[Any]:
     return await readers.fetchall(
         "SELECT name, holder, token, expires_at, acquired_at, renewed_at FROM leases ORDER BY name")
 
@@ -91,7 +91,7 @@ class FencedWriter:
     `check` with the lease token current at hand-in time (`token()`; None when this replica holds no
     lease, and then nothing is even queued). The loops keep calling `writer.run(fn)` unchanged."""
 
-    def __init__(self, writer: SqliteWriter, name: str, token: Callable[[], int | None]) -> None:
+    def __init__(self, writer: Writer, name: str, token: Callable[[], int | None]) -> None:
         self.writer = writer
         self.name = name
         self.token = token
