@@ -138,8 +138,23 @@ def test_a_timer_fired_by_a_stale_holder_rolls_back(target: Path | str, writer: 
         finally:
             await readers.close()
 
+    async def loop_passes(token: int) -> TimerLoop:
+        """Two passes under the loop base's error policy: a fenced-out pass is a failed pass, not a dead loop."""
+        readers = open_readers(target)
+        await readers.open()
+        try:
+            loop = TimerLoop(leases.FencedWriter(writer, NAME, lambda: token), readers, DefinitionCache(),
+                             on_commit=lambda: None)
+            loop.backoff = (0.01, 0.01)
+            await loop.run(loops=2)
+            return loop
+        finally:
+            await readers.close()
+
     with pytest.raises(leases.LeaseLost):
         asyncio.run(fire(1))
+    stale = asyncio.run(loop_passes(1))
+    assert stale.stats.errors == 2 and "LeaseLost" in (stale.stats.last_error or "")
     fired = lambda: writer.run_sync(lambda c: c.execute("SELECT fired_at FROM timers").fetchone()[0])  # noqa: E731
     assert fired() is None
     assert asyncio.run(fire(2)) == 1 and fired() is not None
@@ -337,3 +352,57 @@ def test_the_daemon_holds_the_lease_at_once_and_its_timers_fire_even_after_kill_
         holder, token, expires = conn.execute("SELECT holder, token, expires_at FROM leases WHERE name = ?", (NAME,)).fetchone()
     assert holder is None and token == first_token + 1 and expires == 0
     assert "lease singletons: released by this replica (second)" in daemon.log()
+
+
+REPLICA_SLEEPER = """
+id: nap3
+start: nap
+states:
+  - { name: nap, type: sleep, duration: 3s, next: done }
+  - { name: done, type: inject, data: { woke: true }, end: true }
+"""
+
+
+def test_kill_9_of_the_lease_holder_mid_timer_another_replica_takes_over_and_fires_it(
+        daemon_factory, postgres_db: str, nats_server) -> None:
+    """Two replicas on one Postgres and one NATS. The holder is killed with -9 while a sleep's timer is
+    pending; the other takes the lease within TTL + a renew period, fires the timer, and the run
+    completes once."""
+    ttl = 2.0
+    replicas = []
+    for name in ("a", "b"):
+        d = daemon_factory(name)
+        d.add_workflow("nap3", REPLICA_SLEEPER)
+        d.env.update({"STATION_DATABASE_URL": postgres_db, "STATION_NATS_EMBEDDED": "false",
+                      "STATION_NATS_URL": nats_server.url, "STATION_LEASE_TTL_SECONDS": str(ttl),
+                      "STATION_REPLICA_ID": name})
+        replicas.append(d)
+    a, b = replicas
+    a.start()
+    wait_until(lambda: _held_here(a), 10, what="a to hold the lease")
+    b.start()
+    body = _leases(b)
+    assert body["replica"] == "b" and body["exclusive"] is False
+    [lease] = [x for x in body["leases"] if x["name"] == NAME]
+    assert lease["holder"] == "a" and not lease["heldHere"]
+    time.sleep(ttl)  # b has tried a few times: it still does not hold it
+    assert not _held_here(b) and _held_here(a)
+
+    run = b.start_run("nap3")
+    wait_until(lambda: any(e["type"] == "step.started" for e in b.events(run["id"])), 10, what="the sleep to start")
+    a.kill()  # mid timer: due in ~3 s, and nobody holds the lease until it expires
+    killed = time.monotonic()
+    wait_until(lambda: _held_here(b), 3 * ttl + 5, interval=0.05, what="b to take the lease over")
+    took = time.monotonic() - killed
+    assert took < ttl + ttl / 3 + 2.0, f"b took {took:.2f}s"  # TTL + one renew period (+ process slack)
+    [lease] = [x for x in _leases(b)["leases"] if x["name"] == NAME]
+    assert lease["holder"] == "b" and lease["token"] == 2
+
+    done = b.wait_status(run["id"], timeout=30)
+    assert done["context"]["woke"] is True
+    events = b.events(run["id"])
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    succeeded = [(e["stepId"], e["payload"]["attempt"]) for e in events if e["type"] == "step.succeeded"]
+    assert len(succeeded) == len(set(succeeded))
+    assert [e["type"] for e in events].count("run.completed") == 1
+    assert "lease singletons: held by this replica (b) under token 2" in b.log()

@@ -87,13 +87,14 @@ class TimerLoop(Loop):
                 if not conn.in_transaction:
                     raise  # SQLite undid the whole transaction: the writer fails the group
                 point.undo()
-                self._failed(conn, row, exc)
+                self._timer_failed(conn, row, exc)
             else:
                 point.keep()
         if deferred is not None:
             raise deferred  # the writer evaluates what the batch needs, then fires it again
 
-    def _failed(self, conn: sqlite3.Connection, row: sqlite3.Row, exc: Exception) -> None:
+    def _timer_failed(self, conn: sqlite3.Connection, row: sqlite3.Row, exc: Exception) -> None:
+        """One timer raised (named apart from the loop base's `_failed`, which handles a whole failed pass)."""
         attempts = row["attempts"] + 1
         error = {"type": type(exc).__name__, "message": str(exc)[:2000], "at": utcnow()}
         if attempts >= self.max_attempts:
