@@ -323,12 +323,8 @@ class Daemon:
 
     async def leases_endpoint(self, request: Request) -> Response:
         """Which replica holds each lease (and so runs the singleton loops), and who this replica is."""
-        me = self.keeper.holder if self.keeper is not None else None
-        rows = [{"name": r["name"], "holder": r["holder"], "token": r["token"], "heldHere": r["holder"] == me and r["holder"] is not None,
-                 "expiresInSeconds": round(r["expires_at"] - time.time(), 3) if r["holder"] is not None else None,
-                 "acquiredAt": r["acquired_at"], "renewedAt": r["renewed_at"]} for r in await leases.all_leases(self.readers)]
-        # exclusive (SQLite): the data-dir lock is the lease; it is taken at start and never renewed.
-        return JSONResponse({"replica": me, "exclusive": self.keeper is not None and self.keeper.exclusive, "leases": rows})
+        assert self.keeper is not None  # the API starts after the keeper
+        return JSONResponse(self.keeper.status(await leases.all_leases(self.readers), time.time()))
 
     def _writer_fatal(self, cause: BaseException) -> None:
         """Called on the writer thread after repeated fatal storage errors: stop, exit non-zero."""

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 lease_held = Gauge("station_lease_held", "1 while this replica holds the lease (and runs its singleton loops).",
                    ["lease"], REGISTRY)
-lease_acquired_total = Counter("station_lease_acquired_total", "Times this replica took the lease (a new token).",
+lease_acquired_total = Counter("station_lease_acquired_total", "Times this replica began to hold the lease.",
                                ["lease"], REGISTRY)
 lease_lost_total = Counter("station_lease_lost_total", "Times this replica lost the lease it held.", ["lease"], REGISTRY)
 
@@ -88,11 +88,11 @@ class LeaseKeeper(Loop):
         asked = time.monotonic()
         if self.held and asked >= self._deadline:
             await self._lose("it expired before a renewal got through")
+        claim, budget = self.token or self._last, self._deadline - asked if self.held else self.ttl
         try:
-            budget = self._deadline - asked if self.held else self.ttl
             token = await asyncio.wait_for(self.writer.run(
-                lambda conn: leases.acquire(conn, self.lease, self.holder, self.token or self._last, self.ttl,
-                                            force=self.exclusive)), max(budget, 0.05))
+                lambda conn: leases.acquire(conn, self.lease, self.holder, claim, self.ttl, force=self.exclusive)),
+                max(budget, 0.05))
         except Exception:
             if self.held and time.monotonic() >= self._deadline:
                 await self._lose("it expired before a renewal got through")
@@ -127,7 +127,18 @@ class LeaseKeeper(Loop):
     async def stop_singletons(self) -> None:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
+            task.cancel()  # all at once first: a cancel of our own caller mid-way leaves none running
+        for task in tasks:
             await cancel(task)
+
+    def status(self, rows: list, now: float) -> dict:
+        """`GET /api/v1/leases`: every lease row, whether this replica holds it, and who this replica is.
+        `exclusive` (SQLite): the data-dir lock is the lease, taken at start and never renewed."""
+        return {"replica": self.holder, "exclusive": self.exclusive, "leases": [{
+            "name": r["name"], "holder": r["holder"], "token": r["token"],
+            "heldHere": r["holder"] == self.holder,
+            "expiresInSeconds": None if r["holder"] is None else round(r["expires_at"] - now, 3),
+            "acquiredAt": r["acquired_at"], "renewedAt": r["renewed_at"]} for r in rows]}
 
     async def release(self) -> None:
         """Clean shutdown (after the singleton loops stopped): free the lease for the next replica now."""
