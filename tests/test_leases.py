@@ -276,6 +276,27 @@ def test_losing_the_lease_stops_the_singleton_loops_within_one_renew_period(targ
         writer.close()
 
 
+def test_a_keeper_that_cannot_renew_stops_its_singleton_loops_when_its_ttl_runs_out(target: Path | str) -> None:
+    """The database is unreachable for this replica (its writer closed): by the end of its own TTL it no
+    longer counts on the lease, so it is not working when another replica may take over."""
+    ttl = 0.9
+    writer = Writer(target)
+    writer.start()
+
+    async def go() -> None:
+        keeper, beat = _keeper(writer, "a", ttl)
+        task = asyncio.create_task(keeper.run())
+        await _until(lambda: beat.running and beat.stats.iterations > 0, 5, "the beat to run")
+        writer.close()
+        closed = time.monotonic()
+        await _until(lambda: not beat.running, 5, "the beat to stop")
+        assert time.monotonic() - closed < ttl + ttl / 3 + 0.3 and not keeper.held
+        task.cancel()
+        await keeper.stop_singletons()
+
+    asyncio.run(go())
+
+
 def test_an_exclusive_keeper_takes_the_lease_from_a_dead_holder_at_once_and_never_renews(writer: Writer) -> None:
     """SQLite: the data-dir lock proves the row's holder dead; an idle daemon commits nothing for the lease."""
     assert _acquire(writer, "killed", None, now=time.time(), ttl=60.0) == 1
