@@ -276,6 +276,36 @@ def test_losing_the_lease_stops_the_singleton_loops_within_one_renew_period(targ
         writer.close()
 
 
+class Stubborn(Beat):
+    """A loop that loses the first cancel it gets, as Python 3.11's `asyncio.wait_for` can."""
+
+    name = "stubborn"
+
+    async def run(self, loops: int | None = None) -> None:
+        self.running = True
+        try:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+            await asyncio.sleep(3600)
+        finally:
+            self.running = False
+
+
+def test_stopping_the_singleton_loops_repeats_a_cancel_that_was_lost(writer: Writer) -> None:
+    async def go() -> None:
+        keeper = LeaseKeeper(writer, "a", 0.9, lambda loop: asyncio.create_task(loop.run()))
+        stubborn = Stubborn(keeper.fenced, "a")
+        keeper.add(stubborn)
+        await keeper.run(loops=1)
+        await _until(lambda: stubborn.running, 2, "the loop to run")
+        await asyncio.wait_for(keeper.stop_singletons(), 5)
+        assert not stubborn.running
+
+    asyncio.run(go())
+
+
 def test_a_keeper_that_cannot_renew_stops_its_singleton_loops_when_its_ttl_runs_out(target: Path | str) -> None:
     """The database is unreachable for this replica (its writer closed): by the end of its own TTL it no
     longer counts on the lease, so it is not working when another replica may take over."""
@@ -344,9 +374,11 @@ def _held_here(daemon: Daemon) -> bool:
 
 
 def test_the_daemon_holds_the_lease_at_once_and_its_timers_fire_even_after_kill_9(daemon: Daemon) -> None:
-    """A long TTL makes a wait for the dead holder's expiry unmistakable: it must not happen on SQLite."""
+    """A long TTL makes a wait for the dead holder's expiry unmistakable: it must not happen on SQLite
+    (pinned to SQLite even when STATION_TEST_PG_SERVER moves the daemon tests to Postgres)."""
     daemon.add_workflow("nap", SLEEPER)
-    env = {"STATION_LEASE_TTL_SECONDS": "60", "STATION_REPLICA_ID": "first"}
+    env = {"STATION_LEASE_TTL_SECONDS": "60", "STATION_REPLICA_ID": "first",
+           "STATION_DATABASE_URL": f"sqlite:///{daemon.data_dir / 'station-wf.db'}"}
     daemon.start(extra_env=env)
     wait_until(lambda: _held_here(daemon), 5, what="the lease held")
     body = _leases(daemon)

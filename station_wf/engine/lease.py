@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from station_wf.loop import Loop, cancel
+from station_wf.loop import Loop
 from station_wf.store import leases
 from station_wf.store.db import Writer
 from station_wf.telemetry.metrics import REGISTRY, Counter, Gauge
@@ -37,6 +37,10 @@ lease_held = Gauge("station_lease_held", "1 while this replica holds the lease (
 lease_acquired_total = Counter("station_lease_acquired_total", "Times this replica began to hold the lease.",
                                ["lease"], REGISTRY)
 lease_lost_total = Counter("station_lease_lost_total", "Times this replica lost the lease it held.", ["lease"], REGISTRY)
+
+
+STOP_TRIES = 20     # cancels of a singleton task before the keeper gives up waiting for it (logged)
+STOP_WAIT_S = 0.5   # how long each cancel is given
 
 
 def default_replica_id() -> str:
@@ -90,9 +94,11 @@ class LeaseKeeper(Loop):
             await self._lose("it expired before a renewal got through")
         claim, budget = self.token or self._last, self._deadline - asked if self.held else self.ttl
         try:
-            token = await asyncio.wait_for(self.writer.run(
-                lambda conn: leases.acquire(conn, self.lease, self.holder, claim, self.ttl, force=self.exclusive)),
-                max(budget, 0.05))
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel that lands as the
+            # transaction completes, and then the daemon's stop would wait for this loop forever.
+            async with asyncio.timeout(max(budget, 0.05)):
+                token = await self.writer.run(
+                    lambda conn: leases.acquire(conn, self.lease, self.holder, claim, self.ttl, force=self.exclusive))
         except Exception:
             if self.held and time.monotonic() >= self._deadline:
                 await self._lose("it expired before a renewal got through")
@@ -125,11 +131,22 @@ class LeaseKeeper(Loop):
         await self.stop_singletons()
 
     async def stop_singletons(self) -> None:
+        """Cancel every singleton task and wait until each has ended. A cancel is repeated while the task
+        runs on: Python 3.11's `asyncio.wait_for` (the loop base's wait) can lose one that lands as its
+        wait completes, and a loop that lives on would run beside the next holder's."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()  # all at once first: a cancel of our own caller mid-way leaves none running
-        for task in tasks:
-            await cancel(task)
+        for _ in range(STOP_TRIES):
+            if not tasks:
+                return
+            for task in tasks:
+                task.cancel()  # all at once: a cancel of our own caller mid-way leaves none uncancelled
+            await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+            for task in tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved (the daemon's spawn logs a crash)
+            tasks = [t for t in tasks if not t.done()]
+        if tasks:
+            log.error("lease %s: %s did not stop after %d cancels", self.lease, ", ".join(t.get_name() for t in tasks), STOP_TRIES)
 
     def status(self, rows: list, now: float) -> dict:
         """`GET /api/v1/leases`: every lease row, whether this replica holds it, and who this replica is.
