@@ -7,9 +7,9 @@ the worker, which is the load, runs on every replica.)
 
 The keeper is a loop on the base (`station_wf/loop.py`) that tries every `ttl / 3`: it takes the lease
 when it is free or expired and renews it while it is ours. While it holds the lease the singleton
-loops run as tasks of their own; when it loses it (another replica renewed past our expiry, or we
+loops run as tasks of their own; when it loses it (another replica took it after our expiry, or we
 could not renew before our own TTL ran out) it cancels them, so singleton work stops within one renew
-period. Their writes go through a `FencedWriter`, so what an old holder still commits after a takeover
+period. A dead holder's lease is taken over within TTL + TTL/3 (its expiry, then the next try). Their writes go through a `FencedWriter`, so what an old holder still commits after a takeover
 (a transaction already on the writer thread, a holder paused past its TTL) is rolled back by the token
 check (store/leases.py). On a clean shutdown the lease is released and the next replica takes over at
 its next try.
