@@ -179,6 +179,15 @@ class NatsServer:
         return asyncio.run(go())
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """What a store test opens its `Writer` on: an SQLite file, then a fresh Postgres database (the
+    store tests run against both dialects)."""
+    if request.param == "sqlite":
+        return tmp_path / "db.sqlite"
+    return request.getfixturevalue("postgres_db")
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     srv = NatsServer(tmp_path / "external-nats", free_port())

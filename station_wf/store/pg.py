@@ -222,7 +222,7 @@ def apply_migrations(conn: PgConnection, files: list[Path], split: Any, now: str
     raw = conn.raw
     raw.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
-        raw.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        raw.execute(migration_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
         done = {row[0] for row in raw.execute("SELECT version FROM schema_migrations")}
         applied = []
         for file in files:
