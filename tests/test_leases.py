@@ -28,15 +28,9 @@ from tests.conftest import Daemon, wait_until
 NAME = leases.SINGLETONS
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    """One database for the test: an SQLite file, or a fresh Postgres database."""
-    return tmp_path / "db.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_db")
-
-
 @pytest.fixture
-def writer(target: Path | str):
-    w = Writer(target)
+def writer(store_target: Path | str):
+    w = Writer(store_target)
     w.start()
     yield w
     w.close()
@@ -116,7 +110,7 @@ def test_a_stale_token_transaction_and_ride_along_write_nothing(writer: Writer) 
         leases.FencedWriter(writer, NAME, lambda: None).ride_along("k", lambda c: None)  # holding nothing: refused at once
 
 
-def test_a_timer_fired_by_a_stale_holder_rolls_back(target: Path | str, writer: Writer) -> None:
+def test_a_timer_fired_by_a_stale_holder_rolls_back(store_target: Path | str, writer: Writer) -> None:
     """The timer loop of a holder that lost the lease fires nothing: its batch fails the fence whole."""
     def seed(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO workflow_definitions (workflow_id, version, content_hash, source, definition, created_at)"
@@ -130,7 +124,7 @@ def test_a_timer_fired_by_a_stale_holder_rolls_back(target: Path | str, writer: 
     assert _acquire(writer, "b", None, now=time.time(), ttl=60.0) == 2
 
     async def fire(token: int) -> int:
-        readers = open_readers(target)
+        readers = open_readers(store_target)
         await readers.open()
         try:
             return await TimerLoop(leases.FencedWriter(writer, NAME, lambda: token), readers, DefinitionCache(),
@@ -140,7 +134,7 @@ def test_a_timer_fired_by_a_stale_holder_rolls_back(target: Path | str, writer: 
 
     async def loop_passes(token: int) -> TimerLoop:
         """Two passes under the loop base's error policy: a fenced-out pass is a failed pass, not a dead loop."""
-        readers = open_readers(target)
+        readers = open_readers(store_target)
         await readers.open()
         try:
             loop = TimerLoop(leases.FencedWriter(writer, NAME, lambda: token), readers, DefinitionCache(),
@@ -202,9 +196,9 @@ async def _until(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-def test_two_keepers_one_holds_the_other_takes_over_when_it_dies_and_at_once_on_release(target: Path | str) -> None:
+def test_two_keepers_one_holds_the_other_takes_over_when_it_dies_and_at_once_on_release(store_target: Path | str) -> None:
     ttl = 0.9
-    wa, wb = Writer(target), Writer(target)
+    wa, wb = Writer(store_target), Writer(store_target)
     wa.start()
     wb.start()
 
@@ -249,9 +243,9 @@ def test_two_keepers_one_holds_the_other_takes_over_when_it_dies_and_at_once_on_
         wb.close()
 
 
-def test_losing_the_lease_stops_the_singleton_loops_within_one_renew_period(target: Path | str) -> None:
+def test_losing_the_lease_stops_the_singleton_loops_within_one_renew_period(store_target: Path | str) -> None:
     ttl = 1.2
-    writer = Writer(target)
+    writer = Writer(store_target)
     writer.start()
 
     async def go() -> None:
@@ -306,11 +300,11 @@ def test_stopping_the_singleton_loops_repeats_a_cancel_that_was_lost(writer: Wri
     asyncio.run(go())
 
 
-def test_a_keeper_that_cannot_renew_stops_its_singleton_loops_when_its_ttl_runs_out(target: Path | str) -> None:
+def test_a_keeper_that_cannot_renew_stops_its_singleton_loops_when_its_ttl_runs_out(store_target: Path | str) -> None:
     """The database is unreachable for this replica (its writer closed): by the end of its own TTL it no
     longer counts on the lease, so it is not working when another replica may take over."""
     ttl = 0.9
-    writer = Writer(target)
+    writer = Writer(store_target)
     writer.start()
 
     async def go() -> None:
