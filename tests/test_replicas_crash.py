@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+
+import httpx
 
 from tests.conftest import AgentCall, Daemon, NatsServer, wait_until
 
@@ -134,3 +137,80 @@ def test_kill9_of_the_replica_mid_agent_call_finishes_on_another(
     listed = survivor.request("GET", "/api/v1/workflow-runs").json()["runs"]
     assert {r["id"] for r in listed} == set(done) and {r["status"] for r in listed} == {"COMPLETED"}
 
+
+NAPS = """
+id: naps
+start: nap
+states:
+  - { name: nap, type: sleep, duration: 4s, next: call }
+  - name: call
+    type: operation
+    action: agent.run
+    input: { agent: flaky, task: "after the nap" }
+    retry: { maxAttempts: 2, backoffSeconds: 4 }
+    resultPath: out
+    end: true
+"""
+LEASE = "singletons"
+
+
+def _lease(daemon: Daemon) -> dict | None:
+    """This replica's view of the singleton lease, None while it does not answer."""
+    try:
+        resp = daemon.request("GET", "/api/v1/leases")
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    return next((x for x in resp.json()["leases"] if x["name"] == LEASE), None)
+
+
+def _holder(ds: list[Daemon]) -> Daemon | None:
+    """The live replica that says it holds the lease (exactly one, or None)."""
+    live = [d for d in ds if d.proc is not None and d.proc.poll() is None]
+    holding = [d for d in live if (lease := _lease(d)) is not None and lease["heldHere"]]
+    assert len(holding) <= 1, f"two replicas hold the lease: {[d.root.name for d in holding]}"
+    return holding[0] if holding else None
+
+
+def test_kill9_of_the_lease_holder_twice_mid_timers_the_next_holder_fires_them(
+        daemon_factory: Callable[..., Daemon], postgres_db: str, nats_server: NatsServer) -> None:
+    """Three replicas, a short lease. The holder dies with a sleep's timer pending, then the next holder
+    dies with a retry back-off timer pending: the third replica fires it, and every timer fires once."""
+    ds = replicas(daemon_factory, 3, postgres_db, nats_server.url, {"naps": NAPS}, agents=("flaky",),
+                  env={"STATION_LEASE_TTL_SECONDS": "2"})
+    agents = ds[0].agent_server
+    assert agents is not None
+    agents.behave("flaky", fail_first=1)
+    first = wait_until(lambda: _holder(ds), 20, what="a lease holder")
+    token = _lease(first)["token"]  # type: ignore[index]
+
+    other = next(d for d in ds if d is not first)
+    run = other.start_run("naps")
+    wait_until(lambda: any(e["type"] == "step.started" for e in other.events(run["id"])), 15, what="the nap")
+    first.kill()  # the sleep's timer is due in ~4 s; nobody fires it until the lease is taken over
+    killed_first = time.time()
+    second = wait_until(lambda: _holder(ds), 15, what="the lease taken over")
+    assert second is not first and _lease(second)["token"] > token  # type: ignore[index]
+
+    wait_until(lambda: agents.calls_for("flaky"), 30, what="the first (failing) call after the nap")
+    wait_until(lambda: any(e["type"] == "step.scheduled" and e["payload"]["attempt"] == 2
+                           for e in second.events(run["id"])), 15, what="the retry's back-off timer")
+    second.kill()  # the back-off timer is due in ~4 s
+    killed_second = time.time()
+    third = next(d for d in ds if d is not first and d is not second)
+    wait_until(lambda: _holder(ds) is third, 15, what="the third replica to take the lease")
+
+    done = third.wait_status(run["id"], timeout=40)
+    assert done["context"]["out"]["ok"] is True
+    calls = agents.calls_for("flaky")
+    assert [c.body["attempt"] for c in calls] == [1, 2], "each attempt called once: each timer fired once"
+    events = _assert_history_sound(third, run["id"])
+    by_step = {s["stateName"]: s for s in done["steps"] if s["status"] == "SUCCEEDED"}
+    nap_done = next(e for e in events if e["type"] == "step.succeeded" and e["stepId"] == by_step["nap"]["stepId"])
+    retried = next(e for e in events if e["type"] == "step.started" and e["payload"]["attempt"] == 2)
+    # Fired after its holder died: by the replica that took over (the dead one fired nothing).
+    assert _ts(nap_done["time"]) > killed_first and _ts(retried["time"]) > killed_second
+    assert [e["type"] for e in events].count("step.succeeded") == 2
+    lease = _lease(third)
+    assert lease is not None and lease["holder"] == third.root.name and lease["token"] >= token + 2
