@@ -48,6 +48,8 @@ from benchmarks.chaos import (
     settle_and_check,
 )
 
+LEASE_TTL_S = 3.0  # short, so the singleton lease changes hands inside the window (production default: 10 s)
+
 
 @dataclass
 class ReplicaChaos(Chaos):
@@ -273,6 +275,8 @@ def run_replica_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, re
         for i in range(replicas):
             d = Daemon(root / f"r{i}", nats.url, agents, via=f"r{i}")
             d.env["STATION_DATABASE_URL"] = database
+            d.env["STATION_LEASE_TTL_SECONDS"] = str(LEASE_TTL_S)
+            d.env["STATION_REPLICA_ID"] = f"r{i}"
             if nats_nodes > 1:
                 d.env["STATION_NATS_REPLICAS"] = str(min(nats_nodes, 3))  # R3 streams: a node may die
             daemons.append(d)
@@ -290,6 +294,7 @@ def run_replica_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, re
             fleet, nats, schedule(seconds, kills, nats_restarts, rng), t0, seconds, rng, min_gap, chaos))
         outcome = settle_and_check(api, plans, agents, ReplicaChecker(chaos, {}), harness_errors, settle)
         by_replica = Counter(c.via for c in outcome.calls)
+        lease = next((x for x in api.call("GET", "/api/v1/leases").json()["leases"] if x["name"] == "singletons"), {})
         api.close()
     finally:
         _stop_all(daemons)
@@ -305,6 +310,8 @@ def run_replica_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, re
         "double_kills": chaos.double_kills,
         "nats_nodes_killed": dict(sorted(chaos.nats_nodes_killed.items())),
         "agent_calls_by_replica": dict(sorted((k or "?", v) for k, v in by_replica.items())),
+        "lease_tokens": lease.get("token"),  # the singleton lease changed hands this many times, less one
+        "lease_holder_at_end": lease.get("holder"),
     })
     return keep_if_violations(report, outcome, root, keep, own_root)
 
@@ -318,4 +325,5 @@ def replica_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
         ("kills by replica / of them two at once", f"{report['kills_by_replica']} / {report['double_kills']}"),
         ("NATS node kills by node", report["nats_nodes_killed"]),
         ("agent calls by replica", report["agent_calls_by_replica"]),
+        ("singleton lease tokens issued / holder at the end", f"{report['lease_tokens']} / {report['lease_holder_at_end']}"),
     ]
