@@ -59,6 +59,7 @@ class ReplicaChaos(Chaos):
     kills_by_replica: Counter = field(default_factory=Counter)
     double_kills: int = 0       # kill actions that took two replicas down at once
     nats_nodes_killed: Counter = field(default_factory=Counter)
+    start_failures: list[dict[str, Any]] = field(default_factory=list)  # a daemon that exited while starting
 
 
 class Fleet:
@@ -230,12 +231,32 @@ def run_replica_driver(fleet: Fleet, nats: ClusterNats | SingleNats, plan: list[
         for i in victims:
             fleet.daemons[i].spawn()
         for i in victims:
-            chaos.restart_seconds.append(fleet.daemons[i].wait_ready())
+            chaos.restart_seconds.append(_ready(fleet.daemons[i], fleet.name(i), chaos))
             fleet.mark(i, True)
             chaos.down_by_replica.setdefault(fleet.name(i), []).append((down, time.time()))
         chaos.daemon_down.append((down, time.time()))
         healthy_since = time.monotonic()
     time.sleep(max(0.0, end - time.monotonic()))
+
+
+def _ready(daemon: Daemon, name: str, chaos: ReplicaChaos, tries: int = 5) -> float:
+    """Wait for /readyz; a daemon that exits on its own while starting (e.g. a JetStream API timeout while
+    the cluster elects a leader) is recorded as a start failure and spawned again, up to `tries` times.
+    Returns the seconds from the first spawn to ready."""
+    began = daemon.spawned
+    for attempt in range(tries):
+        try:
+            daemon.wait_ready()
+            return time.monotonic() - began
+        except RuntimeError:
+            if daemon.proc is None or daemon.proc.poll() is None or attempt == tries - 1:
+                raise  # not ready in time, or exits every time: the harness cannot go on
+            log_path = daemon.root / f"daemon-{daemon.starts:03d}.log"
+            lines = log_path.read_text(errors="replace").strip().splitlines() if log_path.exists() else []
+            chaos.start_failures.append({"replica": name, "exitCode": daemon.proc.returncode, "at": time.time(),
+                                         "error": lines[-1][:300] if lines else "", "log": str(log_path)})
+            daemon.spawn()
+    raise AssertionError("unreachable")
 
 
 def _stop_all(daemons: list[Daemon]) -> None:
@@ -284,7 +305,7 @@ def run_replica_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, re
         for d in daemons:
             d.spawn()
         for i, d in enumerate(daemons):
-            d.wait_ready()
+            _ready(d, fleet.name(i), chaos)
             fleet.mark(i, True)
         log(f"chaos: {replicas} replicas, {nats_nodes} NATS nodes, Postgres; {runs} runs, {seconds:.0f} s, seed {seed}, "
             f"up to {kills} kill and {nats_restarts} nats actions; dir {root}")
@@ -312,6 +333,7 @@ def run_replica_chaos(runs: int = 300, seconds: float = 120.0, seed: int = 1, re
         "agent_calls_by_replica": dict(sorted((k or "?", v) for k, v in by_replica.items())),
         "lease_tokens": lease.get("token"),  # the singleton lease changed hands this many times, less one
         "lease_holder_at_end": lease.get("holder"),
+        "start_failures": chaos.start_failures,  # not an invariant: the daemon gave up starting; respawned
     })
     return keep_if_violations(report, outcome, root, keep, own_root)
 
@@ -326,4 +348,5 @@ def replica_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
         ("NATS node kills by node", report["nats_nodes_killed"]),
         ("agent calls by replica", report["agent_calls_by_replica"]),
         ("singleton lease tokens issued / holder at the end", f"{report['lease_tokens']} / {report['lease_holder_at_end']}"),
+        ("daemons that exited while starting (respawned)", len(report["start_failures"])),
     ]
