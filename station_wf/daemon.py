@@ -16,10 +16,13 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import uvicorn
+from nats.js.errors import NoStreamResponseError, ServerError, ServiceUnavailableError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -33,7 +36,7 @@ from station_wf.api.door import LoopbackPolicy
 from station_wf.bus.control import ControlChannel
 from station_wf.bus.jetstream import Bus
 from station_wf.bus.nats_server import EmbeddedNats
-from station_wf.bus.relay import EventRelay, OutboxRelay
+from station_wf.bus.relay import EventRelay, OutboxRelay, RelayPublishError
 from station_wf.config import Settings
 from station_wf.core import limits
 from station_wf.engine.lease import LeaseKeeper, default_replica_id
@@ -78,6 +81,27 @@ WRITER_FAILED_EXIT = 75  # EX_TEMPFAIL: the storage failed; a restart may cure i
 def _without_credentials(url: str) -> str:
     """A NATS URL fit for a log line: the embedded server's token (or a user:password) left out."""
     return re.sub(r"//[^/@,]*@", "//", url)
+
+
+START_RETRY_S = 60.0  # how long start-up waits for JetStream (a cluster electing its leaders) before giving up
+
+
+async def _retry_at_start(what: str, step: Callable[[], Awaitable[None]]) -> None:
+    """A start-up step against NATS, retried with back-off while the cluster is not ready (a node down,
+    a leader election): the daemon is not ready meanwhile, and exits only if it stays unready."""
+    deadline = time.monotonic() + START_RETRY_S
+    delay = 0.25
+    for attempt in range(1, 1000):
+        try:
+            await step()
+            return
+        except (TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError, ServerError,
+                NoStreamResponseError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: %s (attempt %d); retrying in %.2f s", what, exc or type(exc).__name__, attempt, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 4.0)
 
 
 class DataDirLocked(RuntimeError):
@@ -186,9 +210,13 @@ class Daemon:
         self.bus = Bus(url, ack_wait=s.ack_wait_seconds, max_ack_pending=max(1024, s.worker_concurrency * 4),
                        namespace=Namespace(s.deployment), replicas=s.nats_replicas)
         await self.bus.connect()
-        await self.bus.ensure_topology()
-        # Reset (redeliver a dead predecessor's work now) only when this daemon is the store's one replica.
-        await self.bus.claim_consumer(shared=self.writer.shared)
+
+        async def topology() -> None:
+            await self.bus.ensure_topology()
+            # Reset (redeliver a dead predecessor's work now) only when this daemon is the store's one replica.
+            await self.bus.claim_consumer(shared=self.writer.shared)
+
+        await _retry_at_start("JetStream streams and consumer", topology)
         if self.writer.shared and s.nats_embedded:
             log.warning("the store is shared (several replicas possible) but NATS is embedded: other replicas cannot "
                         "see this one's tasks; give every replica the same STATION_NATS_URL")
@@ -205,7 +233,10 @@ class Daemon:
         # Nothing in the daemon reads WORKFLOW_EVENTS (the API and SSE read SQLite): the mirror is for
         # external subscribers, and STATION_EVENT_MIRROR=off spares its cost when there are none.
         self.event_relay = EventRelay(fenced, self.readers, self.bus) if s.event_mirror else None
-        await self.relay.drain()  # whatever a crash left between commit and publish goes out first
+        try:
+            await self.relay.drain()  # whatever a crash left between commit and publish goes out first
+        except RelayPublishError as exc:  # e.g. another replica publishing the same ids right now: the loop retries
+            log.warning("start-up outbox flush incomplete (the relay retries): %s", exc)
         self.worker = TaskWorker(self.writer, self.bus, self.registry, self.definitions, self._kick_relays,
                                  concurrency=s.worker_concurrency, ack_wait=s.ack_wait_seconds)
         self.reconciler = Reconciler(self.readers, self.bus, self.worker.is_inflight, interval=s.reconcile_seconds)

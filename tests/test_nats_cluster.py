@@ -109,3 +109,22 @@ def test_an_r1_stream_is_scaled_to_r3_in_place(nats_cluster: NatsCluster) -> Non
     assert (replicas, peers) == (3, 2)
     assert created_after == created_before  # the same consumer, updated, not recreated
     assert pending == 1
+
+
+def test_a_daemon_started_while_the_cluster_has_no_quorum_waits_for_it(
+        nats_cluster: NatsCluster, daemon_factory: Callable[..., Daemon]) -> None:
+    """Two of three nodes down: JetStream cannot answer (no meta leader), so the start-up's stream and
+    consumer calls time out. The daemon retries (not ready meanwhile) instead of exiting, and serves
+    once a second node is back."""
+    d = daemon_factory("noquorum", {"STATION_NATS_EMBEDDED": "false", "STATION_NATS_URL": nats_cluster.nodes[0].url,
+                                    "STATION_NATS_REPLICAS": "3"})
+    d.add_agent("worker")
+    d.add_workflow("one", ONE_AGENT)
+    nats_cluster.kill(1)
+    nats_cluster.kill(2)
+    d.start(wait=False)
+    wait_until(lambda: "JetStream streams and consumer" in d.log(), 40, what="a start-up retry in the log")
+    assert d.proc is not None and d.proc.poll() is None  # still starting, not exited
+    nats_cluster.restart(1)
+    d.wait_ready(60)
+    assert len(_complete(d, 3)) == 3
