@@ -98,7 +98,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from station_wf.services.definitions import sync_database
 
     settings = settings_from_args(args)
-    report = sync_database(settings.database_path, Path(settings.environments_dir), args.env or settings.environment)
+    report = sync_database(settings.database_target, Path(settings.environments_dir), args.env or settings.environment)
     for item in report.registered:
         print(f"registered {item['workflowId']} v{item['version']} ({item['file']})")
     for wf in report.unchanged:

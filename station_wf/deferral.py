@@ -2,7 +2,7 @@
 
 Why: the writer thread must never run user code (a Starlark expression can burn CPU, allocate
 gigabytes or crash the native stack). So a transaction function that needs such a value raises
-`Deferred`; `SqliteWriter.run` rolls that transaction back (its SAVEPOINT), awaits
+`Deferred`; `Writer.run` rolls that transaction back (its SAVEPOINT), awaits
 `Deferred.prepare()` on the event loop (the value is computed in a sandbox process), and runs the
 function again with the answer available in its `TxScope`. The re-run re-reads everything, so it is
 a compare-and-set on the whole run state, not only its `version`: whatever committed in between is

@@ -268,7 +268,22 @@ class Daemon:
         })
         env.update(self.env)
         env.update(extra or {})
+        if os.environ.get("STATION_TEST_PG_SERVER") and "STATION_DATABASE_URL" not in env:
+            env["STATION_DATABASE_URL"] = self._postgres_database(os.environ["STATION_TEST_PG_SERVER"])
         return env
+
+    def _postgres_database(self, server: str) -> str:
+        """STATION_TEST_PG_SERVER=postgresql://USER@HOST:PORT runs every daemon test on Postgres: each
+        daemon gets a database of its own (kept across its restarts)."""
+        import hashlib
+
+        import psycopg
+
+        name = "t_" + hashlib.sha1(str(self.root).encode()).hexdigest()[:16]
+        with psycopg.connect(server.rstrip("/") + "/postgres", autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+        return server.rstrip("/") + "/" + name
 
     def start(self, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"

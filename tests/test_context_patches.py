@@ -14,7 +14,7 @@ from station_wf.core import cow, history
 from station_wf.dsl.loader import parse_definition
 from station_wf.engine.runs import insert_new_run
 from station_wf.engine.step_tx import StepTransactions
-from station_wf.store import context_patches, definitions, run_cache, run_reads
+from station_wf.store import context_patches, definitions, dialect, run_cache, run_reads
 from station_wf.store.db import apply_migrations, connect
 from station_wf.store.jsontext import dumps
 from station_wf.store.run_unit import load_state
@@ -82,7 +82,7 @@ def test_a_run_mid_way_is_read_from_its_blob_and_patches(tmp_path: Path) -> None
     assert patches > 0 and blob == blob_before  # the 10 KB blob was not rewritten
     events = [(r[0], json.loads(r[1])) for r in conn.execute(
         "SELECT type, payload FROM workflow_run_events WHERE run_id = 'r1' ORDER BY seq")]
-    read = context_patches.fold_row(conn.execute(run_reads._RUN, ("r1",)).fetchone())
+    read = context_patches.fold_row(conn.execute(run_reads._RUN[dialect.of(conn)], ("r1",)).fetchone())
     assert json.loads(read["context"]) == history.rebuild_context(events)
     assert json.loads(read["context"])["b"] == 2  # an inject writes into the root
     run_cache.clear()  # the writer's cache miss folds the same

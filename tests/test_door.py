@@ -459,9 +459,9 @@ async def test_a_cancelled_request_keeps_its_reservation(tmp_path: Path) -> None
     from starlette.responses import JSONResponse
 
     from station_wf.services.idempotency import IdempotencyStore
-    from station_wf.store.db import SqliteWriter
+    from station_wf.store.db import Writer
 
-    writer = SqliteWriter(tmp_path / "s.db")
+    writer = Writer(tmp_path / "s.db")
     writer.start()
     try:
         store = IdempotencyStore(writer)

@@ -17,7 +17,7 @@ from station_wf.services.definitions import DefinitionService, sync_database
 from station_wf.services.events import EventHub
 from station_wf.services.isolated import IsolatedPool
 from station_wf.services.runs import RunService
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import SqliteReaders, Writer
 from station_wf.store.definitions import DefinitionCache
 from station_wf.store.events import LIST_FIELDS
 
@@ -30,7 +30,7 @@ SCHEDULED = {
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    writer = SqliteWriter(tmp_path / "face.db")
+    writer = Writer(tmp_path / "face.db")
     writer.start()
     readers = SqliteReaders(tmp_path / "face.db")
     await readers.open()

@@ -19,7 +19,7 @@ from station_wf.engine.runs import insert_new_run
 from station_wf.engine.step_tx import StepTransactions
 from station_wf.expr.paths import PathError, set_path
 from station_wf.store import definitions, run_cache
-from station_wf.store.db import SqliteWriter, apply_migrations, connect
+from station_wf.store.db import Writer, apply_migrations, connect
 from tests.test_interpreter import FOREACH, PARALLEL, Replay
 
 
@@ -121,7 +121,7 @@ def test_a_rolled_back_transaction_never_leaves_a_cache_entry_ahead_of_the_datab
     conn, row, defn = _database(tmp_path, steps=3)
     conn.close()
     run_cache.clear()
-    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer = Writer(tmp_path / "db.sqlite")
     writer.start()
     tx = StepTransactions(definitions.DefinitionCache())
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from station_wf.store.db import SqliteWriter, apply_migrations, connect
+from station_wf.store.db import Writer, apply_migrations, connect
 
 
 def test_migrations_apply_once_and_are_recorded(tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_migrations_apply_once_and_are_recorded(tmp_path: Path) -> None:
 
 
 def test_group_commit_isolates_failures(tmp_path: Path) -> None:
-    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer = Writer(tmp_path / "db.sqlite")
     writer.start()
     writer.run_sync(lambda c: c.execute("CREATE TABLE t (k TEXT PRIMARY KEY)"))
 
@@ -61,7 +61,7 @@ def test_a_group_sqlite_rolled_back_fails_every_future_and_the_writer_keeps_serv
     transactions already released with it must fail too; the thread then serves the next group."""
     from station_wf.store.storage_errors import StorageError
 
-    writer = SqliteWriter(tmp_path / "db.sqlite", max_bytes=1)  # capped at the pages migrations left
+    writer = Writer(tmp_path / "db.sqlite", max_bytes=1)  # capped at the pages migrations left
     writer.start()
     lost: list[str] = []
     gate = threading.Event()
@@ -106,7 +106,7 @@ def test_repeated_fatal_errors_stop_the_writer_and_call_on_fatal(tmp_path: Path)
     from station_wf.store.storage_errors import StorageError, injected_ioerr
 
     fatal: list[BaseException] = []
-    writer = SqliteWriter(tmp_path / "db.sqlite", on_fatal=fatal.append)
+    writer = Writer(tmp_path / "db.sqlite", on_fatal=fatal.append)
     writer.start()
 
     def broken(conn: sqlite3.Connection) -> None:
@@ -129,7 +129,7 @@ def test_retention_deletes_bounded_batches_of_rows_not_whole_runs(tmp_path: Path
     from station_wf.engine.retention import prune_once
     from station_wf.store.retention_rows import prune_some
 
-    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer = Writer(tmp_path / "db.sqlite")
     writer.start()
 
     def seed(conn: sqlite3.Connection) -> None:
@@ -159,9 +159,8 @@ def test_a_cron_the_scheduler_cannot_parse_is_reported_once(tmp_path: Path, capl
     """An old row (or one the loader let through) with a cron the scheduler rejects: logged and shown as
     `lastError` on the schedule, once, instead of being skipped in silence on every tick."""
     from station_wf.engine.schedules import ScheduleLoop, schedule_to_api
-    from station_wf.store.db import SqliteReaders
 
-    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer = Writer(tmp_path / "db.sqlite")
     writer.start()
     writer.run_sync(lambda c: (
         c.execute("INSERT INTO workflow_definitions (workflow_id, version, content_hash, source, definition, created_at)"
@@ -170,6 +169,8 @@ def test_a_cron_the_scheduler_cannot_parse_is_reported_once(tmp_path: Path, capl
                   " updated_at) VALUES ('w:0', 'w', 0, '*/0 * * * *', 'UTC', 0, '2000', '2000')")))
 
     async def go() -> list[int]:
+        from station_wf.store.db import SqliteReaders
+
         readers = SqliteReaders(tmp_path / "db.sqlite")
         await readers.open()
         loop = ScheduleLoop(writer, readers, on_commit=lambda: None)
@@ -193,7 +194,7 @@ def test_a_timer_of_a_run_paused_since_the_read_does_not_fire(tmp_path: Path) ->
     from station_wf.engine.timers import TimerLoop
     from station_wf.store.definitions import DefinitionCache
 
-    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer = Writer(tmp_path / "db.sqlite")
     writer.start()
 
     def seed(conn: sqlite3.Connection) -> list[int]:
@@ -220,7 +221,7 @@ def test_after_commit_runs_only_for_committed_attempts(tmp_path: Path) -> None:
     """A metric counted in a transaction must not count a rolled-back attempt (review 1.9)."""
     from station_wf.deferral import after_commit
 
-    writer = SqliteWriter(tmp_path / "db.sqlite")
+    writer = Writer(tmp_path / "db.sqlite")
     writer.start()
     seen: list[str] = []
 

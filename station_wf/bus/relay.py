@@ -17,7 +17,7 @@ from station_wf.faults import crash_point
 from station_wf.loop import Loop
 from station_wf.protocol import encode_event, encode_event_stub, header_block
 from station_wf.store import outbox, relay_rows
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import Readers, Writer
 from station_wf.store.jsontext import loads
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class _Relay(Loop):
     name = "relay"
     batch = BATCH
 
-    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, bus: Bus) -> None:
+    def __init__(self, writer: Writer, readers: Readers, bus: Bus) -> None:
         super().__init__(IDLE_POLL_S, backoff=(0.1, 2.0), logger=log)
         self.writer = writer
         self.readers = readers
@@ -85,7 +85,7 @@ class OutboxRelay(_Relay):
 
     name = "outbox-relay"
 
-    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, bus: Bus) -> None:
+    def __init__(self, writer: Writer, readers: Readers, bus: Bus) -> None:
         super().__init__(writer, readers, bus)
         self._published_ids: set[int] = set()
         self._high_water = 0
@@ -134,7 +134,7 @@ class EventRelay(_Relay):
     name = "event-relay"
     batch = EVENT_BATCH
 
-    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, bus: Bus,
+    def __init__(self, writer: Writer, readers: Readers, bus: Bus,
                  coalesce_s: float = EVENT_COALESCE_S) -> None:
         super().__init__(writer, readers, bus)
         self._cursor: int | None = None

@@ -26,7 +26,7 @@ import aiohttp
 
 from station_wf.loop import Loop
 from station_wf.store import webhooks as ws
-from station_wf.store.db import SqliteWriter
+from station_wf.store.db import Writer
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class ApprovalWebhooks(Loop):
 
     name = "approval-webhooks"
 
-    def __init__(self, writer: SqliteWriter, config: WebhookConfig) -> None:
+    def __init__(self, writer: Writer, config: WebhookConfig) -> None:
         super().__init__(config.poll_seconds, logger=log)
         self.writer = writer
         self.config = config

@@ -24,7 +24,7 @@ from station_wf.loop import Loop
 from station_wf.protocol import Task, encode_task, run_task, step_task
 from station_wf.store import outbox
 from station_wf.store import runs as rs
-from station_wf.store.db import SqliteReaders
+from station_wf.store.db import Readers
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Reconciler(Loop):
 
     name = "reconciler"
 
-    def __init__(self, readers: SqliteReaders, bus: Bus, is_inflight: Callable[[Task], bool], *, interval: float = 5.0,
+    def __init__(self, readers: Readers, bus: Bus, is_inflight: Callable[[Task], bool], *, interval: float = 5.0,
                  grace: float | None = None) -> None:
         super().__init__(interval, logger=log)
         self.readers = readers

@@ -10,7 +10,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from station_wf.loop import Loop
-from station_wf.store.db import SqliteWriter
+from station_wf.store.db import Writer
 from station_wf.store.retention_rows import prune_some
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ RUNS_PER_TX = 200
 ROWS_PER_TX = 5000  # history rows one transaction deletes: the writer is never held for long
 
 
-async def prune_once(writer: SqliteWriter, days: float, rows_per_tx: int = ROWS_PER_TX,
+async def prune_once(writer: Writer, days: float, rows_per_tx: int = ROWS_PER_TX,
                      runs_per_tx: int = RUNS_PER_TX) -> int:
     """Delete finished runs older than `days`, in transactions of at most `rows_per_tx` rows each."""
     cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -36,7 +36,7 @@ class Retention(Loop):
 
     name = "retention"
 
-    def __init__(self, writer: SqliteWriter, days: float, interval: float = 3600.0) -> None:
+    def __init__(self, writer: Writer, days: float, interval: float = 3600.0) -> None:
         super().__init__(interval, logger=log)
         self.writer = writer
         self.days = days

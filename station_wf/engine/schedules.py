@@ -24,7 +24,7 @@ from station_wf.expr.cron import CronError, CronSchedule
 from station_wf.loop import Loop
 from station_wf.store import definitions as defs_store
 from station_wf.store import schedules as store
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import Readers, Writer
 from station_wf.telemetry.metrics import runs_started_total
 from station_wf.telemetry.tracing import new_run_traceparent
 
@@ -68,7 +68,7 @@ def schedule_to_api(row: sqlite3.Row, now: float) -> dict[str, Any]:
 class ScheduleLoop(Loop):
     name = "schedules"
 
-    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, on_commit: Callable[[], None],
+    def __init__(self, writer: Writer, readers: Readers, on_commit: Callable[[], None],
                  clock: Callable[[], float] | None = None, poll: float = POLL_S) -> None:
         super().__init__(poll, logger=log)
         self.writer = writer

@@ -21,7 +21,7 @@ from station_wf.faults import fault_error
 from station_wf.loop import Loop
 from station_wf.store import runs as rs
 from station_wf.store import timers as timer_store
-from station_wf.store.db import SqliteReaders, SqliteWriter, utcnow
+from station_wf.store.db import Readers, Writer, utcnow
 from station_wf.store.definitions import DefinitionCache
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class TimerLoop(Loop):
     name = "timers"
     batch = BATCH
 
-    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, definitions: DefinitionCache,
+    def __init__(self, writer: Writer, readers: Readers, definitions: DefinitionCache,
                  on_commit: Callable[[], None], poll: float = POLL_S, max_attempts: int = MAX_ATTEMPTS) -> None:
         super().__init__(poll, backoff=ERROR_BACKOFF_S, logger=log)
         self.writer = writer

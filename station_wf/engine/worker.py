@@ -23,7 +23,7 @@ from station_wf.core.limits import LIMITS
 from station_wf.engine.step_tx import Committed, Skip, StepTransactions, Unknown, encode_result
 from station_wf.executors.base import ExecutorRegistry, StepCall, StepError, StepResult
 from station_wf.protocol import MalformedTask, Task, decode_task
-from station_wf.store.db import SqliteWriter
+from station_wf.store.db import Writer
 from station_wf.store.definitions import DefinitionCache
 from station_wf.telemetry import classify_error, step_duration_seconds, step_log, step_spans
 
@@ -39,7 +39,7 @@ class TaskWorker:
 
     def __init__(
         self,
-        writer: SqliteWriter,
+        writer: Writer,
         bus: Bus,
         registry: ExecutorRegistry,
         definitions: DefinitionCache,

@@ -2,7 +2,7 @@
 
 The shape (DESIGN 6, "decide outside the writer"): inside a write transaction an expression that
 is not a pure path is looked up among the answers its `TxScope` already holds; when it is missing
-the transaction raises `NeedsEvaluation` and is rolled back. `SqliteWriter.run` then awaits
+the transaction raises `NeedsEvaluation` and is rolled back. `Writer.run` then awaits
 `prepare()` on the event loop, which sends the expression and the values it reads to an idle
 sandbox process (`sandbox_worker`), and runs the transaction again, which now finds the answer.
 The writer thread never runs user code, the event loop only waits on a pipe, and a crash, a

@@ -16,7 +16,7 @@ from station_wf.principals import Principal, may_decide
 from station_wf.services.runs import RunService
 from station_wf.store import approval_lookup as approvals
 from station_wf.store import webhooks
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import Readers, Writer
 from station_wf.store.definitions import DefinitionCache
 
 SIGNAL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -35,7 +35,7 @@ def approval_to_api(row: sqlite3.Row) -> dict[str, Any]:
 
 
 class ControlService:
-    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, definitions: DefinitionCache, runs: RunService,
+    def __init__(self, writer: Writer, readers: Readers, definitions: DefinitionCache, runs: RunService,
                  on_commit: Callable[[], None], cancel_executions: Callable[[str], int]) -> None:
         self.writer = writer
         self.readers = readers

@@ -24,7 +24,7 @@ from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
 from station_wf.services.storable import refuse_hostile_json, value_problem
 from station_wf.store import definitions as ds
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import Readers, Writer
 
 
 @dataclass
@@ -199,7 +199,7 @@ class DefinitionService:
     (`isolated`), its agents checked on a helper thread (`offloader`), then the version is written
     with its schedules in one transaction."""
 
-    def __init__(self, readers: SqliteReaders, writer: SqliteWriter, agents: AgentCatalog | None = None,
+    def __init__(self, readers: Readers, writer: Writer, agents: AgentCatalog | None = None,
                  offloader: Offloader | None = None, isolated: IsolatedPool | None = None) -> None:
         self.readers = readers
         self.writer = writer
@@ -267,11 +267,11 @@ class DefinitionService:
         return defn
 
 
-def sync_database(database_path: Path, environments_dir: Path, environment: str) -> SyncReport:
-    """`station-wf sync`: register the environment's files into the database at `database_path`, through
-    a writer of its own (the CLI runs no daemon)."""
+def sync_database(database: Path | str, environments_dir: Path, environment: str) -> SyncReport:
+    """`station-wf sync`: register the environment's files into the database (an SQLite path or a Postgres
+    URL) through a writer of its own (the CLI runs no daemon)."""
     apply = plan_sync(Path(environments_dir), environment)
-    writer = SqliteWriter(database_path)
+    writer = Writer(database)
     writer.start()
     try:
         return writer.run_sync(apply)

@@ -23,7 +23,7 @@ from station_wf.services.runs import TERMINAL_RUN_STATUSES
 from station_wf.services.sse_frames import ping_frame, sse_frame
 from station_wf.services.storable import dumps_safe
 from station_wf.store import events as store
-from station_wf.store.db import SqliteReaders
+from station_wf.store.db import Readers
 from station_wf.store.events import STREAM_FIELDS, event_from_row, event_view
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class EventHub(Loop):
     name = "event-hub"
     batch = BATCH
 
-    def __init__(self, readers: SqliteReaders) -> None:
+    def __init__(self, readers: Readers) -> None:
         super().__init__(None)
         self.readers = readers
         self.subscribers: set[Subscriber] = set()

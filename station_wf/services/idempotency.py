@@ -32,7 +32,7 @@ from station_wf.faults import crash_point
 from station_wf.loop import Loop
 from station_wf.services.storable import dumps_safe
 from station_wf.store import idempotency as store
-from station_wf.store.db import SqliteWriter
+from station_wf.store.db import Writer
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def answer(conn: Any, keyed: Keyed, status: int, body: object) -> None:
     store.store_response(conn, keyed.scope, keyed.key, status, dumps_safe(body))
 
 
-async def purge_expired(writer: SqliteWriter, ttl_s: float = TTL_S) -> int:
+async def purge_expired(writer: Writer, ttl_s: float = TTL_S) -> int:
     """Delete every key older than the TTL, in small transactions (the retention loop calls this)."""
     cutoff, total = time.time() - ttl_s, 0
     for _ in range(100_000):
@@ -112,7 +112,7 @@ class IdempotencyPurge(Loop):
 
     name = "idempotency-purge"
 
-    def __init__(self, writer: SqliteWriter, interval_s: float = 3600.0) -> None:
+    def __init__(self, writer: Writer, interval_s: float = 3600.0) -> None:
         super().__init__(interval_s)
         self.writer = writer
 
@@ -123,13 +123,13 @@ class IdempotencyPurge(Loop):
         return purged
 
 
-async def purge_loop(writer: SqliteWriter, interval_s: float = 3600.0) -> None:
+async def purge_loop(writer: Writer, interval_s: float = 3600.0) -> None:
     """The daemon's purge task."""
     await IdempotencyPurge(writer, interval_s).run()
 
 
 class IdempotencyStore:
-    def __init__(self, writer: SqliteWriter) -> None:
+    def __init__(self, writer: Writer) -> None:
         self.writer = writer
 
     async def run(self, scope: str, key: str, digest: str, action: Callable[[str], Awaitable[Answer]]) -> Answer:

@@ -16,7 +16,7 @@ from station_wf.services import run_start as rstart
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
 from station_wf.store import run_reads
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import Readers, Writer
 from station_wf.store.definitions import DefinitionCache, Head, read_definition
 from station_wf.store.events import LIST_FIELDS, event_from_row, event_view, run_events
 from station_wf.telemetry.metrics import runs_started_total
@@ -88,7 +88,7 @@ def decode_cursor(cursor: str) -> int:
 
 
 class RunService:
-    def __init__(self, writer: SqliteWriter, readers: SqliteReaders, on_commit: Any = None,
+    def __init__(self, writer: Writer, readers: Readers, on_commit: Any = None,
                  definitions: DefinitionCache | None = None, offloader: Offloader | None = None) -> None:
         self.writer = writer
         self.readers = readers

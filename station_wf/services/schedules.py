@@ -11,11 +11,11 @@ from typing import Any
 from station_wf.engine.schedules import schedule_clock, schedule_to_api
 from station_wf.errors import not_found
 from station_wf.store import schedule_reads as store
-from station_wf.store.db import SqliteReaders, SqliteWriter
+from station_wf.store.db import Readers, Writer
 
 
 class ScheduleService:
-    def __init__(self, writer: SqliteWriter, readers: SqliteReaders) -> None:
+    def __init__(self, writer: Writer, readers: Readers) -> None:
         self.writer = writer
         self.readers = readers
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from station_wf.store.dialect import Dialect
 from station_wf.store.jsontext import dumps, loads
 
 COMPACT_ROWS = 64  # a run's patches are folded into its blob past this many rows ...
@@ -21,8 +22,9 @@ COMPACT_FRACTION = 0.5  # ... or past this fraction of the blob's bytes (and alw
 
 # Selects a run's patches as one JSON text, for reading them in the same statement as the blob
 # (one statement, one snapshot: a compaction committed in between cannot split them).
-PATCHES_OF_RUN = ("(SELECT json_group_array(json_array(p.seq, p.path, p.value)) FROM workflow_run_context_patches p "
-                  "WHERE p.run_id = workflow_runs.run_id)")
+def patches_of_run(d: Dialect) -> str:
+    return f"(SELECT {d.patches_agg} FROM workflow_run_context_patches p WHERE p.run_id = workflow_runs.run_id)"
+
 _INSERT = "INSERT INTO workflow_run_context_patches (run_id, seq, path, value) VALUES (?, ?, ?, ?)"
 _DELETE = "DELETE FROM workflow_run_context_patches WHERE run_id = ?"
 
@@ -84,7 +86,7 @@ def drop(conn: sqlite3.Connection, run_id: str) -> None:
 
 
 def parse(patches_json: str | None) -> list[tuple[int, str, str | None]]:
-    """The rows selected by `PATCHES_OF_RUN`, in seq order."""
+    """The rows selected by `patches_of_run`, in seq order."""
     if not patches_json or patches_json == "[]":
         return []
     return sorted((seq, path, value) for seq, path, value in loads(patches_json))
@@ -114,7 +116,7 @@ def fold_text(blob: str, patches_json: str | None) -> str:
 
 
 def fold_row(row: sqlite3.Row | None) -> sqlite3.Row | dict[str, Any] | None:
-    """A `workflow_runs` row selected with `PATCHES_OF_RUN AS context_patches`: its `context` with the
+    """A `workflow_runs` row selected with `patches_of_run(d) AS context_patches`: its `context` with the
     patches folded in (the row itself when there are none)."""
     if row is None or not row["context_patches"] or row["context_patches"] == "[]":
         return row

@@ -1,4 +1,4 @@
-"""SQLite access: one writer thread with group commit, aiosqlite readers, and migrations.
+"""Database access: one writer thread with group commit, the readers, and migrations.
 
 Why a writer thread of our own rather than aiosqlite for writes: a transition is several statements
 that must read and write atomically, and each aiosqlite await costs ~100 us. Running the whole
@@ -6,6 +6,11 @@ transaction as one function on a single writer thread makes it one hop, serialis
 (invariant 1: one writer), and lets us commit a batch of independent transactions together (group
 commit, each inside its own SAVEPOINT so one failure does not undo the others). A caller's future
 resolves only after COMMIT returned, so "ack after commit" holds.
+
+The same writer serves Postgres (`store/pg.py`, STATION_DATABASE_URL=postgresql://...), where several
+replicas share the database: each replica's writer takes one advisory lock per group, so write
+transactions of the whole deployment still run one at a time (SQLite's semantics, kept exactly: event
+ids are commit-ordered, a check-then-insert is safe, two transitions of one run never interleave).
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
 from station_wf.deferral import MAX_DEFERRALS, Deferred, TooManyDeferrals, TxScope, pinned_now
 from station_wf.errors import ServiceError
 from station_wf.faults import fault_error
-from station_wf.store import run_cache
+from station_wf.store import pg, run_cache
+from station_wf.store.dialect import SQLITE, Dialect
 from station_wf.store.storage_errors import as_storage_error, injected_ioerr, is_fatal, is_storage_error
 
 log = logging.getLogger(__name__)
@@ -109,6 +115,67 @@ def _split_sql(script: str) -> list[str]:
     return statements
 
 
+class _SqliteBackend:
+    """The default store: one file, one daemon (the data-dir lock), `BEGIN IMMEDIATE` per group."""
+
+    shared = False
+    dialect = SQLITE
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+
+    def open(self) -> sqlite3.Connection:
+        conn = connect(self.path)
+        apply_migrations(conn)
+        if self.max_bytes > 0:
+            conn.execute(f"PRAGMA max_page_count = {max_pages(conn, self.max_bytes)}")
+        return conn
+
+    def usable(self, conn: Any) -> Any:
+        return conn
+
+    @staticmethod
+    def begin(conn: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+
+class _PostgresBackend:
+    """Postgres shared by the replicas: BEGIN plus the deployment's write lock per group; a broken
+    connection (the server restarted) is replaced before the next group."""
+
+    shared = True
+    dialect = pg.POSTGRES
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def open(self) -> pg.PgConnection:
+        conn = pg.PgConnection(self.url)
+        pg.apply_migrations(conn, sorted(MIGRATIONS_DIR.glob("*.sql")), _split_sql, utcnow())
+        return conn
+
+    def usable(self, conn: Any) -> Any:
+        if conn is None or conn.broken:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            log.warning("postgres writer: reconnecting")
+            conn = pg.PgConnection(self.url)
+        return conn
+
+    @staticmethod
+    def begin(conn: Any) -> None:
+        conn.execute("BEGIN")
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (pg.WRITE_LOCK,))
+
+
+def max_pages(conn: sqlite3.Connection, max_bytes: int) -> int:
+    """The page cap for `max_bytes` (SQLite keeps at least the pages the file already has)."""
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    return max(1, max_bytes // page_size)
+
+
 class WriterClosed(ServiceError, RuntimeError):
     """The writer stopped taking work (shut down, or stopped after repeated fatal storage errors)."""
 
@@ -152,7 +219,7 @@ class _GroupBroken(Exception):
     """SQLite rolled the whole group back (or could not commit it): every future of it fails."""
 
 
-class SqliteWriter:
+class Writer:
     """The single writer: runs transaction functions on one thread, committing them in groups.
 
     A group that SQLite rolled back as a whole (a full disk, an I/O error, an interrupt) fails every
@@ -161,8 +228,15 @@ class SqliteWriter:
     taking work and calls `on_fatal`, so the daemon exits non-zero and a supervisor restarts it.
     """
 
-    def __init__(self, path: Path, max_bytes: int = 0, on_fatal: Callable[[BaseException], None] | None = None) -> None:
-        self.path = path
+    def __init__(self, target: Path | str, max_bytes: int = 0,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+        """`target`: an SQLite file's path, or a postgresql:// URL."""
+        if isinstance(target, str) and pg.is_postgres_url(target):
+            self._backend: _SqliteBackend | _PostgresBackend = _PostgresBackend(target)
+            self.path: Path | None = None
+        else:
+            self.path = Path(target)
+            self._backend = _SqliteBackend(self.path, max_bytes)
         self.max_bytes = max_bytes
         self.on_fatal = on_fatal
         self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future] | None] = queue.SimpleQueue()
@@ -180,18 +254,22 @@ class SqliteWriter:
         self._last_error: str | None = None
         self._last_failure: float | None = None
 
+    @property
+    def shared(self) -> bool:
+        """Several replicas may write this database (Postgres); False for SQLite (one daemon per file)."""
+        return self._backend.shared
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._backend.dialect
+
     def start(self) -> None:
-        self._conn = connect(self.path)
-        apply_migrations(self._conn)
-        if self.max_bytes > 0:
-            self._conn.execute(f"PRAGMA max_page_count = {self.max_pages(self._conn)}")
-        self._thread = threading.Thread(target=self._loop, name="sqlite-writer", daemon=True)
+        self._conn = self._backend.open()
+        self._thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
         self._thread.start()
 
     def max_pages(self, conn: sqlite3.Connection) -> int:
-        """The page cap for `max_bytes` (SQLite keeps at least the pages the file already has)."""
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return max(1, self.max_bytes // page_size)
+        return max_pages(conn, self.max_bytes)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` inside a write transaction; returns its result once committed.
@@ -202,7 +280,7 @@ class SqliteWriter:
         scope = TxScope(now=_wall_now())
         while True:
             if self._closed:
-                raise WriterClosed("the SQLite writer is closed")
+                raise WriterClosed("the database writer is closed")
             fut: Future = Future()
             self._queue.put((functools.partial(scope.call, fn), fut))
             try:
@@ -258,11 +336,10 @@ class SqliteWriter:
 
     def _loop(self) -> None:
         assert self._conn is not None
-        conn = self._conn
         while True:
             item = self._queue.get()
             if item is None:
-                self._final_riders(conn)
+                self._final_riders(self._conn)
                 return
             batch = [item]
             stop = False
@@ -276,24 +353,43 @@ class SqliteWriter:
                     break
                 batch.append(nxt)
             try:
+                conn = self._backend.usable(self._conn)
+            except Exception as exc:  # noqa: BLE001 - the server is down: this group fails, the next retries
+                self._unreachable(exc, batch)
+                continue
+            self._conn = conn
+            try:
                 self._serve(conn, batch)
             except BaseException as exc:  # noqa: BLE001 - the loop must outlive any one group
-                log.exception("sqlite writer: unexpected error around a group")
+                log.exception("database writer: unexpected error around a group")
                 for _, fut in batch:
                     _fail(fut, exc)
             if stop:
-                self._final_riders(conn)
+                self._final_riders(self._conn)
                 return
 
-    def _final_riders(self, conn: sqlite3.Connection) -> None:
-        if self._riders and self._stopped is None:
+    def _unreachable(self, exc: Exception, batch: list[tuple[Callable, Future]]) -> None:
+        """No connection to the database: every caller of the group hears 503, /healthz turns red, and
+        the thread waits a moment before the next group tries to reconnect."""
+        log.error("database writer: no connection to the database: %s", exc)
+        self._conn = None
+        self._failures_in_row += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        self._last_failure = time.monotonic()
+        error = as_storage_error(exc)
+        for _, fut in batch:
+            _fail(fut, error)
+        time.sleep(min(2.0, 0.1 * self._failures_in_row))
+
+    def _final_riders(self, conn: Any) -> None:
+        if self._riders and self._stopped is None and conn is not None:
             with contextlib.suppress(Exception):
                 self._commit_group(conn, [])
 
     def _serve(self, conn: sqlite3.Connection, batch: list[tuple[Callable, Future]]) -> None:
         if self._stopped is not None:
             for _, fut in batch:
-                _fail(fut, WriterClosed(f"the SQLite writer stopped: {self._stopped}"))
+                _fail(fut, WriterClosed(f"the database writer stopped: {self._stopped}"))
             return
         self._commit_group(conn, batch)
 
@@ -307,7 +403,7 @@ class SqliteWriter:
         results: list[tuple[Future, bool, Any]] = []
         lost: list[_Rider] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._backend.begin(conn)
             run_cache.begin_group()  # decoded run state staged by the group's transactions (published on COMMIT)
             for key, rider in riders:
                 if not self._run_rider(conn, key, rider):
@@ -365,10 +461,10 @@ class SqliteWriter:
     def _group_broken(self, conn: sqlite3.Connection, exc: BaseException, batch: list[tuple[Callable, Future]],
                       riders: list[tuple[str, _Rider]]) -> None:
         cause = exc.__cause__ if isinstance(exc, _GroupBroken) and exc.__cause__ is not None else exc
-        log.error("sqlite writer: group of %d transaction(s) rolled back: %s: %s", len(batch),
+        log.error("database writer: group of %d transaction(s) rolled back: %s: %s", len(batch),
                   type(cause).__name__, cause)
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(Exception):  # a lost Postgres connection has nothing to roll back
+            if conn.in_transaction:
                 conn.execute("ROLLBACK")
         self.broken_groups += 1
         self._failures_in_row += 1
@@ -385,7 +481,7 @@ class SqliteWriter:
         """Repeated fatal errors: refuse all work from now on and tell the daemon to exit non-zero."""
         self._stopped = cause
         self._closed = True
-        log.critical("sqlite writer: %d groups in a row failed (%s); refusing writes, stopping the daemon",
+        log.critical("database writer: %d groups in a row failed (%s); refusing writes, stopping the daemon",
                      self._failures_in_row, cause)
         while True:
             try:
@@ -395,12 +491,12 @@ class SqliteWriter:
             if item is None:
                 self._queue.put(None)
                 break
-            _fail(item[1], WriterClosed(f"the SQLite writer stopped: {cause}"))
+            _fail(item[1], WriterClosed(f"the database writer stopped: {cause}"))
         if self.on_fatal is not None:
             try:
                 self.on_fatal(cause)
             except Exception:  # noqa: BLE001 - the writer keeps refusing work either way
-                log.exception("sqlite writer: on_fatal hook failed")
+                log.exception("database writer: on_fatal hook failed")
 
 
 def _fail(fut: Future, exc: BaseException) -> None:
@@ -452,3 +548,32 @@ class SqliteReaders:
         for conn in self._conns:
             await conn.close()
         self._conns.clear()
+
+    dialect = SQLITE
+
+
+class Readers(Protocol):
+    """What the API, the hub and the relays read through (SQLite's aiosqlite pool or `pg.PgReaders`)."""
+
+    dialect: Dialect
+
+    async def open(self) -> None: ...
+
+    async def fetchall(self, sql: str, params: tuple | list = ()) -> list[Any]: ...
+
+    async def fetchone(self, sql: str, params: tuple | list = ()) -> Any | None: ...
+
+    async def close(self) -> None: ...
+
+
+def open_writer(target: Path | str, max_bytes: int = 0,
+                on_fatal: Callable[[BaseException], None] | None = None) -> Writer:
+    """The writer for a database: an SQLite path or a postgresql:// URL."""
+    return Writer(target, max_bytes=max_bytes, on_fatal=on_fatal)
+
+
+def open_readers(target: Path | str, size: int = 2) -> Readers:
+    """The read pool for the same database as `open_writer(target)`."""
+    if isinstance(target, str) and pg.is_postgres_url(target):
+        return pg.PgReaders(target, size)
+    return SqliteReaders(Path(target), size)

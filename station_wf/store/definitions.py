@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from station_wf.deferral import after_commit
-from station_wf.store.db import SqliteReaders, utcnow
+from station_wf.store.db import Readers, utcnow
 
 _LATEST = "SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC LIMIT 1"
 _VERSION = "SELECT * FROM workflow_definitions WHERE workflow_id = ? AND version = ?"
@@ -191,20 +191,20 @@ def definition_status(conn: sqlite3.Connection, workflow_id: str, version: int) 
 
 
 # -- reads for the API (the readers' pool) ------------------------------------------------------
-async def read_definition(readers: SqliteReaders, workflow_id: str, version: int | None = None) -> sqlite3.Row | None:
+async def read_definition(readers: Readers, workflow_id: str, version: int | None = None) -> sqlite3.Row | None:
     """That version of the workflow, or its latest one when `version` is None."""
     if version is None:
         return await readers.fetchone(_LATEST, (workflow_id,))
     return await readers.fetchone(_VERSION, (workflow_id, version))
 
 
-async def read_versions(readers: SqliteReaders, workflow_id: str) -> list[sqlite3.Row]:
+async def read_versions(readers: Readers, workflow_id: str) -> list[sqlite3.Row]:
     """Every version of the workflow, newest first."""
     return await readers.fetchall("SELECT * FROM workflow_definitions WHERE workflow_id = ? ORDER BY version DESC",
                                   (workflow_id,))
 
 
-async def read_heads(readers: SqliteReaders) -> list[sqlite3.Row]:
+async def read_heads(readers: Readers) -> list[sqlite3.Row]:
     """Each workflow's latest version with `last_run_at` (its newest run's creation time), by id."""
     return await readers.fetchall(
         # The newest run by id (the (workflow_id, id) index: one seek per workflow, not a scan of its runs).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from station_wf.store.db import SqliteReaders
+from station_wf.store.db import Readers
 from station_wf.store.jsontext import loads
 
 _EVENTS = """SELECT e.id, e.run_id, e.seq, e.type, e.step_id, e.payload, e.actor, e.created_at,
@@ -37,19 +37,19 @@ def event_view(event: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]
     return {k: event[k] for k in fields if k in event}
 
 
-async def last_event_id(readers: SqliteReaders) -> int:
+async def last_event_id(readers: Readers) -> int:
     """The newest event's id (0 for an empty log): where a live fan-out starts."""
     row = await readers.fetchone("SELECT COALESCE(MAX(id), 0) AS id FROM workflow_run_events")
     return int(row["id"]) if row else 0
 
 
-async def events_after(readers: SqliteReaders, after_id: int, limit: int, until_id: int | None = None) -> list[sqlite3.Row]:
+async def events_after(readers: Readers, after_id: int, limit: int, until_id: int | None = None) -> list[sqlite3.Row]:
     """Every run's events with `after_id < id [<= until_id]`, oldest first: the hub's and the global stream's page."""
     if until_id is None:
         return await readers.fetchall(_EVENTS + " WHERE e.id > ? ORDER BY e.id LIMIT ?", (after_id, limit))
     return await readers.fetchall(_EVENTS + " WHERE e.id > ? AND e.id <= ? ORDER BY e.id LIMIT ?", (after_id, until_id, limit))
 
 
-async def run_events(readers: SqliteReaders, run_id: str, after_seq: int, limit: int) -> list[sqlite3.Row]:
+async def run_events(readers: Readers, run_id: str, after_seq: int, limit: int) -> list[sqlite3.Row]:
     """One run's events after `after_seq`, in order: the event list's page and the run stream's backlog."""
     return await readers.fetchall(_EVENTS + " WHERE e.run_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?", (run_id, after_seq, limit))

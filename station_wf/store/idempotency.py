@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 import uuid
 
+from station_wf.store import dialect
+
 BOOT_ID = uuid.uuid4().hex
 """This daemon process. A reservation with another boot id was left by a process that is gone."""
 
@@ -46,6 +48,7 @@ def store_response(conn: sqlite3.Connection, scope: str, key: str, status: int, 
 
 def purge_expired(conn: sqlite3.Connection, cutoff: float, limit: int = PURGE_BATCH) -> int:
     """Delete up to `limit` keys created before `cutoff` (unix seconds); small batches keep the writer free."""
+    rowid = dialect.of(conn).rowid
     return conn.execute(
-        "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
+        f"DELETE FROM idempotency_keys WHERE {rowid} IN (SELECT {rowid} FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
         (cutoff, limit)).rowcount

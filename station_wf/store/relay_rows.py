@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 
-from station_wf.store.db import SqliteReaders
+from station_wf.store.db import Readers
 
 
-async def cursor(readers: SqliteReaders, name: str) -> int:
+async def cursor(readers: Readers, name: str) -> int:
     row = await readers.fetchone("SELECT position FROM relay_cursors WHERE name = ?", (name,))
     return row["position"] if row else 0
 
@@ -20,7 +20,7 @@ def set_cursor(conn: sqlite3.Connection, name: str, position: int) -> None:
     )
 
 
-async def events_after(readers: SqliteReaders, after_id: int, limit: int) -> list[sqlite3.Row]:
+async def events_after(readers: Readers, after_id: int, limit: int) -> list[sqlite3.Row]:
     return await readers.fetchall(
         "SELECT id, run_id, seq, type, step_id, payload, actor, created_at FROM workflow_run_events"
         " WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from station_wf.core import model
+from station_wf.store import dialect
 
 FINISHED = tuple(sorted(model.TERMINAL_RUN_STATUSES))
 CHILD_TABLES = ("workflow_run_context_patches", "workflow_run_events", "workflow_run_steps", "workflow_approvals",
@@ -21,9 +22,10 @@ def prune_some(conn: sqlite3.Connection, cutoff: str, runs: int, rows: int) -> t
         return 0, 0
     marks = ",".join("?" * len(ids))
     budget = rows
+    rowid = dialect.of(conn).rowid
     for table in CHILD_TABLES:
         budget -= conn.execute(
-            f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE run_id IN ({marks}) LIMIT ?)",
+            f"DELETE FROM {table} WHERE {rowid} IN (SELECT {rowid} FROM {table} WHERE run_id IN ({marks}) LIMIT ?)",
             (*ids, budget)).rowcount
         if budget <= 0:
             return rows, 0  # more history left: the next transaction goes on

@@ -10,28 +10,29 @@ import sqlite3
 from collections.abc import Collection
 from typing import Any
 
-from station_wf.store import context_patches
-from station_wf.store.db import SqliteReaders
+from station_wf.store import context_patches, dialect
+from station_wf.store.db import Readers
+from station_wf.store.dialect import per_dialect
 
-_RUN = f"SELECT *, {context_patches.PATCHES_OF_RUN} AS context_patches FROM workflow_runs WHERE run_id = ?"
+_RUN = per_dialect(lambda d: f"SELECT *, {context_patches.patches_of_run(d)} AS context_patches FROM workflow_runs WHERE run_id = ?")
 
 
-async def run_row(readers: SqliteReaders, run_id: str) -> sqlite3.Row | dict[str, Any] | None:
+async def run_row(readers: Readers, run_id: str) -> sqlite3.Row | dict[str, Any] | None:
     """The run's row, its `context` the blob with the patches written since its compaction folded in
     (read in one statement: one snapshot)."""
-    return context_patches.fold_row(await readers.fetchone(_RUN, (run_id,)))
+    return context_patches.fold_row(await readers.fetchone(_RUN[dialect.of(readers)], (run_id,)))
 
 
-async def run_known(readers: SqliteReaders, run_id: str) -> bool:
+async def run_known(readers: Readers, run_id: str) -> bool:
     return await readers.fetchone("SELECT 1 FROM workflow_runs WHERE run_id = ?", (run_id,)) is not None
 
 
-async def run_steps(readers: SqliteReaders, run_id: str) -> list[sqlite3.Row]:
+async def run_steps(readers: Readers, run_id: str) -> list[sqlite3.Row]:
     """Every step row of the run (all attempts), in creation order."""
     return await readers.fetchall("SELECT * FROM workflow_run_steps WHERE run_id = ? ORDER BY id", (run_id,))
 
 
-async def list_runs(readers: SqliteReaders, workflow_id: str | None, statuses: Collection[str] | None, before_id: int | None,
+async def list_runs(readers: Readers, workflow_id: str | None, statuses: Collection[str] | None, before_id: int | None,
                     limit: int) -> list[sqlite3.Row]:
     """Newest first (their `context` column is the blob without its patches: not for showing); `before_id` is the page cursor (the last row id of the previous page). `statuses`
     None is every status; an empty collection matches no run."""

@@ -26,15 +26,16 @@ from station_wf.core import limits, model
 from station_wf.core.identity import idempotency_key
 from station_wf.deferral import after_commit
 from station_wf.protocol import step_task
-from station_wf.store import approvals, context_patches, outbox, run_cache, timers
+from station_wf.store import approvals, context_patches, dialect, outbox, run_cache, timers
 from station_wf.store import vocab as v
 from station_wf.store.db import utcnow
+from station_wf.store.dialect import per_dialect
 from station_wf.store.jsontext import dumps, loads
 from station_wf.telemetry.metrics import runs_finished_total
 
 _COUNTERS = "SELECT status, version, event_seq, step_count FROM workflow_runs WHERE run_id = ?"
-_STATE = (f"SELECT context, engine_state, {context_patches.PATCHES_OF_RUN} AS context_patches "
-          "FROM workflow_runs WHERE run_id = ?")
+_STATE = per_dialect(lambda d: f"SELECT context, engine_state, {context_patches.patches_of_run(d)} AS context_patches "
+                     "FROM workflow_runs WHERE run_id = ?")
 _OPEN = f"SELECT * FROM workflow_run_steps WHERE run_id = ? AND status IN {v.OPEN_STEPS} ORDER BY id"
 _ATTEMPTS = "SELECT step_id, MAX(attempt) FROM workflow_run_steps WHERE run_id = ? GROUP BY step_id"
 _STEP_COLUMNS = ("run_id", "step_id", "state_name", "state_type", "branch_path", "foreach_index", "attempt", "try_number",
@@ -45,7 +46,7 @@ _INSERT_EVENT = ("INSERT INTO workflow_run_events (run_id, seq, type, step_id, p
                  "VALUES (?, ?, ?, ?, ?, ?, ?)")
 _UPDATE_STEP = """UPDATE workflow_run_steps SET status = ?, output = COALESCE(?, output), error = COALESCE(?, error),
                    input = COALESCE(?, input), started_at = COALESCE(started_at, ?),
-                   completed_at = CASE WHEN ? THEN ? ELSE completed_at END
+                   completed_at = CASE WHEN ? <> 0 THEN ? ELSE completed_at END
                WHERE run_id = ? AND step_id = ? AND attempt = ?"""
 _OPEN_GUARD = f" AND status IN {v.OPEN_STEPS}"
 
@@ -60,7 +61,7 @@ def load_state(conn: sqlite3.Connection, run_id: str, version: int) -> run_cache
     row (and staged, so the next transaction of this group and, once committed, later ones reuse it)."""
     entry = run_cache.get(run_id, version)
     if entry is None:
-        row = conn.execute(_STATE, (run_id,)).fetchone()
+        row = conn.execute(_STATE[dialect.of(conn)], (run_id,)).fetchone()
         patches = context_patches.parse(row["context_patches"])
         patch_bytes = sum(len(path) + len(value or "") + 8 for _, path, value in patches)
         blob = row["context"]

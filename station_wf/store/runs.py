@@ -14,9 +14,9 @@ from typing import Any
 
 from station_wf.core import limits, model
 from station_wf.protocol import run_task, step_task
-from station_wf.store import approvals, outbox, run_cache, timers
+from station_wf.store import approvals, dialect, outbox, run_cache, timers
 from station_wf.store import vocab as v
-from station_wf.store.db import SqliteReaders, utcnow
+from station_wf.store.db import Readers, utcnow
 from station_wf.store.jsontext import dumps, loads
 from station_wf.store.run_unit import RunUnit, load_state, step_view
 
@@ -199,12 +199,12 @@ def run_status(conn: sqlite3.Connection, run_id: str) -> str | None:
 def mark_paused(conn: sqlite3.Connection, run_id: str, paused_from: str, now: str) -> None:
     """PAUSED, remembering the status to return to (in the engine state)."""
     conn.execute(f"UPDATE workflow_runs SET status = '{model.PAUSED}', version = version + 1, updated_at = ?, "
-                 "engine_state = json_set(engine_state, '$.pausedFrom', ?) WHERE run_id = ?", (now, paused_from, run_id))
+                 f"engine_state = {dialect.of(conn).paused_from_set} WHERE run_id = ?", (now, paused_from, run_id))
 
 
 def mark_resumed(conn: sqlite3.Connection, run_id: str, status: str, now: str) -> None:
     conn.execute("UPDATE workflow_runs SET status = ?, version = version + 1, updated_at = ?, "
-                 "engine_state = json_remove(engine_state, '$.pausedFrom') WHERE run_id = ?", (status, now, run_id))
+                 f"engine_state = {dialect.of(conn).paused_from_drop} WHERE run_id = ?", (status, now, run_id))
 
 
 def touch(conn: sqlite3.Connection, run_id: str, now: str) -> None:
@@ -231,7 +231,7 @@ def steps_needing_tasks(conn: sqlite3.Connection, run_id: str) -> list[sqlite3.R
     return conn.execute(f"SELECT s.* FROM workflow_run_steps s WHERE s.run_id = ? AND {_NEEDS_TASK}", (run_id,)).fetchall()
 
 
-async def lost_task_candidates(readers: SqliteReaders, created_before: str) -> list[sqlite3.Row]:
+async def lost_task_candidates(readers: Readers, created_before: str) -> list[sqlite3.Row]:
     """The reconciler's list: attempts of active runs, older than the cutoff, that need a task."""
     return await readers.fetchall(
         f"""SELECT s.run_id, s.step_id, s.attempt, s.idempotency_key, r.traceparent
@@ -241,12 +241,12 @@ async def lost_task_candidates(readers: SqliteReaders, created_before: str) -> l
     )
 
 
-async def unstarted_runs(readers: SqliteReaders, created_before: str) -> list[sqlite3.Row]:
+async def unstarted_runs(readers: Readers, created_before: str) -> list[sqlite3.Row]:
     return await readers.fetchall(
         f"SELECT run_id, traceparent FROM workflow_runs WHERE status = '{model.PENDING}' AND created_at < ?", (created_before,))
 
 
-async def count_unfinished_by_status(readers: SqliteReaders) -> dict[str, int]:
+async def count_unfinished_by_status(readers: Readers) -> dict[str, int]:
     rows = await readers.fetchall(
         f"SELECT status, COUNT(*) AS n FROM workflow_runs WHERE status NOT IN {v.TERMINAL_RUNS} GROUP BY status")
     return {r["status"]: r["n"] for r in rows}

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sqlite3
 
-from station_wf.store.db import SqliteReaders, utcnow
+from station_wf.store.db import Readers, utcnow
 
 
-async def defined_schedules(readers: SqliteReaders, workflow_id: str | None = None) -> list[sqlite3.Row]:
+async def defined_schedules(readers: Readers, workflow_id: str | None = None) -> list[sqlite3.Row]:
     """Schedules the latest definitions still declare, by id."""
     if workflow_id:
         return await readers.fetchall("SELECT * FROM workflow_schedules WHERE defined = 1 AND workflow_id = ?"

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from station_wf.store.db import SqliteReaders, utcnow
+from station_wf.store import dialect
+from station_wf.store.db import Readers, utcnow
 from station_wf.store.jsontext import dumps
 
 
@@ -28,14 +29,14 @@ def sync(conn: sqlite3.Connection, workflow_id: str, wanted: list[dict[str, Any]
             moved = (row["cron"], row["timezone"]) != values[:2]
             conn.execute(
                 "UPDATE workflow_schedules SET cron = ?, timezone = ?, input = ?, defined = 1, updated_at = ?"
-                + (", last_fire_at = MAX(last_fire_at, ?)" if moved else "") + " WHERE schedule_id = ?",
+                + (f", last_fire_at = {dialect.of(conn).greatest}(last_fire_at, ?)" if moved else "") + " WHERE schedule_id = ?",
                 (*values, stamp, *((now,) if moved else ()), sid),
             )
     conn.execute("UPDATE workflow_schedules SET defined = 0, updated_at = ? WHERE workflow_id = ? AND idx >= ?",
                  (stamp, workflow_id, len(wanted)))
 
 
-async def live(readers: SqliteReaders) -> list[sqlite3.Row]:
+async def live(readers: Readers) -> list[sqlite3.Row]:
     """Enabled, defined schedules of active workflows: the ones that may fire."""
     return await readers.fetchall(
         """SELECT s.* FROM workflow_schedules s WHERE s.enabled = 1 AND s.defined = 1 AND EXISTS (

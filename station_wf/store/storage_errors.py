@@ -2,12 +2,16 @@
 
 SQLite reports a full disk, an I/O error or an out-of-memory inside a transaction by rolling the
 *whole* transaction back (savepoints included), so the writer must know these apart from an error of
-one caller's function (a constraint, a bug) that only undoes that caller's savepoint.
+one caller's function (a constraint, a bug) that only undoes that caller's savepoint. On Postgres the
+storage errors are a lost connection or a server that refuses work (psycopg's OperationalError: the
+writer reconnects, never gives up) and a full disk (DiskFull: 507).
 """
 
 from __future__ import annotations
 
 import sqlite3
+
+import psycopg
 
 from station_wf.errors import ServiceError
 
@@ -38,7 +42,11 @@ def primary_code(exc: BaseException) -> int | None:
 
 
 def is_storage_error(exc: BaseException) -> bool:
-    return primary_code(exc) in STORAGE_CODES
+    return primary_code(exc) in STORAGE_CODES or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def _is_full(exc: BaseException) -> bool:
+    return primary_code(exc) == SQLITE_FULL or isinstance(exc, psycopg.errors.DiskFull)
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -52,13 +60,14 @@ class StorageError(ServiceError):
     Nothing of the caller's transaction was committed, so retrying later is safe."""
 
     def __init__(self, cause: BaseException) -> None:
-        if primary_code(cause) == SQLITE_FULL:
+        where = "postgres" if isinstance(cause, psycopg.Error) else "sqlite"
+        if _is_full(cause):
             super().__init__(507, "storage_full",
                              "the database is full (STATION_DATABASE_MAX_BYTES or the disk); nothing was stored",
-                             {"sqlite": str(cause)})
+                             {where: str(cause)})
         else:
             super().__init__(503, "storage_unavailable", f"the database could not store this write: {cause}",
-                             {"sqlite": str(cause)})
+                             {where: str(cause)})
 
 
 def as_storage_error(exc: BaseException) -> StorageError:

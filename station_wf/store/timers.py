@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from station_wf.core import model
-from station_wf.store.db import SqliteReaders, utcnow
+from station_wf.store import dialect
+from station_wf.store.db import Readers, utcnow
 from station_wf.store.jsontext import dumps
 
 STEP_TIMEOUT = "step_timeout"
@@ -28,7 +29,7 @@ def add(conn: sqlite3.Connection, run_id: str, kind: str, delay: float, step: st
     )
 
 
-async def due_ids(readers: SqliteReaders, now: float, limit: int) -> list[int]:
+async def due_ids(readers: Readers, now: float, limit: int) -> list[int]:
     """Due, unfired timers of runs that are not paused (a paused run's timers fire on resume)."""
     rows = await readers.fetchall(
         f"""SELECT t.id FROM timers t JOIN workflow_runs r ON r.run_id = t.run_id
@@ -38,7 +39,7 @@ async def due_ids(readers: SqliteReaders, now: float, limit: int) -> list[int]:
     return [r["id"] for r in rows]
 
 
-async def backlog(readers: SqliteReaders, now: float) -> int:
+async def backlog(readers: Readers, now: float) -> int:
     """Timers due and not fired yet (a gauge: a growing number means the loop falls behind)."""
     row = await readers.fetchone("SELECT COUNT(*) AS n FROM timers WHERE fired_at IS NULL AND due_at <= ?", (now,))
     return row["n"] if row else 0
@@ -80,10 +81,10 @@ def step_timeout_left(conn: sqlite3.Connection, run_id: str, step: str, attempt:
     """Seconds until the attempt's durable timeout (negative: overdue), or None without one."""
     row = conn.execute(
         f"""SELECT due_at FROM timers WHERE run_id = ? AND step_id = ? AND kind = '{STEP_TIMEOUT}' AND fired_at IS NULL
-             AND json_extract(payload, '$.attempt') = ? ORDER BY id LIMIT 1""", (run_id, step, attempt)).fetchone()
+             AND {dialect.of(conn).payload_attempt} = ? ORDER BY id LIMIT 1""", (run_id, step, attempt)).fetchone()
     return None if row is None else row["due_at"] - time.time()
 
 
 def close_step_timeout(conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> None:
     conn.execute(f"""UPDATE timers SET fired_at = ? WHERE run_id = ? AND step_id = ? AND kind = '{STEP_TIMEOUT}'
-                      AND fired_at IS NULL AND json_extract(payload, '$.attempt') = ?""", (utcnow(), run_id, step, attempt))
+                      AND fired_at IS NULL AND {dialect.of(conn).payload_attempt} = ?""", (utcnow(), run_id, step, attempt))

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
-from station_wf.store.db import SqliteReaders, utcnow
+from station_wf.store.db import Readers, utcnow
 
 __all__ = ["attempts_for", "deliveries_for", "due", "enqueue_from_events", "record_attempt"]
 
@@ -41,9 +41,9 @@ def enqueue_from_events(conn: sqlite3.Connection, urls: list[str], build: Any, n
         body = build(event, payload, approval)
         for index, url in enumerate(urls):
             conn.execute(
-                """INSERT OR IGNORE INTO webhook_deliveries (delivery_id, event_id, approval_id, run_id, event, url,
+                """INSERT INTO webhook_deliveries (delivery_id, event_id, approval_id, run_id, event, url,
                    payload, status, attempts, next_at, created_at, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)""",
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING""",
                 (f"{event['id']}:{index}", event["id"], payload.get("approvalId"), event["run_id"], event["type"], url,
                  json.dumps(body, separators=(",", ":")), now, stamp, stamp))
             made += 1
@@ -60,20 +60,22 @@ def record_attempt(conn: sqlite3.Connection, delivery_id: str, attempt: int, sta
                    error: str | None, duration_ms: int, outcome: str, next_at: float) -> None:
     """One attempt and the delivery's new state (delivered, failed, or pending again at `next_at`)."""
     stamp = utcnow()
-    conn.execute("INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, response_status, response_body, error, "
-                 "duration_ms, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    conn.execute("INSERT INTO webhook_attempts (delivery_id, attempt, response_status, response_body, error, "
+                 "duration_ms, at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt) DO UPDATE SET "
+                 "response_status = excluded.response_status, response_body = excluded.response_body, "
+                 "error = excluded.error, duration_ms = excluded.duration_ms, at = excluded.at",
                  (delivery_id, attempt, status, (body or "")[:1024] or None, error, duration_ms, stamp))
     conn.execute("UPDATE webhook_deliveries SET status = ?, attempts = ?, next_at = ?, last_status = ?, last_error = ?, "
                  "updated_at = ? WHERE delivery_id = ? AND status = 'pending'",
                  (outcome, attempt, next_at, status, error, stamp, delivery_id))
 
 
-async def deliveries_for(readers: SqliteReaders, approval_id: str) -> list[sqlite3.Row]:
+async def deliveries_for(readers: Readers, approval_id: str) -> list[sqlite3.Row]:
     return await readers.fetchall("SELECT * FROM webhook_deliveries WHERE approval_id = ? ORDER BY event_id, url",
                                   (approval_id,))
 
 
-async def attempts_for(readers: SqliteReaders, delivery_ids: list[str]) -> list[sqlite3.Row]:
+async def attempts_for(readers: Readers, delivery_ids: list[str]) -> list[sqlite3.Row]:
     if not delivery_ids:
         return []
     marks = ",".join("?" * len(delivery_ids))

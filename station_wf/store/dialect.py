@@ -1,0 +1,60 @@
+"""The few places where SQLite and Postgres need different SQL, named once.
+
+Store modules write the portable subset (`?` placeholders, `INSERT ... ON CONFLICT`, `RETURNING`);
+what has no portable spelling is a fragment here, picked by the connection (or reader pool) at hand:
+`dialect.of(conn).rowid`. The Postgres connection translates placeholders itself (`store/pg.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    rowid: str                  # a row's physical id, for "delete a bounded batch" statements
+    greatest: str               # the two-argument maximum
+    patches_agg: str            # a run's context patches as one JSON array text of [seq, path, value]
+    paused_from_set: str        # engine_state with $.pausedFrom set to the bound parameter
+    paused_from_drop: str       # engine_state without $.pausedFrom
+    payload_attempt: str        # the timer payload's integer `attempt`
+
+    def __str__(self) -> str:
+        return self.name
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    rowid="rowid",
+    greatest="MAX",
+    patches_agg="json_group_array(json_array(p.seq, p.path, p.value))",
+    paused_from_set="json_set(engine_state, '$.pausedFrom', ?)",
+    paused_from_drop="json_remove(engine_state, '$.pausedFrom')",
+    payload_attempt="json_extract(payload, '$.attempt')",
+)
+
+POSTGRES = Dialect(
+    name="postgres",
+    rowid="ctid",
+    greatest="GREATEST",
+    patches_agg="COALESCE(json_agg(json_build_array(p.seq, p.path, p.value) ORDER BY p.seq)::text, '[]')",
+    paused_from_set="jsonb_set(engine_state::jsonb, '{pausedFrom}', to_jsonb(?::text))::text",
+    paused_from_drop="(engine_state::jsonb - 'pausedFrom')::text",
+    payload_attempt="CAST(payload::jsonb ->> 'attempt' AS BIGINT)",
+)
+
+
+def of(conn: Any) -> Dialect:
+    """The dialect of a writer connection or a reader pool (a plain sqlite3 connection is SQLite)."""
+    return getattr(conn, "dialect", SQLITE)
+
+
+ALL = (SQLITE, POSTGRES)
+
+
+def per_dialect(build: Callable[[Dialect], str]) -> dict[Dialect, str]:
+    """A statement spelled once per dialect, built at import: `SQL[dialect.of(conn)]`."""
+    return {d: build(d) for d in ALL}
