@@ -9,7 +9,7 @@ CPU per step is given for every daemon, each nats-server, Postgres (the postmast
 live or ended) and the load clients. On 2 cores every one of those processes competes for the same two
 cores: a second replica adds demand, not capacity, and the output says so.
 
-    python -m benchmarks.replicas [--runs 2000] [--repeats 3]
+    python -m benchmarks.replicas [--runs 2000] [--repeats 3] [--profile-dir DIR]
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -56,6 +59,15 @@ def start_postgres() -> Any:
     opts = (f"-p {server.port} -k {server.root} -c listen_addresses=127.0.0.1 -c max_connections=300 {DURABLE}")
     server._run("pg_ctl", "-D", str(server.data), "-l", str(server.log_path), "-o", opts, "-w", "-t", "60", "restart")
     return server
+
+
+def postgres_settings(url: str) -> dict[str, str]:
+    """What the server really runs with (the output shows it: a bench on fsync=off would flatter Postgres)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {name: conn.execute(f"SHOW {name}").fetchone()[0]
+                for name in ("server_version", "fsync", "synchronous_commit", "full_page_writes", "shared_buffers")}
 
 
 def postmaster_pid(server: Any) -> int:
@@ -123,6 +135,7 @@ class Leg:
     rows: Rows
     postgres_pid: int | None = None
     reps: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)
 
     def measure(self, runs: int, timeout: float = 900) -> dict[str, Any]:
         """`runs` runs split over the daemons (one load client each); the window's rate and CPU per step."""
@@ -208,6 +221,7 @@ def legs(root: Path) -> Iterator[dict[str, Leg]]:
             servers.append(start_postgres())
             url = servers[-1].create_database("bench")
             started[name] = start_leg(name, root, replicas, url, postmaster_pid(servers[-1]))
+            started[name].settings = postgres_settings(url)
         yield started
     finally:
         for leg in started.values():
@@ -223,26 +237,51 @@ KEYS = ("steps_per_s", "daemon_cpu_ms_per_step", "daemon_1_cpu_ms_per_step", "da
         "db_span_s")
 
 
-def run(runs: int = 2000, repeats: int = 3) -> dict[str, Any]:
-    """Warm every leg up, then `repeats` rounds in which each leg takes its turn; medians per leg."""
+def profile(leg: Leg, profile_dir: str) -> subprocess.Popen:
+    """py-spy (the bench extra) on the leg's first daemon: raw stacks, active threads only."""
+    out = Path(profile_dir) / f"replicas-{leg.name}.txt"
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(leg.daemons[0].pid),
+                             "-o", str(out), "-f", "raw", "-r", "100"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_spies(spies: list[subprocess.Popen]) -> None:
+    """SIGINT makes py-spy write its file; each only once."""
+    for spy in spies:
+        if spy.poll() is None:
+            spy.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(60)
+
+
+def run(runs: int = 2000, repeats: int = 3, profile_dir: str | None = None) -> dict[str, Any]:
+    """Warm every leg up, then `repeats` rounds in which each leg takes its turn; medians per leg.
+    `profile_dir`: a py-spy raw profile of each leg's first daemon over the measured rounds."""
     root = Path(tempfile.mkdtemp(prefix="station-wf-replicas-"))
     load = os.getloadavg()
+    spies: list[subprocess.Popen] = []
     try:
         with legs(root) as started:
             for leg in started.values():
                 leg.measure(WARMUP_RUNS)
+            if profile_dir:
+                spies = [profile(leg, profile_dir) for leg in started.values()]
+                time.sleep(1)
             for _ in range(repeats):
                 for leg in started.values():
                     leg.reps.append(leg.measure(runs))
+            stop_spies(spies)
             result: dict[str, Any] = {"scenario": "replicas", "runs": runs, "steps_per_run": 10, "repeats": repeats,
                                       "cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in load],
                                       "bound": BOUND}
             for name, leg in started.items():
                 result[name] = {"daemons": len(leg.daemons), **medians(leg.reps, KEYS)}
+                if leg.settings:
+                    result[name]["postgres"] = leg.settings
                 bad = [r for r in leg.reps if not r["all_completed"]]
                 if bad:
                     result[name]["incomplete"] = [{"statuses": r["statuses"], "error": r["first_error"]} for r in bad]
     finally:
+        stop_spies(spies)
         shutil.rmtree(root, ignore_errors=True)
     one, two, lite = (result.get(k, {}).get("steps_per_s") for k in ("postgres_1", "postgres_2", "sqlite_1"))
     if one and two:
@@ -256,8 +295,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.replicas")
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile-dir", help="py-spy raw profiles of each leg's first daemon go here (bench extra)")
     args = parser.parse_args()
-    print(json.dumps(run(args.runs, args.repeats), indent=2))
+    if args.profile_dir:
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+    print(json.dumps(run(args.runs, args.repeats, args.profile_dir), indent=2))
 
 
 if __name__ == "__main__":
