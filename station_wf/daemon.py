@@ -52,8 +52,9 @@ from station_wf.services.offload import Offloader
 from station_wf.services.runs import RunService
 from station_wf.store import outbox, timers
 from station_wf.store import runs as run_store
-from station_wf.store.db import open_readers, open_writer
+from station_wf.store.db import BOOT, open_readers, open_writer
 from station_wf.store.definitions import DefinitionCache
+from station_wf.store.pg import ChangeFeed
 from station_wf.telemetry.metrics import (
     ACTIVE_RUNS,
     CONTENT_TYPE,
@@ -153,6 +154,7 @@ class Daemon:
         self.loops: list[Loop] = []  # every background loop on the base (`station_wf/loop.py`), in start order
         self._stop = asyncio.Event()
         self.sync_report: SyncReport | None = None
+        self.change_feed: ChangeFeed | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -216,6 +218,9 @@ class Daemon:
         control = ControlService(self.writer, self.readers, self.definitions, run_service, self._kick_relays,
                                  self.worker.cancel_run)
         self._spawn("event-hub", self.hub.run())
+        if self.writer.shared:  # other replicas commit too: their notices wake what a local commit wakes
+            self.change_feed = ChangeFeed(s.database_target, BOOT, self._on_remote_commit)
+            self._spawn("change-feed", self.change_feed.run())
         definitions = DefinitionService(self.readers, self.writer, self.agents, self.offloader, self.isolated)
         state = ApiState(run_service, definitions, self.writer, self.readiness, self.tokens,
                          control, self.hub, sse_ping=s.sse_ping_seconds,
@@ -257,6 +262,11 @@ class Daemon:
             self.event_relay.kick()
         self.hub.kick()
 
+    def _on_remote_commit(self) -> None:
+        self._kick_relays()
+        if self.timers is not None:
+            self.timers.kick()
+
     def _start_loop(self, loop: Loop) -> None:
         self.loops.append(loop)
         self._spawn(loop.name, loop.run())
@@ -295,7 +305,7 @@ class Daemon:
 
     def _writer_fatal(self, cause: BaseException) -> None:
         """Called on the writer thread after repeated fatal storage errors: stop, exit non-zero."""
-        log.critical("the SQLite writer gave up (%s); stopping so a supervisor restarts the daemon", cause)
+        log.critical("the database writer gave up (%s); stopping so a supervisor restarts the daemon", cause)
         self.exit_code = WRITER_FAILED_EXIT
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
@@ -327,7 +337,7 @@ class Daemon:
             await self.worker.stop(self.settings.shutdown_grace_seconds)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["worker"], 5)
-        for name in ("outbox-relay", "event-relay", "event-hub"):
+        for name in ("outbox-relay", "event-relay", "event-hub", "change-feed"):
             await cancel(self._tasks.get(name))
         for relay in (self.relay, self.event_relay):
             if relay is not None and self.bus is not None and self.bus.connected:

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from station_wf.bus.nats_server import EmbeddedNats, free_port
+from tests.pg_server import postgres_db, postgres_server  # noqa: F401 - fixtures: a real Postgres, lazily
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,6 +177,15 @@ class NatsServer:
                 await nc.close()
 
         return asyncio.run(go())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """What a store test opens its `Writer` on: an SQLite file, then a fresh Postgres database (the
+    store tests run against both dialects)."""
+    if request.param == "sqlite":
+        return tmp_path / "db.sqlite"
+    return request.getfixturevalue("postgres_db")
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""SQLite store: migrations apply once, and group commit isolates each transaction in its batch."""
+"""The store: migrations apply once, and group commit isolates each transaction in its batch (the
+tests taking `store_target` run on SQLite and on Postgres)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from station_wf.store.db import Writer, apply_migrations, connect
+from station_wf.store.db import Writer, apply_migrations, connect, open_readers
 
 
 def test_migrations_apply_once_and_are_recorded(tmp_path: Path) -> None:
@@ -27,8 +28,8 @@ def test_migrations_apply_once_and_are_recorded(tmp_path: Path) -> None:
     conn.close()
 
 
-def test_group_commit_isolates_failures(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "db.sqlite")
+def test_group_commit_isolates_failures(store_target: Path | str) -> None:
+    writer = Writer(store_target)
     writer.start()
     writer.run_sync(lambda c: c.execute("CREATE TABLE t (k TEXT PRIMARY KEY)"))
 
@@ -124,12 +125,12 @@ def test_repeated_fatal_errors_stop_the_writer_and_call_on_fatal(tmp_path: Path)
     writer.close()
 
 
-def test_retention_deletes_bounded_batches_of_rows_not_whole_runs(tmp_path: Path) -> None:
+def test_retention_deletes_bounded_batches_of_rows_not_whole_runs(store_target: Path | str) -> None:
     """A finished run with 12,000 events goes in transactions of at most 1,000 rows; a running one stays."""
     from station_wf.engine.retention import prune_once
     from station_wf.store.retention_rows import prune_some
 
-    writer = Writer(tmp_path / "db.sqlite")
+    writer = Writer(store_target)
     writer.start()
 
     def seed(conn: sqlite3.Connection) -> None:
@@ -155,12 +156,12 @@ def test_retention_deletes_bounded_batches_of_rows_not_whole_runs(tmp_path: Path
     writer.close()
 
 
-def test_a_cron_the_scheduler_cannot_parse_is_reported_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_cron_the_scheduler_cannot_parse_is_reported_once(store_target: Path | str, caplog: pytest.LogCaptureFixture) -> None:
     """An old row (or one the loader let through) with a cron the scheduler rejects: logged and shown as
     `lastError` on the schedule, once, instead of being skipped in silence on every tick."""
     from station_wf.engine.schedules import ScheduleLoop, schedule_to_api
 
-    writer = Writer(tmp_path / "db.sqlite")
+    writer = Writer(store_target)
     writer.start()
     writer.run_sync(lambda c: (
         c.execute("INSERT INTO workflow_definitions (workflow_id, version, content_hash, source, definition, created_at)"
@@ -169,9 +170,7 @@ def test_a_cron_the_scheduler_cannot_parse_is_reported_once(tmp_path: Path, capl
                   " updated_at) VALUES ('w:0', 'w', 0, '*/0 * * * *', 'UTC', 0, '2000', '2000')")))
 
     async def go() -> list[int]:
-        from station_wf.store.db import SqliteReaders
-
-        readers = SqliteReaders(tmp_path / "db.sqlite")
+        readers = open_readers(store_target)
         await readers.open()
         loop = ScheduleLoop(writer, readers, on_commit=lambda: None)
         fired = [await loop.fire_due() for _ in range(3)]
@@ -189,12 +188,12 @@ def test_a_cron_the_scheduler_cannot_parse_is_reported_once(tmp_path: Path, capl
     writer.close()
 
 
-def test_a_timer_of_a_run_paused_since_the_read_does_not_fire(tmp_path: Path) -> None:
+def test_a_timer_of_a_run_paused_since_the_read_does_not_fire(store_target: Path | str) -> None:
     """The timer loop reads due timers outside the transaction; a pause that commits in between must win."""
     from station_wf.engine.timers import TimerLoop
     from station_wf.store.definitions import DefinitionCache
 
-    writer = Writer(tmp_path / "db.sqlite")
+    writer = Writer(store_target)
     writer.start()
 
     def seed(conn: sqlite3.Connection) -> list[int]:
@@ -217,11 +216,11 @@ def test_a_timer_of_a_run_paused_since_the_read_does_not_fire(tmp_path: Path) ->
     writer.close()
 
 
-def test_after_commit_runs_only_for_committed_attempts(tmp_path: Path) -> None:
+def test_after_commit_runs_only_for_committed_attempts(store_target: Path | str) -> None:
     """A metric counted in a transaction must not count a rolled-back attempt (review 1.9)."""
     from station_wf.deferral import after_commit
 
-    writer = Writer(tmp_path / "db.sqlite")
+    writer = Writer(store_target)
     writer.start()
     seen: list[str] = []
 

@@ -24,6 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+BOOT = uuid.uuid4().hex  # this process, in the change notices it sends (`pg.ChangeFeed` skips its own)
 MIGRATIONS_DIR = Path(os.environ.get("STATION_MIGRATIONS_DIR") or Path(__file__).resolve().parents[2] / "migrations")
 BUSY_TIMEOUT_MS = 30_000
 MAX_GROUP = 256
@@ -139,6 +141,10 @@ class _SqliteBackend:
     def begin(conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")
 
+    @staticmethod
+    def before_commit(conn: Any) -> None:
+        """Nothing: every reader of an SQLite file is in this process and is kicked after the commit."""
+
 
 class _PostgresBackend:
     """Postgres shared by the replicas: BEGIN plus the deployment's write lock per group; a broken
@@ -168,6 +174,11 @@ class _PostgresBackend:
     def begin(conn: Any) -> None:
         conn.execute("BEGIN")
         conn.execute("SELECT pg_advisory_xact_lock(?)", (pg.WRITE_LOCK,))
+
+    @staticmethod
+    def before_commit(conn: Any) -> None:
+        """Tell the other replicas that something committed (delivered with the COMMIT, not before)."""
+        conn.execute("SELECT pg_notify(?, ?)", (pg.CHANGES_CHANNEL, BOOT))
 
 
 def max_pages(conn: sqlite3.Connection, max_bytes: int) -> int:
@@ -413,6 +424,7 @@ class Writer:
                     results.append(self._run_one(conn, fn, fut))
             if fault_error("writer.commit"):
                 raise injected_ioerr("writer.commit")
+            self._backend.before_commit(conn)
             conn.execute("COMMIT")
         except BaseException as exc:  # noqa: BLE001 - SQLite undid the group; everyone hears it
             run_cache.discard()

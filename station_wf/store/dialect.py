@@ -15,6 +15,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Dialect:
     name: str
+    shared: bool                # several daemons may write this database at once (replicas)
     rowid: str                  # a row's physical id, for "delete a bounded batch" statements
     greatest: str               # the two-argument maximum
     patches_agg: str            # a run's context patches as one JSON array text of [seq, path, value]
@@ -28,6 +29,7 @@ class Dialect:
 
 SQLITE = Dialect(
     name="sqlite",
+    shared=False,
     rowid="rowid",
     greatest="MAX",
     patches_agg="json_group_array(json_array(p.seq, p.path, p.value))",
@@ -38,6 +40,7 @@ SQLITE = Dialect(
 
 POSTGRES = Dialect(
     name="postgres",
+    shared=True,
     rowid="ctid",
     greatest="GREATEST",
     patches_agg="COALESCE(json_agg(json_build_array(p.seq, p.path, p.value) ORDER BY p.seq)::text, '[]')",

@@ -18,7 +18,8 @@ def reserve(conn: sqlite3.Connection, scope: str, key: str, digest: str, now: fl
     """(effect id to act with, None) when this request may act, else (None, the existing row).
 
     An unanswered reservation of the same body is taken over, keeping its effect id, when it was made
-    by an earlier boot (that process died) or is older than `stale_s` (a request that hung)."""
+    by an earlier boot (that process died) or is older than `stale_s` (a request that hung). On a store
+    shared by replicas another boot id may be a live replica: only the age counts there."""
     conn.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND created_at < ?", (scope, key, now - ttl_s))
     effect = effect or str(uuid.uuid4())
     inserted = conn.execute(
@@ -29,7 +30,8 @@ def reserve(conn: sqlite3.Connection, scope: str, key: str, digest: str, now: fl
     if inserted is not None:
         return effect, None
     row = conn.execute("SELECT * FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)).fetchone()
-    stale = row["boot_id"] != BOOT_ID or row["created_at"] < now - stale_s
+    other_boot = row["boot_id"] != BOOT_ID and not dialect.of(conn).shared
+    stale = other_boot or row["created_at"] < now - stale_s
     if row["status"] is None and row["request_hash"] == digest and stale:
         conn.execute("UPDATE idempotency_keys SET created_at = ?, boot_id = ? WHERE scope = ? AND key = ?",
                      (now, BOOT_ID, scope, key))

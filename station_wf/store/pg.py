@@ -9,9 +9,12 @@ a fragment of `store/dialect.py`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,11 @@ from psycopg.pq import TransactionStatus
 
 from station_wf.store.dialect import POSTGRES
 
+log = logging.getLogger(__name__)
+
 MIGRATION_LOCK = 0x5354_4E57_4D49_47  # pg_advisory_lock key: one replica migrates at a time
 WRITE_LOCK = 0x5354_4E57_5752_4954     # pg_advisory_xact_lock key: one write transaction at a time
+CHANGES_CHANNEL = "station_wf_changes"  # NOTIFY channel: a replica committed (payload: its boot id)
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -216,7 +222,7 @@ def apply_migrations(conn: PgConnection, files: list[Path], split: Any, now: str
     raw = conn.raw
     raw.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
-        raw.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        raw.execute(migration_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
         done = {row[0] for row in raw.execute("SELECT version FROM schema_migrations")}
         applied = []
         for file in files:
@@ -230,3 +236,40 @@ def apply_migrations(conn: PgConnection, files: list[Path], split: Any, now: str
         return applied
     finally:
         raw.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+
+# -- change notices --------------------------------------------------------------------------------
+class ChangeFeed:
+    """LISTENs for the other replicas' commits and calls `on_change` for each (the hub, the relays and
+    the timers wake as they do after a local commit). Reconnects with a back-off; after a reconnect it
+    calls `on_change` once, since notices sent while it was away are gone."""
+
+    def __init__(self, url: str, boot: str, on_change: Callable[[], None]) -> None:
+        self.url = url
+        self.boot = boot
+        self.on_change = on_change
+        self.notices = 0
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                    await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+                    self.on_change()
+                    delay = 0.1
+                    async for notice in conn.notifies():
+                        if notice.payload != self.boot:
+                            self.notices += 1
+                            self.on_change()
+                        if self._stop.is_set():
+                            return
+            except (psycopg.Error, OSError) as exc:
+                log.warning("postgres change feed: %s; reconnecting in %.1f s", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+
+    def stop(self) -> None:
+        self._stop.set()
