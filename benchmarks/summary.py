@@ -58,6 +58,8 @@ ROWS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
     ("10 inject steps, 1 daemon on SQLite (replicas run): steps/s", "replicas.sqlite_1.steps_per_s", "", "", None),
     ("10 inject steps, 1 daemon on Postgres: steps/s", "replicas.postgres_1.steps_per_s", "", "", None),
     ("10 inject steps, 2 daemons on one Postgres: steps/s", "replicas.postgres_2.steps_per_s", "", "", None),
+    ("2 daemons / 1 daemon on Postgres (steps/s; 2 shared cores)", "replicas.ratio_2_to_1_replicas", "x", "", None),
+    ("1 daemon: Postgres / SQLite (steps/s)", "replicas.ratio_postgres_to_sqlite", "x", "", None),
     ("1 daemon on SQLite: daemon CPU per step", "replicas.sqlite_1.daemon_cpu_ms_per_step", " ms", "", None),
     ("1 daemon on Postgres: daemon CPU per step", "replicas.postgres_1.daemon_cpu_ms_per_step", " ms", "", None),
     ("1 daemon on Postgres: Postgres CPU per step", "replicas.postgres_1.postgres_cpu_ms_per_step", " ms", "", None),
