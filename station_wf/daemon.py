@@ -263,9 +263,12 @@ class Daemon:
         self.hub.kick()
 
     def _on_remote_commit(self) -> None:
-        self._kick_relays()
-        if self.timers is not None:
-            self.timers.kick()
+        """Another replica committed: its events reach our SSE subscribers (and the event mirror and the
+        timers, which run where the lease is). Its tasks are its own relay's; ours polls for any it left."""
+        self.hub.kick()
+        for loop in (self.event_relay, self.timers):
+            if loop is not None:
+                loop.kick()
 
     def _start_loop(self, loop: Loop) -> None:
         self.loops.append(loop)
