@@ -115,14 +115,21 @@ def test_refuses_a_target_that_holds_rows(tmp_path: Path, postgres_db: str) -> N
     assert pg_rows(postgres_db, "SELECT name, position FROM relay_cursors") == [("outbox", 7)]
 
 
-def test_refuses_while_the_source_daemon_runs(daemon_factory: Callable[..., Daemon], postgres_db: str) -> None:
+def test_refuses_while_the_source_daemon_runs_then_copies_after_its_crash(daemon_factory: Callable[..., Daemon],
+                                                                           postgres_db: str) -> None:
     d = with_workflows(daemon_factory("live"))
     d.start()
-    result = migrate_store("--from", str(d.data_dir / "station-wf.db"), "--to", postgres_db)
+    db = d.data_dir / "station-wf.db"
+    result = migrate_store("--from", str(db), "--to", postgres_db)
     assert result.returncode == 1
     assert "another station-wf daemon (pid" in result.stderr and "stop it first" in result.stderr
     assert pg_rows(postgres_db, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()") == [(0,)]
-    d.wait_status(d.start_run("plain")["id"])  # the running daemon was not disturbed
+    run_id = d.wait_status(d.start_run("plain")["id"])["id"]  # the running daemon was not disturbed
+    d.kill()  # kill -9: the lock dies with it, the last commits may sit in the -wal file
+    assert (db.parent / "station-wf.db-wal").exists()
+    after = migrate_store("--from", str(db), "--to", postgres_db)
+    assert after.returncode == 0, after.stderr
+    assert pg_rows(postgres_db, f"SELECT status FROM workflow_runs WHERE run_id = '{run_id}'") == [("COMPLETED",)]
 
 
 @pytest.mark.parametrize(("tamper", "message"), [
