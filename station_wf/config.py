@@ -209,6 +209,8 @@ class Settings:
         if self.agent_max_response_bytes < 1 or self.agent_connect_timeout_seconds <= 0 or self.agent_read_timeout_seconds <= 0:
             raise ValueError("STATION_AGENT_MAX_RESPONSE_BYTES and STATION_AGENT_*_TIMEOUT_SECONDS must be > 0")
         self.database_target  # noqa: B018 - raises on a bad URL
+        if self.database_postgres and self.database_max_bytes:
+            raise ValueError("STATION_DATABASE_MAX_BYTES caps an SQLite file; on Postgres size the server's disk instead")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ValueError(f"STATION_EVENT_LOOP must be uvloop or asyncio, got {self.event_loop!r}")
         for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):

@@ -263,12 +263,12 @@ class Daemon:
         self.hub.kick()
 
     def _on_remote_commit(self) -> None:
-        """Another replica committed: its events reach our SSE subscribers (and the event mirror and the
-        timers, which run where the lease is). Its tasks are its own relay's; ours polls for any it left."""
+        """Another replica committed: its events reach our SSE subscribers (the hub reads nothing when
+        none listen) and the event mirror. Its tasks are its own relay's (ours polls for any it left);
+        the timers poll every 100 ms and are never kicked (`engine/timers.py`)."""
         self.hub.kick()
-        for loop in (self.event_relay, self.timers):
-            if loop is not None:
-                loop.kick()
+        if self.event_relay is not None:
+            self.event_relay.kick()
 
     def _start_loop(self, loop: Loop) -> None:
         self.loops.append(loop)
