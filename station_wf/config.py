@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from station_wf.protocol import Namespace
+
 
 def _bool(text: str) -> bool:
     value = text.strip().lower()
@@ -107,6 +109,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("event_loop", "STATION_EVENT_LOOP", str, "uvloop (libuv, faster) or asyncio (the standard library's loop)"),
     Option("event_mirror", "STATION_EVENT_MIRROR", _bool,
            "mirror the event log to JetStream WORKFLOW_EVENTS for external subscribers (off: the API and SSE still serve every event)"),
+    # -- several replicas, the NATS side (issue 15) --
+    Option("deployment", "STATION_DEPLOYMENT", str,
+           "deployment name ([A-Za-z0-9_-]{1,32}): namespaces the JetStream streams, subjects and consumer, so "
+           "several deployments share one NATS ('default' keeps the names WORKFLOW_TASKS, wf.task.>, station-wf-worker)"),
+    Option("nats_replicas", "STATION_NATS_REPLICAS", int,
+           "num_replicas of the JetStream streams (3 on a 3-node cluster; an existing stream is updated in place)"),
 )
 
 
@@ -168,6 +176,9 @@ class Settings:
     # -- the event loop and the NATS side (issue 14) --
     event_loop: str = "uvloop"
     event_mirror: bool = True
+    # -- several replicas, the NATS side (issue 15) --
+    deployment: str = "default"
+    nats_replicas: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -213,6 +224,11 @@ class Settings:
             raise ValueError("STATION_DATABASE_MAX_BYTES caps an SQLite file; on Postgres size the server's disk instead")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ValueError(f"STATION_EVENT_LOOP must be uvloop or asyncio, got {self.event_loop!r}")
+        Namespace(self.deployment)  # raises on a bad STATION_DEPLOYMENT
+        if not 1 <= self.nats_replicas <= 5:
+            raise ValueError(f"STATION_NATS_REPLICAS must be 1-5, got {self.nats_replicas!r}")
+        if self.nats_replicas > 1 and self.nats_embedded:
+            raise ValueError("STATION_NATS_REPLICAS > 1 needs a NATS cluster (STATION_NATS_EMBEDDED=false, STATION_NATS_URL)")
         for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")

@@ -30,6 +30,7 @@ from station_wf.agents.providers import AgentLimits
 from station_wf.api.app import ApiState, build_app
 from station_wf.api.auth import TokenTable
 from station_wf.api.door import LoopbackPolicy
+from station_wf.bus.control import ControlChannel
 from station_wf.bus.jetstream import Bus
 from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay
@@ -43,6 +44,7 @@ from station_wf.engine.worker import TaskWorker
 from station_wf.executors.base import ExecutorRegistry
 from station_wf.expr import sandbox
 from station_wf.loop import Loop, cancel
+from station_wf.protocol import Namespace
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
 from station_wf.services.events import EventHub
@@ -147,6 +149,7 @@ class Daemon:
         self.relay: OutboxRelay | None = None
         self.event_relay: EventRelay | None = None
         self.worker: TaskWorker | None = None
+        self.control_channel: ControlChannel | None = None
         self.reconciler: Reconciler | None = None
         self.timers: TimerLoop | None = None
         self.server: _ApiServer | None = None
@@ -178,10 +181,15 @@ class Daemon:
         else:
             assert s.nats_url is not None
             url = s.nats_url
-        self.bus = Bus(url, ack_wait=s.ack_wait_seconds, max_ack_pending=max(1024, s.worker_concurrency * 4))
+        self.bus = Bus(url, ack_wait=s.ack_wait_seconds, max_ack_pending=max(1024, s.worker_concurrency * 4),
+                       namespace=Namespace(s.deployment), replicas=s.nats_replicas)
         await self.bus.connect()
         await self.bus.ensure_topology()
-        await self.bus.reset_consumer()
+        # Reset (redeliver a dead predecessor's work now) only when this daemon is the store's one replica.
+        await self.bus.claim_consumer(shared=self.writer.shared)
+        if self.writer.shared and s.nats_embedded:
+            log.warning("the store is shared (several replicas possible) but NATS is embedded: other replicas cannot "
+                        "see this one's tasks; give every replica the same STATION_NATS_URL")
         await sandbox_ready
         sandbox.install(self.sandbox)  # from here on no expression runs on the writer thread
 
@@ -215,8 +223,10 @@ class Daemon:
         self._spawn("idempotency-purge", purge_loop(self.writer, s.retention_interval_seconds))
         run_service = RunService(self.writer, self.readers, on_commit=self._kick_relays, definitions=self.definitions,
                                  offloader=self.offloader)
+        self.control_channel = ControlChannel(self.bus, self.readers, self.worker.cancel_run)
+        await self.control_channel.start()  # cancels committed by other replicas interrupt our executions
         control = ControlService(self.writer, self.readers, self.definitions, run_service, self._kick_relays,
-                                 self.worker.cancel_run)
+                                 self.control_channel.cancel)
         self._spawn("event-hub", self.hub.run())
         if self.writer.shared:  # other replicas commit too: their notices wake what a local commit wakes
             self.change_feed = ChangeFeed(s.database_target, BOOT, self._on_remote_commit)
@@ -351,6 +361,8 @@ class Daemon:
         await self.sandbox.close()
         self.offloader.close()
         self.isolated.close()
+        if self.control_channel is not None:
+            await self.control_channel.close()
         if self.bus is not None:
             await self.bus.close()
         if self.embedded is not None:

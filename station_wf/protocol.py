@@ -18,8 +18,9 @@ copy the broker forgot) appends `:<redispatch>` so the duplicate window does not
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import msgspec
@@ -36,6 +37,71 @@ _STEP_TASK = TASK_PREFIX + "step."
 _RUN_TASK = TASK_PREFIX + "run."
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+CONTROL_SUFFIX = "control"
+
+# -- deployments: several on one NATS, each with its own streams, subjects and consumer -------------
+DEFAULT_DEPLOYMENT = "default"
+DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# `wf.<name>.` must not fall inside the default deployment's `wf.task.>` / `wf.event.>` (JetStream
+# refuses streams with overlapping subjects, and the default stream would capture the other's tasks).
+RESERVED_DEPLOYMENTS = frozenset({"task", "event"})
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Where one deployment lives on NATS. The outbox, the reconciler and `decode_task` speak the
+    canonical subjects (`wf.task....`); the bus maps them onto the deployment's (`wf.<name>.task....`)
+    at the wire, so the store and the core never know the deployment.
+
+    `default` keeps the names of every release before deployments existed (`WORKFLOW_TASKS`,
+    `wf.task.>`, `station-wf-worker`): an upgraded daemon finds the tasks it queued, and external
+    subscribers to `wf.event.>` keep working."""
+
+    deployment: str = DEFAULT_DEPLOYMENT
+    # Derived once (the relays and the worker map every message): the default deployment maps nothing.
+    is_default: bool = field(init=False, repr=False, compare=False)
+    prefix: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.deployment, str) or not DEPLOYMENT_NAME.match(self.deployment):
+            raise ValueError(f"STATION_DEPLOYMENT must be 1-32 letters, digits, '_' or '-', got {self.deployment!r}")
+        if self.deployment in RESERVED_DEPLOYMENTS:
+            raise ValueError(f"STATION_DEPLOYMENT may not be {self.deployment!r} (it would overlap the default "
+                             f"deployment's wf.{self.deployment}.> subjects)")
+        default = self.deployment == DEFAULT_DEPLOYMENT
+        object.__setattr__(self, "is_default", default)
+        object.__setattr__(self, "prefix", "wf." if default else f"wf.{self.deployment}.")
+
+    def _named(self, base: str, sep: str) -> str:
+        return base if self.is_default else f"{base}{sep}{self.deployment}"
+
+    @property
+    def tasks_stream(self) -> str:
+        return self._named("WORKFLOW_TASKS", "_")
+
+    @property
+    def events_stream(self) -> str:
+        return self._named("WORKFLOW_EVENTS", "_")
+
+    @property
+    def consumer(self) -> str:
+        return self._named("station-wf-worker", "-")
+
+    @property
+    def control_subject(self) -> str:
+        """Core NATS (not a stream): every replica of the deployment listens for cancels here."""
+        return self.prefix + CONTROL_SUFFIX
+
+    def wire(self, subject: str) -> str:
+        """A canonical `wf.` subject as this deployment publishes it."""
+        return subject if self.is_default else self.prefix + subject[3:]
+
+    def local(self, subject: str) -> str:
+        """The canonical subject of one received on this deployment's (anything else is left as is,
+        and `decode_task` refuses it)."""
+        if self.is_default or not subject.startswith(self.prefix):
+            return subject
+        return "wf." + subject[len(self.prefix):]
 IDEMPOTENCY_HEADER = "idempotency-key"
 TRACEPARENT_HEADER = "traceparent"
 
@@ -188,6 +254,29 @@ def encode_event_stub(row: Mapping[str, Any], size: int) -> tuple[str, bytes, st
     """The stand-in for an event over the server's max_payload: `truncated: true` and its size."""
     body = f'{{{_event_head(row)},"truncated":true,"bytes":{size},{_event_tail(row)}}}'
     return event_subject(row["run_id"], row["step_id"]), body.encode(), event_msg_id(row["run_id"], row["seq"])
+
+
+# -- control messages (core NATS, `Namespace.control_subject`) ------------------------------------
+CONTROL_OPS = frozenset({"cancel"})
+
+
+def encode_control(op: str, run_id: str) -> bytes:
+    """`{"op": "cancel", "runId": ...}`: sent after the commit, a hint to interrupt in-flight work."""
+    return dumps_bytes({"op": op, "runId": run_id})
+
+
+def decode_control(data: bytes) -> tuple[str, str] | None:
+    """(op, run id) of a control message, or None for anything this engine does not send."""
+    try:
+        body = loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    op, run_id = body.get("op"), body.get("runId")
+    if op not in CONTROL_OPS or not isinstance(run_id, str) or not run_id or len(run_id) > 200:
+        return None
+    return op, run_id
 
 
 # -- the NATS header section ----------------------------------------------------------------------

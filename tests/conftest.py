@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from station_wf.bus.nats_server import EmbeddedNats, free_port
+from tests.nats_cluster import nats_cluster  # noqa: F401 - the 3-node JetStream cluster fixture
 from tests.pg_server import postgres_db, postgres_server  # noqa: F401 - fixtures: a real Postgres, lazily
 
 REPO = Path(__file__).resolve().parents[1]

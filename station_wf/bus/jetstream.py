@@ -30,10 +30,11 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from station_wf.bus import wire
 from station_wf.bus.wire import Wire
 from station_wf.protocol import (
-    EVENT_SUBJECTS,
+    EVENT_SUBJECT_FILTER,
     MSG_ID_HEADER,
     TASK_SUBJECT_FILTER,
-    TASK_SUBJECTS,
+    Namespace,
+    encode_control,
     header_block,
 )
 from station_wf.store.jsontext import dumps_bytes, loads
@@ -44,10 +45,7 @@ PUBLISH_WINDOW = 1000     # JetStream publishes in flight at once (each waits fo
 ACK_TIMEOUT_S = 10.0      # a PubAck not back by then counts as failed (the row is published again)
 HEADER_OVERHEAD = 64      # "NATS/1.0\r\n" and the framing around headers
 
-TASKS_STREAM = "WORKFLOW_TASKS"
-EVENTS_STREAM = "WORKFLOW_EVENTS"
 PULL_EXPIRES_S = 2.0      # how long one pull request lingers on the server waiting for tasks
-WORKER_CONSUMER = "station-wf-worker"
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 EVENTS_MAX_BYTES = 1 << 30
@@ -55,13 +53,25 @@ TASKS_MAX_MSGS = 1_000_000
 TASKS_MAX_BYTES = 1 << 30
 
 
-class Bus:
-    """One NATS connection; the streams of DESIGN 5; the durable pull consumer the worker shares."""
+def server_list(url: str) -> list[str]:
+    """`STATION_NATS_URL` may name several servers of one cluster, comma-separated (nats-py takes a list)."""
+    return [u.strip() for u in url.split(",") if u.strip()]
 
-    def __init__(self, url: str, *, ack_wait: float = 30.0, max_ack_pending: int = 1024) -> None:
+
+class Bus:
+    """One NATS connection; the streams of DESIGN 5; the durable pull consumer the worker shares.
+
+    `namespace` names the deployment's streams, subjects and consumer (several deployments on one
+    NATS never see each other's tasks); `replicas` is the streams' `num_replicas` (3 on a 3-node
+    cluster). Subjects cross this class in their canonical form (`protocol.Namespace`)."""
+
+    def __init__(self, url: str, *, ack_wait: float = 30.0, max_ack_pending: int = 1024,
+                 namespace: Namespace | None = None, replicas: int = 1) -> None:
         self.url = url
         self.ack_wait = ack_wait
         self.max_ack_pending = max_ack_pending
+        self.ns = namespace or Namespace()
+        self.replicas = replicas
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
@@ -73,7 +83,8 @@ class Bus:
             log.warning("nats: %s", exc)
 
         async def _reconnected() -> None:
-            log.info("nats: reconnected to %s", self.url)
+            server = self.nc.connected_url if self.nc is not None else None
+            log.info("nats: reconnected to %s", f"{server.hostname}:{server.port}" if server else "?")  # no token in logs
             if self.on_reconnect is not None:
                 await self.on_reconnect()
 
@@ -81,7 +92,7 @@ class Bus:
             log.warning("nats: disconnected")
 
         self.nc = await nats.connect(
-            self.url,
+            server_list(self.url),
             name="station-wf",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
@@ -98,57 +109,94 @@ class Bus:
 
     def _consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
-            durable_name=WORKER_CONSUMER,
+            durable_name=self.ns.consumer,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.ack_wait,
             max_deliver=-1,
             max_ack_pending=self.max_ack_pending,
-            filter_subject=TASK_SUBJECT_FILTER,
+            filter_subject=self.ns.wire(TASK_SUBJECT_FILTER),
+            # A work-queue stream's consumer must have the stream's replica count; 1 stays implicit
+            # (what every release before replicas created, so an upgrade does not touch it).
+            num_replicas=self.replicas if self.replicas > 1 else None,
         )
 
     async def ensure_topology(self) -> None:
-        """Create the streams and the consumer when missing (also after someone deleted them)."""
+        """Create the streams and the consumer when missing (also after someone deleted them); bring an
+        existing stream to our replica count in place. Never deletes anything."""
         assert self.js is not None
         await self._ensure_stream(StreamConfig(
-            name=TASKS_STREAM, subjects=TASK_SUBJECTS, retention=RetentionPolicy.WORK_QUEUE,
+            name=self.ns.tasks_stream, subjects=[self.ns.wire(TASK_SUBJECT_FILTER)], retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S,
             # Bounded: when full, publishes fail and tasks wait in the SQLite outbox (back-pressure, no loss).
-            max_msgs=TASKS_MAX_MSGS, max_bytes=TASKS_MAX_BYTES, discard=DiscardPolicy.NEW,
+            max_msgs=TASKS_MAX_MSGS, max_bytes=TASKS_MAX_BYTES, discard=DiscardPolicy.NEW, num_replicas=self.replicas,
         ))
         await self._ensure_stream(StreamConfig(
-            name=EVENTS_STREAM, subjects=EVENT_SUBJECTS, retention=RetentionPolicy.LIMITS,
+            name=self.ns.events_stream, subjects=[self.ns.wire(EVENT_SUBJECT_FILTER)], retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S, max_age=EVENTS_MAX_AGE_S,
-            max_bytes=EVENTS_MAX_BYTES, discard=DiscardPolicy.OLD,
+            max_bytes=EVENTS_MAX_BYTES, discard=DiscardPolicy.OLD, num_replicas=self.replicas,
         ))
-        try:
-            await self.js.consumer_info(TASKS_STREAM, WORKER_CONSUMER)
-        except NotFoundError:
-            await self.js.add_consumer(TASKS_STREAM, self._consumer_config())
+        await self._ensure_consumer(update=False)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
         assert self.js is not None
         try:
-            await self.js.stream_info(config.name)
+            info = await self.js.stream_info(config.name)
         except NotFoundError:
-            log.warning("creating JetStream stream %s", config.name)
+            log.warning("creating JetStream stream %s (%d replica(s))", config.name, self.replicas)
             await self.js.add_stream(config)
+            return
+        if (info.config.num_replicas or 1) != self.replicas:
+            # In place: the stream keeps its messages (a delete would lose every queued task).
+            log.warning("JetStream stream %s: %s -> %d replica(s)", config.name, info.config.num_replicas, self.replicas)
+            info.config.num_replicas = self.replicas
+            await self.js.update_stream(info.config)
+
+    async def _ensure_consumer(self, update: bool) -> None:
+        """Create-or-bind: add the consumer when missing; with `update` (start-up only, so replicas with
+        different settings do not undo each other every reconciler pass), bring what may change
+        (ack_wait, max_ack_pending, num_replicas) to ours in place. Its delivery state is kept."""
+        assert self.js is not None
+        wanted = self._consumer_config()
+        try:
+            info = await self.js.consumer_info(self.ns.tasks_stream, self.ns.consumer)
+        except NotFoundError:
+            await self.js.add_consumer(self.ns.tasks_stream, wanted)
+            return
+        if not update:
+            return
+        have = info.config
+        if ((have.ack_wait, have.max_ack_pending, have.max_deliver, have.num_replicas or 1)
+                != (wanted.ack_wait, wanted.max_ack_pending, wanted.max_deliver, wanted.num_replicas or 1)):
+            log.info("JetStream consumer %s: updating ack_wait/max_ack_pending/num_replicas in place", self.ns.consumer)
+            with contextlib.suppress(APIError):  # an older server refusing the update: bind as it is
+                await self.js.add_consumer(self.ns.tasks_stream, wanted)  # create-or-update (same durable name)
+
+    async def claim_consumer(self, shared: bool) -> None:
+        """Start-up: on a single-replica store, reset the consumer so what a dead predecessor held is
+        redelivered now; on a shared store (several replicas) only bind to it: other live replicas
+        hold its pending acks, and deleting it would hand their in-flight work out a second time."""
+        if shared:
+            await self._ensure_consumer(update=True)
+        else:
+            await self.reset_consumer()
 
     async def reset_consumer(self) -> None:
-        """Start-up only: messages delivered to a dead daemon are redelivered now, not after ack_wait.
+        """Start-up only, single replica: messages delivered to a dead daemon are redelivered now, not
+        after ack_wait.
 
         Safe because one daemon owns the data directory (the lock) and so the consumer: every pending
-        ack belongs to a process that no longer exists.
+        ack belongs to a process that no longer exists. Never on a shared store (`claim_consumer`).
         """
         assert self.js is not None
         with contextlib.suppress(NotFoundError):
-            await self.js.delete_consumer(TASKS_STREAM, WORKER_CONSUMER)
-        await self.js.add_consumer(TASKS_STREAM, self._consumer_config())
+            await self.js.delete_consumer(self.ns.tasks_stream, self.ns.consumer)
+        await self.js.add_consumer(self.ns.tasks_stream, self._consumer_config())
 
     @property
     def pull_subject(self) -> str:
         """Where pull requests for the worker consumer go."""
-        return f"$JS.API.CONSUMER.MSG.NEXT.{TASKS_STREAM}.{WORKER_CONSUMER}"
+        return f"$JS.API.CONSUMER.MSG.NEXT.{self.ns.tasks_stream}.{self.ns.consumer}"
 
     async def pull(self, batch: int, stop: asyncio.Event | None = None,
                    expires: float = PULL_EXPIRES_S) -> AsyncIterator[Msg]:
@@ -168,7 +216,7 @@ class Bus:
                 request = {"batch": batch, "expires": int(expires * 1e9)}
                 await nc.publish(self.pull_subject, dumps_bytes(request), reply=inbox)
                 if self.js is not None and not self.consumer_ready:
-                    await self.js.consumer_info(TASKS_STREAM, WORKER_CONSUMER)  # raises if the consumer is gone
+                    await self.js.consumer_info(self.ns.tasks_stream, self.ns.consumer)  # raises if the consumer is gone
                     self.consumer_ready = True
                 deadline = time.monotonic() + expires + 1.0
                 got = 0
@@ -200,21 +248,22 @@ class Bus:
 
     async def task_stream_last_seq(self) -> int:
         assert self.js is not None
-        return (await self.js.stream_info(TASKS_STREAM)).state.last_seq
+        return (await self.js.stream_info(self.ns.tasks_stream)).state.last_seq
 
     async def live_task_subjects(self) -> set[str] | None:
-        """Subjects with a task still in the work queue, in one request; None if the server left some out."""
+        """(Canonical) subjects with a task still in the work queue, in one request; None if the server
+        left some out."""
         assert self.js is not None
-        info = await self.js.stream_info(TASKS_STREAM, subjects_filter=TASK_SUBJECT_FILTER)
+        info = await self.js.stream_info(self.ns.tasks_stream, subjects_filter=self.ns.wire(TASK_SUBJECT_FILTER))
         subjects = info.state.subjects or {}
         if info.state.messages and sum(subjects.values()) < info.state.messages:
             return None  # a truncated answer: ask per subject this time
-        return set(subjects)
+        return {self.ns.local(s) for s in subjects}
 
     async def publish(self, subject: str, payload: bytes, msg_id: str, headers: dict[str, str] | None = None) -> Any:
         assert self.js is not None
         hdrs = {MSG_ID_HEADER: msg_id, **(headers or {})}
-        return await self.js.publish(subject, payload, headers=hdrs)
+        return await self.js.publish(self.ns.wire(subject), payload, headers=hdrs)
 
     def fits(self, payload: bytes, headers: dict[str, str]) -> bool:
         """Whether a message fits the server's max_payload (which counts headers too; nats-py does not)."""
@@ -241,6 +290,8 @@ class Bus:
         Pipelined by hand (`bus/wire.py`: precomputed headers, one long-lived reply subscription)
         rather than with `js.publish_async`, whose per-message futures made the relays ~10x slower."""
         assert self.nc is not None
+        if not self.ns.is_default:
+            items = [(self.ns.wire(subject), header, payload) for subject, header, payload in items]
         outcomes: list[BaseException | None] = [None] * len(items)
         for start in range(0, len(items), PUBLISH_WINDOW):
             await wire.publish_window(self.nc, self._acks, items, start, min(start + PUBLISH_WINDOW, len(items)),
@@ -251,15 +302,33 @@ class Bus:
         """A work-queue message stays in the stream until acked, so its presence means a live task."""
         assert self.js is not None
         try:
-            await self.js.get_last_msg(TASKS_STREAM, subject)
+            await self.js.get_last_msg(self.ns.tasks_stream, self.ns.wire(subject))
         except NotFoundError:
             return False
         return True
 
     async def consumer_lag(self) -> dict[str, int]:
         assert self.js is not None
-        info = await self.js.consumer_info(TASKS_STREAM, WORKER_CONSUMER)
+        info = await self.js.consumer_info(self.ns.tasks_stream, self.ns.consumer)
         return {"pending": info.num_pending or 0, "ackPending": info.num_ack_pending or 0}
+
+    # -- control messages (core NATS: a hint after a commit, never the truth) -----------------------
+    async def subscribe_control(self, handler: Callable[[bytes], Awaitable[None]]) -> None:
+        """Every replica listens on the deployment's control subject (nats-py re-subscribes after a
+        reconnect; what was sent while disconnected is lost, which the database makes harmless)."""
+        assert self.nc is not None
+
+        async def on_msg(msg: Msg) -> None:
+            await handler(msg.data)
+
+        await self.nc.subscribe(self.ns.control_subject, cb=on_msg)
+
+    async def publish_control(self, op: str, run_id: str) -> None:
+        """Fire and forget: core NATS, no ack (a lost message only means the step runs to its end and its
+        result is discarded, as before)."""
+        if self.nc is None or self.nc.is_closed:
+            return
+        await self.nc.publish(self.ns.control_subject, encode_control(op, run_id))
 
     async def close(self) -> None:
         nc, self.nc = self.nc, None

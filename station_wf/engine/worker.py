@@ -156,7 +156,7 @@ class TaskWorker:
 
     async def _handle(self, msg: Msg) -> None:
         try:
-            task = decode_task(msg.subject, msg.data, msg.headers)
+            task = decode_task(self.bus.ns.local(msg.subject), msg.data, msg.headers)
         except MalformedTask as exc:  # a malformed task can never succeed: drop it, loudly
             log.warning("worker: terminating malformed task on %s: %s", msg.subject, exc)
             with contextlib.suppress(Exception):
