@@ -115,6 +115,11 @@ OPTIONS: tuple[Option, ...] = (
            "several deployments share one NATS ('default' keeps the names WORKFLOW_TASKS, wf.task.>, station-wf-worker)"),
     Option("nats_replicas", "STATION_NATS_REPLICAS", int,
            "num_replicas of the JetStream streams (3 on a 3-node cluster; an existing stream is updated in place)"),
+    # -- several replicas: the lease of the singleton loops (issue 15, engine/lease.py) --
+    Option("lease_ttl_seconds", "STATION_LEASE_TTL_SECONDS", float,
+           "the singleton loops' lease lasts this long unrenewed (renewed every third of it); a dead holder's is taken "
+           "over within TTL + TTL/3. Must exceed the worst clock skew between replicas"),
+    Option("replica_id", "STATION_REPLICA_ID", _opt_str, "this replica's name in the lease table (default: hostname:pid:random)"),
 )
 
 
@@ -179,6 +184,9 @@ class Settings:
     # -- several replicas, the NATS side (issue 15) --
     deployment: str = "default"
     nats_replicas: int = 1
+    # -- several replicas: the lease (issue 15) --
+    lease_ttl_seconds: float = 10.0
+    replica_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -229,6 +237,8 @@ class Settings:
             raise ValueError(f"STATION_NATS_REPLICAS must be 1-5, got {self.nats_replicas!r}")
         if self.nats_replicas > 1 and self.nats_embedded:
             raise ValueError("STATION_NATS_REPLICAS > 1 needs a NATS cluster (STATION_NATS_EMBEDDED=false, STATION_NATS_URL)")
+        if self.lease_ttl_seconds <= 0:
+            raise ValueError(f"STATION_LEASE_TTL_SECONDS must be positive, got {self.lease_ttl_seconds!r}")
         for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import uvicorn
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from station_wf.agents.catalog import AgentCatalog
@@ -36,6 +36,7 @@ from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay
 from station_wf.config import Settings
 from station_wf.core import limits
+from station_wf.engine.lease import LeaseKeeper, default_replica_id
 from station_wf.engine.reconciler import Reconciler
 from station_wf.engine.retention import Retention
 from station_wf.engine.schedules import ScheduleLoop
@@ -48,11 +49,11 @@ from station_wf.protocol import Namespace
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
 from station_wf.services.events import EventHub
-from station_wf.services.idempotency import purge_loop
+from station_wf.services.idempotency import IdempotencyPurge
 from station_wf.services.isolated import IsolatedPool
 from station_wf.services.offload import Offloader
 from station_wf.services.runs import RunService
-from station_wf.store import outbox, timers
+from station_wf.store import leases, outbox, timers
 from station_wf.store import runs as run_store
 from station_wf.store.db import BOOT, open_readers, open_writer
 from station_wf.store.definitions import DefinitionCache
@@ -152,6 +153,7 @@ class Daemon:
         self.control_channel: ControlChannel | None = None
         self.reconciler: Reconciler | None = None
         self.timers: TimerLoop | None = None
+        self.keeper: LeaseKeeper | None = None  # the singleton loops run while this replica holds the lease
         self.server: _ApiServer | None = None
         self._tasks: dict[str, asyncio.Task] = {}
         self.loops: list[Loop] = []  # every background loop on the base (`station_wf/loop.py`), in start order
@@ -193,15 +195,21 @@ class Daemon:
         await sandbox_ready
         sandbox.install(self.sandbox)  # from here on no expression runs on the writer thread
 
-        self.relay = OutboxRelay(self.writer, self.readers, self.bus)
+        self.relay = OutboxRelay(self.writer, self.readers, self.bus)  # every replica: Nats-Msg-Id de-duplicates
+        # The singleton loops write through `fenced`: a transaction of a replica that lost the lease rolls back.
+        # SQLite is never shared (the data-dir lock): its first try takes the lease from a dead holder at once.
+        self.keeper = LeaseKeeper(self.writer, s.replica_id or default_replica_id(), s.lease_ttl_seconds,
+                                  lambda loop: self._spawn(loop.name, loop.run()),
+                                  exclusive=not self.writer.shared)
+        fenced = self.keeper.fenced
         # Nothing in the daemon reads WORKFLOW_EVENTS (the API and SSE read SQLite): the mirror is for
         # external subscribers, and STATION_EVENT_MIRROR=off spares its cost when there are none.
-        self.event_relay = EventRelay(self.writer, self.readers, self.bus) if s.event_mirror else None
+        self.event_relay = EventRelay(fenced, self.readers, self.bus) if s.event_mirror else None
         await self.relay.drain()  # whatever a crash left between commit and publish goes out first
         self.worker = TaskWorker(self.writer, self.bus, self.registry, self.definitions, self._kick_relays,
                                  concurrency=s.worker_concurrency, ack_wait=s.ack_wait_seconds)
         self.reconciler = Reconciler(self.readers, self.bus, self.worker.is_inflight, interval=s.reconcile_seconds)
-        self.timers = TimerLoop(self.writer, self.readers, self.definitions, self._kick_relays,
+        self.timers = TimerLoop(fenced, self.readers, self.definitions, self._kick_relays,
                                 max_attempts=s.timer_max_attempts)
 
         async def on_reconnect() -> None:
@@ -211,16 +219,17 @@ class Daemon:
         self.bus.on_reconnect = on_reconnect
         self._start_loop(self.relay)
         if self.event_relay is not None:
-            self._start_loop(self.event_relay)
+            self._singleton(self.event_relay)
         self._spawn("worker", self.worker.run())
-        self._start_loop(self.reconciler)
-        self._start_loop(self.timers)
-        self.schedules = ScheduleLoop(self.writer, self.readers, self._kick_relays)
-        self._start_loop(self.schedules)
+        self._singleton(self.reconciler)
+        self._singleton(self.timers)
+        self.schedules = ScheduleLoop(fenced, self.readers, self._kick_relays)
+        self._singleton(self.schedules)
         self._start_webhooks()
         if s.retention_days > 0:
-            self._start_loop(Retention(self.writer, s.retention_days, s.retention_interval_seconds))
-        self._spawn("idempotency-purge", purge_loop(self.writer, s.retention_interval_seconds))
+            self._singleton(Retention(fenced, s.retention_days, s.retention_interval_seconds))
+        self._singleton(IdempotencyPurge(fenced, s.retention_interval_seconds))
+        self._start_loop(self.keeper)  # its first try is now: no TTL wait when nobody holds the lease
         run_service = RunService(self.writer, self.readers, on_commit=self._kick_relays, definitions=self.definitions,
                                  offloader=self.offloader)
         self.control_channel = ControlChannel(self.bus, self.readers, self.worker.cancel_run)
@@ -234,7 +243,8 @@ class Daemon:
         definitions = DefinitionService(self.readers, self.writer, self.agents, self.offloader, self.isolated)
         state = ApiState(run_service, definitions, self.writer, self.readiness, self.tokens,
                          control, self.hub, sse_ping=s.sse_ping_seconds,
-                         extra_routes=[Route("/metrics", self.metrics_endpoint, methods=["GET"])], agents=self.agents,
+                         extra_routes=[Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                                       Route("/api/v1/leases", self.leases_endpoint, methods=["GET"])], agents=self.agents,
                          offloader=self.offloader, max_sse=s.max_sse_connections, body_timeout=s.http_body_timeout_seconds,
                          loopback=None if self.tokens.enabled else
                          LoopbackPolicy(s.http_host, s.http_port, tuple(s.allowed_hosts.split(","))))
@@ -259,10 +269,11 @@ class Daemon:
         urls = tuple(u.strip() for u in s.approval_webhook_urls.split(",") if u.strip())
         if not urls:
             return
-        self.webhooks = ApprovalWebhooks(self.writer, WebhookConfig(
+        assert self.keeper is not None
+        self.webhooks = ApprovalWebhooks(self.keeper.fenced, WebhookConfig(
             urls, s.approval_webhook_secret, s.public_url or f"http://{s.http_addr}", s.approval_webhook_timeout_seconds,
             max(1, s.approval_webhook_attempts), s.approval_webhook_backoff_seconds))
-        self._start_loop(self.webhooks)
+        self._singleton(self.webhooks)
 
     def _kick_relays(self) -> None:
         """After every commit: publish new tasks and events now, and wake SSE subscribers."""
@@ -284,7 +295,13 @@ class Daemon:
         self.loops.append(loop)
         self._spawn(loop.name, loop.run())
 
-    def _spawn(self, name: str, coro: Any) -> None:
+    def _singleton(self, loop: Loop) -> None:
+        """A loop that runs on one replica at a time: while this one holds the lease (engine/lease.py)."""
+        assert self.keeper is not None
+        self.loops.append(loop)
+        self.keeper.add(loop)
+
+    def _spawn(self, name: str, coro: Any) -> asyncio.Task:
         task = asyncio.create_task(coro, name=name)
         self._tasks[name] = task
 
@@ -295,6 +312,7 @@ class Daemon:
                 self._stop.set()
 
         task.add_done_callback(crashed)
+        return task
 
     async def sync(self) -> SyncReport:
         # Parsing every workflow file is CPU-bound: off the loop, like the API's validations.
@@ -315,6 +333,11 @@ class Daemon:
                 gauges[JETSTREAM_NUM_PENDING] = [({}, lag["pending"])]
                 gauges[JETSTREAM_NUM_ACK_PENDING] = [({}, lag["ackPending"])]
         return Response(render_prometheus(gauges), media_type=CONTENT_TYPE)
+
+    async def leases_endpoint(self, request: Request) -> Response:
+        """Which replica holds each lease (and so runs the singleton loops), and who this replica is."""
+        assert self.keeper is not None  # the API starts after the keeper
+        return JSONResponse(self.keeper.status(await leases.all_leases(self.readers), time.time()))
 
     def _writer_fatal(self, cause: BaseException) -> None:
         """Called on the writer thread after repeated fatal storage errors: stop, exit non-zero."""
@@ -344,6 +367,7 @@ class Daemon:
             self.hub.close()  # open streams end now, not after uvicorn's graceful timeout
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["api"], 10)
+        await cancel(self._tasks.get("lease"))  # no singleton loop starts again from here on
         for name in ("reconciler", "timers", "schedules", "retention", "idempotency-purge"):
             await cancel(self._tasks.get(name))
         if self.worker is not None:
@@ -353,9 +377,14 @@ class Daemon:
         for name in ("outbox-relay", "event-relay", "event-hub", "change-feed"):
             await cancel(self._tasks.get(name))
         for relay in (self.relay, self.event_relay):
+            if relay is self.event_relay and not (self.keeper is not None and self.keeper.held):
+                continue  # the event relay is the lease holder's
             if relay is not None and self.bus is not None and self.bus.connected:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(relay.drain(), 5)
+        if self.keeper is not None:
+            await self.keeper.stop_singletons()
+            await self.keeper.release()  # after the event relay's last cursor: the next replica takes over now
         await self.agent_executor.close()
         sandbox.install(None)
         await self.sandbox.close()

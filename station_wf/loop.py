@@ -107,8 +107,9 @@ class Loop:
         if timeout is None:
             await self._wake.wait()
         else:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            try:  # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancel that lands with a kick
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 woken = False
         self._wake.clear()

@@ -19,6 +19,7 @@ from station_wf.protocol import encode_event, encode_event_stub, header_block
 from station_wf.store import outbox, relay_rows
 from station_wf.store.db import Readers, Writer
 from station_wf.store.jsontext import loads
+from station_wf.store.leases import FencedWriter
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +130,24 @@ class EventRelay(_Relay):
 
     An event too big for the server's max_payload goes out as a stub (`truncated: true`, with its
     size) and the cursor moves on: one big step output never stops the stream for every other run.
-    Readers fetch the full event from the API (`GET /workflow-runs/{id}/events`)."""
+    Readers fetch the full event from the API (`GET /workflow-runs/{id}/events`).
+
+    One cursor row for the deployment: it runs on the lease holder only (the daemon hands it the
+    lease's `FencedWriter`, so a cursor written under a stale token is not stored)."""
 
     name = "event-relay"
     batch = EVENT_BATCH
 
-    def __init__(self, writer: Writer, readers: Readers, bus: Bus,
+    def __init__(self, writer: Writer | FencedWriter, readers: Readers, bus: Bus,
                  coalesce_s: float = EVENT_COALESCE_S) -> None:
         super().__init__(writer, readers, bus)
         self._cursor: int | None = None
         self.truncated = 0
         self.coalesce_s = coalesce_s
+
+    async def run(self, loops: int | None = None) -> None:
+        self._cursor = None  # read it again: another replica may have moved it while we did not hold the lease
+        await super().run(loops)
 
     async def run_once(self) -> int:
         # Off the critical path: a kick comes with every commit; waiting a few ms lets the commits of

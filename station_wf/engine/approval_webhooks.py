@@ -27,6 +27,7 @@ import aiohttp
 from station_wf.loop import Loop
 from station_wf.store import webhooks as ws
 from station_wf.store.db import Writer
+from station_wf.store.leases import FencedWriter
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,12 @@ def notification(config: WebhookConfig, event: Any, payload: dict[str, Any], app
 
 
 class ApprovalWebhooks(Loop):
-    """The enqueue-and-send loop; one per daemon (deliveries are keyed, so a second one repeats nothing)."""
+    """The enqueue-and-send loop; one per deployment: it runs on the lease holder (the daemon hands it
+    the lease's `FencedWriter`), and deliveries are keyed, so a second one would repeat nothing."""
 
     name = "approval-webhooks"
 
-    def __init__(self, writer: Writer, config: WebhookConfig) -> None:
+    def __init__(self, writer: Writer | FencedWriter, config: WebhookConfig) -> None:
         super().__init__(config.poll_seconds, logger=log)
         self.writer = writer
         self.config = config

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from station_wf.loop import Loop
 from station_wf.store.db import Writer
+from station_wf.store.leases import FencedWriter
 from station_wf.store.retention_rows import prune_some
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ RUNS_PER_TX = 200
 ROWS_PER_TX = 5000  # history rows one transaction deletes: the writer is never held for long
 
 
-async def prune_once(writer: Writer, days: float, rows_per_tx: int = ROWS_PER_TX,
+async def prune_once(writer: Writer | FencedWriter, days: float, rows_per_tx: int = ROWS_PER_TX,
                      runs_per_tx: int = RUNS_PER_TX) -> int:
     """Delete finished runs older than `days`, in transactions of at most `rows_per_tx` rows each."""
     cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -32,11 +33,12 @@ async def prune_once(writer: Writer, days: float, rows_per_tx: int = ROWS_PER_TX
 
 
 class Retention(Loop):
-    """Prunes every `interval` seconds (STATION_RETENTION_INTERVAL_SECONDS)."""
+    """Prunes every `interval` seconds (STATION_RETENTION_INTERVAL_SECONDS), on the lease holder (the
+    daemon hands it the lease's `FencedWriter`)."""
 
     name = "retention"
 
-    def __init__(self, writer: Writer, days: float, interval: float = 3600.0) -> None:
+    def __init__(self, writer: Writer | FencedWriter, days: float, interval: float = 3600.0) -> None:
         super().__init__(interval, logger=log)
         self.writer = writer
         self.days = days

@@ -25,6 +25,7 @@ from station_wf.loop import Loop
 from station_wf.store import definitions as defs_store
 from station_wf.store import schedules as store
 from station_wf.store.db import Readers, Writer
+from station_wf.store.leases import FencedWriter
 from station_wf.telemetry.metrics import runs_started_total
 from station_wf.telemetry.tracing import new_run_traceparent
 
@@ -66,9 +67,12 @@ def schedule_to_api(row: sqlite3.Row, now: float) -> dict[str, Any]:
 
 
 class ScheduleLoop(Loop):
+    """Runs on the lease holder (the daemon hands it the lease's `FencedWriter`): a tick claimed under a
+    token that is no longer current rolls back with its run."""
+
     name = "schedules"
 
-    def __init__(self, writer: Writer, readers: Readers, on_commit: Callable[[], None],
+    def __init__(self, writer: Writer | FencedWriter, readers: Readers, on_commit: Callable[[], None],
                  clock: Callable[[], float] | None = None, poll: float = POLL_S) -> None:
         super().__init__(poll, logger=log)
         self.writer = writer

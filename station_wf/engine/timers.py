@@ -23,6 +23,7 @@ from station_wf.store import runs as rs
 from station_wf.store import timers as timer_store
 from station_wf.store.db import Readers, Writer, utcnow
 from station_wf.store.definitions import DefinitionCache
+from station_wf.store.leases import FencedWriter
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,15 @@ class TimerLoop(Loop):
     error kept), while the rest of the batch fires.
 
     It polls (every 100 ms) and is not kicked: every timer is written due in the future, so a kick at
-    write time would find nothing due, and resume's held-back timers are due at the next poll."""
+    write time would find nothing due, and resume's held-back timers are due at the next poll.
+
+    The daemon hands it the lease's `FencedWriter` (engine/lease.py): timers fire on the lease holder
+    only, and a batch fired under a token that is no longer current rolls back whole."""
 
     name = "timers"
     batch = BATCH
 
-    def __init__(self, writer: Writer, readers: Readers, definitions: DefinitionCache,
+    def __init__(self, writer: Writer | FencedWriter, readers: Readers, definitions: DefinitionCache,
                  on_commit: Callable[[], None], poll: float = POLL_S, max_attempts: int = MAX_ATTEMPTS) -> None:
         super().__init__(poll, backoff=ERROR_BACKOFF_S, logger=log)
         self.writer = writer
@@ -83,13 +87,14 @@ class TimerLoop(Loop):
                 if not conn.in_transaction:
                     raise  # SQLite undid the whole transaction: the writer fails the group
                 point.undo()
-                self._failed(conn, row, exc)
+                self._timer_failed(conn, row, exc)
             else:
                 point.keep()
         if deferred is not None:
             raise deferred  # the writer evaluates what the batch needs, then fires it again
 
-    def _failed(self, conn: sqlite3.Connection, row: sqlite3.Row, exc: Exception) -> None:
+    def _timer_failed(self, conn: sqlite3.Connection, row: sqlite3.Row, exc: Exception) -> None:
+        """One timer raised (named apart from the loop base's `_failed`, which handles a whole failed pass)."""
         attempts = row["attempts"] + 1
         error = {"type": type(exc).__name__, "message": str(exc)[:2000], "at": utcnow()}
         if attempts >= self.max_attempts:

@@ -6,7 +6,8 @@ also fixes the id of the action's effect (the run it starts, the signal it sends
 after its effect committed but before its answer was stored is taken over (at once when the process
 that made it is gone, i.e. another boot; after a minute otherwise), and the retry finds that effect by
 its id instead of causing it again. A request cancelled mid-way (shutdown, client gone) keeps its
-reservation for the same reason. Keys older than 24 h are purged by `purge_loop`.
+reservation for the same reason. Keys older than 24 h are purged by `IdempotencyPurge` (a singleton
+loop: it runs on the lease holder).
 
 A start (`POST /api/v1/workflow-runs`, and each item of a batch) does all of it in ONE transaction:
 `claim` the key, create the run, `answer` it; an unanswered reservation of that route can then only be
@@ -33,6 +34,7 @@ from station_wf.loop import Loop
 from station_wf.services.storable import dumps_safe
 from station_wf.store import idempotency as store
 from station_wf.store.db import Writer
+from station_wf.store.leases import FencedWriter
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def answer(conn: Any, keyed: Keyed, status: int, body: object) -> None:
     store.store_response(conn, keyed.scope, keyed.key, status, dumps_safe(body))
 
 
-async def purge_expired(writer: Writer, ttl_s: float = TTL_S) -> int:
+async def purge_expired(writer: Writer | FencedWriter, ttl_s: float = TTL_S) -> int:
     """Delete every key older than the TTL, in small transactions (the retention loop calls this)."""
     cutoff, total = time.time() - ttl_s, 0
     for _ in range(100_000):
@@ -108,11 +110,12 @@ async def purge_expired(writer: Writer, ttl_s: float = TTL_S) -> int:
 
 
 class IdempotencyPurge(Loop):
-    """Purge expired keys at start and every `interval` (the loop base's error policy and counters)."""
+    """Purge expired keys at start and every `interval` (the loop base's error policy and counters). The
+    daemon hands it the lease's `FencedWriter`: it runs on the lease holder only."""
 
     name = "idempotency-purge"
 
-    def __init__(self, writer: Writer, interval_s: float = 3600.0) -> None:
+    def __init__(self, writer: Writer | FencedWriter, interval_s: float = 3600.0) -> None:
         super().__init__(interval_s)
         self.writer = writer
 
@@ -121,11 +124,6 @@ class IdempotencyPurge(Loop):
         if purged:
             log.info("idempotency: purged %d expired key(s)", purged)
         return purged
-
-
-async def purge_loop(writer: Writer, interval_s: float = 3600.0) -> None:
-    """The daemon's purge task."""
-    await IdempotencyPurge(writer, interval_s).run()
 
 
 class IdempotencyStore:
