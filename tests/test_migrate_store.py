@@ -66,6 +66,7 @@ def test_sqlite_runs_move_to_postgres_and_go_on_there(daemon_factory: Callable[.
                          for t in ("workflow_runs", "workflow_run_events", "workflow_run_steps", "workflow_approvals")}
         max_event_id = conn.execute("SELECT max(id) FROM workflow_run_events").fetchone()[0]
         max_run_id = conn.execute("SELECT max(id) FROM workflow_runs").fetchone()[0]
+        (old_token,) = conn.execute("SELECT token FROM leases WHERE name = 'singletons'").fetchone()
 
     result = migrate_store("--from", str(db), "--to", postgres_db)
     assert result.returncode == 0, result.stderr
@@ -76,6 +77,9 @@ def test_sqlite_runs_move_to_postgres_and_go_on_there(daemon_factory: Callable[.
     new = with_workflows(daemon_factory("postgres"))
     new.env["STATION_DATABASE_URL"] = postgres_db
     new.start()
+    # the singleton lease carried over: the new holder's fencing token is past the old node's
+    lease = f"SELECT holder IS NOT NULL, token > {int(old_token)} FROM leases WHERE name = 'singletons'"
+    wait_until(lambda: pg_rows(postgres_db, lease) == [(True, True)], what="the new daemon to take the lease")
     for run_id in done:
         assert new.run(run_id)["status"] == "COMPLETED"
     assert [e["seq"] for e in new.events(done[0])] == list(range(1, len(new.events(done[0])) + 1))
