@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fanout, scenarios, sizes, sse_big, summary
+from benchmarks import fanout, replicas, scenarios, sizes, sse_big, summary
 from benchmarks.throughput import run_scenario
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,6 +36,7 @@ def plan(quick: bool, profile_dir: str | None = None) -> dict[str, Callable[[], 
         "dbos": lambda: dbos(quick),
         "throughput-inject": lambda: run_scenario(2000, reps, agent=False, profile=prof("throughput-inject")),
         "throughput-agent": lambda: run_scenario(2000, reps, agent=True, profile=prof("throughput-agent")),
+        "replicas": lambda: replicas.run(1000 if quick else 2000, reps, profile_dir),
         "latency": lambda: scenarios.latency(10 if quick else 30),
         "sse-fanout": lambda: fanout.sse_fanout(1000),
         "sse-idle": lambda: fanout.sse_idle(10_000),

@@ -55,6 +55,16 @@ ROWS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
     ("5 inject + 5 agent.run: steps/s", "throughput-agent.steps_per_s", "", "", None),
     ("5 inject + 5 agent.run: daemon CPU per step", "throughput-agent.daemon_cpu_ms_per_step", " ms", "<= 0.4 ms", lambda v: v <= 0.4),
     ("5 inject + 5 agent.run: demo agent CPU per step", "throughput-agent.agent_cpu_ms_per_step", " ms", "", None),
+    ("10 inject steps, 1 daemon on SQLite (replicas run): steps/s", "replicas.sqlite_1.steps_per_s", "", "", None),
+    ("10 inject steps, 1 daemon on Postgres: steps/s", "replicas.postgres_1.steps_per_s", "", "", None),
+    ("10 inject steps, 2 daemons on one Postgres: steps/s", "replicas.postgres_2.steps_per_s", "", "", None),
+    ("2 daemons / 1 daemon on Postgres (steps/s; 2 shared cores)", "replicas.ratio_2_to_1_replicas", "x", "", None),
+    ("1 daemon: Postgres / SQLite (steps/s)", "replicas.ratio_postgres_to_sqlite", "x", "", None),
+    ("1 daemon on SQLite: daemon CPU per step", "replicas.sqlite_1.daemon_cpu_ms_per_step", " ms", "", None),
+    ("1 daemon on Postgres: daemon CPU per step", "replicas.postgres_1.daemon_cpu_ms_per_step", " ms", "", None),
+    ("1 daemon on Postgres: Postgres CPU per step", "replicas.postgres_1.postgres_cpu_ms_per_step", " ms", "", None),
+    ("2 daemons on Postgres: both daemons' CPU per step", "replicas.postgres_2.daemon_cpu_ms_per_step", " ms", "", None),
+    ("2 daemons on Postgres: Postgres CPU per step", "replicas.postgres_2.postgres_cpu_ms_per_step", " ms", "", None),
     ("DBOS 10-step no-op, best of sequential/concurrent", "dbos.best_steps_per_s", " steps/s", "", None),
     ("step-to-step, one run at a time: p50", "latency.step_gap_p50_ms", " ms", "<= 2 ms", lambda v: v <= 2),
     ("step-to-step, one run at a time: p99", "latency.step_gap_p99_ms", " ms", "<= 10 ms", lambda v: v <= 10),
@@ -106,6 +116,8 @@ def _notes(results: Results) -> list[str]:
     for key, value in (results.get("foreach-size") or {}).items():
         if isinstance(value, str) and value.startswith("not finished"):
             notes.append(f"\nforeach-size {key}: {value}")
+    if "bound" in (results.get("replicas") or {}):
+        notes.append(f"\nreplicas: {results['replicas']['bound']}")
     for name in ("throughput-inject", "throughput-agent"):
         if name in results and "ratio_to_dbos" not in results[name] and "error" not in results[name]:
             notes.append(f"\n{name}: no DBOS ratio (DBOS did not run in this invocation; add it to --only)")

@@ -112,6 +112,37 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    """Copy a stopped daemon's SQLite database into an empty Postgres one (logic: store/migrate_store.py)."""
+    from station_wf.daemon import DataDirLock, DataDirLocked
+    from station_wf.store.migrate_store import MigrateStoreError, migrate
+
+    source = Path(args.source)
+    if args.to.split(":", 1)[0] not in ("postgres", "postgresql"):
+        raise CliError(f"--to must be a postgresql:// URL, got {args.to.split(':', 1)[0]}:...")
+    if not source.is_file():
+        raise CliError(f"no SQLite database at {source}")
+    lock = DataDirLock(Path(args.data_dir) if args.data_dir else source.parent)
+    try:
+        lock.acquire()  # held while copying: no daemon may start on the file meanwhile
+    except DataDirLocked as exc:
+        raise CliError(f"{exc}: stop it first (migrate-store copies a stopped daemon's database)") from None
+    try:
+        copied = migrate(source, args.to)
+    except MigrateStoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        lock.release()
+    if copied.migrations_applied:
+        print(f"target migrated: {', '.join(copied.migrations_applied)}")
+    width = max(map(len, copied.rows), default=0)
+    for table, count in copied.rows.items():
+        print(f"{table:<{width}}  {count:>10,} rows")
+    print(f"copied {sum(copied.rows.values()):,} rows in {len(copied.rows)} tables in one transaction;"
+          f" identity sequences reset past the copied ids")
+    return 0
+
+
 # -- REST client commands -----------------------------------------------------------------------
 def _api_base(args: argparse.Namespace) -> str:
     if args.url:
@@ -243,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check workflow files without storing them")
     validate.add_argument("files", nargs="+")
     validate.set_defaults(func=cmd_validate)
+
+    migrate_store = sub.add_parser("migrate-store", help="copy a stopped daemon's SQLite database into an empty Postgres database")
+    migrate_store.add_argument("--from", dest="source", required=True, metavar="PATH.sqlite", help="the SQLite file")
+    migrate_store.add_argument("--to", required=True, metavar="postgresql://...", help="the empty target database")
+    migrate_store.add_argument("--data-dir", help="the source daemon's data directory, whose lock is checked (default: the file's directory)")
+    migrate_store.set_defaults(func=cmd_migrate_store)
 
     def client(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", help="API base URL (default: http://$STATION_HTTP_ADDR)")

