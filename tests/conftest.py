@@ -383,6 +383,31 @@ class Daemon:
         return holder["run"]
 
 
+def replicas(daemon_factory: Callable[..., Daemon], n: int, database_url: str, nats_url: str,
+             workflows: dict[str, str], agents: tuple[str, ...] = ("worker", "slow"),
+             env: dict[str, str] | None = None, start: bool = True) -> list[Daemon]:
+    """`n` daemons forming one deployment: same database and NATS, own data dirs and HTTP ports, replica
+    ids r0, r1, ...; started together (or not: `start=False`, for a test that orders the starts)."""
+    shared = {"STATION_DATABASE_URL": database_url, "STATION_NATS_EMBEDDED": "false", "STATION_NATS_URL": nats_url,
+              **(env or {})}
+    out = []
+    for i in range(n):
+        d = daemon_factory(f"r{i}", {**shared, "STATION_REPLICA_ID": f"r{i}"})
+        for name, text in workflows.items():
+            d.add_workflow(name, text)
+        for agent in agents:
+            d.add_agent(agent)
+        out.append(d)
+    if not start:
+        return out
+    for d in out:
+        d.start(wait=False)
+    for d in out:
+        d.wait_ready(60)
+    return out
+
+
+
 @pytest.fixture
 def daemon_factory(tmp_path: Path, agent_server: AgentServer) -> Iterator[Callable[..., Daemon]]:
     made: list[Daemon] = []

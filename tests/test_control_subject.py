@@ -13,7 +13,7 @@ from typing import Any
 import nats
 
 from station_wf.protocol import encode_control
-from tests.conftest import Daemon, NatsServer, wait_until
+from tests.conftest import Daemon, NatsServer, replicas, wait_until
 
 HELD = """
 id: held
@@ -117,11 +117,7 @@ def test_a_cancel_through_one_replica_interrupts_the_call_another_replica_is_mak
         postgres_db: str, nats_server: NatsServer, daemon_factory: Callable[..., Daemon]) -> None:
     """Two replicas on one Postgres database and one NATS: B executes the step, A's API cancels the run;
     A has nothing in flight, so only the control subject can reach B's call."""
-    shared = {"STATION_DATABASE_URL": postgres_db, "STATION_NATS_EMBEDDED": "false", "STATION_NATS_URL": nats_server.url}
-    a, b = daemon_factory("a", dict(shared)), daemon_factory("b", dict(shared))
-    for d in (a, b):
-        d.add_agent("slow")
-        d.add_workflow("held", HELD)
+    a, b = replicas(daemon_factory, 2, postgres_db, nats_server.url, {"held": HELD}, agents=("slow",), start=False)
     assert b.agent_server is not None
     beh = b.agent_server.behave("slow", hold=threading.Event())
     b.start()

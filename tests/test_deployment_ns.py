@@ -16,7 +16,7 @@ import pytest
 from station_wf.bus.jetstream import Bus
 from station_wf.config import settings_from_env
 from station_wf.protocol import Namespace, decode_control, encode_control, encode_task, run_task, step_task
-from tests.conftest import Daemon, NatsServer, wait_until
+from tests.conftest import Daemon, NatsServer, replicas, wait_until
 
 ONE_AGENT = """
 id: one
@@ -183,12 +183,8 @@ def test_a_replica_restarting_beside_a_live_one_leaves_its_in_flight_task_alone(
         postgres_db: str, nats_server: NatsServer, daemon_factory: Callable[..., Daemon]) -> None:
     """On a shared store a restart binds to the consumer: B's unacked task is not handed to A at once
     (a reset would, and A would call the agent a second time while B's call is still running)."""
-    shared = {"STATION_DATABASE_URL": postgres_db, "STATION_NATS_EMBEDDED": "false", "STATION_NATS_URL": nats_server.url,
-              "STATION_ACK_WAIT_SECONDS": "30"}
-    a, b = daemon_factory("a", dict(shared)), daemon_factory("b", dict(shared))
-    for d in (a, b):
-        d.add_agent("slow")
-        d.add_workflow("held", HELD)
+    a, b = replicas(daemon_factory, 2, postgres_db, nats_server.url, {"held": HELD}, agents=("slow",),
+                    env={"STATION_ACK_WAIT_SECONDS": "30"}, start=False)
     assert b.agent_server is not None
     beh = b.agent_server.behave("slow", hold=threading.Event())
     b.start()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import AgentCall, Daemon, NatsServer, wait_until
+from tests.conftest import AgentCall, Daemon, NatsServer, replicas, wait_until
 
 HELD = """
 id: held
@@ -27,28 +27,6 @@ states:
   - { name: held, type: operation, action: agent.run, input: { agent: slow, task: "held {{ n }}" }, resultPath: b, next: after }
   - { name: after, type: operation, action: agent.run, input: { agent: worker, task: "after {{ n }}" }, resultPath: c, end: true }
 """
-
-
-def replicas(daemon_factory: Callable[..., Daemon], n: int, database_url: str, nats_url: str,
-             workflows: dict[str, str], agents: tuple[str, ...] = ("worker", "slow"),
-             env: dict[str, str] | None = None) -> list[Daemon]:
-    """`n` daemons forming one deployment: same database and NATS, own data dirs and HTTP ports, replica
-    ids r0, r1, ...; started together."""
-    shared = {"STATION_DATABASE_URL": database_url, "STATION_NATS_EMBEDDED": "false", "STATION_NATS_URL": nats_url,
-              **(env or {})}
-    out = []
-    for i in range(n):
-        d = daemon_factory(f"r{i}", {**shared, "STATION_REPLICA_ID": f"r{i}"})
-        for name, text in workflows.items():
-            d.add_workflow(name, text)
-        for agent in agents:
-            d.add_agent(agent)
-        out.append(d)
-    for d in out:
-        d.start(wait=False)
-    for d in out:
-        d.wait_ready(60)
-    return out
 
 
 def _socket_inodes(pid: int) -> set[str]:
