@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
+import psycopg
 import uvicorn
 from nats.js.errors import NoStreamResponseError, ServerError, ServiceUnavailableError
 from starlette.requests import Request
@@ -86,17 +87,21 @@ def _without_credentials(url: str) -> str:
 START_RETRY_S = 60.0  # how long start-up waits for JetStream (a cluster electing its leaders) before giving up
 
 
-async def _retry_at_start(what: str, step: Callable[[], Awaitable[None]]) -> None:
-    """A start-up step against NATS, retried with back-off while the cluster is not ready (a node down,
-    a leader election): the daemon is not ready meanwhile, and exits only if it stays unready."""
+NATS_NOT_READY = (TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError, ServerError, NoStreamResponseError)
+
+
+async def _retry_at_start(what: str, step: Callable[[], Awaitable[None]],
+                          transient: tuple[type[BaseException], ...] = NATS_NOT_READY) -> None:
+    """A start-up step against a server that may not be ready yet (a NATS cluster electing leaders, a
+    Postgres still starting), retried with back-off: the daemon is not ready meanwhile, and exits only
+    if it stays unready for START_RETRY_S."""
     deadline = time.monotonic() + START_RETRY_S
     delay = 0.25
     for attempt in range(1, 1000):
         try:
             await step()
             return
-        except (TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError, ServerError,
-                NoStreamResponseError) as exc:
+        except transient as exc:
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("%s: %s (attempt %d); retrying in %.2f s", what, exc or type(exc).__name__, attempt, delay)
@@ -191,7 +196,10 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self.lock.acquire()
         setup_tracing("station-wf")
-        self.writer.start()
+        if self.writer.shared:  # a Postgres that is restarting or not up yet: wait for it, as for NATS
+            await _retry_at_start("the database", lambda: asyncio.to_thread(self.writer.start), (psycopg.OperationalError,))
+        else:
+            self.writer.start()
         sandbox_ready = asyncio.create_task(self.sandbox.start())  # its processes start while NATS does
         await self.readers.open()
         self.sync_report = await self.sync()
@@ -212,7 +220,7 @@ class Daemon:
         await self.bus.connect()
 
         async def topology() -> None:
-            await self.bus.ensure_topology()
+            await self.bus.ensure_topology(scale=True)
             # Reset (redeliver a dead predecessor's work now) only when this daemon is the store's one replica.
             await self.bus.claim_consumer(shared=self.writer.shared)
 
@@ -314,6 +322,20 @@ class Daemon:
             self.event_relay.kick()
         self.hub.kick()
 
+    async def _hand_over_singletons(self) -> None:
+        """Shutdown: stop every singleton loop (webhooks and the event mirror included), publish the
+        mirror's last events, then free the lease, each bounded, so a rolling restart does not pause
+        timers and schedules for a TTL and no old loop runs beside the next holder's."""
+        if self.keeper is None:
+            return
+        await self.keeper.stop_singletons()
+        if self.keeper.held and self.event_relay is not None and self.bus is not None and self.bus.connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.event_relay.drain(), 5)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):  # a wedged database must not hold the shutdown (the TTL frees it)
+                await self.keeper.release()
+
     def _on_remote_commit(self) -> None:
         """Another replica committed: its events reach our SSE subscribers (the hub reads nothing when
         none listen) and the event mirror. Its tasks are its own relay's (ours polls for any it left);
@@ -399,23 +421,16 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["api"], 10)
         await cancel(self._tasks.get("lease"))  # no singleton loop starts again from here on
-        for name in ("reconciler", "timers", "schedules", "retention", "idempotency-purge"):
-            await cancel(self._tasks.get(name))
+        await self._hand_over_singletons()  # before the worker's grace: the next replica takes them over now
         if self.worker is not None:
             await self.worker.stop(self.settings.shutdown_grace_seconds)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tasks["worker"], 5)
-        for name in ("outbox-relay", "event-relay", "event-hub", "change-feed"):
+        for name in ("outbox-relay", "event-hub", "change-feed"):
             await cancel(self._tasks.get(name))
-        for relay in (self.relay, self.event_relay):
-            if relay is self.event_relay and not (self.keeper is not None and self.keeper.held):
-                continue  # the event relay is the lease holder's
-            if relay is not None and self.bus is not None and self.bus.connected:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(relay.drain(), 5)
-        if self.keeper is not None:
-            await self.keeper.stop_singletons()
-            await self.keeper.release()  # after the event relay's last cursor: the next replica takes over now
+        if self.relay is not None and self.bus is not None and self.bus.connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.drain(), 5)
         await self.agent_executor.close()
         sandbox.install(None)
         await self.sandbox.close()

@@ -89,7 +89,7 @@ def test_an_r1_stream_is_scaled_to_r3_in_place(nats_cluster: NatsCluster) -> Non
         await one.close()
         three = Bus(nats_cluster.url, namespace=ns, replicas=3)
         await three.connect()
-        await three.ensure_topology()
+        await three.ensure_topology(scale=True)  # what a start-up does
         await three.claim_consumer(shared=True)
         assert three.js is not None
         deadline = time.monotonic() + 60
@@ -102,6 +102,12 @@ def test_an_r1_stream_is_scaled_to_r3_in_place(nats_cluster: NatsCluster) -> Non
         consumer = await three.js.consumer_info(ns.tasks_stream, ns.consumer)
         live = await three.live_task_subjects()
         await three.close()
+        again = Bus(nats_cluster.url, namespace=ns, replicas=1)  # a reconciler pass of an R1-configured replica
+        await again.connect()
+        await again.ensure_topology()
+        assert again.js is not None
+        assert (await again.js.stream_info(ns.tasks_stream)).config.num_replicas == 3  # not scaled back down
+        await again.close()
         assert live == {task.subject}
         return info.config.num_replicas, peers, str(created), str(consumer.created), consumer.num_pending
 

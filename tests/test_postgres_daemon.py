@@ -8,10 +8,12 @@ The whole suite runs this way with `STATION_TEST_PG_SERVER=postgresql://USER@HOS
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.conftest import PLAIN, Daemon, wait_until
 from tests.pg_server import PgServer
 from tests.test_api import (  # noqa: F401 - collected again here, on Postgres
     test_bad_input_is_a_clear_error_and_changes_nothing,
@@ -37,3 +39,20 @@ from tests.test_schedules import test_retention_prunes_finished_runs_only  # noq
 def _on_postgres(postgres_server: PgServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("STATION_TEST_PG_SERVER", postgres_server.url("").rstrip("/"))
     yield
+
+
+def test_a_daemon_started_before_its_database_exists_waits_for_it(
+        postgres_server: PgServer, daemon_factory: Callable[..., Daemon]) -> None:
+    """A Postgres not ready yet (here: the database not created yet) is retried at start-up like a NATS
+    cluster without quorum: the daemon is not ready meanwhile, and serves once the database is there."""
+    name = f"late_{os.getpid()}"
+    d = daemon_factory("late", {"STATION_DATABASE_URL": postgres_server.url(name)})
+    d.add_workflow("plain", PLAIN)
+    d.start(wait=False)
+    wait_until(lambda: "the database:" in d.log(), 30, what="a start-up retry in the log")
+    assert d.proc is not None and d.proc.poll() is None
+    postgres_server.create_database(name)
+    d.wait_ready(60)
+    assert d.wait_status(d.start_run("plain")["id"])["status"] == "COMPLETED"
+    assert d.stop() == 0
+    postgres_server.drop_database(name)

@@ -121,24 +121,25 @@ class Bus:
             num_replicas=self.replicas if self.replicas > 1 else None,
         )
 
-    async def ensure_topology(self) -> None:
-        """Create the streams and the consumer when missing (also after someone deleted them); bring an
-        existing stream to our replica count in place. Never deletes anything."""
+    async def ensure_topology(self, scale: bool = False) -> None:
+        """Create the streams and the consumer when missing (also after someone deleted them); with
+        `scale` (start-up only, so a replica configured otherwise does not rescale the shared streams on
+        every reconciler pass) bring an existing stream to our replica count in place. Never deletes."""
         assert self.js is not None
         await self._ensure_stream(StreamConfig(
             name=self.ns.tasks_stream, subjects=[self.ns.wire(TASK_SUBJECT_FILTER)], retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S,
             # Bounded: when full, publishes fail and tasks wait in the SQLite outbox (back-pressure, no loss).
             max_msgs=TASKS_MAX_MSGS, max_bytes=TASKS_MAX_BYTES, discard=DiscardPolicy.NEW, num_replicas=self.replicas,
-        ))
+        ), scale)
         await self._ensure_stream(StreamConfig(
             name=self.ns.events_stream, subjects=[self.ns.wire(EVENT_SUBJECT_FILTER)], retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S, max_age=EVENTS_MAX_AGE_S,
             max_bytes=EVENTS_MAX_BYTES, discard=DiscardPolicy.OLD, num_replicas=self.replicas,
-        ))
+        ), scale)
         await self._ensure_consumer(update=False)
 
-    async def _ensure_stream(self, config: StreamConfig) -> None:
+    async def _ensure_stream(self, config: StreamConfig, scale: bool) -> None:
         assert self.js is not None
         try:
             info = await self.js.stream_info(config.name)
@@ -146,7 +147,7 @@ class Bus:
             log.warning("creating JetStream stream %s (%d replica(s))", config.name, self.replicas)
             await self.js.add_stream(config)
             return
-        if (info.config.num_replicas or 1) != self.replicas:
+        if scale and (info.config.num_replicas or 1) != self.replicas:
             # In place: the stream keeps its messages (a delete would lose every queued task).
             log.warning("JetStream stream %s: %s -> %d replica(s)", config.name, info.config.num_replicas, self.replicas)
             info.config.num_replicas = self.replicas

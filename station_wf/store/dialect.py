@@ -19,8 +19,6 @@ class Dialect:
     rowid: str                  # a row's physical id, for "delete a bounded batch" statements
     greatest: str               # the two-argument maximum
     patches_agg: str            # a run's context patches as one JSON array text of [seq, path, value]
-    paused_from_set: str        # engine_state with $.pausedFrom set to the bound parameter
-    paused_from_drop: str       # engine_state without $.pausedFrom
     payload_attempt: str        # the timer payload's integer `attempt`
 
     def __str__(self) -> str:
@@ -33,8 +31,6 @@ SQLITE = Dialect(
     rowid="rowid",
     greatest="MAX",
     patches_agg="json_group_array(json_array(p.seq, p.path, p.value))",
-    paused_from_set="json_set(engine_state, '$.pausedFrom', ?)",
-    paused_from_drop="json_remove(engine_state, '$.pausedFrom')",
     payload_attempt="json_extract(payload, '$.attempt')",
 )
 
@@ -44,8 +40,6 @@ POSTGRES = Dialect(
     rowid="ctid",
     greatest="GREATEST",
     patches_agg="COALESCE(json_agg(json_build_array(p.seq, p.path, p.value) ORDER BY p.seq)::text, '[]')",
-    paused_from_set="jsonb_set(engine_state::jsonb, '{pausedFrom}', to_jsonb(?::text))::text",
-    paused_from_drop="(engine_state::jsonb - 'pausedFrom')::text",
     payload_attempt="CAST(payload::jsonb ->> 'attempt' AS BIGINT)",
 )
 

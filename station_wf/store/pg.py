@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.adapt import Dumper, Loader
 from psycopg.pq import TransactionStatus
+from psycopg.types.string import StrDumperUnknown
 
 from station_wf.store.dialect import POSTGRES
 
@@ -108,9 +109,26 @@ class _NumericAsNumber(Loader):
             return float(text)
 
 
+class _TextWithoutNul(StrDumperUnknown):
+    """Postgres text cannot hold U+0000 (SQLite's can): a raw NUL from outside (a webhook receiver's
+    body, an agent's error text) is stored as U+FFFD instead of failing its whole transaction."""
+
+    def dump(self, obj: str) -> Any:
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
 def _adapt(conn: psycopg.Connection | psycopg.AsyncConnection) -> None:
     conn.adapters.register_dumper(bool, _BoolAsInt)
+    conn.adapters.register_dumper(str, _TextWithoutNul)
     conn.adapters.register_loader("numeric", _NumericAsNumber)
+
+
+# A replica that stalls (paused, cut off) must not hold the deployment's write lock, nor a half-open
+# socket wedge a writer or a listener: the server ends an idle transaction, waits for the lock are
+# bounded, and dead peers are noticed by TCP keepalives and the user timeout.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+               "tcp_user_timeout": 30_000, "connect_timeout": 10}
+_WRITER_OPTIONS = "-c idle_in_transaction_session_timeout=15000 -c lock_timeout=30000"
 
 
 # -- the writer's connection -----------------------------------------------------------------------
@@ -122,7 +140,7 @@ class PgConnection:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory, connect_timeout=10)
+        self.raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory, options=_WRITER_OPTIONS, **_KEEPALIVES)
         _adapt(self.raw)
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> psycopg.Cursor:
@@ -161,8 +179,7 @@ class PgReaders:
         self._next = 0
 
     async def _connect(self) -> psycopg.AsyncConnection:
-        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, row_factory=_row_factory,
-                                                     connect_timeout=10)
+        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, row_factory=_row_factory, **_KEEPALIVES)
         _adapt(conn)
         return conn
 
@@ -255,7 +272,7 @@ class ChangeFeed:
         delay = 0.1
         while not self._stop.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True, **_KEEPALIVES) as conn:
                     await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
                     self.on_change()
                     delay = 0.1

@@ -14,7 +14,7 @@ from typing import Any
 
 from station_wf.core import limits, model
 from station_wf.protocol import run_task, step_task
-from station_wf.store import approvals, dialect, outbox, run_cache, timers
+from station_wf.store import approvals, outbox, run_cache, timers
 from station_wf.store import vocab as v
 from station_wf.store.db import Readers, utcnow
 from station_wf.store.jsontext import dumps, loads
@@ -198,13 +198,24 @@ def run_status(conn: sqlite3.Connection, run_id: str) -> str | None:
 # -- control: pause, resume and what they re-dispatch --------------------------------------------
 def mark_paused(conn: sqlite3.Connection, run_id: str, paused_from: str, now: str) -> None:
     """PAUSED, remembering the status to return to (in the engine state)."""
-    conn.execute(f"UPDATE workflow_runs SET status = '{model.PAUSED}', version = version + 1, updated_at = ?, "
-                 f"engine_state = {dialect.of(conn).paused_from_set} WHERE run_id = ?", (now, paused_from, run_id))
+    _set_status(conn, run_id, model.PAUSED, now, paused_from)
 
 
 def mark_resumed(conn: sqlite3.Connection, run_id: str, status: str, now: str) -> None:
-    conn.execute("UPDATE workflow_runs SET status = ?, version = version + 1, updated_at = ?, "
-                 f"engine_state = {dialect.of(conn).paused_from_drop} WHERE run_id = ?", (status, now, run_id))
+    _set_status(conn, run_id, status, now, None)
+
+
+def _set_status(conn: sqlite3.Connection, run_id: str, status: str, now: str, paused_from: str | None) -> None:
+    """The engine state's `pausedFrom` set (or dropped) in Python, as every engine-state write is: the
+    text keeps its key order and numbers on both databases (Postgres's jsonb would reorder them)."""
+    row = conn.execute("SELECT engine_state FROM workflow_runs WHERE run_id = ?", (run_id,)).fetchone()
+    engine = loads(row["engine_state"]) if row is not None else {}
+    if paused_from is None:
+        engine.pop("pausedFrom", None)
+    else:
+        engine["pausedFrom"] = paused_from
+    conn.execute("UPDATE workflow_runs SET status = ?, version = version + 1, updated_at = ?, engine_state = ? "
+                 "WHERE run_id = ?", (status, now, dumps(engine), run_id))
 
 
 def touch(conn: sqlite3.Connection, run_id: str, now: str) -> None:
