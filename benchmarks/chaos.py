@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -766,12 +766,13 @@ def _restart_nats(nats: Nats, rng: random.Random, chaos: Chaos, down_for: tuple[
     chaos.nats_down.append((began, time.time()))
 
 
-def run_driver(daemon: Daemon, nats: Nats, plan: list[tuple[float, str]], t0: float, seconds: float,
-               rng: random.Random, min_gap: float, chaos: Chaos) -> None:
-    """Execute the schedule on the main thread; each action waits for `min_gap` of healthy daemon after the last.
+def paced(plan: list[tuple[float, str]], t0: float, seconds: float, min_gap: float) -> Iterator[str]:
+    """The schedule's actions, each at its time but never sooner than `min_gap` after the previous one
+    ended (the caller's loop body is the action: healthy again when it hands control back).
 
     Slow restarts (a loaded machine) push actions past the window; they still run up to a hard cap of
-    half the window again (at least 10 s), so the counts asked for are kept where time allows."""
+    half the window again (at least 10 s), so the counts asked for are kept where time allows. Returns
+    at the window's end."""
     end = t0 + seconds
     hard = end + max(10.0, seconds / 2)
     healthy_since = time.monotonic()
@@ -780,9 +781,17 @@ def run_driver(daemon: Daemon, nats: Nats, plan: list[tuple[float, str]], t0: fl
         if at >= hard:
             break
         time.sleep(max(0.0, at - time.monotonic()))
+        yield action
+        healthy_since = time.monotonic()
+    time.sleep(max(0.0, end - time.monotonic()))
+
+
+def run_driver(daemon: Daemon, nats: Nats, plan: list[tuple[float, str]], t0: float, seconds: float,
+               rng: random.Random, min_gap: float, chaos: Chaos) -> None:
+    """Execute the schedule on the main thread (`paced`): kills, kills mid-recovery, NATS restarts."""
+    for action in paced(plan, t0, seconds, min_gap):
         if action == "nats-live":
             _restart_nats(nats, rng, chaos, (0.2, 1.5))
-            healthy_since = time.monotonic()
             continue
         down = time.time()
         daemon.kill()
@@ -799,8 +808,6 @@ def run_driver(daemon: Daemon, nats: Nats, plan: list[tuple[float, str]], t0: fl
         daemon.spawn()
         chaos.restart_seconds.append(daemon.wait_ready())
         chaos.daemon_down.append((down, time.time()))
-        healthy_since = time.monotonic()
-    time.sleep(max(0.0, end - time.monotonic()))
 
 
 # -- the checks -------------------------------------------------------------------------------------

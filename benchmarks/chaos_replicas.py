@@ -44,6 +44,7 @@ from benchmarks.chaos import (
     build_report,
     keep_if_violations,
     make_plans,
+    paced,
     schedule,
     settle_and_check,
 )
@@ -195,19 +196,11 @@ def run_replica_driver(fleet: Fleet, nats: ClusterNats | SingleNats, plan: list[
                        seconds: float, rng: random.Random, min_gap: float, chaos: ReplicaChaos) -> None:
     """The schedule's actions on replicas: `kill` takes one random replica down (a quarter of the time two,
     when three or more run), `kill-in-start` kills its fresh process again mid-recovery, `nats-live`
-    disrupts NATS under running replicas, `nats-with-kill` while one is down. Bounded like `run_driver`."""
-    end = t0 + seconds
-    hard = end + max(10.0, seconds / 2)
-    healthy_since = time.monotonic()
+    disrupts NATS under running replicas, `nats-with-kill` while one is down. Paced like `run_driver`."""
     n = len(fleet.daemons)
-    for offset, action in plan:
-        at = max(t0 + offset, healthy_since + min_gap)
-        if at >= hard:
-            break
-        time.sleep(max(0.0, at - time.monotonic()))
+    for action in paced(plan, t0, seconds, min_gap):
         if action == "nats-live":
             _disrupt_nats(nats, rng, chaos, (0.5, 3.0))
-            healthy_since = time.monotonic()
             continue
         victims = rng.sample(range(n), 2 if n >= 3 and rng.random() < 0.25 else 1)
         chaos.double_kills += len(victims) > 1
@@ -235,8 +228,6 @@ def run_replica_driver(fleet: Fleet, nats: ClusterNats | SingleNats, plan: list[
             fleet.mark(i, True)
             chaos.down_by_replica.setdefault(fleet.name(i), []).append((down, time.time()))
         chaos.daemon_down.append((down, time.time()))
-        healthy_since = time.monotonic()
-    time.sleep(max(0.0, end - time.monotonic()))
 
 
 def _ready(daemon: Daemon, name: str, chaos: ReplicaChaos, tries: int = 5) -> float:
