@@ -120,6 +120,17 @@ OPTIONS: tuple[Option, ...] = (
            "the singleton loops' lease lasts this long unrenewed (renewed every third of it); a dead holder's is taken "
            "over within TTL + TTL/3. Must exceed the worst clock skew between replicas"),
     Option("replica_id", "STATION_REPLICA_ID", _opt_str, "this replica's name in the lease table (default: hostname:pid:random)"),
+    # -- agents with MCP tools, agents as tools, workflows as MCP tools (issue 20, station_wf/mcp/) --
+    Option("mcp_tool_timeout_seconds", "STATION_MCP_TOOL_TIMEOUT_SECONDS", float,
+           "bound on one MCP tool call of an agent (the step's own timeout cuts it sooner); a hung tool fails the call"),
+    Option("mcp_start_timeout_seconds", "STATION_MCP_START_TIMEOUT_SECONDS", float,
+           "bound on starting (or connecting to) one MCP server and listing its tools"),
+    Option("agent_max_steps", "STATION_AGENT_MAX_STEPS", int,
+           "model turns of an agent with tools when its file sets no max_steps; past it the step fails"),
+    Option("agent_tool_depth", "STATION_AGENT_TOOL_DEPTH", int,
+           "how deep agents may call agents as tools (1: an agent's agent-tools may not call agents)"),
+    Option("mcp_server_enabled", "STATION_MCP_SERVER", _bool,
+           "serve the workflows as MCP tools at /mcp (streamable HTTP, the API's bearer auth)"),
 )
 
 
@@ -187,6 +198,12 @@ class Settings:
     # -- several replicas: the lease (issue 15) --
     lease_ttl_seconds: float = 10.0
     replica_id: str | None = None
+    # -- agents with MCP tools, workflows as MCP tools (issue 20) --
+    mcp_tool_timeout_seconds: float = 60.0
+    mcp_start_timeout_seconds: float = 30.0
+    agent_max_steps: int = 10
+    agent_tool_depth: int = 2
+    mcp_server_enabled: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -239,6 +256,9 @@ class Settings:
             raise ValueError("STATION_NATS_REPLICAS > 1 needs a NATS cluster (STATION_NATS_EMBEDDED=false, STATION_NATS_URL)")
         if self.lease_ttl_seconds <= 0:
             raise ValueError(f"STATION_LEASE_TTL_SECONDS must be positive, got {self.lease_ttl_seconds!r}")
+        for name in ("mcp_tool_timeout_seconds", "mcp_start_timeout_seconds", "agent_max_steps", "agent_tool_depth"):
+            if getattr(self, name) <= 0:  # issue 20
+                raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")
         for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")

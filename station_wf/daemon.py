@@ -49,6 +49,7 @@ from station_wf.engine.worker import TaskWorker
 from station_wf.executors.base import ExecutorRegistry
 from station_wf.expr import sandbox
 from station_wf.loop import Loop, cancel
+from station_wf.mcp.pool import McpPool
 from station_wf.protocol import Namespace
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
@@ -164,7 +165,10 @@ class Daemon:
         self.definitions = DefinitionCache()
         self.agents = AgentCatalog(Path(settings.environments_dir), settings.environment)
         self.registry = ExecutorRegistry()
-        self.agent_executor = AgentRunExecutor(self.agents, AgentLimits.from_settings(settings))
+        self.mcp_pool = McpPool(settings.environments_dir, settings.mcp_start_timeout_seconds)  # issue 20
+        self.agent_executor = AgentRunExecutor(self.agents, AgentLimits.from_settings(settings), self.mcp_pool,
+                                               settings.agent_max_steps, settings.mcp_tool_timeout_seconds,
+                                               settings.agent_tool_depth)
         self.registry.register(self.agent_executor)
         self.tokens = TokenTable.load(settings.api_token, settings.api_tokens_file)
         self.hub = EventHub(self.readers)

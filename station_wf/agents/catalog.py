@@ -62,7 +62,9 @@ class AgentSpec:
     front_matter: dict[str, Any] = field(default_factory=dict)
     display_name: str | None = None  # Station: metadata.name is a display name, the id is the file stem
     output_format: str | None = None  # `output.format: json` asks the model for JSON
-    notes: tuple[str, ...] = ()  # front matter loaded but not used yet (Station's tools, max_steps, ...)
+    notes: tuple[str, ...] = ()  # front matter loaded but not used yet (Station's app, tags, ...)
+    tools: tuple[str, ...] = ()  # issue 20: MCP tools (`__get_pods`) and agents (`__agent_<name>`) it may call
+    max_steps: int | None = None  # issue 20: model turns of the tool loop (None: STATION_AGENT_MAX_STEPS)
 
     def to_dict(self, *, template: bool = True) -> dict[str, Any]:
         """The API's view of an agent (camelCase, like the rest of the API)."""
@@ -81,6 +83,8 @@ class AgentSpec:
             "sourceFile": self.source_file,
             "displayName": self.display_name,
             "notes": list(self.notes),
+            "tools": list(self.tools),
+            "maxSteps": self.max_steps,
         }
         if template:
             out["template"] = self.template
@@ -131,6 +135,7 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
     endpoint = _opt_str(front, "endpoint", source_file)
     if model is None and endpoint is None:
         raise AgentFileError(f"{source_file}: needs 'model' (like openai/gpt-4o-mini) or 'endpoint' (an HTTP agent URL)")
+    tools, max_steps = _tool_fields(front, source_file)
     return AgentSpec(
         name=name,
         source_file=source_file,
@@ -150,7 +155,24 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
         display_name=station.display_name if station else None,
         output_format=station.output_format if station else None,
         notes=station.notes if station else (),
+        tools=tools,
+        max_steps=max_steps,
     )
+
+
+def _tool_fields(front: dict[str, Any], where: str) -> tuple[tuple[str, ...], int | None]:
+    """`tools:` (a list of names) and `max_steps:` (a positive integer), checked at load (issue 20)."""
+    tools = front.get("tools")
+    if tools is None:
+        tools = []
+    if not isinstance(tools, list) or not all(isinstance(t, str) and t.strip() for t in tools):
+        raise AgentFileError(f"{where}: 'tools' must be a list of tool names (like \"__get_pods\")")
+    if len(tools) > 128:
+        raise AgentFileError(f"{where}: 'tools' lists {len(tools)} tools; at most 128")
+    steps = front.get("max_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000):
+        raise AgentFileError(f"{where}: 'max_steps' must be an integer from 1 to 1000, got {steps!r}")
+    return tuple(dict.fromkeys(t.strip() for t in tools)), steps
 
 
 def parse_agent_file(path: Path, environment: str | None = None) -> AgentSpec:

@@ -1,0 +1,245 @@
+"""Agents that call MCP tools, through the real daemon: a real MCP server written with the SDK (stdio,
+started by the daemon; and one over streamable HTTP), the fake OpenAI-compatible model scripted to ask
+for tool calls (tests/fake_llm.py). One daemon serves the module; each test scripts its own turns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from station_wf.bus.nats_server import free_port
+from tests.conftest import REPO, Daemon, wait_until
+from tests.fake_llm import FakeLLM, calls, running_llm, tool_call
+
+TRIAGE = """---
+model: openai/tiny
+description: Checks and fixes the pods of a namespace
+tools: ["__get_pods", "__restart_pod", "__whoami", "__hang", "__crash"]
+max_steps: 4
+input:
+  schema:
+    namespace: string
+output:
+  schema:
+    type: object
+    properties: { restarted: { type: string } }
+    required: [restarted]
+---
+Fix the pods in {{namespace}}.
+"""
+
+REMOTE = """---
+model: openai/tiny
+tools: ["remote/get_pods"]
+---
+Look at the pods.
+"""
+
+BROKEN = """---
+model: openai/tiny
+tools: ["__nothing"]
+---
+Uses a server that cannot start.
+"""
+
+WORKFLOW = """
+id: {id}
+start: fix
+states:
+  - name: fix
+    type: operation
+    action: agent.run
+    input: {{ agent: {agent}, task: "Fix it", variables: {variables} }}
+    {timeout}
+    end: true
+"""
+
+
+def _workflow(wid: str, agent: str, variables: str = "{}", timeout: str = "") -> str:
+    return WORKFLOW.format(id=wid, agent=agent, variables=variables, timeout=f"timeoutSeconds: {timeout}" if timeout else "")
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[FakeLLM]:
+    with running_llm() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same SDK server over streamable HTTP, as its own process."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.mcp_servers.ops_server", "http", str(port)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, 30, what="the HTTP MCP server")
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def marks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("marks")
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM, http_server: str, marks: Path) -> Iterator[Daemon]:
+    root = tmp_path_factory.mktemp("tools-daemon")
+    env_dir = root / "environments" / "default"
+    d = Daemon(root, None, {"OPENAI_BASE_URL": llm.base_url, "STATION_MCP_TOOL_TIMEOUT_SECONDS": "1.5",
+                            "OPS_MARK_DIR": str(marks)})
+    (env_dir / "agents").mkdir(parents=True)
+    (env_dir / "mcp-servers").mkdir()
+    (env_dir / "template.json").write_text(json.dumps({"name": "ops", "mcpServers": {"ops": {
+        "command": sys.executable, "args": ["-m", "tests.mcp_servers.ops_server"], "cwd": str(REPO),
+        "env": {"OPS_CLUSTER": "{{ .CLUSTER }}", "OPS_MARK_DIR": "{{ .OPS_MARK_DIR }}"}}}}))
+    (env_dir / "variables.yml").write_text('CLUSTER: "prod-eu-1"\n')
+    (env_dir / "mcp-servers" / "remote.json").write_text(json.dumps({"url": http_server}))
+    (env_dir / "mcp-servers" / "zz-broken.json").write_text(json.dumps({"command": str(root / "no-such-binary")}))
+    (env_dir / "agents" / "triage.prompt").write_text(TRIAGE)
+    (env_dir / "agents" / "remote-look.prompt").write_text(REMOTE)
+    (env_dir / "agents" / "broken.prompt").write_text(BROKEN)
+    d.add_workflow("triage", _workflow("triage", "triage", "{ namespace: prod }"))
+    d.add_workflow("triage-short", _workflow("triage-short", "triage", "{ namespace: prod }", timeout="3"))
+    d.add_workflow("remote", _workflow("remote", "remote-look"))
+    d.add_workflow("broken", _workflow("broken", "broken"))
+    d.start()
+    yield d
+    assert d.stop() == 0, d.log()
+
+
+@pytest.fixture(autouse=True)
+def fresh_script(llm: FakeLLM) -> Iterator[None]:
+    """Turns a test scripted but its run did not use (a timeout cut it short) never reach the next test."""
+    yield
+    with llm._lock:
+        llm.script.clear()
+
+
+def _step(run: dict[str, Any]) -> dict[str, Any]:
+    (step,) = [s for s in run["steps"] if s["stateName"] == "fix"]
+    return step
+
+
+def _marks(marks: Path, name: str) -> list[Path]:
+    return sorted(marks.glob(f"{name}-*"))
+
+
+def test_an_agent_calls_two_tools_of_a_stdio_server_and_answers(daemon: Daemon, llm: FakeLLM) -> None:
+    before = len(llm.requests)
+    llm.answer(calls(tool_call("get_pods", {"namespace": "prod"})),
+               calls(tool_call("restart_pod", {"name": "api-1"})),
+               {"restarted": "api-1"})
+    run = daemon.wait_status(daemon.start_run("triage")["id"], "COMPLETED", timeout=60)
+    assert run["context"]["steps"]["fix"] == {"restarted": "api-1"}
+    first, second, third = llm.requests[before:]
+    assert first.tool_names() == ["get_pods", "restart_pod", "whoami", "hang", "crash"]
+    assert "get_pods" in json.dumps(first.body["tools"][0]) and first.body["tools"][0]["function"]["parameters"][
+        "required"] == ["namespace"]
+    tool_results = [m for m in second.body["messages"] if m["role"] == "tool"]
+    assert len(tool_results) == 1 and "CrashLoopBackOff" in tool_results[0]["content"]
+    assert [m["content"] for m in third.body["messages"] if m["role"] == "tool"][-1] == "restarted api-1"
+    meta = _step(run)["metadata"]
+    audit = meta["toolCalls"]
+    assert [(c["tool"], c["server"], c["arguments"]) for c in audit] == [
+        ("get_pods", "ops", {"namespace": "prod"}), ("restart_pod", "ops", {"name": "api-1"})]
+    assert all(c["error"] is None and c["resultBytes"] > 0 and c["durationMs"] >= 0 for c in audit)
+    assert meta["turns"] == 3 and meta["usage"]["total_tokens"] == 3 * 18
+    events = [e for e in daemon.events(run["id"]) if e["type"] == "agent.tool_called"]
+    assert [e["payload"]["tool"] for e in events] == ["get_pods", "restart_pod"]
+    assert events[0]["stepId"] == _step(run)["stepId"] and "CrashLoopBackOff" in events[0]["payload"]["excerpt"]
+
+
+def test_the_idempotency_key_and_the_variables_reach_the_tool(daemon: Daemon, llm: FakeLLM) -> None:
+    llm.answer(calls(tool_call("whoami")), {"restarted": "none"})
+    run = daemon.wait_status(daemon.start_run("triage")["id"], "COMPLETED", timeout=60)
+    step = _step(run)
+    (call,) = step["metadata"]["toolCalls"]
+    seen = json.loads(call["excerpt"])
+    assert seen["cluster"] == "prod-eu-1"  # {{ .CLUSTER }} from variables.yml
+    assert seen["meta"]["io.station/idempotencyKey"] == call["idempotencyKey"]
+    assert seen["meta"]["stepIdempotencyKey"] == step["idempotencyKey"]
+    assert call["idempotencyKey"].startswith(step["idempotencyKey"] + ":tool:")
+
+
+def test_a_hung_tool_times_out_is_cancelled_and_the_model_goes_on(daemon: Daemon, llm: FakeLLM, marks: Path) -> None:
+    before = len(llm.requests)
+    llm.answer(calls(tool_call("hang")), {"restarted": "gave up"})
+    run = daemon.wait_status(daemon.start_run("triage")["id"], "COMPLETED", timeout=60)
+    (call,) = _step(run)["metadata"]["toolCalls"]
+    assert "did not answer within 1.5s" in call["error"] and call["durationMs"] >= 1400
+    told = [m for m in llm.requests[-1].body["messages"] if m["role"] == "tool"]
+    assert told[-1]["content"].startswith("error: ") and len(llm.requests) == before + 2
+    wait_until(lambda: _marks(marks, "hang_cancelled"), 10, what="the server to see the call cancelled")
+
+
+def test_a_server_that_crashes_mid_run_is_restarted(daemon: Daemon, llm: FakeLLM, marks: Path) -> None:
+    llm.answer(calls(tool_call("crash")), calls(tool_call("whoami")), {"restarted": "after crash"})
+    run = daemon.wait_status(daemon.start_run("triage")["id"], "COMPLETED", timeout=60)
+    crashed, after = _step(run)["metadata"]["toolCalls"]
+    assert "went away" in crashed["error"] or "not running" in crashed["error"], crashed
+    assert after["error"] is None
+    (crash_mark,) = _marks(marks, "crash")
+    crashed_pid = int(crash_mark.name.split("-")[1])
+    assert json.loads(after["excerpt"])["pid"] != crashed_pid  # a new server process answered
+
+
+def test_max_steps_fails_the_step_with_the_audit(daemon: Daemon, llm: FakeLLM) -> None:
+    llm.answer(*[calls(tool_call("get_pods", {"namespace": "prod"})) for _ in range(4)])
+    run = daemon.wait_status(daemon.start_run("triage")["id"], "FAILED", timeout=60)
+    step = _step(run)
+    assert step["error"]["type"] == "max_steps" and "max_steps (4 model turns)" in step["error"]["message"]
+    assert len(step["metadata"]["toolCalls"]) == 4
+    assert sum(e["type"] == "agent.tool_called" for e in daemon.events(run["id"])) == 4
+
+
+def test_cancelling_the_run_cancels_the_tool_call_in_flight(daemon: Daemon, llm: FakeLLM, marks: Path) -> None:
+    started = len(_marks(marks, "hang_started"))
+    cancelled = len(_marks(marks, "hang_cancelled"))
+    llm.answer(calls(tool_call("hang")))
+    run_id = daemon.start_run("triage")["id"]
+    wait_until(lambda: len(_marks(marks, "hang_started")) > started, 30, what="the hanging tool call")
+    resp = daemon.request("POST", f"/api/v1/workflow-runs/{run_id}/cancel", json={"reason": "stop"})
+    assert resp.status_code == 200, resp.text
+    daemon.wait_status(run_id, "CANCELLED")
+    wait_until(lambda: len(_marks(marks, "hang_cancelled")) > cancelled, 10, what="the server to see the cancel")
+
+
+def test_the_step_timeout_cancels_the_tool_call(daemon: Daemon, llm: FakeLLM, marks: Path) -> None:
+    cancelled = len(_marks(marks, "hang_cancelled"))
+    llm.answer(calls(tool_call("hang")), calls(tool_call("hang")), calls(tool_call("hang")))
+    run = daemon.wait_status(daemon.start_run("triage-short")["id"], "FAILED", timeout=60)
+    assert _step(run)["error"]["type"] == "timeout", _step(run)["error"]
+    wait_until(lambda: len(_marks(marks, "hang_cancelled")) > cancelled, 10, what="the server to see the cancel")
+
+
+def test_a_streamable_http_server_named_explicitly(daemon: Daemon, llm: FakeLLM) -> None:
+    llm.answer(calls(tool_call("remote__get_pods", {"namespace": "edge"})), "two pods")
+    run = daemon.wait_status(daemon.start_run("remote")["id"], "COMPLETED", timeout=60)
+    assert run["context"]["steps"]["fix"] == {"response": "two pods"}
+    (call,) = _step(run)["metadata"]["toolCalls"]
+    assert call["server"] == "remote" and '"namespace": "edge"' in call["excerpt"]
+
+
+def test_a_server_that_cannot_start_fails_the_step_naming_it(daemon: Daemon, llm: FakeLLM) -> None:
+    before = len(llm.requests)
+    run = daemon.wait_status(daemon.start_run("broken")["id"], "FAILED", timeout=60)
+    error = _step(run)["error"]
+    assert error["type"] == "mcp_unavailable" and "'zz-broken'" in error["message"], error
+    assert len(llm.requests) == before  # the model is never asked
