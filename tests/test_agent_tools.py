@@ -49,6 +49,22 @@ tools: ["__nothing"]
 Uses a server that cannot start.
 """
 
+PLANNER = """---
+model: openai/tiny
+metadata:
+  name: Planner
+tools: ["__agent_triage"]
+---
+Plan the fix.
+"""
+
+CHIEF = """---
+model: openai/tiny
+tools: ["__agent_planner"]
+---
+Delegate.
+"""
+
 WORKFLOW = """
 id: {id}
 start: fix
@@ -115,6 +131,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM, http_server: 
     (env_dir / "agents" / "triage.prompt").write_text(TRIAGE)
     (env_dir / "agents" / "remote-look.prompt").write_text(REMOTE)
     (env_dir / "agents" / "broken.prompt").write_text(BROKEN)
+    (env_dir / "agents" / "planner.prompt").write_text(PLANNER)
+    (env_dir / "agents" / "chief.prompt").write_text(CHIEF)
+    d.add_workflow("planner", _workflow("planner", "planner"))
+    d.add_workflow("chief", _workflow("chief", "chief"))
     d.add_workflow("triage", _workflow("triage", "triage", "{ namespace: prod }"))
     d.add_workflow("triage-short", _workflow("triage-short", "triage", "{ namespace: prod }", timeout="3"))
     d.add_workflow("remote", _workflow("remote", "remote-look"))
@@ -243,3 +263,34 @@ def test_a_server_that_cannot_start_fails_the_step_naming_it(daemon: Daemon, llm
     error = _step(run)["error"]
     assert error["type"] == "mcp_unavailable" and "'zz-broken'" in error["message"], error
     assert len(llm.requests) == before  # the model is never asked
+
+
+def test_an_agent_calls_another_agent_as_a_tool_with_the_same_audit(daemon: Daemon, llm: FakeLLM) -> None:
+    before = len(llm.requests)
+    llm.answer(calls(tool_call("agent_triage", {"task": "fix prod", "variables": {"namespace": "prod"}})),
+               calls(tool_call("get_pods", {"namespace": "prod"})),  # the triage agent's own loop
+               {"restarted": "api-1"},
+               "triage restarted api-1")
+    run = daemon.wait_status(daemon.start_run("planner")["id"], "COMPLETED", timeout=60)
+    assert run["context"]["steps"]["fix"] == {"response": "triage restarted api-1"}
+    planner_first, triage_first, _, planner_last = llm.requests[before:]
+    params = planner_first.body["tools"][0]["function"]["parameters"]
+    assert planner_first.tool_names() == ["agent_triage"] and params["properties"]["variables"]["required"] == ["namespace"]
+    assert triage_first.messages("system") == ["Fix the pods in prod."] and triage_first.messages("user") == ["fix prod"]
+    assert json.loads([m for m in planner_last.body["messages"] if m["role"] == "tool"][-1]["content"]) == {"restarted": "api-1"}
+    audit = _step(run)["metadata"]["toolCalls"]
+    assert [(c["tool"], c["agentPath"]) for c in audit] == [("get_pods", ["planner", "triage"]),
+                                                            ("agent_triage", ["planner"])]
+    assert audit[1]["kind"] == "agent" and audit[1]["agent"] == "triage" and audit[1]["error"] is None
+    keys = [c["idempotencyKey"] for c in audit]
+    assert len(set(keys)) == 2 and keys[0].startswith(keys[1])  # the nested call's key derives from its caller's
+    events = [e["payload"]["tool"] for e in daemon.events(run["id"]) if e["type"] == "agent.tool_called"]
+    assert events == ["get_pods", "agent_triage"]
+
+
+def test_agents_as_tools_are_bounded_in_depth(daemon: Daemon, llm: FakeLLM) -> None:
+    """chief -> planner -> triage is three levels; STATION_AGENT_TOOL_DEPTH (2) refuses the third."""
+    llm.answer(calls(tool_call("agent_planner", {"task": "go"})), "could not delegate")
+    run = daemon.wait_status(daemon.start_run("chief")["id"], "COMPLETED", timeout=60)
+    (call,) = _step(run)["metadata"]["toolCalls"]
+    assert call["tool"] == "agent_planner" and "STATION_AGENT_TOOL_DEPTH" in call["error"], call

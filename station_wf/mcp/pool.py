@@ -56,12 +56,13 @@ class ServerHandle:
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._http: Any = None
 
     def _client(self) -> Client:
         spec = self.spec
-        if spec.url:
-            http = create_mcp_http_client(headers=spec.headers or None)
-            return Client(streamable_http_client(spec.url, http_client=http), cache=None)
+        if spec.url:  # our own httpx client for the headers; closed with the connection (_serve)
+            self._http = create_mcp_http_client(headers=spec.headers or None)
+            return Client(streamable_http_client(spec.url, http_client=self._http), cache=None)
         params = StdioServerParameters(command=spec.command or "", args=list(spec.args), env=spec.env or None,
                                        cwd=spec.cwd)
         return Client(params, cache=None)
@@ -95,6 +96,8 @@ class ServerHandle:
         finally:
             self.client = None if self.error is not None or self._stop.is_set() else self.client
             self._ready.set()
+            if self._http is not None:
+                await self._http.aclose()
 
     async def _list(self, client: Client) -> list[ToolInfo]:
         out: list[ToolInfo] = []
