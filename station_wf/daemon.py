@@ -50,6 +50,7 @@ from station_wf.executors.base import ExecutorRegistry
 from station_wf.expr import sandbox
 from station_wf.loop import Loop, cancel
 from station_wf.mcp.pool import McpPool
+from station_wf.mcp.serve import WorkflowTools
 from station_wf.protocol import Namespace
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
@@ -284,10 +285,15 @@ class Daemon:
             self.change_feed = ChangeFeed(s.database_target, BOOT, self._on_remote_commit)
             self._spawn("change-feed", self.change_feed.run())
         definitions = DefinitionService(self.readers, self.writer, self.agents, self.offloader, self.isolated)
+        extra_routes = [Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                        Route("/api/v1/leases", self.leases_endpoint, methods=["GET"])]
+        if s.mcp_server_enabled:  # issue 20: workflows as MCP tools at /mcp, behind the API's door
+            mcp_tools = WorkflowTools(definitions, run_service, control)
+            extra_routes.append(mcp_tools.route())
+            self._spawn("mcp", mcp_tools.run(self._stop))
         state = ApiState(run_service, definitions, self.writer, self.readiness, self.tokens,
                          control, self.hub, sse_ping=s.sse_ping_seconds,
-                         extra_routes=[Route("/metrics", self.metrics_endpoint, methods=["GET"]),
-                                       Route("/api/v1/leases", self.leases_endpoint, methods=["GET"])], agents=self.agents,
+                         extra_routes=extra_routes, agents=self.agents,
                          offloader=self.offloader, max_sse=s.max_sse_connections, body_timeout=s.http_body_timeout_seconds,
                          loopback=None if self.tokens.enabled else
                          LoopbackPolicy(s.http_host, s.http_port, tuple(s.allowed_hosts.split(","))))

@@ -28,8 +28,9 @@ JSON_TYPES = frozenset({"application/json"})
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 YAML_ROUTES = frozenset({"/api/v1/workflows/validate"})
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-AUTH_PATHS = ("/api/", "/metrics")
-"""`/healthz` and `/readyz` stay open: supervisors and load balancers probe them without a token, and
+AUTH_PATHS = ("/api/", "/metrics", "/mcp")
+"""`/mcp` is the daemon's MCP server (issue 20): the same tokens, the same principals.
+`/healthz` and `/readyz` stay open: supervisors and load balancers probe them without a token, and
 they tell only up/ready (no ids, no counts). `/metrics` lists workflow ids and counts: behind auth."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 SSE_PATH = re.compile(r"^/api/v1/workflow-runs/(?:[^/]+/)?stream$")
