@@ -246,6 +246,8 @@ def test_the_step_timeout_cancels_the_tool_call(daemon: Daemon, llm: FakeLLM, ma
     llm.answer(calls(tool_call("hang")), calls(tool_call("hang")), calls(tool_call("hang")))
     run = daemon.wait_status(daemon.start_run("triage-short")["id"], "FAILED", timeout=60)
     assert _step(run)["error"]["type"] == "timeout", _step(run)["error"]
+    audit = _step(run)["metadata"]["toolCalls"]  # what the agent did before the step's timeout cut it
+    assert [c["tool"] for c in audit] == ["hang", "hang"] and audit[-1]["error"].startswith("cancelled"), audit
     wait_until(lambda: len(_marks(marks, "hang_cancelled")) > cancelled, 10, what="the server to see the cancel")
 
 

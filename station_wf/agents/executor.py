@@ -8,6 +8,7 @@ failures are `StepError(type="validation")`, retried like any other error by the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -35,6 +36,8 @@ from station_wf.expr.limits import value_depth_exceeds
 from station_wf.mcp.pool import McpPool
 from station_wf.telemetry.tracing import agent_span, token_attributes
 
+MAX_INTERRUPTED = 1024  # audits of interrupted attempts the worker has not taken yet (a bound, never reached)
+
 
 class AgentRunExecutor:
     action = "agent.run"
@@ -49,6 +52,11 @@ class AgentRunExecutor:
         self.tool_depth = tool_depth
         self.renderer = PromptRenderer()
         self._session: aiohttp.ClientSession | None = None
+        self._interrupted: dict[str, dict[str, Any]] = {}
+
+    def interrupted_metadata(self, call: StepCall) -> dict[str, Any] | None:
+        """The tool calls of an attempt that was cancelled or timed out (taken once, by the worker)."""
+        return self._interrupted.pop(call.idempotency_key, None)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -91,6 +99,12 @@ class AgentRunExecutor:
         except StepError as exc:
             if audit:
                 exc.metadata = {**exc.metadata, "toolCalls": audit}
+            raise
+        except asyncio.CancelledError:  # timed out or cancelled: the worker records what was done so far
+            if audit:
+                while len(self._interrupted) >= MAX_INTERRUPTED:
+                    self._interrupted.pop(next(iter(self._interrupted)))
+                self._interrupted[call.idempotency_key] = {"agent": spec.name, "toolCalls": audit}
             raise
         if audit:
             result.metadata["toolCalls"] = audit

@@ -11,6 +11,7 @@ step's metadata, which the worker records with the result, and as `agent.tool_ca
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -128,6 +129,11 @@ class ToolLoop:
         except ToolFailed as exc:
             text = f"error: {exc}"
             entry.update(resultBytes=0, excerpt=None, error=str(exc))
+        except asyncio.CancelledError:  # the step timed out or was cancelled: the call in flight is audited too
+            entry.update(resultBytes=0, excerpt=None, error="cancelled: the step timed out or was cancelled during the call",
+                         durationMs=round((time.monotonic() - t0) * 1000))
+            self.audit.append(entry)
+            raise
         entry["durationMs"] = round((time.monotonic() - t0) * 1000)
         self.audit.append(entry)
         if len(text) > MAX_TOOL_RESULT_CHARS:
