@@ -18,6 +18,8 @@ from station_wf.bus.nats_server import free_port
 from tests.conftest import REPO, Daemon, wait_until
 from tests.fake_llm import FakeLLM, calls, running_llm, tool_call
 
+CHROMIUM = Path("/usr/bin/chromium")
+
 TRIAGE = """---
 model: openai/tiny
 description: Checks and fixes the pods of a namespace
@@ -301,3 +303,31 @@ def test_agents_as_tools_are_bounded_in_depth(daemon: Daemon, llm: FakeLLM) -> N
     run = daemon.wait_status(daemon.start_run("chief")["id"], "COMPLETED", timeout=60)
     (call,) = _step(run)["metadata"]["toolCalls"]
     assert call["tool"] == "agent_planner" and "STATION_AGENT_TOOL_DEPTH" in call["error"], call
+
+
+def test_the_dashboards_step_detail_lists_the_tool_calls(daemon: Daemon, llm: FakeLLM) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    llm.answer(calls(tool_call("get_pods", {"namespace": "prod"}), tool_call("restart_pod", {"name": "api-1"})),
+               {"restarted": "api-1"})
+    run = daemon.wait_status(daemon.start_run("triage")["id"], "COMPLETED", timeout=60)
+    pw = sync_api.sync_playwright().start()
+    try:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.set_default_timeout(15_000)
+        page.goto(f"{daemon.base}/#/runs/{run['id']}")
+        page.click(".tl-item[data-state=fix] > .tl-head")
+        rows = page.locator(".tool-calls > li")
+        sync_api.expect(rows).to_have_count(2)
+        assert rows.nth(0).get_attribute("data-tool") == "get_pods"
+        assert "@ ops" in rows.nth(0).inner_text() and "restart_pod" in rows.nth(1).inner_text()
+        rows.nth(0).locator("summary").click()
+        sync_api.expect(rows.nth(0)).to_contain_text("CrashLoopBackOff")  # the result's excerpt, on open
+        assert not errors, errors
+        browser.close()
+    finally:
+        pw.stop()
