@@ -4,6 +4,7 @@ for tool calls (tests/fake_llm.py). One daemon serves the module; each test scri
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,6 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from station_wf.bus.nats_server import free_port
 from tests.conftest import REPO, Daemon, wait_until
@@ -65,6 +69,25 @@ model: openai/tiny
 tools: ["__agent_planner"]
 ---
 Delegate.
+"""
+
+GATED = """
+id: gated-deploy
+name: Gated deploy
+description: Deploys a service after a person approves
+inputSchema:
+  type: object
+  properties:
+    service: { type: string }
+  required: [service]
+start: gate
+states:
+  - name: gate
+    type: operation
+    action: human.approval
+    input: { message: "Deploy {{ service }}?", approvers: ["user:alice"] }
+    next: done
+  - { name: done, type: inject, data: { deployed: true }, end: true }
 """
 
 WORKFLOW = """
@@ -120,7 +143,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM, http_server: 
     root = tmp_path_factory.mktemp("tools-daemon")
     env_dir = root / "environments" / "default"
     d = Daemon(root, None, {"OPENAI_BASE_URL": llm.base_url, "STATION_MCP_TOOL_TIMEOUT_SECONDS": "1.5",
-                            "OPS_MARK_DIR": str(marks)})
+                            "OPS_MARK_DIR": str(marks), "STATION_ACK_WAIT_SECONDS": "3"})
     (env_dir / "agents").mkdir(parents=True)
     (env_dir / "mcp-servers").mkdir()
     (env_dir / "template.json").write_text(json.dumps({"name": "ops", "mcpServers": {"ops": {
@@ -140,6 +163,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM, http_server: 
     d.add_workflow("triage-short", _workflow("triage-short", "triage", "{ namespace: prod }", timeout="1"))
     d.add_workflow("remote", _workflow("remote", "remote-look"))
     d.add_workflow("broken", _workflow("broken", "broken"))
+    d.add_workflow("gated-deploy", GATED)
     d.start(wait=False)
     wait_until(lambda: _up(http_server), 30, what="the HTTP MCP server")
     d.wait_ready()
@@ -331,3 +355,95 @@ def test_the_dashboards_step_detail_lists_the_tool_calls(daemon: Daemon, llm: Fa
         browser.close()
     finally:
         pw.stop()
+
+
+# -- the daemon's own MCP server at /mcp, through the SDK's client ----------------------------------
+def _mcp(daemon: Daemon, principal: str, work: Any) -> Any:
+    """Without tokens (this daemon's loopback mode) callers name themselves; with tokens the bearer
+    token's principal acts (api/door.py, the same for /mcp as for /api)."""
+    async def go() -> Any:
+        http = create_mcp_http_client(headers={"X-Station-Principal": principal})
+        async with http, Client(streamable_http_client(daemon.base + "/mcp", http_client=http), cache=None) as client:
+            return await work(client)
+
+    return asyncio.run(go())
+
+
+def _data(result: Any) -> Any:
+    assert result.content, result
+    return json.loads(result.content[0].text)
+
+
+def test_workflows_are_mcp_tools_and_a_gate_is_approved_through_mcp(daemon: Daemon) -> None:
+    async def work(client: Client) -> dict[str, Any]:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        started = _data(await client.call_tool("run_gated-deploy", {"service": "billing", "_waitSeconds": 10}))
+        run_id = started["run"]["id"]
+        pending = _data(await client.call_tool("list_approvals", {"runId": run_id}))["approvals"]
+        refused = await client.call_tool("approve", {"runId": run_id, "approvalId": pending[0]["id"]})
+        return {"tools": tools, "started": started, "pending": pending, "refused": refused}
+
+    seen = _mcp(daemon, "bob", work)
+    tools = seen["tools"]
+    assert {"run_gated-deploy", "run_triage", "get_run", "list_approvals", "approve", "reject"} <= set(tools)
+    schema = tools["run_gated-deploy"].input_schema
+    assert schema["required"] == ["service"] and schema["properties"]["service"] == {"type": "string"}
+    assert "Deploys a service" in tools["run_gated-deploy"].description
+    assert seen["started"]["run"]["status"] == "WAITING_APPROVAL"  # it waited until the gate
+    assert len(seen["pending"]) == 1 and seen["pending"][0]["message"] == "Deploy billing?"
+    refused = seen["refused"]
+    assert refused.is_error and _data(refused)["error"]["code"] == "forbidden"  # bob is not an approver
+    run_id, approval_id = seen["started"]["run"]["id"], seen["pending"][0]["id"]
+
+    decided = _data(_mcp(daemon, "alice", lambda c: c.call_tool(
+        "approve", {"runId": run_id, "approvalId": approval_id, "comment": "ship it"})))
+    assert decided["approval"]["decidedBy"] == "alice", decided
+
+    def finished() -> Any:
+        got = _data(_mcp(daemon, "alice", lambda c: c.call_tool("get_run", {"runId": run_id})))
+        return got["run"] if got["run"]["status"] == "COMPLETED" else None
+
+    done = wait_until(finished, 30, interval=0.2, what="the approved run to complete (get_run)")
+    assert done["context"]["deployed"] is True
+
+
+def test_bad_mcp_calls_are_tool_errors(daemon: Daemon) -> None:
+    async def work(client: Client) -> list[Any]:
+        return [await client.call_tool("run_gated-deploy", {}),  # misses `service`
+                await client.call_tool("get_run", {"runId": "nope"}),
+                await client.call_tool("run_nothing", {})]
+
+    missing, unknown_run, unknown_tool = _mcp(daemon, "alice", work)
+    assert missing.is_error and _data(missing)["error"]["status"] == 400
+    assert unknown_run.is_error and _data(unknown_run)["error"]["status"] == 404
+    assert unknown_tool.is_error and "no tool" in _data(unknown_tool)["error"]["message"]
+
+
+# -- last: kills and restarts the module's daemon ---------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_kill_9_mid_tool_call_takes_the_server_along_and_the_step_runs_again(daemon: Daemon, llm: FakeLLM,
+                                                                              marks: Path) -> None:
+    """The stdio server dies with its daemon (its stdin closes), and the redelivered attempt runs the
+    agent again with the same idempotency keys for its tool calls."""
+    started = set(_marks(marks, "hang_started"))
+    llm.answer(calls(tool_call("hang")))
+    run_id = daemon.start_run("triage")["id"]
+    (mark,) = wait_until(lambda: set(_marks(marks, "hang_started")) - started, 30, what="the hanging tool call")
+    server_pid = int(mark.name.split("-")[2])
+    daemon.kill()
+    wait_until(lambda: not _alive(server_pid), 15, what="the stdio MCP server to exit with its daemon")
+    llm.answer(calls(tool_call("whoami")), {"restarted": "after the crash"})
+    daemon.start()
+    run = daemon.wait_status(run_id, "COMPLETED", timeout=60)
+    assert run["context"]["steps"]["fix"] == {"restarted": "after the crash"}
+    step = _step(run)
+    (call,) = step["metadata"]["toolCalls"]
+    assert call["tool"] == "whoami" and call["idempotencyKey"] == f"{step['idempotencyKey']}:tool:triage:1:0"
+    assert json.loads(call["excerpt"])["pid"] != server_pid
