@@ -76,11 +76,11 @@ class ToolLoop:
             if not isinstance(calls, list) or len(calls) > MAX_CALLS_PER_TURN:
                 raise StepError(f"{what} asked for {len(calls) if isinstance(calls, list) else 'malformed'} tool calls "
                                 f"in one turn (at most {MAX_CALLS_PER_TURN})", metadata=meta)
+            calls = [_with_id(c, turn, n) for n, c in enumerate(calls)]  # a tool message answers its call by id
             messages.append({"role": "assistant", "content": message.get("content"), "tool_calls": calls})
             for n, tool_call in enumerate(calls):
                 content = await self._call(tool_call, request, turn, n, left, started, total)
-                messages.append({"role": "tool", "tool_call_id": str(tool_call.get("id") or f"call_{turn}_{n}"),
-                                 "content": content})
+                messages.append({"role": "tool", "tool_call_id": tool_call["id"], "content": content})
         meta["turns"] = self.limits.max_steps
         raise StepError(f"agent {request.spec.name!r} reached max_steps ({self.limits.max_steps} model turns) "
                         "without a final answer", type="max_steps",
@@ -166,6 +166,12 @@ class ToolLoop:
 
 class ToolFailed(Exception):
     """A tool call that did not produce a result; the model is told why."""
+
+
+def _with_id(call: Any, turn: int, n: int) -> dict[str, Any]:
+    if not isinstance(call, dict):
+        return {"id": f"call_{turn}_{n}", "type": "function", "function": {"name": "", "arguments": "{}"}}
+    return call if call.get("id") else {**call, "id": f"call_{turn}_{n}"}
 
 
 def _arguments(raw: Any) -> dict[str, Any]:

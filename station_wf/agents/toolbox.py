@@ -96,6 +96,8 @@ async def build_toolbox(spec: AgentSpec, catalog: AgentCatalog, pool: McpPool, d
                 raise StepError(f"agent {spec.name!r}: tool {entry!r}: agents call agents at most "
                                 "STATION_AGENT_TOOL_DEPTH levels deep", type="validation")
             fn = function_name(entry)
+            if fn in box.routes:
+                continue  # two spellings of one tool
             box.routes[fn] = Route(fn, "agent", agent=found)
             box.functions.append(_agent_function(fn, found))
     if mcp_wanted:
@@ -139,6 +141,8 @@ async def _resolve_mcp(spec: AgentSpec, env: str, pool: McpPool, wanted: list[tu
             box.clashes[tool] = [c.server for c in choices]
         info = choices[0]
         fn = function_name(entry)
+        if fn in box.routes:
+            continue  # `__get_pods` and `get_pods`: one function
         box.routes[fn] = Route(fn, "mcp", server=info.server, tool=info.name)
         box.functions.append(_function(fn, info.description, info.input_schema))
 
