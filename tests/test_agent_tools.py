@@ -171,6 +171,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM, http_server: 
     d.wait_status(d.start_run("triage")["id"], "COMPLETED", timeout=60)
     yield d
     assert d.stop() == 0, d.log()
+    pids = {int(m.name.split("-")[-2]) for m in marks.iterdir()}  # every stdio server the daemon started
+    assert pids, "no stdio server was started"
+    wait_until(lambda: not [p for p in pids if _alive(p)], 10, what="the MCP servers to stop with the daemon")
 
 
 @pytest.fixture(autouse=True)
@@ -245,7 +248,7 @@ def test_a_server_that_crashes_mid_run_is_restarted(daemon: Daemon, llm: FakeLLM
     assert "went away" in crashed["error"] or "not running" in crashed["error"], crashed
     assert after["error"] is None
     (crash_mark,) = _marks(marks, "crash")
-    crashed_pid = int(crash_mark.name.split("-")[1])
+    crashed_pid = int(crash_mark.name.split("-")[-2])
     assert json.loads(after["excerpt"])["pid"] != crashed_pid  # a new server process answered
 
 
@@ -436,12 +439,14 @@ def test_kill_9_mid_tool_call_takes_the_server_along_and_the_step_runs_again(dae
     llm.answer(calls(tool_call("hang")))
     run_id = daemon.start_run("triage")["id"]
     (mark,) = wait_until(lambda: set(_marks(marks, "hang_started")) - started, 30, what="the hanging tool call")
-    server_pid = int(mark.name.split("-")[2])
+    server_pid = int(mark.name.split("-")[-2])
+    assert _alive(server_pid)
     daemon.kill()
     wait_until(lambda: not _alive(server_pid), 15, what="the stdio MCP server to exit with its daemon")
     llm.answer(calls(tool_call("whoami")), {"restarted": "after the crash"})
     daemon.start()
     run = daemon.wait_status(run_id, "COMPLETED", timeout=60)
+
     assert run["context"]["steps"]["fix"] == {"restarted": "after the crash"}
     step = _step(run)
     (call,) = step["metadata"]["toolCalls"]

@@ -51,6 +51,7 @@ def get_cost_and_usage(service: str = "") -> dict[str, Any]:
 @server.tool()
 def whoami(ctx: Context) -> dict[str, Any]:
     """What the caller sent in _meta, and the server's OPS_CLUSTER."""
+    mark("whoami")
     meta = ctx.request_context.meta
     if meta is not None and not isinstance(meta, dict):
         meta = meta.model_dump(by_alias=True, exclude_none=True)
