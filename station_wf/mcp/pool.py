@@ -14,13 +14,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from mcp import Client, MCPError, StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+from typing import TYPE_CHECKING, Any
 
 from station_wf.mcp.servers import McpConfigError, ServerSpec, load_servers
+
+if TYPE_CHECKING:
+    from mcp import Client
 
 log = logging.getLogger(__name__)
 MAX_TOOL_PAGES = 20
@@ -59,6 +58,12 @@ class ServerHandle:
         self._http: Any = None
 
     def _client(self) -> Client:
+        # The SDK is imported here, on first use: it costs a second of start-up that a daemon whose agents
+        # use no tools (most of them, and every test daemon) should not pay.
+        from mcp import Client, StdioServerParameters
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared._httpx_utils import create_mcp_http_client
+
         spec = self.spec
         if spec.url:  # our own httpx client for the headers; closed with the connection (_serve)
             self._http = create_mcp_http_client(headers=spec.headers or None)
@@ -119,6 +124,8 @@ class ServerHandle:
         return not getattr(dispatcher, "_closed", False)
 
     async def call(self, tool: str, arguments: dict[str, Any], meta: dict[str, Any], timeout_s: float) -> Any:
+        from mcp import MCPError
+
         client = self.client
         if client is None:
             raise ServerDied(f"MCP server {self.spec.name!r} is not running")

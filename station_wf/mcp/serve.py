@@ -19,9 +19,6 @@ import re
 import time
 from typing import Any
 
-import mcp.types as types
-from mcp.server.lowlevel import Server
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -38,20 +35,17 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("mcp_principal", default=None)
 
 _RUN_ID = {"runId": {"type": "string", "description": "the run's id"}}
-FIXED_TOOLS = [
-    types.Tool(name="get_run", description="A run: its status, context (output), error and current steps.",
-               input_schema={"type": "object", "properties": _RUN_ID, "required": ["runId"]}),
-    types.Tool(name="list_approvals", description="Pending approvals (optionally of one workflow or run).",
-               input_schema={"type": "object", "properties": {"workflowId": {"type": "string"},
-                                                              "runId": {"type": "string"}}}),
-    types.Tool(name="approve", description="Approve a pending approval (the caller must be one of its approvers).",
-               input_schema={"type": "object", "properties": {**_RUN_ID, "approvalId": {"type": "string"},
-                                                              "comment": {"type": "string"}},
-                             "required": ["runId", "approvalId"]}),
-    types.Tool(name="reject", description="Reject a pending approval (the caller must be one of its approvers).",
-               input_schema={"type": "object", "properties": {**_RUN_ID, "approvalId": {"type": "string"},
-                                                              "reason": {"type": "string"}},
-                             "required": ["runId", "approvalId"]}),
+FIXED_TOOLS: list[tuple[str, str, dict[str, Any]]] = [
+    ("get_run", "A run: its status, context (output), error and current steps.",
+     {"type": "object", "properties": _RUN_ID, "required": ["runId"]}),
+    ("list_approvals", "Pending approvals (optionally of one workflow or run).",
+     {"type": "object", "properties": {"workflowId": {"type": "string"}, "runId": {"type": "string"}}}),
+    ("approve", "Approve a pending approval (the caller must be one of its approvers).",
+     {"type": "object", "properties": {**_RUN_ID, "approvalId": {"type": "string"}, "comment": {"type": "string"}},
+      "required": ["runId", "approvalId"]}),
+    ("reject", "Reject a pending approval (the caller must be one of its approvers).",
+     {"type": "object", "properties": {**_RUN_ID, "approvalId": {"type": "string"}, "reason": {"type": "string"}},
+      "required": ["runId", "approvalId"]}),
 ]
 
 
@@ -70,15 +64,18 @@ def _tool_schema(input_schema: Any) -> dict[str, Any]:
 
 
 class WorkflowTools:
-    """The MCP server object and its ASGI endpoint; `run()` must be running while the endpoint serves."""
+    """The `/mcp` endpoint. The SDK's server and session manager are made at the first request (importing
+    the SDK costs a second of start-up that a daemon nobody calls over MCP should not pay); `run()` is the
+    daemon's component that keeps the manager running until the daemon stops."""
 
     def __init__(self, definitions: Any, runs: Any, control: Any) -> None:
         self.definitions = definitions
         self.runs = runs
         self.control = control
-        self.server: Server[Any] = Server("station-wf", on_list_tools=self._list_tools, on_call_tool=self._call_tool)
-        self.manager = StreamableHTTPSessionManager(app=self.server, stateless=True, json_response=True)
-        self._asgi = StreamableHTTPASGIApp(self.manager)
+        self._asgi: Any = None
+        self._ready: asyncio.Event | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     def route(self) -> Route:
         return Route("/mcp", endpoint=self)  # an ASGI app (not a function): Starlette hands it the raw request
@@ -87,13 +84,41 @@ class WorkflowTools:
         principal = scope.get("state", {}).get("principal")
         token = _principal.set(principal if isinstance(principal, Principal) else None)
         try:
-            await self._asgi(scope, receive, send)
+            await (await self._started())(scope, receive, send)
         finally:
             _principal.reset(token)
 
+    async def _started(self) -> Any:
+        if self._ready is None:
+            self._ready = asyncio.Event()
+            # A fresh context: the manager outlives this request and must not carry its caller's principal.
+            self._task = asyncio.create_task(self._serve(), name="mcp-session-manager", context=contextvars.Context())
+        await self._ready.wait()
+        if self._asgi is None:
+            raise RuntimeError("the MCP session manager did not start")
+        return self._asgi
+
+    async def _serve(self) -> None:
+        assert self._ready is not None
+        try:
+            from mcp.server.lowlevel import Server
+            from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+
+            server: Any = Server("station-wf", on_list_tools=self._list_tools, on_call_tool=self._call_tool)
+            manager = StreamableHTTPSessionManager(app=server, stateless=True, json_response=True)
+            async with manager.run():
+                self._asgi = StreamableHTTPASGIApp(manager)
+                self._ready.set()
+                await self._stop.wait()
+        finally:
+            self._asgi = None
+            self._ready.set()
+
     async def run(self, stop: asyncio.Event) -> None:
-        async with self.manager.run():
-            await stop.wait()
+        await stop.wait()
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=5)
 
     # -- handlers ------------------------------------------------------------------------------
     async def _workflows(self) -> list[tuple[str, dict[str, Any]]]:
@@ -106,16 +131,21 @@ class WorkflowTools:
             out.append((item["id"], full))
         return out
 
-    async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
+    async def _list_tools(self, ctx: Any, params: Any) -> Any:
+        import mcp.types as types
+
         tools = []
         for wf_id, full in await self._workflows():
             defn = full.get("definition") or {}
             text = full.get("description") or full.get("name") or f"Start a run of the workflow {wf_id!r}"
             tools.append(types.Tool(name=tool_name(wf_id), description=f"{text} (workflow {wf_id})",
                                     input_schema=_tool_schema(defn.get("inputSchema"))))
-        return types.ListToolsResult(tools=tools + FIXED_TOOLS)
+        fixed = [types.Tool(name=name, description=text, input_schema=schema) for name, text, schema in FIXED_TOOLS]
+        return types.ListToolsResult(tools=tools + fixed)
 
-    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(self, ctx: Any, params: Any) -> Any:
+        import mcp.types as types
+
         args = dict(params.arguments or {})
         try:
             result = await self._dispatch(params.name, args, _caller(ctx))
