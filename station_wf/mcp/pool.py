@@ -125,6 +125,7 @@ class ServerHandle:
 
     async def call(self, tool: str, arguments: dict[str, Any], meta: dict[str, Any], timeout_s: float) -> Any:
         from mcp import MCPError
+        from mcp.types import CONNECTION_CLOSED
 
         client = self.client
         if client is None:
@@ -132,6 +133,8 @@ class ServerHandle:
         try:
             return await asyncio.wait_for(client.call_tool(tool, arguments, meta=meta), timeout_s)
         except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED:
+                self.error = exc  # not alive any more, whatever the SDK's internals say: the next use restarts it
             if not self.alive:
                 raise ServerDied(f"MCP server {self.spec.name!r} went away during the call: {exc}") from None
             raise
