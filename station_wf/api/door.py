@@ -74,7 +74,7 @@ class LoopbackPolicy:
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin):
             return 403, "forbidden_origin", f"Origin {origin[:100]!r} may not call this daemon (no-auth mode: same origin only)"
-        if method in MUTATING and path.startswith("/api/"):
+        if method in MUTATING and path.startswith(("/api/", "/mcp")):  # /mcp: issue 20, JSON-RPC over POST
             ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
             allowed = JSON_TYPES | (YAML_TYPES if path in YAML_ROUTES else frozenset())
             untyped_ok = path in YAML_ROUTES  # stores nothing; an untyped body is read as YAML (the CLI's way)
