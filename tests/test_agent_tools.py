@@ -142,7 +142,7 @@ def marks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def daemon(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM, http_server: str, marks: Path) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("tools-daemon")
     env_dir = root / "environments" / "default"
-    d = Daemon(root, None, {"OPENAI_BASE_URL": llm.base_url, "STATION_MCP_TOOL_TIMEOUT_SECONDS": "1.5",
+    d = Daemon(root, None, {"OPENAI_BASE_URL": llm.base_url, "STATION_MCP_TOOL_TIMEOUT_SECONDS": "2.5",
                             "OPS_MARK_DIR": str(marks), "STATION_ACK_WAIT_SECONDS": "3"})
     (env_dir / "agents").mkdir(parents=True)
     (env_dir / "mcp-servers").mkdir()
@@ -160,14 +160,15 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM, http_server: 
     d.add_workflow("planner", _workflow("planner", "planner"))
     d.add_workflow("chief", _workflow("chief", "chief"))
     d.add_workflow("triage", _workflow("triage", "triage", "{ namespace: prod }"))
-    d.add_workflow("triage-short", _workflow("triage-short", "triage", "{ namespace: prod }", timeout="1"))
+    d.add_workflow("triage-short", _workflow("triage-short", "triage", "{ namespace: prod }", timeout="1.5"))
     d.add_workflow("remote", _workflow("remote", "remote-look"))
     d.add_workflow("broken", _workflow("broken", "broken"))
     d.add_workflow("gated-deploy", GATED)
     d.start(wait=False)
     wait_until(lambda: _up(http_server), 30, what="the HTTP MCP server")
     d.wait_ready()
-    llm.answer({"restarted": "warm-up"})  # starts the stdio server now: the timing tests below do not wait on it
+    llm.answer(calls(tool_call("whoami")), {"restarted": "warm-up"})  # starts the stdio server now: the timing
+    # tests below do not wait on it
     d.wait_status(d.start_run("triage")["id"], "COMPLETED", timeout=60)
     yield d
     assert d.stop() == 0, d.log()
@@ -235,7 +236,7 @@ def test_a_hung_tool_times_out_is_cancelled_and_the_model_goes_on(daemon: Daemon
     llm.answer(calls(tool_call("hang")), {"restarted": "gave up"})
     run = daemon.wait_status(daemon.start_run("triage")["id"], "COMPLETED", timeout=60)
     (call,) = _step(run)["metadata"]["toolCalls"]
-    assert "did not answer within 1.5s" in call["error"] and call["durationMs"] >= 1400
+    assert "did not answer within 2.5s" in call["error"] and call["durationMs"] >= 2400
     told = [m for m in llm.requests[-1].body["messages"] if m["role"] == "tool"]
     assert told[-1]["content"].startswith("error: ") and len(llm.requests) == before + 2
     wait_until(lambda: _marks(marks, "hang_cancelled"), 10, what="the server to see the call cancelled")
@@ -275,7 +276,7 @@ def test_cancelling_the_run_cancels_the_tool_call_in_flight(daemon: Daemon, llm:
 
 def test_the_step_timeout_cancels_the_tool_call(daemon: Daemon, llm: FakeLLM, marks: Path) -> None:
     cancelled = len(_marks(marks, "hang_cancelled"))
-    llm.answer(calls(tool_call("hang")))  # the step's 1 s timeout comes before the tool's 1.5 s
+    llm.answer(calls(tool_call("hang")))  # the step's 1.5 s timeout comes before the tool's 2.5 s
     run = daemon.wait_status(daemon.start_run("triage-short")["id"], "FAILED", timeout=60)
     assert _step(run)["error"]["type"] == "timeout", _step(run)["error"]
     (call,) = _step(run)["metadata"]["toolCalls"]  # the call the timeout cut short is in the record

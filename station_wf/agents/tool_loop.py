@@ -31,6 +31,7 @@ ARGUMENTS_CHARS = 2000
 MAX_TOOL_RESULT_CHARS = 64 * 1024  # what one tool result may add to the conversation
 MAX_CALLS_PER_TURN = 32
 IDEMPOTENCY_META = "io.station/idempotencyKey"
+STEP_GRACE_S = 1.0  # past the step's deadline: only a caller that enforces no deadline of its own sees it
 
 AgentTool = Callable[[Route, dict[str, Any], str], Awaitable[Any]]
 """Runs an agent-as-tool: (route, arguments, idempotency key) -> its output."""
@@ -118,8 +119,10 @@ class ToolLoop:
             key = f"{request.call.idempotency_key}:tool:{'/'.join(self.agent_path)}:{turn}:{n}"
             entry["idempotencyKey"] = key
             timeout = self.limits.tool_timeout_s
-            if total is not None:
-                timeout = min(timeout, max(0.001, total - (time.monotonic() - started)))
+            if total is not None:  # the step's own deadline comes first: it cancels the call (the worker's wait)
+                left_now = total - (time.monotonic() - started)
+                if left_now <= timeout:
+                    timeout = max(0.001, left_now) + STEP_GRACE_S
             if route.kind == "agent":
                 result: Any = await self.agent_tool(route, arguments, key)
                 text = json.dumps(result, default=str, ensure_ascii=False)
@@ -153,7 +156,7 @@ class ToolLoop:
                                                                request.call.idempotency_key}, timeout)
         except TimeoutError:
             raise ToolFailed(f"tool {route.tool!r} of MCP server {route.server!r} did not answer within {timeout:g}s "
-                             "(STATION_MCP_TOOL_TIMEOUT_SECONDS or the step's timeout); the call was cancelled") from None
+                             "(STATION_MCP_TOOL_TIMEOUT_SECONDS); the call was cancelled") from None
         except (ServerDied, McpUnavailable) as exc:
             raise ToolFailed(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - an MCP protocol error is this call's failure
