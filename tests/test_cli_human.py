@@ -1,0 +1,259 @@
+"""The CLI as people and scripts use it, against one real daemon: through a pseudo-terminal (tables,
+colours, a run followed live with the approval hint, exit codes) and through pipes (JSON/YAML that
+parses, exit codes per final status, one-line errors); the daemon's own logs on a terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import shlex
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import PLAIN, WAITS, Daemon, free_port
+
+CLI = [sys.executable, "-m", "station_wf.cli"]
+GATED = """
+id: gated
+start: plan
+states:
+  - { name: plan, type: inject, data: { plan: 1 }, next: ask }
+  - { name: ask, type: operation, action: human.approval, input: { message: "ship it?" }, resultPath: decision, next: done }
+  - { name: done, type: inject, data: { ok: true }, end: true }
+"""
+SHORT = """
+id: short
+timeoutSeconds: 1
+start: first
+states:
+  - { name: first, type: operation, action: signal.wait, input: { signal: never }, end: true }
+"""
+SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for the module: the tests only add runs of their own."""
+    root = tmp_path_factory.mktemp("cli")
+    d = Daemon(root, None, {})
+    for name, text in (("plain", PLAIN), ("waits", WAITS), ("gated", GATED), ("short", SHORT)):
+        d.add_workflow(name, text)
+    d.start()
+    yield d
+    d.stop()
+
+
+def env_for(d: Daemon) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATION_") and k not in ("NO_COLOR", "FORCE_COLOR")}
+    env.update({"STATION_HTTP_ADDR": f"127.0.0.1:{d.http_port}", "TERM": "xterm-256color", "COLUMNS": "200"})
+    return env
+
+
+def in_pty(argv: list[str], env: dict[str, str], timeout: float = 30.0,
+           on_output: Callable[[str], bool] | None = None) -> tuple[str, int]:
+    """Run `argv` with a pseudo-terminal as stdin/stdout/stderr; `on_output(text so far)` is called as
+    output arrives until it returns True. Returns (everything printed, exit code)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    done_callback = on_output is None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+                if not done_callback and on_output is not None:
+                    done_callback = on_output(b"".join(chunks).decode(errors="replace"))
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            raise AssertionError(f"{argv} did not end within {timeout}s:\n{b''.join(chunks).decode(errors='replace')}")
+        return b"".join(chunks).decode(errors="replace"), proc.wait(10)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def piped(argv: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+# -- a terminal ----------------------------------------------------------------------------------
+def test_tables_and_colours_on_a_terminal(daemon: Daemon) -> None:
+    env = env_for(daemon)
+    done = daemon.start_run("plain")
+    daemon.wait_status(done["id"])
+    waiting = daemon.start_run("waits")
+    daemon.wait_status(waiting["id"], "WAITING_SIGNAL")
+    out, rc = in_pty([*CLI, "runs", "list", "--limit", "50"], env)
+    assert rc == 0, out
+    plain = SGR.sub("", out)
+    assert re.search(r"RUN\s+STATUS\s+AGE\s+WORKFLOW\s+CURRENT STEP", plain), plain
+    row = next(line for line in plain.splitlines() if line.startswith(waiting["id"]))
+    assert re.search(r"WAITING_SIGNAL\s+\d+s\s+waits v1\s+first \(signal\)", row), row
+    assert re.search(rf"{done['id']}\s+COMPLETED\s+\d+s\s+plain v1", plain), plain
+    assert "\x1b[32mCOMPLETED" in out, "COMPLETED is not green"  # rich's SGR for green
+    assert "\x1b[33mWAITING_SIGNAL" in out, "a waiting run is not yellow"
+    assert not out.lstrip().startswith("{"), "a terminal got JSON"
+
+    wf, rc = in_pty([*CLI, "workflows"], env)
+    assert rc == 0 and re.search(r"gated\s+\S*active\S*\s+v1\s+file", SGR.sub("", wf)), wf
+
+
+def test_run_wait_follows_live_says_how_to_approve_and_exits_0(daemon: Daemon) -> None:
+    env = env_for(daemon)
+    decided: list[subprocess.CompletedProcess] = []
+
+    def approve_when_asked(text: str) -> bool:
+        m = re.search(r"approve: (station-wf approvals approve \S+ \S+)", SGR.sub("", text))
+        if not m:
+            return False
+        words = shlex.split(m.group(1))
+        decided.append(piped([*CLI, *words[1:], "--comment", "from the hint"], env))  # the exact command printed
+        return True
+
+    out, rc = in_pty([*CLI, "run", "gated", "--wait", "--timeout", "30"], env, on_output=approve_when_asked)
+    plain = SGR.sub("", out)
+    assert decided and decided[0].returncode == 0, (decided, plain)
+    assert rc == 0, plain
+    lines = plain.splitlines()
+    started = [i for i, line in enumerate(lines) if re.search(r"▶ plan started", line)]
+    ended = [i for i, line in enumerate(lines) if re.search(r"✓ plan succeeded in \d+ms", line)]
+    assert started and ended and started[0] < ended[0], plain
+    assert re.search(r"⏸ ask waits for an approval \(anyone\): ship it\?", plain), plain
+    assert re.search(r"reject:  station-wf approvals reject \S+ apr-", plain), plain
+    assert re.search(r"ask approved by", plain) and re.search(r"✓ done succeeded", plain), plain
+    assert re.search(r"run \S+ COMPLETED in", plain), plain
+    run_id = re.search(r"following run (\S+)", plain).group(1)
+    assert daemon.run(run_id)["context"]["decision"]["comment"] == "from the hint"
+
+
+def test_runs_watch_exits_3_when_the_run_fails(daemon: Daemon) -> None:
+    env = env_for(daemon)
+    run = daemon.start_run("gated")
+    daemon.wait_status(run["id"], "WAITING_APPROVAL")
+
+    def reject_when_asked(text: str) -> bool:
+        m = re.search(r"reject:  (station-wf approvals reject \S+ \S+)", SGR.sub("", text))
+        if m:
+            piped([*CLI, *shlex.split(m.group(1))[1:]], env)
+        return bool(m)
+
+    out, rc = in_pty([*CLI, "runs", "watch", run["id"]], env, on_output=reject_when_asked)
+    assert rc == 3, out
+    assert "\x1b[1;31mFAILED" in out or re.search(r"\x1b\[[0-9;]*31[0-9;]*mFAILED", out), out
+    assert daemon.run(run["id"])["status"] == "FAILED"
+
+
+# -- pipes -------------------------------------------------------------------------------------------
+def test_pipes_get_documents_and_exit_codes(daemon: Daemon) -> None:
+    env = env_for(daemon)
+    ok = piped([*CLI, "run", "plain", "--wait"], env)
+    assert ok.returncode == 0, ok.stderr
+    run = json.loads(ok.stdout)  # stdout holds only the final run document; progress went to stderr
+    assert run["status"] == "COMPLETED" and "✓ a succeeded" in ok.stderr
+
+    timed_out = piped([*CLI, "run", "short", "--wait", "--timeout", "30"], env)
+    assert timed_out.returncode == 5 and json.loads(timed_out.stdout)["status"] == "TIMED_OUT", timed_out.stderr
+
+    still = piped([*CLI, "run", "waits", "--wait", "--timeout", "1"], env)
+    assert still.returncode == 6, still.stderr
+    waiting = json.loads(still.stdout)
+    assert waiting["status"] == "WAITING_SIGNAL"
+    assert f"still WAITING_SIGNAL after 1s; follow it with: station-wf runs watch {waiting['id']}" in still.stderr
+
+    cancel = piped([*CLI, "runs", "cancel", waiting["id"], "--reason", "enough"], env)
+    assert cancel.returncode == 0 and json.loads(cancel.stdout)["status"] == "CANCELLED"
+    watched = piped([*CLI, "runs", "watch", waiting["id"]], env)
+    assert watched.returncode == 4 and json.loads(watched.stdout)["status"] == "CANCELLED"
+
+    listed = piped([*CLI, "runs", "list", "-o", "yaml", "--workflow", "plain"], env)
+    assert listed.returncode == 0 and yaml.safe_load(listed.stdout)["runs"][0]["id"] == run["id"]
+    followed = piped([*CLI, "runs", "events", run["id"], "--follow"], env)
+    events = [json.loads(line) for line in followed.stdout.splitlines()]
+    assert followed.returncode == 0 and [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "run.completed" and len(events) == len(daemon.events(run["id"]))
+
+    missing = piped([*CLI, "runs", "show", "no-such-run"], env)
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr == "station-wf: 404 not_found: run 'no-such-run' not found {\"id\": \"no-such-run\"}\n"
+    gone = piped([*CLI, "runs", "list", "--url", f"http://127.0.0.1:{free_port()}"], env)
+    assert gone.returncode == 1 and gone.stderr.startswith("station-wf: cannot reach the daemon at") and gone.stderr.count("\n") == 1
+
+    helped = piped([*CLI, "run", "--help"], env)
+    assert "3  the run FAILED" in helped.stdout and "6  the run had not ended when --timeout ran out" in helped.stdout
+    completion = piped([*CLI, "completion", "bash"], env)
+    assert completion.returncode == 0 and "station-wf" in completion.stdout and "approvals" in completion.stdout
+    checked = subprocess.run(["bash", "-n"], input=completion.stdout, text=True, capture_output=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_watch_on_a_list_refreshes_and_stops(daemon: Daemon) -> None:
+    env = env_for(daemon)
+    out = piped([*CLI, "approvals", "list", "--watch", "--interval", "0.5", "--watch-for", "1.2"], env)
+    docs = [json.loads(line) for line in out.stdout.splitlines()]
+    assert out.returncode == 0 and 2 <= len(docs) <= 4 and all("approvals" in d for d in docs), out
+
+
+# -- the daemon's logs on a terminal -------------------------------------------------------------------
+def test_serve_on_a_terminal_logs_text_and_ends_start_up_with_the_dashboard_url(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATION_")}
+    env.update({"STATION_DATA_DIR": str(tmp_path / "data"), "STATION_ENVIRONMENTS_DIR": str(tmp_path / "envs"),
+                "STATION_HTTP_ADDR": f"127.0.0.1:{port}", "TERM": "xterm-256color"})
+    seen: dict[str, str] = {}
+
+    def until_ready(text: str) -> bool:
+        if "dashboard: http://" in text:
+            seen["text"] = text
+            return True
+        return False
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen([*CLI, "serve"], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    buf = b""
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not until_ready(buf.decode(errors="replace")):
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    buf += os.read(master, 65536)
+                except OSError:
+                    break
+            assert proc.poll() is None, buf.decode(errors="replace")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        os.close(master)
+    text = SGR.sub("", seen.get("text", buf.decode(errors="replace")))
+    assert "text" in seen, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert not any(line.lstrip().startswith("{") for line in lines), "JSON logs on a terminal"
+    assert any(re.search(r" INFO station_wf\.bus\.jetstream: creating JetStream stream", line) for line in lines), text
+    assert "WARNING" not in text, text
+    assert lines[-1].rstrip().endswith(f"dashboard: http://127.0.0.1:{port}/"), lines[-1]
