@@ -61,6 +61,11 @@ ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/api/v1/workflows/{workflow_id}", workflows.update_workflow, ["PUT"]),
     ("/api/v1/workflows/{workflow_id}", workflows.delete_workflow, ["DELETE"]),
     ("/api/v1/workflows/{workflow_id}/versions", workflows.workflow_versions, ["GET"]),
+    # issue 17: enable (disable is DELETE), the file's sync status and a sync of it, rollback
+    ("/api/v1/workflows/{workflow_id}/enable", workflows.enable_workflow, ["POST"]),
+    ("/api/v1/workflows/{workflow_id}/sync", workflows.workflow_sync_status, ["GET"]),
+    ("/api/v1/workflows/{workflow_id}/sync", workflows.sync_workflow, ["POST"]),
+    ("/api/v1/workflows/{workflow_id}/rollback", workflows.rollback_workflow, ["POST"]),
     ("/api/v1/workflow-runs", runs.start_run, ["POST"]),
     ("/api/v1/workflow-runs:batch", runs.start_batch, ["POST"]),
     ("/api/v1/workflow-runs", runs.list_runs, ["GET"]),

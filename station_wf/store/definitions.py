@@ -213,3 +213,28 @@ async def read_heads(readers: Readers) -> list[sqlite3.Row]:
            FROM workflow_definitions d
            WHERE d.version = (SELECT MAX(version) FROM workflow_definitions WHERE workflow_id = d.workflow_id)
            ORDER BY d.workflow_id""")
+
+
+# -- issue 17: file sync status, enable, rollback ------------------------------------------------------
+_FILE_SOURCES = """SELECT d.workflow_id, d.version, d.source_file, d.environment FROM workflow_definitions d
+   WHERE d.source = 'file' AND d.source_file IS NOT NULL
+     AND d.version = (SELECT MAX(version) FROM workflow_definitions
+                      WHERE workflow_id = d.workflow_id AND source = 'file' AND source_file IS NOT NULL)"""
+
+
+async def read_file_sources(readers: Readers, workflow_id: str | None = None) -> list[sqlite3.Row]:
+    """Each workflow's newest version that came from a file (its file and environment): what a file sync
+    compares the latest stored version against. A PUT after the file keeps the file tracked."""
+    if workflow_id is None:
+        return await readers.fetchall(_FILE_SOURCES)
+    return await readers.fetchall(_FILE_SOURCES + " AND d.workflow_id = ?", (workflow_id,))
+
+
+def version_row(conn: sqlite3.Connection, workflow_id: str, version: int) -> sqlite3.Row | None:
+    """Inside a writer transaction: that version of the workflow."""
+    return conn.execute(_VERSION, (workflow_id, version)).fetchone()
+
+
+def file_source(conn: sqlite3.Connection, workflow_id: str) -> sqlite3.Row | None:
+    """Inside a writer transaction: the workflow's newest file-synced version (or None)."""
+    return conn.execute(_FILE_SOURCES + " AND d.workflow_id = ?", (workflow_id,)).fetchone()
