@@ -392,3 +392,66 @@ def test_every_page_with_auth_on(daemon: Daemon, web: Page, tmp_path: Path) -> N
     page.click("#signout")
     expect(page.locator("#token")).to_be_visible()
     assert web.take_errors() == []
+
+
+def test_disable_enable_sync_and_rollback(daemon: Daemon, web: Page) -> None:
+    """PRD §7: Disable / Enable on the list and the detail page, the file's sync status with its Sync
+    button, rollback from the Versions tab (a new version made from an old one)."""
+    file = daemon.add_workflow("signals", SIGNALS)
+    daemon.start()
+    page = web.page
+    page.goto(daemon.base + "/#/workflows")
+    row = page.locator("tr[data-workflow=signals]")
+    expect(row.locator("[data-sync=in_sync]")).to_have_text("in sync")
+    expect(row.locator("button[data-sync-workflow]")).to_have_count(0)  # nothing to sync
+
+    # Disable and Enable on the list: the daemon's status changes, the Run button follows.
+    row.locator("button[data-disable=signals]").click()
+    expect(row.locator(".pill-disabled")).to_have_text("disabled")
+    expect(row.locator("button[data-run=signals]")).to_be_disabled()
+    assert daemon.request("GET", "/api/v1/workflows/signals").json()["status"] == "disabled"
+    row.locator("button[data-enable=signals]").click()
+    expect(row.locator(".pill-active")).to_have_text("active")
+    expect(row.locator("button[data-run=signals]")).to_be_enabled()
+    assert daemon.request("GET", "/api/v1/workflows/signals").json()["status"] == "active"
+
+    # The file changes on disk: the list says so; Sync on the list makes version 2 from it.
+    file.write_text(SIGNALS.replace("signal: go", "signal: went"))
+    page.reload()
+    expect(row.locator("[data-sync=file_changed]")).to_have_text("file changed")
+    web.shot("workflows-sync-file-changed")
+    row.locator("button[data-sync-workflow=signals]").click()
+    expect(row.locator("[data-sync=in_sync]")).to_be_visible()
+    expect(row).to_contain_text("v2")
+    assert daemon.request("GET", "/api/v1/workflows/signals").json()["version"] == 2
+
+    # The detail page: Disable / Enable there too; the file removed, Sync disables the workflow.
+    page.goto(daemon.base + "/#/workflows/signals")
+    expect(page.locator("#wf-status")).to_have_text("active")
+    page.click("#wf-disable")
+    expect(page.locator("#wf-status")).to_have_text("disabled")
+    page.click("#wf-enable")
+    expect(page.locator("#wf-status")).to_have_text("active")
+    file.unlink()
+    page.reload()
+    expect(page.locator(".page-head [data-sync=file_removed]")).to_have_text("file removed")
+    web.shot("workflow-sync-file-removed")
+    page.click("#sync-wf")
+    expect(page.locator("#wf-status")).to_have_text("disabled")
+    assert daemon.request("GET", "/api/v1/workflows/signals").json()["status"] == "disabled"
+    page.click("#wf-enable")
+    expect(page.locator("#wf-status")).to_have_text("active")
+
+    # Rollback from the Versions tab: v3 is made from v1 (a confirm step first); history stays.
+    page.goto(daemon.base + "/#/workflows/signals/versions")
+    expect(page.locator("tr[data-version='2'] .cell-actions")).to_have_text("latest")
+    page.click("tr[data-version='1'] button[data-rollback='1']")
+    expect(page.locator("#confirm-rollback")).to_have_text("Make v3 from v1")
+    web.shot("versions-rollback-confirm")
+    page.click("#confirm-rollback")
+    expect(page.locator("tr[data-version='3'] .cell-actions")).to_have_text("latest")
+    versions = daemon.request("GET", "/api/v1/workflows/signals/versions").json()["versions"]
+    assert [v["version"] for v in versions] == [3, 2, 1] and versions[0]["contentHash"] == versions[2]["contentHash"]
+    expect(page.locator("tr[data-version='1'] button[data-rollback='1']")).to_be_disabled()  # v3 has its content
+    web.shot("versions-after-rollback")
+    assert web.take_errors() == []
