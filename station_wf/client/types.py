@@ -136,7 +136,7 @@ class Delivery(TypedDict, total=False):
 
 
 class Signal(TypedDict):
-    signalId: str
+    signalId: int
     name: str
     consumed: bool
 
