@@ -22,6 +22,8 @@ from station_wf.api import people, runs, schedules, streams, workflows
 from station_wf.api.agents import agent_handlers
 from station_wf.api.door import RequestContext, error_response
 from station_wf.api.http import Handler, SafeJSONResponse, request_id
+from station_wf.api.openapi import openapi_json
+from station_wf.api.openapi_docs import docs_vendor
 from station_wf.api.state import ApiState
 from station_wf.api.station_routes import station_handlers
 from station_wf.errors import ServiceError
@@ -84,6 +86,8 @@ ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/api/v1/workflow-schedules", schedules.list_schedules, ["GET"]),
     ("/api/v1/workflow-schedules/{schedule_id}/enable", schedules.enable_schedule, ["POST"]),
     ("/api/v1/workflow-schedules/{schedule_id}/disable", schedules.disable_schedule, ["POST"]),
+    ("/api/v1/openapi.json", openapi_json, ["GET"]),  # issue 17: the contract (api/openapi.py); the docs page is /docs/
+    ("/docs/vendor/{name}", docs_vendor, ["GET"]),
 ]
 
 
