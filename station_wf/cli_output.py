@@ -23,7 +23,7 @@ STATUS_STYLE = {
     "COMPLETED": "green", "SUCCEEDED": "green", "active": "green", "approved": "green", "enabled": "green",
     "FAILED": "bold red", "rejected": "red", "TIMED_OUT": "red", "timed_out": "red",
     "CANCELLED": "bright_black", "disabled": "bright_black",
-    "RUNNING": "cyan", "PENDING": "blue", "SCHEDULED": "blue",
+    "RUNNING": "cyan", "CONTINUED_AS_NEW": "blue", "PENDING": "blue", "SCHEDULED": "blue",
     "WAITING_APPROVAL": "yellow", "WAITING_SIGNAL": "yellow", "PAUSED": "magenta", "pending": "yellow",
 }
 FORMATS = ("table", "json", "yaml")

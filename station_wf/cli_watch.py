@@ -121,35 +121,44 @@ class RunFollower:
             self.line(event, text)
 
 
+MAX_CONTINUATIONS = 1000
+"""`run --wait` follows a run that continued as new into its continuation, at most this many times."""
+
+
 def follow(args: argparse.Namespace, run: dict[str, Any], timeout: float | None) -> int:
-    """Follow `run` until it ends or `timeout` seconds pass; print the run at the end; the exit code."""
-    run_id = run["id"]
+    """Follow `run` (and what it continues as) until it ends or `timeout` seconds pass; print the run at
+    the end; the exit code says how it ended."""
     to_stdout = human(args)
     out = Console(highlight=False, stderr=not to_stdout)  # a script's stdout keeps only the document
-    follower = RunFollower(args, run_id, out)
     deadline = None if timeout is None else time.monotonic() + timeout
-    if to_stdout:
-        out.print(Text.assemble("following run ", (run_id, "bold"), f" of {run['workflowId']} v{run['workflowVersion']}"
-                                " (Ctrl-C stops watching; the run goes on)", style="dim"), soft_wrap=True)
-    ended = True
-    try:
-        for event in follow_run(args, run_id, 0, deadline):
-            follower.handle(event)
-    except StreamTimeout:
-        ended = False
-    except KeyboardInterrupt:
-        out.print(Text(f"stopped watching; run {run_id} goes on", style="dim"))
-        return 130
-    final = api_call(args, "GET", f"/api/v1/workflow-runs/{run_id}")
+    for _ in range(MAX_CONTINUATIONS):
+        run_id = run["id"]
+        if to_stdout:
+            out.print(Text.assemble("following run ", (run_id, "bold"), f" of {run['workflowId']} v{run['workflowVersion']}"
+                                    " (Ctrl-C stops watching; the run goes on)", style="dim"), soft_wrap=True)
+        follower = RunFollower(args, run_id, out)
+        ended = True
+        try:
+            for event in follow_run(args, run_id, 0, deadline):
+                follower.handle(event)
+        except StreamTimeout:
+            ended = False
+        except KeyboardInterrupt:
+            out.print(Text(f"stopped watching; run {run_id} goes on", style="dim"))
+            return 130
+        final = api_call(args, "GET", f"/api/v1/workflow-runs/{run_id}")
+        if final["status"] != "CONTINUED_AS_NEW" or not final.get("continuedAs"):
+            break
+        out.print(Text(f"run {run_id} continued as new: {final['continuedAs']}", style="dim"), soft_wrap=True)
+        run = api_call(args, "GET", f"/api/v1/workflow-runs/{final['continuedAs']}")
     status = final["status"]
     if not ended and status not in EXIT_CODES:
         hint = f"station-wf runs watch {run_id}" + (f" --url {args.url}" if getattr(args, "url", None) else "")
         print(f"station-wf: run {run_id} still {status} after {timeout:g}s; follow it with: {hint}", file=sys.stderr)
     if to_stdout:
-        took = seconds(((parse_time(final.get("completedAt")) or parse_time(final.get("updatedAt"))) -
-                        parse_time(final.get("startedAt") or final["createdAt"])).total_seconds()) \
-            if final.get("startedAt") or final.get("createdAt") else "?"
-        out.print(Text.assemble("run ", (run_id, "bold"), " ", status_text(status), f" in {took}" if status in EXIT_CODES else ""))
+        began, done = parse_time(final.get("startedAt") or final.get("createdAt")), parse_time(final.get("completedAt"))
+        took = f" in {seconds((done - began).total_seconds())}" if began and done else ""
+        out.print(Text.assemble("run ", (run_id, "bold"), " ", status_text(status), took))
     else:
         print(dump(final, output_format(args)), flush=True)
     return EXIT_CODES.get(status, EXIT_STILL_WAITING)
