@@ -257,3 +257,40 @@ def test_serve_on_a_terminal_logs_text_and_ends_start_up_with_the_dashboard_url(
     assert any(re.search(r" INFO station_wf\.bus\.jetstream: creating JetStream stream", line) for line in lines), text
     assert "WARNING" not in text, text
     assert lines[-1].rstrip().endswith(f"dashboard: http://127.0.0.1:{port}/"), lines[-1]
+
+
+def test_log_format_auto_follows_the_stream_and_flags_still_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import logging
+
+    from station_wf.telemetry import logs
+
+    master, slave = os.openpty()
+    tty = os.fdopen(slave, "w")
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        assert logs.resolve_format("auto", tty) == "text" and logs.resolve_format("auto", io.StringIO()) == "json"
+        assert logs.resolve_format("json", tty) == "json" and logs.resolve_format("TEXT", io.StringIO()) == "text"
+        with pytest.raises(ValueError, match="'auto', 'json' or 'text'"):
+            logs.resolve_format("xml", tty)
+        monkeypatch.setenv("TERM", "xterm-256color")
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        handler = logs.configure_logging("INFO", "auto", stream=tty)
+        assert isinstance(handler.formatter, logs.TextFormatter) and handler.formatter.colour is True
+        record = logging.LogRecord("t", logging.WARNING, __file__, 1, "careful", None, None)
+        assert "\x1b[33mWARNING\x1b[0m t: careful" in handler.formatter.format(record)
+        monkeypatch.setenv("NO_COLOR", "1")
+        assert logs.configure_logging("INFO", "auto", stream=tty).formatter.colour is False
+        assert isinstance(logs.configure_logging("INFO", "json", stream=tty).formatter, logs.JsonFormatter)
+        out = io.StringIO()
+        logs.configure_logging("INFO", "auto", stream=out)
+        logging.getLogger("t").warning("hello")
+        assert json.loads(out.getvalue())["level"] == "WARNING"
+    finally:
+        for h in list(root.handlers):
+            if h not in saved[0]:
+                root.removeHandler(h)
+        root.setLevel(saved[1])
+        tty.close()
+        os.close(master)
