@@ -455,3 +455,77 @@ def test_disable_enable_sync_and_rollback(daemon: Daemon, web: Page) -> None:
     expect(page.locator("tr[data-version='1'] button[data-rollback='1']")).to_be_disabled()  # v3 has its content
     web.shot("versions-after-rollback")
     assert web.take_errors() == []
+
+
+PARENT = """
+id: parent
+start: call
+states:
+  - { name: call, type: operation, action: workflow.run, input: { workflow: kid, input: { n: 1 }, wait: true }, resultPath: child, end: true }
+"""
+KID = """
+id: kid
+start: a
+states:
+  - { name: a, type: inject, data: { kid: true }, end: true }
+"""
+
+
+def test_rerun_redrive_and_run_lineage(daemon: Daemon, web: Page) -> None:
+    """The run page's Re-run and Redrive buttons and its links to parent, re-run and child runs (issue 16's API)."""
+    from station_wf.api.app import ROUTES
+
+    if not any(path.endswith("/redrive") for path, _, _ in ROUTES):
+        pytest.skip("the daemon has no redrive route yet (issue 16's re-run and redrive)")
+    daemon.add_workflow("gated", gated())
+    daemon.add_workflow("parent", PARENT)
+    daemon.add_workflow("kid", KID)
+    daemon.start()
+    run = daemon.start_run("gated")
+
+    def reject_pending() -> None:
+        found: dict[str, str] = {}
+
+        def pending() -> bool:
+            for a in daemon.request("GET", f"/api/v1/workflow-runs/{run['id']}/approvals").json()["approvals"]:
+                if a["status"] == "pending":
+                    found["id"] = a["id"]
+                    return True
+            return False
+
+        wait_until(pending, what="a pending approval")
+        resp = daemon.request("POST", f"/api/v1/workflow-runs/{run['id']}/approvals/{found['id']}/reject", json={})
+        assert resp.status_code == 200, resp.text
+
+    reject_pending()
+    daemon.wait_status(run["id"], "FAILED")
+    page = web.page
+    page.goto(f"{daemon.base}/#/runs/{run['id']}")
+    expect(page.locator(".run-head .badge[data-status=FAILED]")).to_be_visible()
+    expect(page.locator("#rerun-run")).to_be_visible()
+    web.shot("run-failed-rerun-redrive")
+
+    # Redrive: the same run, RUNNING again, only the failed approval step re-executed.
+    page.click("#redrive-run")
+    expect(page.locator(".run-head .badge[data-status=WAITING_APPROVAL]")).to_be_visible()
+    assert daemon.run(run["id"])["redriveCount"] == 1
+    expect(page.locator("#redrive-run")).to_have_count(0)  # an active run has nothing to redrive
+    reject_pending()
+    expect(page.locator(".run-head .badge[data-status=FAILED]")).to_be_visible()
+
+    # Re-run: a new run of the same version and input; its page links back to this one.
+    page.click("#rerun-run")
+    page.wait_for_url(re.compile(r"#/runs/(?!" + run["id"] + r")[0-9a-f-]+$"))
+    new_id = page.url.rsplit("/", 1)[1]
+    assert daemon.run(new_id)["rerunOf"] == run["id"]
+    expect(page.locator("[data-link='re-run of']")).to_have_attribute("href", f"#/runs/{run['id']}")
+
+    # A parent run links to its child and the child back to its parent.
+    parent = daemon.start_run("parent")
+    daemon.wait_status(parent["id"], "COMPLETED")
+    page.goto(f"{daemon.base}/#/runs/{parent['id']}")
+    expect(page.locator("[data-link=child]")).to_have_count(1)
+    page.click("[data-link=child]")
+    expect(page.locator("[data-link=parent]")).to_have_attribute("href", f"#/runs/{parent['id']}")
+    web.shot("run-child-lineage")
+    assert web.take_errors() == []
