@@ -243,13 +243,3 @@ async def read_file_sources(readers: Readers, workflow_id: str | None = None) ->
     if workflow_id is None:
         return await readers.fetchall(_FILE_SOURCES)
     return await readers.fetchall(_FILE_SOURCES + " AND d.workflow_id = ?", (workflow_id,))
-
-
-def version_row(conn: sqlite3.Connection, workflow_id: str, version: int) -> sqlite3.Row | None:
-    """Inside a writer transaction: that version of the workflow."""
-    return conn.execute(_VERSION, (workflow_id, version)).fetchone()
-
-
-def file_source(conn: sqlite3.Connection, workflow_id: str) -> sqlite3.Row | None:
-    """Inside a writer transaction: the workflow's newest file-synced version (or None)."""
-    return conn.execute(_FILE_SOURCES + " AND d.workflow_id = ?", (workflow_id,)).fetchone()
