@@ -111,7 +111,12 @@ class RunFollower:
         elif kind == "signal.waiting":
             self.line(event, Text.assemble(("⏸ ", "yellow"), (self._name(sid), "bold"), f" waits for signal {p.get('signal') or p.get('name') or ''!s}"))
             self.out.print(Text(f"          send it: station-wf runs signal {self.run_id} --name {p.get('signal') or p.get('name') or 'NAME'}", style="yellow"), soft_wrap=True)
-        elif kind in ("run.paused", "run.resumed"):
+        elif kind == "run.continued_as_new":
+            self.line(event, Text.assemble(("↻ ", "blue"), f"continues as run {p.get('runId', '?')} (v{p.get('version', '?')})"))
+        elif kind == "child.started":
+            self.line(event, Text.assemble(("↳ ", "blue"), (self._name(sid), "bold"), f" started child run {p.get('runId', '?')}"
+                                           + (f" of {p['workflowId']}" if p.get("workflowId") else "")))
+        elif kind in ("run.paused", "run.resumed", "run.redriven"):
             self.line(event, f"run {kind.split('.')[1]}" + (f" by {event.data['actor']}" if event.data.get("actor") else ""))
         elif kind.startswith("run.") and kind not in ("run.created", "run.started"):
             status = kind.split(".", 1)[1].upper()
@@ -147,7 +152,7 @@ def follow(args: argparse.Namespace, run: dict[str, Any], timeout: float | None)
             out.print(Text(f"stopped watching; run {run_id} goes on", style="dim"))
             return 130
         final = api_call(args, "GET", f"/api/v1/workflow-runs/{run_id}")
-        if final["status"] != "CONTINUED_AS_NEW" or not final.get("continuedAs"):
+        if not final.get("continuedAs"):  # a run that continued as new ended COMPLETED and names its successor
             break
         out.print(Text(f"run {run_id} continued as new: {final['continuedAs']}", style="dim"), soft_wrap=True)
         run = api_call(args, "GET", f"/api/v1/workflow-runs/{final['continuedAs']}")

@@ -50,6 +50,17 @@ states:
   - { name: a, type: inject, data: { v: 1 }, end: true }
 """
 API_MADE = {"id": "api-made", "start": "a", "states": [{"name": "a", "type": "inject", "data": {"ok": True}, "end": True}]}
+COUNTER = """
+id: counter
+start: check
+states:
+  - name: check
+    type: switch
+    conditions: [ { if: "n < 3", next: again } ]
+    defaultNext: done
+  - { name: again, type: operation, action: workflow.continueAsNew, input: { input: { n: "{{ n + 1 }}" } }, end: true }
+  - { name: done, type: inject, data: { finished: true }, end: true }
+"""
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -58,7 +69,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for the module: the tests only add runs of their own."""
     root = tmp_path_factory.mktemp("cli")
     d = Daemon(root, None, {})
-    for name, text in (("plain", PLAIN), ("waits", WAITS), ("gated", GATED), ("short", SHORT), ("filed", FILED)):
+    for name, text in (("plain", PLAIN), ("waits", WAITS), ("gated", GATED), ("short", SHORT), ("filed", FILED),
+                       ("counter", COUNTER)):
         d.add_workflow(name, text)
     d.start()
     assert d.request("POST", "/api/v1/workflows", json=API_MADE).status_code == 201
@@ -221,6 +233,27 @@ def test_pipes_get_documents_and_exit_codes(daemon: Daemon) -> None:
     assert completion.returncode == 0 and "station-wf" in completion.stdout and "approvals" in completion.stdout
     checked = subprocess.run(["bash", "-n"], input=completion.stdout, text=True, capture_output=True, timeout=30)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_redrive_rerun_and_a_run_that_continues_as_new(daemon: Daemon) -> None:
+    env = env_for(daemon)
+    run = daemon.start_run("gated")
+    approval = next(a for a in daemon.request("GET", "/api/v1/workflow-approvals").json()["approvals"] if a["runId"] == run["id"])
+    assert piped([*CLI, "approvals", "reject", run["id"], approval["id"]], env).returncode == 0
+    daemon.wait_status(run["id"], "FAILED")
+    redriven = piped([*CLI, "runs", "redrive", run["id"]], env)
+    assert redriven.returncode == 0, redriven.stderr
+    assert json.loads(redriven.stdout)["id"] == run["id"] and daemon.wait_status(run["id"], "WAITING_APPROVAL")["redriveCount"] == 1
+    rerun = piped([*CLI, "runs", "rerun", run["id"], "-o", "yaml"], env)
+    assert rerun.returncode == 0, rerun.stderr
+    new = yaml.safe_load(rerun.stdout)
+    assert new["id"] != run["id"] and new["rerunOf"] == run["id"]
+
+    chained = piped([*CLI, "run", "counter", "--input", '{"n": 1}', "--wait", "--timeout", "60"], env)
+    assert chained.returncode == 0, chained.stderr
+    last = json.loads(chained.stdout)  # the run the chain ended in, followed through its continuations
+    assert last["status"] == "COMPLETED" and last["continuedFrom"] and last["context"]["finished"] is True
+    assert chained.stderr.count("continued as new:") == 2, chained.stderr
 
 
 def test_watch_on_a_list_refreshes_and_stops(daemon: Daemon) -> None:
