@@ -69,7 +69,7 @@ class Op:
     body_required: bool = False
     idempotent: bool = False
     stream: bool = False
-    media: str | None = None
+    media: tuple[str, ...] = ()
     public: bool = False
     pending: str | None = None
     description: str = ""
@@ -82,8 +82,10 @@ WORKFLOW = q("workflowId", STR, "only this workflow's")
 LAST_ID = Param("Last-Event-ID", {**INT, "minimum": 0}, "resume after this event id (a run's seq; the global stream's id)",
                 "header")
 LAST_ID_Q = q("lastEventId", {**INT, "minimum": 0}, "the same as the Last-Event-ID header (for clients that cannot set it)")
-REASON = obj(reason={**STR, "description": "why (kept in the event log)"})
-COMMENT = obj(comment=STR)
+REASON = {**obj(reason={**STR, "description": "why (kept in the event log)"}), "examples": [{"reason": "not needed"}]}
+COMMENT = {**obj(comment=STR), "examples": [{"comment": "looks right"}]}
+SIGNAL = {**obj(["name"], name={**STR, "pattern": "^[A-Za-z0-9_-]{1,128}$"}, payload=ANY),
+          "examples": [{"name": "go", "payload": {"ok": True}}]}
 RUN = {"type": "object", "properties": {"run": ref("Run")}, "required": ["run"]}
 APPROVAL = obj(["approval"], approval=ref("Approval"))
 HEALTH = obj(["status"], status=STR, writer={"type": "object"}, checks={"type": "object", "additionalProperties": BOOL})
@@ -96,12 +98,12 @@ OPERATIONS: list[Op] = [
        extra={503: ("the writer is failing", HEALTH)}),
     Op("GET", "/readyz", "daemon", "Readiness (database, NATS, consumer)", HEALTH, public=True,
        extra={503: ("not ready", HEALTH)}),
-    Op("GET", "/metrics", "daemon", "Prometheus metrics", media="text/plain"),
+    Op("GET", "/metrics", "daemon", "Prometheus metrics", media=("text/plain",)),
     Op("GET", f"{API}/leases", "daemon", "Which replica holds each lease",
        obj(["leases"], replica=STR, exclusive=BOOL, leases=arr({"type": "object"}))),
     Op("GET", f"{API}/openapi.json", "daemon", "This document", {"type": "object"}),
     Op("GET", "/docs/vendor/{name}", "daemon", "The API docs page's packaged assets (the page is /docs/)",
-       media="application/octet-stream", public=True),
+       media=("text/javascript", "text/css", "image/png", "text/plain"), public=True),
     # -- workflows
     Op("GET", f"{API}/workflows", "workflows", "List workflows (latest versions)",
        obj(["workflows"], workflows=arr(ref("Workflow"))),
@@ -146,12 +148,9 @@ OPERATIONS: list[Op] = [
     Op("POST", f"{API}/workflow-runs/{{run_id}}/resume", "control", "Resume a paused run", ref("Run")),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/cancel", "control", "Cancel a run", ref("Run"), body=REASON),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/signals", "control", "Send a signal", obj(["signal"], signal=ref("Signal")),
-       202, body=obj(["name"], name={**STR, "pattern": "^[A-Za-z0-9_-]{1,128}$"}, payload=ANY), body_required=True,
-       idempotent=True),
+       202, body=SIGNAL, body_required=True, idempotent=True),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/signal", "control", "Send a signal (Station's path)",
-       obj(["signal"], signal=ref("Signal")), 202,
-       body=obj(["name"], name={**STR, "pattern": "^[A-Za-z0-9_-]{1,128}$"}, payload=ANY), body_required=True,
-       idempotent=True),
+       obj(["signal"], signal=ref("Signal")), 202, body=SIGNAL, body_required=True, idempotent=True),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/rerun", "control", "Re-run: a new run from this one", RUN, 201,
        body=obj(version={"oneOf": [{**INT, "minimum": 1}, {"const": "latest"}]}, input=ANY), pending="16"),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/redrive", "control", "Redrive: re-execute the failed steps", RUN,
@@ -215,7 +214,7 @@ def _operation(op: Op) -> dict[str, Any]:
         content: dict[str, Any] = {"text/event-stream": {"schema": {**STR, "description": SSE_DOC},
                                                          "x-event-schema": ref("Event")}}
     elif op.media:
-        content = {op.media: {"schema": STR}}
+        content = {media: {"schema": STR} for media in op.media}
     else:
         content = {"application/json": {"schema": op.ok or {"type": "object"}}}
     responses: dict[str, Any] = {str(op.status): {"description": "OK" if op.status < 300 else "Done", "content": content}}

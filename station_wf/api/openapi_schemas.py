@@ -117,9 +117,11 @@ START = {
                    "environmentId": {"description": "Station's; accepted and unused"},
                    "options": {"description": "Station's; accepted and unused"}},
     "description": "workflowId (or Station's workflow_id) is required; input is checked against the workflow's inputSchema",
+    "examples": [{"workflowId": "hello", "input": {"name": "Ada"}}],
 }
 
-BATCH_ITEM = obj(["workflowId"], workflowId=STR, version={**INT, "minimum": 1}, input=ANY, idempotencyKey=STR)
+BATCH_ITEM = {**obj(["workflowId"], workflowId=STR, version={**INT, "minimum": 1}, input=ANY, idempotencyKey=STR),
+              "examples": [{"workflowId": "hello", "input": {"name": "a"}, "idempotencyKey": "job-1"}]}
 BATCH_RESULT = obj(["index", "status"], index=INT, status=INT, run=ref("Run"),
                    error=obj(["code", "message"], code=STR, message=STR, details=ANY), replayed=BOOL)
 
