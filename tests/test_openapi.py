@@ -12,6 +12,7 @@ from openapi_spec_validator import validate
 from station_wf.api.app import ROUTES
 from station_wf.api.openapi import OPERATIONS, app_operations, build_document
 from station_wf.api.station_routes import station_handlers
+from station_wf.client import ApiError, Client
 from tests.conftest import PLAIN, Daemon
 
 TOKEN = "openapi-test-token-0123456789"
@@ -87,9 +88,14 @@ def test_the_document_describes_errors_auth_streams_and_bodies(document: dict) -
     assert paths["/healthz"]["get"]["security"] == [] and document["security"] == [{"bearer": []}, {}]
 
 
-def test_the_document_needs_the_token_like_the_rest_of_the_api(daemon: Daemon) -> None:
+def test_the_document_needs_the_token_like_the_rest_of_the_api(daemon: Daemon, document: dict) -> None:
     resp = daemon.request("GET", "/api/v1/openapi.json")
     assert resp.status_code == 401 and resp.json()["error"]["code"] == "unauthorized"
+    with Client(daemon.base, token=TOKEN) as api:
+        assert api.openapi() == document
+    with Client(daemon.base, token="wrong-token-0123456789") as api, pytest.raises(ApiError) as err:
+        api.list_runs()
+    assert (err.value.status, err.value.code) == (401, "unauthorized")
 
 
 def test_the_docs_page_is_served_from_packaged_assets(daemon: Daemon) -> None:

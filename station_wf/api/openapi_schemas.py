@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from station_wf.services import runs as services_runs
+
 Schema = dict[str, Any]
 
 
@@ -41,8 +43,7 @@ TIME: Schema = {"type": "string", "format": "date-time"}
 ANY: Schema = {}
 """Any JSON value (inputs, outputs, payloads: the workflow decides)."""
 
-RUN_STATUSES = ["PENDING", "RUNNING", "WAITING_APPROVAL", "WAITING_SIGNAL", "WAITING_TIMER", "PAUSED",
-                "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
+RUN_STATUSES = sorted(services_runs.RUN_STATUSES)
 
 STEP = obj(
     ["stepId", "stateName", "stateType", "attempt", "status"],

@@ -12,6 +12,7 @@ Every method sends one `calls` builder's request (see `calls.py`); every error i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from station_wf.client.types import (
     BatchItem,
     BatchResult,
     Delivery,
+    Event,
     EventPage,
     Health,
     Run,
@@ -51,7 +53,7 @@ class AsyncClient:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         opts = options or Options.from_env()
         overrides = {"base_url": base_url, "token": token, "principal": principal, "timeout": timeout}
-        opts = Options(**{**opts.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+        opts = dataclasses.replace(opts, **{k: v for k, v in overrides.items() if v is not None})
         self.options = opts
         self.base_url = opts.base_url.rstrip("/")
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=opts.default_headers(),
@@ -154,7 +156,7 @@ class AsyncClient:
         return await self.call(calls.run_events(run_id, after_seq, limit))
 
     async def iter_run_events(self, run_id: str, after_seq: int = 0, page_size: int = 1000,
-                        max_pages: int = 10_000) -> AsyncIterator[dict[str, Any]]:
+                        max_pages: int = 10_000) -> AsyncIterator[Event]:
         """The run's event log from `after_seq`, every page."""
         for _ in range(max_pages):
             page = await self.run_events(run_id, after_seq, page_size)

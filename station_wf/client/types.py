@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-RunStatus = Literal["PENDING", "RUNNING", "WAITING_APPROVAL", "WAITING_SIGNAL", "WAITING_TIMER", "PAUSED",
+RunStatus = Literal["PENDING", "RUNNING", "WAITING_APPROVAL", "WAITING_SIGNAL", "PAUSED",
                     "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "CONTINUED_AS_NEW"})
 """A run in one of these has ended (`CONTINUED_AS_NEW` once issue 16's continue-as-new lands)."""
