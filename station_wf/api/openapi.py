@@ -152,11 +152,14 @@ OPERATIONS: list[Op] = [
     Op("POST", f"{API}/workflow-runs/{{run_id}}/signal", "control", "Send a signal (Station's path)",
        obj(["signal"], signal=ref("Signal")), 202, body=SIGNAL, body_required=True, idempotent=True),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/rerun", "control", "Re-run: a new run from this one", RUN, 201,
-       body=obj(version={"oneOf": [{**INT, "minimum": 1}, {"const": "latest"}]}, input=ANY), pending="16"),
+       body=obj(version={"oneOf": [{**INT, "minimum": 1}, {"const": "latest"}]}, input=ANY), idempotent=True,
+       description="Default: the same version and the same input; the new run's `rerunOf` is this run."),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/redrive", "control", "Redrive: re-execute the failed steps", RUN,
-       body={"type": "object"}, pending="16"),
+       body={"type": "object"}, idempotent=True,
+       description="The same run, RUNNING again; only its failed, timed-out or cancelled steps run again. 409 while "
+                   "the run is active or when its version is gone."),
     Op("GET", f"{API}/workflow-runs/{{run_id}}/children", "runs", "The run's child runs, oldest first",
-       obj(["runs"], runs=arr(ref("Run"))), pending="16"),
+       obj(["runs"], runs=arr(ref("Run")))),
     # -- approvals
     Op("GET", f"{API}/workflow-approvals", "approvals", "The approvals inbox",
        obj(["approvals"], approvals=arr(ref("Approval"))),

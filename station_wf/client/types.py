@@ -12,8 +12,8 @@ from typing import Any, Literal, TypedDict
 
 RunStatus = Literal["PENDING", "RUNNING", "WAITING_APPROVAL", "WAITING_SIGNAL", "PAUSED",
                     "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "CONTINUED_AS_NEW"})
-"""A run in one of these has ended (`CONTINUED_AS_NEW` once issue 16's continue-as-new lands)."""
+TERMINAL_STATUSES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+"""A run in one of these has ended (a run that continued as new is COMPLETED, `continuedAs` naming its successor)."""
 
 
 class Step(TypedDict, total=False):
