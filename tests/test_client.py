@@ -214,3 +214,14 @@ def test_the_client_knows_what_ends_a_run_and_reads_sse_frames_as_the_daemon_wri
     events = [e for line in wire.decode().splitlines() + [""] if (e := parser.feed(line)) is not None]
     assert [(e.id, e.type, e.run_id) for e in events[:1]] == [(7, "run.completed", "r")] and events[0].terminal
     assert events[1].data == {"text": "a\nb"} and events[1].type == "message"
+
+
+def test_the_two_clients_have_the_same_methods_with_the_same_parameters() -> None:
+    import inspect
+
+    def public(cls: type) -> dict[str, list[str]]:
+        return {name: list(inspect.signature(fn).parameters) for name, fn in vars(cls).items()
+                if callable(fn) and not name.startswith("_") and name not in ("close",)}
+
+    assert public(Client) == public(AsyncClient)
+    assert len(public(Client)) >= 45

@@ -122,6 +122,17 @@ OPERATIONS: list[Op] = [
        ref("Workflow")),
     Op("GET", f"{API}/workflows/{{workflow_id}}/versions", "workflows", "Every stored version",
        obj(["versions"], versions=arr(ref("Workflow")))),
+    # p-17b (issue 17 item 5): enable, the file's sync status, sync one file, rollback
+    Op("POST", f"{API}/workflows/{{workflow_id}}/enable", "workflows", "Enable a disabled workflow", ref("Workflow"),
+       pending="17b"),
+    Op("GET", f"{API}/workflows/{{workflow_id}}/sync", "workflows", "The workflow file against the database",
+       ref("SyncStatus"), pending="17b"),
+    Op("POST", f"{API}/workflows/{{workflow_id}}/sync", "workflows", "Register this workflow's file now",
+       obj(["result", "workflow", "sync"], result={**STR, "description": "registered, reactivated, unchanged or disabled"},
+           workflow=ref("Workflow"), sync=ref("SyncStatus")), pending="17b"),
+    Op("POST", f"{API}/workflows/{{workflow_id}}/rollback", "workflows", "A new version made from an old one",
+       ref("Workflow"), 201, body={**obj(["version"], version={**INT, "minimum": 1}), "examples": [{"version": 1}]},
+       body_required=True, pending="17b"),
     Op("POST", f"{API}/workflows/{{workflow_id}}/runs", "runs", "Start a run of this workflow (Station's shape)", RUN, 201,
        body=obj(input=ANY, version={**INT, "minimum": 1}, environmentId=ANY, options=ANY), idempotent=True),
     # -- runs

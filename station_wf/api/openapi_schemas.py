@@ -86,6 +86,14 @@ WORKFLOW = obj(
     sourceFile=nullable(STR), environment=nullable(STR), createdAt=TIME, lastRunAt=nullable(TIME),
     definition={"type": "object", "description": "the normalized definition (absent in lists)"},
     raw={**STR, "description": "the text it was made from (absent in lists)"},
+    sync=nullable(ref("SyncStatus")),
+)
+
+SYNC_STATUS = obj(
+    ["workflowId", "state"],
+    workflowId=STR, state={**STR, "description": "in_sync, file_changed, file_removed or not_file_synced"},
+    sourceFile=nullable(STR), environment=nullable(STR), storedVersion=nullable(INT), storedHash=nullable(STR),
+    fileHash=nullable(STR),
 )
 
 PROBLEM = obj(["message"], file=nullable(STR), line=nullable(INT), column=nullable(INT), path=nullable(STR), message=STR)
@@ -128,7 +136,7 @@ BATCH_RESULT = obj(["index", "status"], index=INT, status=INT, run=ref("Run"),
 
 COMPONENTS: dict[str, Schema] = {
     "Run": RUN, "Step": STEP, "Event": EVENT, "Approval": APPROVAL, "Workflow": WORKFLOW, "Problem": PROBLEM,
-    "Schedule": SCHEDULE, "Agent": AGENT, "Error": ERROR, "StartRun": START, "BatchItem": BATCH_ITEM,
+    "Schedule": SCHEDULE, "SyncStatus": SYNC_STATUS, "Agent": AGENT, "Error": ERROR, "StartRun": START, "BatchItem": BATCH_ITEM,
     "BatchResult": BATCH_RESULT,
     "RunPage": obj(["runs", "nextCursor"], runs=arr(ref("Run")), nextCursor=nullable(STR)),
     "EventPage": obj(["events", "nextAfterSeq"], events=arr(ref("Event")), nextAfterSeq=nullable(INT)),

@@ -37,6 +37,7 @@ from station_wf.client.types import (
     Schedule,
     Signal,
     Step,
+    SyncStatus,
     Validation,
     Workflow,
     is_terminal,
@@ -112,6 +113,21 @@ class AsyncClient:
 
     async def workflow_versions(self, workflow_id: str) -> list[Workflow]:
         return await self.call(calls.workflow_versions(workflow_id))
+
+    async def enable_workflow(self, workflow_id: str) -> Workflow:
+        return await self.call(calls.enable_workflow(workflow_id))
+
+    async def workflow_sync(self, workflow_id: str) -> SyncStatus:
+        """The workflow's file against the stored version: in_sync, file_changed, file_removed, not_file_synced."""
+        return await self.call(calls.workflow_sync(workflow_id))
+
+    async def sync_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """Register this workflow's file now: `{"result", "workflow", "sync"}`."""
+        return await self.call(calls.sync_workflow(workflow_id))
+
+    async def rollback_workflow(self, workflow_id: str, version: int) -> Workflow:
+        """A new version made from stored `version` (history is never rewritten)."""
+        return await self.call(calls.rollback_workflow(workflow_id, version))
 
     async def workflow_schema(self) -> dict[str, Any]:
         return await self.call(calls.workflow_schema())

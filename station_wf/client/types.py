@@ -154,8 +154,19 @@ class Workflow(TypedDict, total=False):
     environment: str | None
     createdAt: str
     lastRunAt: str | None
+    sync: SyncStatus | None
     definition: dict[str, Any]
     raw: str
+
+
+class SyncStatus(TypedDict, total=False):
+    workflowId: str
+    state: str
+    sourceFile: str | None
+    environment: str | None
+    storedVersion: int | None
+    storedHash: str | None
+    fileHash: str | None
 
 
 class Problem(TypedDict, total=False):
