@@ -30,13 +30,16 @@ from station_wf.api.openapi_schemas import (
     STR,
     Schema,
     arr,
+    nullable,
     obj,
     ref,
 )
 
 API = "/api/v1"
 EXCLUDED_PATHS = frozenset({"/api/{rest:path}"})
-"""Routes that are not operations: the catch-all that answers 404 for unknown API paths."""
+"""Routes that are not operations: the catch-all that answers 404 for unknown API paths. (A route whose
+endpoint is an ASGI app, such as issue 20's MCP endpoint at /mcp, has no methods and is not an
+operation either: MCP describes it.)"""
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,34 @@ OPERATIONS: list[Op] = [
        query=(q("environment", STR, "another environment under the same directory"),)),
     Op("GET", f"{API}/agents/{{name}}", "agents", "An agent (`name` or `name@environment`)",
        obj(["agent"], agent=ref("Agent")), query=(q("environment", STR),)),
+    # -- issue 18 (governance); published once its routes land (then drop `pending`)
+    Op("GET", f"{API}/governance/denials", "governance", "The audit log of policy denials, newest first",
+       obj(["denials"], denials=arr({"type": "object"}), nextBefore=nullable(INT)),
+       query=(LIMIT, q("before", {**INT, "minimum": 0}, "nextBefore of the previous page")), pending="18"),
+    Op("GET", f"{API}/governance/policies", "governance", "The policies in force", {"type": "object"}, pending="18"),
+    # -- issue 19 (webhooks out, triggers in, bundles)
+    Op("GET", f"{API}/webhook-subscriptions", "integrations", "Webhook subscriptions",
+       obj(["subscriptions"], subscriptions=arr({"type": "object"})), pending="19"),
+    Op("POST", f"{API}/webhook-subscriptions", "integrations", "Subscribe a URL to events",
+       obj(["subscription"], subscription={"type": "object"}), 201, body={"type": "object"}, body_required=True,
+       pending="19"),
+    Op("GET", f"{API}/webhook-subscriptions/{{sid}}", "integrations", "A webhook subscription",
+       obj(["subscription"], subscription={"type": "object"}), pending="19"),
+    Op("DELETE", f"{API}/webhook-subscriptions/{{sid}}", "integrations", "Remove a webhook subscription", status=204,
+       pending="19"),
+    Op("GET", f"{API}/webhook-deliveries", "integrations", "The webhook delivery log", {"type": "object"},
+       query=(q("subscriptionId", STR), q("status", STR), q("runId", STR), q("before", {**INT, "minimum": 0}), LIMIT),
+       pending="19"),
+    Op("GET", f"{API}/webhook-deliveries/{{did}}", "integrations", "A delivery with its attempts",
+       obj(["delivery"], delivery={"type": "object"}), pending="19"),
+    Op("POST", f"{API}/webhook-deliveries/{{did}}/redeliver", "integrations", "Deliver again",
+       obj(["delivery"], delivery={"type": "object"}), 202, pending="19"),
+    Op("POST", f"{API}/hooks/{{name}}", "integrations", "Fire an inbound trigger (its own auth: see the trigger)", RUN, 201,
+       body=ANY, extra={200: ("a replay of an earlier delivery", RUN)}, public=True, pending="19"),
+    Op("GET", f"{API}/bundles", "integrations", "Installed bundles", obj(["bundles"], bundles=arr({"type": "object"})),
+       query=(WORKFLOW,), pending="19"),
+    Op("GET", f"{API}/bundles/{{name}}", "integrations", "A bundle", obj(["bundle"], bundle={"type": "object"}),
+       pending="19"),
 ]
 
 
@@ -231,7 +262,9 @@ def _operation(op: Op) -> dict[str, Any]:
         content = {media: {"schema": STR} for media in op.media}
     else:
         content = {"application/json": {"schema": op.ok or {"type": "object"}}}
-    responses: dict[str, Any] = {str(op.status): {"description": "OK" if op.status < 300 else "Done", "content": content}}
+    responses: dict[str, Any] = {str(op.status): {"description": "OK", "content": content}}
+    if op.status == 204:
+        responses = {"204": {"description": "Done (no body)"}}
     for status, (why, schema) in op.extra.items():
         responses[str(status)] = {"description": why, "content": {"application/json": {"schema": schema or ref("Error")}}}
     responses["default"] = {"$ref": "#/components/responses/Error"}
@@ -272,7 +305,7 @@ def build_document(served: Iterable[tuple[str, str]]) -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}, {}],
         "tags": [{"name": t} for t in ("runs", "streams", "control", "approvals", "workflows", "schedules", "agents",
-                                       "daemon")],
+                                       "governance", "integrations", "daemon")],
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": COMPONENTS,
