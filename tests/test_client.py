@@ -176,7 +176,7 @@ def test_async_client_global_stream_signal_and_wait(daemon: Daemon) -> None:
 
 
 def test_a_run_stream_resumes_across_a_daemon_restart(daemon: Daemon) -> None:
-    """Last in the module: the daemon is killed (-9) mid-stream and comes back; the client reconnects from
+    """The last test on the module's daemon: it is killed (-9) mid-stream and comes back; the client reconnects from
     its last event id, with no gap and no copy."""
     with Client(daemon.base, timeout=15) as api:
         run = api.start_run("waits", {"restart": True})
@@ -197,3 +197,31 @@ def test_a_run_stream_resumes_across_a_daemon_restart(daemon: Daemon) -> None:
         reader.join(60)
         assert not reader.is_alive()
         assert [e.id for e in seen] == list(range(1, len(seen) + 1)) and seen[-1].type == "run.completed"
+
+
+def test_the_client_knows_what_ends_a_run_and_reads_sse_frames_as_the_daemon_writes_them() -> None:
+    """No daemon: the client's own copies of the server's terminal sets, and the frame parser on the
+    daemon's own frame bytes (CRLF, comments, ids) and on multi-line data."""
+    from station_wf.client import TERMINAL_EVENTS, TERMINAL_STATUSES
+    from station_wf.client.sse import LineParser
+    from station_wf.services.events import TERMINAL_EVENTS as SERVER_EVENTS
+    from station_wf.services.runs import TERMINAL_RUN_STATUSES
+    from station_wf.services.sse_frames import ping_frame, sse_frame
+
+    assert TERMINAL_RUN_STATUSES <= TERMINAL_STATUSES and SERVER_EVENTS <= TERMINAL_EVENTS
+    wire = ping_frame() + sse_frame("run.completed", 7, b'{"runId": "r", "seq": 7}') + b"data: a\r\ndata: b\r\n\r\n"
+    parser = LineParser()
+    events = [e for line in wire.decode().splitlines() + [""] if (e := parser.feed(line)) is not None]
+    assert [(e.id, e.type, e.run_id) for e in events[:1]] == [(7, "run.completed", "r")] and events[0].terminal
+    assert events[1].data == {"text": "a\nb"} and events[1].type == "message"
+
+
+def test_the_two_clients_have_the_same_methods_with_the_same_parameters() -> None:
+    import inspect
+
+    def public(cls: type) -> dict[str, list[str]]:
+        return {name: list(inspect.signature(fn).parameters) for name, fn in vars(cls).items()
+                if callable(fn) and not name.startswith("_") and name not in ("close",)}
+
+    assert public(Client) == public(AsyncClient)
+    assert len(public(Client)) >= 45

@@ -176,6 +176,7 @@ def test_child_workflows_wait_detach_fail_and_are_cancelled_with_their_parent(da
     daemon.add_workflow("detached", _parent("detached", "{ n: 3, agent: held }", wait=False))
     daemon.add_workflow("holds", _parent("holds", "{ n: 4, agent: held }"))
     daemon.add_workflow("mistyped", _parent("mistyped", "{ n: not-a-number }"))
+    daemon.add_workflow("racer", RACER)
     daemon.start()
 
     # wait: true -> the child's result is the step's result; each links to the other
@@ -211,15 +212,40 @@ def test_child_workflows_wait_detach_fail_and_are_cancelled_with_their_parent(da
     run = daemon.start_run("holds")
     wait_until(lambda: len(daemon.agent_server.calls_for("held")) >= 2, what="both held agent calls")
     waited = daemon.request("GET", f"/api/v1/workflow-runs/{run['id']}/children").json()["runs"][0]["id"]
+    assert daemon.request("POST", f"/api/v1/workflow-runs/{run['id']}/pause").status_code == 200
+    assert daemon.run(waited)["status"] == "PAUSED"  # pause reaches the child, and so does resume
+    assert daemon.request("POST", f"/api/v1/workflow-runs/{run['id']}/resume").status_code == 200
+    assert daemon.run(waited)["status"] == "RUNNING"
     resp = daemon.request("POST", f"/api/v1/workflow-runs/{run['id']}/cancel", json={"reason": "enough"})
     assert resp.status_code == 200, resp.text
     child = daemon.wait_status(waited, "CANCELLED")
     assert "parent" in child["error"]["message"]
     wait_until(lambda: daemon.agent_server.behaviours["held"].disconnects >= 1, what="the child's agent call cut off")
     assert daemon.run(loose)["status"] == "RUNNING"  # the detached one is not the cancelled parent's
+
+    # a parent step that stops waiting (a parallel's join satisfied by the other branch) cancels its child
+    run = daemon.start_run("racer")
+    daemon.wait_status(run["id"], "COMPLETED")
+    raced = daemon.request("GET", f"/api/v1/workflow-runs/{run['id']}/children").json()["runs"][0]["id"]
+    assert daemon.wait_status(raced, "CANCELLED")["error"]["message"].startswith("its parent step ended")
     hold.set()
     daemon.wait_status(loose, "COMPLETED")
 
+
+RACER = """
+id: racer
+start: race
+states:
+  - name: race
+    type: parallel
+    join: { mode: any }
+    branches:
+      - name: slow
+        states: [ { name: call, type: operation, action: workflow.run, input: { workflow: child, input: { n: 5, agent: held } }, end: true } ]
+      - name: fast
+        states: [ { name: quick, type: sleep, duration: 1s, end: true } ]
+    end: true
+"""
 
 RECURSIVE = """
 id: {name}

@@ -182,3 +182,28 @@ states:
     r.run()
     with pytest.raises(NotRedrivable, match="no failed step"):
         redrive_run(r.defn, r.state(), model.FAILED, r.latest(), None, 1)
+
+
+def test_a_decided_approval_stays_decided_and_is_not_asked_again() -> None:
+    from station_wf.core import waits
+
+    defn = load("""
+id: t
+start: gate
+states:
+  - { name: gate, type: operation, action: human.approval, input: { message: go? }, next: act }
+  - { name: act, type: operation, action: agent.run, input: { agent: w, task: act }, end: true }
+""")
+    r = Redrivable(defn, failing={"act"}).run()
+    (key, gate), = [(k, s) for k, s in r.steps.items() if s["state"] == "gate"]
+    assert gate["status"] == model.WAITING_APPROVAL and not r.calls
+    r.apply(waits.approval_decided(defn, r.state(), r.view(key), "approved", "ann", None, "fail", "ap-1"))
+    r.drain()
+    assert r.status == model.FAILED
+    r.failing.clear()
+    t = redrive_run(defn, r.state(), r.status, r.latest(), "ops", 1)
+    assert not t.approvals and [n.state_name for n in t.new_steps] == ["act"]
+    r.apply(t)
+    r.drain()
+    assert r.status == model.COMPLETED and r.context["steps"]["gate"]["decidedBy"] == "ann"
+    assert [s["status"] for s in r.steps.values() if s["state"] == "gate"] == [model.SUCCEEDED]

@@ -30,13 +30,16 @@ from station_wf.api.openapi_schemas import (
     STR,
     Schema,
     arr,
+    nullable,
     obj,
     ref,
 )
 
 API = "/api/v1"
 EXCLUDED_PATHS = frozenset({"/api/{rest:path}"})
-"""Routes that are not operations: the catch-all that answers 404 for unknown API paths."""
+"""Routes that are not operations: the catch-all that answers 404 for unknown API paths. (A route whose
+endpoint is an ASGI app, such as issue 20's MCP endpoint at /mcp, has no methods and is not an
+operation either: MCP describes it.)"""
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class Op:
     body_required: bool = False
     idempotent: bool = False
     stream: bool = False
-    media: str | None = None
+    media: tuple[str, ...] = ()
     public: bool = False
     pending: str | None = None
     description: str = ""
@@ -82,8 +85,10 @@ WORKFLOW = q("workflowId", STR, "only this workflow's")
 LAST_ID = Param("Last-Event-ID", {**INT, "minimum": 0}, "resume after this event id (a run's seq; the global stream's id)",
                 "header")
 LAST_ID_Q = q("lastEventId", {**INT, "minimum": 0}, "the same as the Last-Event-ID header (for clients that cannot set it)")
-REASON = obj(reason={**STR, "description": "why (kept in the event log)"})
-COMMENT = obj(comment=STR)
+REASON = {**obj(reason={**STR, "description": "why (kept in the event log)"}), "examples": [{"reason": "not needed"}]}
+COMMENT = {**obj(comment=STR), "examples": [{"comment": "looks right"}]}
+SIGNAL = {**obj(["name"], name={**STR, "pattern": "^[A-Za-z0-9_-]{1,128}$"}, payload=ANY),
+          "examples": [{"name": "go", "payload": {"ok": True}}]}
 RUN = {"type": "object", "properties": {"run": ref("Run")}, "required": ["run"]}
 APPROVAL = obj(["approval"], approval=ref("Approval"))
 HEALTH = obj(["status"], status=STR, writer={"type": "object"}, checks={"type": "object", "additionalProperties": BOOL})
@@ -96,12 +101,12 @@ OPERATIONS: list[Op] = [
        extra={503: ("the writer is failing", HEALTH)}),
     Op("GET", "/readyz", "daemon", "Readiness (database, NATS, consumer)", HEALTH, public=True,
        extra={503: ("not ready", HEALTH)}),
-    Op("GET", "/metrics", "daemon", "Prometheus metrics", media="text/plain"),
+    Op("GET", "/metrics", "daemon", "Prometheus metrics", media=("text/plain",)),
     Op("GET", f"{API}/leases", "daemon", "Which replica holds each lease",
        obj(["leases"], replica=STR, exclusive=BOOL, leases=arr({"type": "object"}))),
     Op("GET", f"{API}/openapi.json", "daemon", "This document", {"type": "object"}),
     Op("GET", "/docs/vendor/{name}", "daemon", "The API docs page's packaged assets (the page is /docs/)",
-       media="application/octet-stream", public=True),
+       media=("text/javascript", "text/css", "image/png", "text/plain"), public=True),
     # -- workflows
     Op("GET", f"{API}/workflows", "workflows", "List workflows (latest versions)",
        obj(["workflows"], workflows=arr(ref("Workflow"))),
@@ -120,6 +125,17 @@ OPERATIONS: list[Op] = [
        ref("Workflow")),
     Op("GET", f"{API}/workflows/{{workflow_id}}/versions", "workflows", "Every stored version",
        obj(["versions"], versions=arr(ref("Workflow")))),
+    # p-17b (issue 17 item 5): enable, the file's sync status, sync one file, rollback
+    Op("POST", f"{API}/workflows/{{workflow_id}}/enable", "workflows", "Enable a disabled workflow", ref("Workflow"),
+       pending="17b"),
+    Op("GET", f"{API}/workflows/{{workflow_id}}/sync", "workflows", "The workflow file against the database",
+       ref("SyncStatus"), pending="17b"),
+    Op("POST", f"{API}/workflows/{{workflow_id}}/sync", "workflows", "Register this workflow's file now",
+       obj(["result", "workflow", "sync"], result={**STR, "description": "registered, reactivated, unchanged or disabled"},
+           workflow=ref("Workflow"), sync=ref("SyncStatus")), pending="17b"),
+    Op("POST", f"{API}/workflows/{{workflow_id}}/rollback", "workflows", "A new version made from an old one",
+       ref("Workflow"), 201, body={**obj(["version"], version={**INT, "minimum": 1}), "examples": [{"version": 1}]},
+       body_required=True, pending="17b"),
     Op("POST", f"{API}/workflows/{{workflow_id}}/runs", "runs", "Start a run of this workflow (Station's shape)", RUN, 201,
        body=obj(input=ANY, version={**INT, "minimum": 1}, environmentId=ANY, options=ANY), idempotent=True),
     # -- runs
@@ -146,18 +162,18 @@ OPERATIONS: list[Op] = [
     Op("POST", f"{API}/workflow-runs/{{run_id}}/resume", "control", "Resume a paused run", ref("Run")),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/cancel", "control", "Cancel a run", ref("Run"), body=REASON),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/signals", "control", "Send a signal", obj(["signal"], signal=ref("Signal")),
-       202, body=obj(["name"], name={**STR, "pattern": "^[A-Za-z0-9_-]{1,128}$"}, payload=ANY), body_required=True,
-       idempotent=True),
+       202, body=SIGNAL, body_required=True, idempotent=True),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/signal", "control", "Send a signal (Station's path)",
-       obj(["signal"], signal=ref("Signal")), 202,
-       body=obj(["name"], name={**STR, "pattern": "^[A-Za-z0-9_-]{1,128}$"}, payload=ANY), body_required=True,
-       idempotent=True),
+       obj(["signal"], signal=ref("Signal")), 202, body=SIGNAL, body_required=True, idempotent=True),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/rerun", "control", "Re-run: a new run from this one", RUN, 201,
-       body=obj(version={"oneOf": [{**INT, "minimum": 1}, {"const": "latest"}]}, input=ANY), pending="16"),
+       body=obj(version={"oneOf": [{**INT, "minimum": 1}, {"const": "latest"}]}, input=ANY), idempotent=True,
+       description="Default: the same version and the same input; the new run's `rerunOf` is this run."),
     Op("POST", f"{API}/workflow-runs/{{run_id}}/redrive", "control", "Redrive: re-execute the failed steps", RUN,
-       body={"type": "object"}, pending="16"),
+       body={"type": "object"}, idempotent=True,
+       description="The same run, RUNNING again; only its failed, timed-out or cancelled steps run again. 409 while "
+                   "the run is active or when its version is gone."),
     Op("GET", f"{API}/workflow-runs/{{run_id}}/children", "runs", "The run's child runs, oldest first",
-       obj(["runs"], runs=arr(ref("Run"))), pending="16"),
+       obj(["runs"], runs=arr(ref("Run")))),
     # -- approvals
     Op("GET", f"{API}/workflow-approvals", "approvals", "The approvals inbox",
        obj(["approvals"], approvals=arr(ref("Approval"))),
@@ -187,6 +203,34 @@ OPERATIONS: list[Op] = [
        query=(q("environment", STR, "another environment under the same directory"),)),
     Op("GET", f"{API}/agents/{{name}}", "agents", "An agent (`name` or `name@environment`)",
        obj(["agent"], agent=ref("Agent")), query=(q("environment", STR),)),
+    # -- issue 18 (governance); published once its routes land (then drop `pending`)
+    Op("GET", f"{API}/governance/denials", "governance", "The audit log of policy denials, newest first",
+       obj(["denials"], denials=arr({"type": "object"}), nextBefore=nullable(INT)),
+       query=(LIMIT, q("before", {**INT, "minimum": 0}, "nextBefore of the previous page")), pending="18"),
+    Op("GET", f"{API}/governance/policies", "governance", "The policies in force", {"type": "object"}, pending="18"),
+    # -- issue 19 (webhooks out, triggers in, bundles)
+    Op("GET", f"{API}/webhook-subscriptions", "integrations", "Webhook subscriptions",
+       obj(["subscriptions"], subscriptions=arr({"type": "object"})), pending="19"),
+    Op("POST", f"{API}/webhook-subscriptions", "integrations", "Subscribe a URL to events",
+       obj(["subscription"], subscription={"type": "object"}), 201, body={"type": "object"}, body_required=True,
+       pending="19"),
+    Op("GET", f"{API}/webhook-subscriptions/{{sid}}", "integrations", "A webhook subscription",
+       obj(["subscription"], subscription={"type": "object"}), pending="19"),
+    Op("DELETE", f"{API}/webhook-subscriptions/{{sid}}", "integrations", "Remove a webhook subscription", status=204,
+       pending="19"),
+    Op("GET", f"{API}/webhook-deliveries", "integrations", "The webhook delivery log", {"type": "object"},
+       query=(q("subscriptionId", STR), q("status", STR), q("runId", STR), q("before", {**INT, "minimum": 0}), LIMIT),
+       pending="19"),
+    Op("GET", f"{API}/webhook-deliveries/{{did}}", "integrations", "A delivery with its attempts",
+       obj(["delivery"], delivery={"type": "object"}), pending="19"),
+    Op("POST", f"{API}/webhook-deliveries/{{did}}/redeliver", "integrations", "Deliver again",
+       obj(["delivery"], delivery={"type": "object"}), 202, pending="19"),
+    Op("POST", f"{API}/hooks/{{name}}", "integrations", "Fire an inbound trigger (its own auth: see the trigger)", RUN, 201,
+       body=ANY, extra={200: ("a replay of an earlier delivery", RUN)}, public=True, pending="19"),
+    Op("GET", f"{API}/bundles", "integrations", "Installed bundles", obj(["bundles"], bundles=arr({"type": "object"})),
+       query=(WORKFLOW,), pending="19"),
+    Op("GET", f"{API}/bundles/{{name}}", "integrations", "A bundle", obj(["bundle"], bundle={"type": "object"}),
+       pending="19"),
 ]
 
 
@@ -215,10 +259,12 @@ def _operation(op: Op) -> dict[str, Any]:
         content: dict[str, Any] = {"text/event-stream": {"schema": {**STR, "description": SSE_DOC},
                                                          "x-event-schema": ref("Event")}}
     elif op.media:
-        content = {op.media: {"schema": STR}}
+        content = {media: {"schema": STR} for media in op.media}
     else:
         content = {"application/json": {"schema": op.ok or {"type": "object"}}}
-    responses: dict[str, Any] = {str(op.status): {"description": "OK" if op.status < 300 else "Done", "content": content}}
+    responses: dict[str, Any] = {str(op.status): {"description": "OK", "content": content}}
+    if op.status == 204:
+        responses = {"204": {"description": "Done (no body)"}}
     for status, (why, schema) in op.extra.items():
         responses[str(status)] = {"description": why, "content": {"application/json": {"schema": schema or ref("Error")}}}
     responses["default"] = {"$ref": "#/components/responses/Error"}
@@ -259,7 +305,7 @@ def build_document(served: Iterable[tuple[str, str]]) -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}, {}],
         "tags": [{"name": t} for t in ("runs", "streams", "control", "approvals", "workflows", "schedules", "agents",
-                                       "daemon")],
+                                       "governance", "integrations", "daemon")],
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": COMPONENTS,

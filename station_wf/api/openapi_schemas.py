@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from station_wf.services import runs as services_runs
+
 Schema = dict[str, Any]
 
 
@@ -41,8 +43,7 @@ TIME: Schema = {"type": "string", "format": "date-time"}
 ANY: Schema = {}
 """Any JSON value (inputs, outputs, payloads: the workflow decides)."""
 
-RUN_STATUSES = ["PENDING", "RUNNING", "WAITING_APPROVAL", "WAITING_SIGNAL", "WAITING_TIMER", "PAUSED",
-                "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
+RUN_STATUSES = sorted(services_runs.RUN_STATUSES)
 
 STEP = obj(
     ["stepId", "stateName", "stateType", "attempt", "status"],
@@ -85,6 +86,14 @@ WORKFLOW = obj(
     sourceFile=nullable(STR), environment=nullable(STR), createdAt=TIME, lastRunAt=nullable(TIME),
     definition={"type": "object", "description": "the normalized definition (absent in lists)"},
     raw={**STR, "description": "the text it was made from (absent in lists)"},
+    sync=nullable(ref("SyncStatus")),
+)
+
+SYNC_STATUS = obj(
+    ["workflowId", "state"],
+    workflowId=STR, state={**STR, "description": "in_sync, file_changed, file_removed or not_file_synced"},
+    sourceFile=nullable(STR), environment=nullable(STR), storedVersion=nullable(INT), storedHash=nullable(STR),
+    fileHash=nullable(STR),
 )
 
 PROBLEM = obj(["message"], file=nullable(STR), line=nullable(INT), column=nullable(INT), path=nullable(STR), message=STR)
@@ -117,15 +126,17 @@ START = {
                    "environmentId": {"description": "Station's; accepted and unused"},
                    "options": {"description": "Station's; accepted and unused"}},
     "description": "workflowId (or Station's workflow_id) is required; input is checked against the workflow's inputSchema",
+    "examples": [{"workflowId": "hello", "input": {"name": "Ada"}}],
 }
 
-BATCH_ITEM = obj(["workflowId"], workflowId=STR, version={**INT, "minimum": 1}, input=ANY, idempotencyKey=STR)
+BATCH_ITEM = {**obj(["workflowId"], workflowId=STR, version={**INT, "minimum": 1}, input=ANY, idempotencyKey=STR),
+              "examples": [{"workflowId": "hello", "input": {"name": "a"}, "idempotencyKey": "job-1"}]}
 BATCH_RESULT = obj(["index", "status"], index=INT, status=INT, run=ref("Run"),
                    error=obj(["code", "message"], code=STR, message=STR, details=ANY), replayed=BOOL)
 
 COMPONENTS: dict[str, Schema] = {
     "Run": RUN, "Step": STEP, "Event": EVENT, "Approval": APPROVAL, "Workflow": WORKFLOW, "Problem": PROBLEM,
-    "Schedule": SCHEDULE, "Agent": AGENT, "Error": ERROR, "StartRun": START, "BatchItem": BATCH_ITEM,
+    "Schedule": SCHEDULE, "SyncStatus": SYNC_STATUS, "Agent": AGENT, "Error": ERROR, "StartRun": START, "BatchItem": BATCH_ITEM,
     "BatchResult": BATCH_RESULT,
     "RunPage": obj(["runs", "nextCursor"], runs=arr(ref("Run")), nextCursor=nullable(STR)),
     "EventPage": obj(["events", "nextAfterSeq"], events=arr(ref("Event")), nextAfterSeq=nullable(INT)),

@@ -28,6 +28,7 @@ from station_wf.client.types import (
     Schedule,
     Signal,
     Step,
+    SyncStatus,
     Validation,
     Workflow,
     is_terminal,
@@ -36,5 +37,5 @@ from station_wf.client.types import (
 __all__ = [
     "TERMINAL_EVENTS", "TERMINAL_STATUSES", "Agent", "AgentList", "ApiError", "Approval", "AsyncClient", "BatchItem",
     "BatchResult", "Call", "Client", "Event", "EventPage", "Options", "Run", "RunPage", "Schedule", "Signal", "Step",
-    "StreamEvent", "Validation", "Workflow", "is_terminal",
+    "StreamEvent", "SyncStatus", "Validation", "Workflow", "is_terminal",
 ]

@@ -150,6 +150,22 @@ def workflow_versions(workflow_id: str) -> Call[list[Any]]:
     return Call("GET", f"{API}/workflows/{_seg(workflow_id)}/versions", read=_key("versions"))
 
 
+def enable_workflow(workflow_id: str) -> Call[Any]:
+    return Call("POST", f"{API}/workflows/{_seg(workflow_id)}/enable")
+
+
+def workflow_sync(workflow_id: str) -> Call[Any]:
+    return Call("GET", f"{API}/workflows/{_seg(workflow_id)}/sync")
+
+
+def sync_workflow(workflow_id: str) -> Call[Any]:
+    return Call("POST", f"{API}/workflows/{_seg(workflow_id)}/sync")
+
+
+def rollback_workflow(workflow_id: str, version: int) -> Call[Any]:
+    return Call("POST", f"{API}/workflows/{_seg(workflow_id)}/rollback", json={"version": version})
+
+
 def workflow_schema() -> Call[dict[str, Any]]:
     return Call("GET", f"{API}/workflows/schema")
 

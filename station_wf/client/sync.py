@@ -11,6 +11,7 @@ Every method sends one `calls` builder's request (see `calls.py`); every error i
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from station_wf.client.types import (
     BatchItem,
     BatchResult,
     Delivery,
+    Event,
     EventPage,
     Health,
     Run,
@@ -35,6 +37,7 @@ from station_wf.client.types import (
     Schedule,
     Signal,
     Step,
+    SyncStatus,
     Validation,
     Workflow,
     is_terminal,
@@ -51,7 +54,7 @@ class Client:
                  transport: httpx.BaseTransport | None = None) -> None:
         opts = options or Options.from_env()
         overrides = {"base_url": base_url, "token": token, "principal": principal, "timeout": timeout}
-        opts = Options(**{**opts.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+        opts = dataclasses.replace(opts, **{k: v for k, v in overrides.items() if v is not None})
         self.options = opts
         self.base_url = opts.base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, headers=opts.default_headers(),
@@ -111,6 +114,21 @@ class Client:
     def workflow_versions(self, workflow_id: str) -> list[Workflow]:
         return self.call(calls.workflow_versions(workflow_id))
 
+    def enable_workflow(self, workflow_id: str) -> Workflow:
+        return self.call(calls.enable_workflow(workflow_id))
+
+    def workflow_sync(self, workflow_id: str) -> SyncStatus:
+        """The workflow's file against the stored version: in_sync, file_changed, file_removed, not_file_synced."""
+        return self.call(calls.workflow_sync(workflow_id))
+
+    def sync_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """Register this workflow's file now: `{"result", "workflow", "sync"}`."""
+        return self.call(calls.sync_workflow(workflow_id))
+
+    def rollback_workflow(self, workflow_id: str, version: int) -> Workflow:
+        """A new version made from stored `version` (history is never rewritten)."""
+        return self.call(calls.rollback_workflow(workflow_id, version))
+
     def workflow_schema(self) -> dict[str, Any]:
         return self.call(calls.workflow_schema())
 
@@ -153,7 +171,7 @@ class Client:
         return self.call(calls.run_events(run_id, after_seq, limit))
 
     def iter_run_events(self, run_id: str, after_seq: int = 0, page_size: int = 1000,
-                        max_pages: int = 10_000) -> Iterator[dict[str, Any]]:
+                        max_pages: int = 10_000) -> Iterator[Event]:
         """The run's event log from `after_seq`, every page."""
         for _ in range(max_pages):
             page = self.run_events(run_id, after_seq, page_size)

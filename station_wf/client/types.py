@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-RunStatus = Literal["PENDING", "RUNNING", "WAITING_APPROVAL", "WAITING_SIGNAL", "WAITING_TIMER", "PAUSED",
+RunStatus = Literal["PENDING", "RUNNING", "WAITING_APPROVAL", "WAITING_SIGNAL", "PAUSED",
                     "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "CONTINUED_AS_NEW"})
-"""A run in one of these has ended (`CONTINUED_AS_NEW` once issue 16's continue-as-new lands)."""
+TERMINAL_STATUSES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+"""A run in one of these has ended (a run that continued as new is COMPLETED, `continuedAs` naming its successor)."""
 
 
 class Step(TypedDict, total=False):
@@ -154,8 +154,19 @@ class Workflow(TypedDict, total=False):
     environment: str | None
     createdAt: str
     lastRunAt: str | None
+    sync: SyncStatus | None
     definition: dict[str, Any]
     raw: str
+
+
+class SyncStatus(TypedDict, total=False):
+    workflowId: str
+    state: str
+    sourceFile: str | None
+    environment: str | None
+    storedVersion: int | None
+    storedHash: str | None
+    fileHash: str | None
 
 
 class Problem(TypedDict, total=False):
