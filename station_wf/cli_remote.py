@@ -18,6 +18,7 @@ from station_wf.cli_output import (
     add_output_flags,
     approvals_table,
     console,
+    current_step,
     emit,
     events_table,
     human,
@@ -76,8 +77,6 @@ def _runs_page(args: argparse.Namespace) -> dict[str, Any]:
 
 def _runs_view(args: argparse.Namespace, page: dict[str, Any]) -> Any:
     current: dict[str, str] = {}
-    from station_wf.cli_output import current_step
-
     for run in [r for r in page["runs"] if r["status"] not in TERMINAL][:CURRENT_STEP_LOOKUPS]:
         try:
             current[run["id"]] = current_step(api_call(args, "GET", f"/api/v1/workflow-runs/{run['id']}"))
