@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,18 +65,51 @@ states:
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 
+class TerminalLog:
+    """What a process wrote to its terminal (a pseudo-terminal drained by a thread, so it never blocks)."""
+
+    def __init__(self, master: int) -> None:
+        self.master = master
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        for _ in range(1 << 30):
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                return
+            if not chunk:
+                return
+            self.data += chunk
+
+    def text(self) -> str:
+        return bytes(self.data).decode(errors="replace")
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon for the module: the tests only add runs of their own."""
+    """One daemon for the module, started with a terminal as its stdout and stderr (as `make run` in a
+    shell); the tests only add runs of their own."""
     root = tmp_path_factory.mktemp("cli")
     d = Daemon(root, None, {})
     for name, text in (("plain", PLAIN), ("waits", WAITS), ("gated", GATED), ("short", SHORT), ("filed", FILED),
                        ("counter", COUNTER)):
         d.add_workflow(name, text)
-    d.start()
-    assert d.request("POST", "/api/v1/workflows", json=API_MADE).status_code == 201
-    yield d
-    d.stop()
+    master, slave = os.openpty()
+    d.proc = subprocess.Popen([*CLI, "serve"], env=d.process_env({"TERM": "xterm-256color"}), stdin=subprocess.DEVNULL,
+                              stdout=slave, stderr=slave, cwd=root, close_fds=True)
+    os.close(slave)
+    d.terminal = TerminalLog(master)  # type: ignore[attr-defined]
+    try:
+        d.wait_ready()
+        assert d.request("POST", "/api/v1/workflows", json=API_MADE).status_code == 201
+        yield d
+    finally:
+        d.stop()
+        d.terminal.thread.join(10)  # type: ignore[attr-defined]
+        os.close(master)
 
 
 def env_for(d: Daemon) -> dict[str, str]:
@@ -264,44 +298,15 @@ def test_watch_on_a_list_refreshes_and_stops(daemon: Daemon) -> None:
 
 
 # -- the daemon's logs on a terminal -------------------------------------------------------------------
-def test_serve_on_a_terminal_logs_text_and_ends_start_up_with_the_dashboard_url(tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STATION_")}
-    env.update({"STATION_DATA_DIR": str(tmp_path / "data"), "STATION_ENVIRONMENTS_DIR": str(tmp_path / "envs"),
-                "STATION_HTTP_ADDR": f"127.0.0.1:{port}", "TERM": "xterm-256color"})
-    seen: dict[str, str] = {}
-
-    def until_ready(text: str) -> bool:
-        if "dashboard: http://" in text:
-            seen["text"] = text
-            return True
-        return False
-
-    master, slave = os.openpty()
-    proc = subprocess.Popen([*CLI, "serve"], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    buf = b""
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not until_ready(buf.decode(errors="replace")):
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    buf += os.read(master, 65536)
-                except OSError:
-                    break
-            assert proc.poll() is None, buf.decode(errors="replace")
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        os.close(master)
-    text = SGR.sub("", seen.get("text", buf.decode(errors="replace")))
-    assert "text" in seen, text
+def test_serve_on_a_terminal_logs_text_and_ends_start_up_with_the_dashboard_url(daemon: Daemon) -> None:
+    text = SGR.sub("", daemon.terminal.text())  # type: ignore[attr-defined]
+    assert "\x1b[36mINFO\x1b[0m" in daemon.terminal.text(), "the level is not coloured on a terminal"  # type: ignore[attr-defined]
     lines = [line for line in text.splitlines() if line.strip()]
     assert not any(line.lstrip().startswith("{") for line in lines), "JSON logs on a terminal"
     assert any(re.search(r" INFO station_wf\.bus\.jetstream: creating JetStream stream", line) for line in lines), text
-    assert "WARNING" not in text, text
-    assert lines[-1].rstrip().endswith(f"dashboard: http://127.0.0.1:{port}/"), lines[-1]
+    start_up = lines[:next(i for i, line in enumerate(lines) if "station-wf ready on" in line) + 1]
+    assert not any(" WARNING " in line for line in start_up), start_up
+    assert start_up[-1].rstrip().endswith(f"dashboard: http://127.0.0.1:{daemon.http_port}/"), start_up[-1]
 
 
 def test_log_format_auto_follows_the_stream_and_flags_still_override(monkeypatch: pytest.MonkeyPatch) -> None:
