@@ -53,7 +53,7 @@ class AsyncClient:
                  timeout: float | None = None, options: Options | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         opts = options or Options.from_env()
-        overrides = {"base_url": base_url, "token": token, "principal": principal, "timeout": timeout}
+        overrides: dict[str, Any] = {"base_url": base_url, "token": token, "principal": principal, "timeout": timeout}
         opts = dataclasses.replace(opts, **{k: v for k, v in overrides.items() if v is not None})
         self.options = opts
         self.base_url = opts.base_url.rstrip("/")
