@@ -311,6 +311,11 @@ class AsyncClient:
             except httpx.HTTPError as exc:
                 if deadline is not None and loop.time() >= deadline:
                     return
-                await asyncio.sleep(follow.failed(calls.transport_error(exc, self.base_url)))
+                await asyncio.sleep(_pause(follow.failed(calls.transport_error(exc, self.base_url)), deadline, loop))
             except ApiError as exc:
-                await asyncio.sleep(follow.failed(exc))
+                await asyncio.sleep(_pause(follow.failed(exc), deadline, loop))
+
+
+def _pause(delay: float, deadline: float | None, loop: asyncio.AbstractEventLoop) -> float:
+    """The pause before a reconnect, never past the caller's deadline."""
+    return delay if deadline is None else max(0.0, min(delay, deadline - loop.time()))

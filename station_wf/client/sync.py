@@ -298,6 +298,11 @@ class Client:
             except httpx.HTTPError as exc:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
-                time.sleep(follow.failed(calls.transport_error(exc, self.base_url)))
+                time.sleep(_pause(follow.failed(calls.transport_error(exc, self.base_url)), deadline))
             except ApiError as exc:
-                time.sleep(follow.failed(exc))
+                time.sleep(_pause(follow.failed(exc), deadline))
+
+
+def _pause(delay: float, deadline: float | None) -> float:
+    """The pause before a reconnect, never past the caller's deadline."""
+    return delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
