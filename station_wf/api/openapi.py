@@ -154,7 +154,7 @@ OPERATIONS: list[Op] = [
     Op("GET", f"{API}/workflow-runs/{{run_id}}/events", "runs", "The run's event log, a page", ref("EventPage"),
        query=(q("afterSeq", {**INT, "minimum": 0}, "events after this seq"), LIMIT)),
     Op("GET", f"{API}/workflow-runs/{{run_id}}/stream", "streams", "The run's events (SSE), ending with the run",
-       stream=True, query=(LAST_ID_Q, LAST_ID, q("format", {"enum": ["station"]}, "Station's `event: message` shape")),
+       stream=True, query=(LAST_ID_Q, LAST_ID, q("format", {**STR, "enum": ["station"]}, "Station's `event: message` shape")),
        description=SSE_DOC + " The stream ends after the run's terminal event (run.completed, run.failed, ...)."),
     Op("GET", f"{API}/workflow-runs/{{run_id}}/steps", "runs", "The run's steps (Station's shape)",
        obj(["steps"], steps=arr(ref("Step")))),
