@@ -225,3 +225,70 @@ def test_the_two_clients_have_the_same_methods_with_the_same_parameters() -> Non
 
     assert public(Client) == public(AsyncClient)
     assert len(public(Client)) >= 45
+
+
+class FlakyStream:
+    """A real HTTP server on loopback that serves a run's stream badly: the first connection sends two
+    events and drops, the second answers 503 (too many streams), the third resends an old event (a copy)
+    then the rest up to run.completed. It records the Last-Event-ID of every connection."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.last_ids: list[str | None] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                outer.last_ids.append(self.headers.get("Last-Event-ID"))
+                n = len(outer.last_ids)
+                if n == 2:
+                    body = b'{"error": {"code": "too_many_streams", "message": "busy", "details": null, "request_id": "x"}}'
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                events = [(1, "run.started"), (2, "step.started")] if n == 1 else \
+                    [(2, "step.started"), (3, "step.succeeded"), (4, "run.completed")]
+                for seq, etype in events:
+                    self.wfile.write(f': ping\r\nid: {seq}\r\nevent: {etype}\r\ndata: {{"runId": "r1", "seq": {seq}}}\r\n\r\n'.encode())
+                    self.wfile.flush()
+                if n == 1:
+                    self.wfile.write(b"id: 3\r\nevent: step.succ")  # cut mid-frame: never handed on
+                    self.wfile.flush()
+                self.close_connection = True
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stream_reconnects_from_its_last_id_through_drops_busy_answers_and_copies(kind: str) -> None:
+    server = FlakyStream()
+    try:
+        if kind == "sync":
+            with Client(server.base) as api:
+                got = [(e.id, e.type) for e in api.stream_run("r1", timeout=20)]
+        else:
+            async def follow() -> list[tuple[int, str]]:
+                async with AsyncClient(server.base) as api:
+                    return [(e.id, e.type) async for e in api.stream_run("r1", timeout=20)]
+            got = asyncio.run(follow())
+    finally:
+        server.close()
+    assert got == [(1, "run.started"), (2, "step.started"), (3, "step.succeeded"), (4, "run.completed")]
+    assert server.last_ids == [None, "2", "2"]

@@ -2,12 +2,14 @@
 
 Why it cannot drift: the document's paths are the routes of the running app (`ROUTES`, the agent and
 Station handler lists, the daemon's extra routes), each described by its entry in `OPERATIONS`. A
-route with no entry, or an entry with no route, fails `tests/test_openapi.py`; the live daemon's every
-answer is checked against the document by `tests/test_schemathesis.py`.
+route with no entry (listed under `x-undocumented`), or an entry with no route, fails
+`tests/test_openapi.py`; the live daemon's every answer is checked against the document by
+`tests/test_schemathesis.py`.
 
 Adding a route: add it to the app as usual, then ONE `Op(...)` line below (method, path, tag, summary,
 success schema; query parameters, body, Idempotency-Key, stream as they apply). Response shapes live
-in `openapi_schemas.py`.
+in `openapi_schemas.py`. An entry written ahead of its route (another branch's) carries
+`pending="<issue>"`: it is published once the app serves the route; drop `pending` when it has landed.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ OPERATIONS: list[Op] = [
     Op("GET", f"{API}/workflow-runs/{{run_id}}/events", "runs", "The run's event log, a page", ref("EventPage"),
        query=(q("afterSeq", {**INT, "minimum": 0}, "events after this seq"), LIMIT)),
     Op("GET", f"{API}/workflow-runs/{{run_id}}/stream", "streams", "The run's events (SSE), ending with the run",
-       stream=True, query=(LAST_ID_Q, LAST_ID, q("format", {"enum": ["station"]}, "Station's `event: message` shape")),
+       stream=True, query=(LAST_ID_Q, LAST_ID, q("format", {**STR, "enum": ["station"]}, "Station's `event: message` shape")),
        description=SSE_DOC + " The stream ends after the run's terminal event (run.completed, run.failed, ...)."),
     Op("GET", f"{API}/workflow-runs/{{run_id}}/steps", "runs", "The run's steps (Station's shape)",
        obj(["steps"], steps=arr(ref("Step")))),

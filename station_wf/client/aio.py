@@ -53,7 +53,7 @@ class AsyncClient:
                  timeout: float | None = None, options: Options | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         opts = options or Options.from_env()
-        overrides = {"base_url": base_url, "token": token, "principal": principal, "timeout": timeout}
+        overrides: dict[str, Any] = {"base_url": base_url, "token": token, "principal": principal, "timeout": timeout}
         opts = dataclasses.replace(opts, **{k: v for k, v in overrides.items() if v is not None})
         self.options = opts
         self.base_url = opts.base_url.rstrip("/")
@@ -311,6 +311,11 @@ class AsyncClient:
             except httpx.HTTPError as exc:
                 if deadline is not None and loop.time() >= deadline:
                     return
-                await asyncio.sleep(follow.failed(calls.transport_error(exc, self.base_url)))
+                await asyncio.sleep(_pause(follow.failed(calls.transport_error(exc, self.base_url)), deadline, loop))
             except ApiError as exc:
-                await asyncio.sleep(follow.failed(exc))
+                await asyncio.sleep(_pause(follow.failed(exc), deadline, loop))
+
+
+def _pause(delay: float, deadline: float | None, loop: asyncio.AbstractEventLoop) -> float:
+    """The pause before a reconnect, never past the caller's deadline."""
+    return delay if deadline is None else max(0.0, min(delay, deadline - loop.time()))

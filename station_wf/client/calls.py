@@ -105,11 +105,11 @@ def _object(**fields: Any) -> dict[str, Any]:
 
 
 # -- operations -------------------------------------------------------------------------------------
-def health() -> Call[dict[str, Any]]:
+def health() -> Call[Any]:
     return Call("GET", "/healthz")
 
 
-def ready() -> Call[dict[str, Any]]:
+def ready() -> Call[Any]:
     return Call("GET", "/readyz")
 
 

@@ -53,7 +53,7 @@ class Client:
                  timeout: float | None = None, options: Options | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
         opts = options or Options.from_env()
-        overrides = {"base_url": base_url, "token": token, "principal": principal, "timeout": timeout}
+        overrides: dict[str, Any] = {"base_url": base_url, "token": token, "principal": principal, "timeout": timeout}
         opts = dataclasses.replace(opts, **{k: v for k, v in overrides.items() if v is not None})
         self.options = opts
         self.base_url = opts.base_url.rstrip("/")
@@ -298,6 +298,11 @@ class Client:
             except httpx.HTTPError as exc:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
-                time.sleep(follow.failed(calls.transport_error(exc, self.base_url)))
+                time.sleep(_pause(follow.failed(calls.transport_error(exc, self.base_url)), deadline))
             except ApiError as exc:
-                time.sleep(follow.failed(exc))
+                time.sleep(_pause(follow.failed(exc), deadline))
+
+
+def _pause(delay: float, deadline: float | None) -> float:
+    """The pause before a reconnect, never past the caller's deadline."""
+    return delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
