@@ -63,7 +63,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("reconcile_seconds", "STATION_RECONCILE_SECONDS", float, "period of the reconciler"),
     Option("shutdown_grace_seconds", "STATION_SHUTDOWN_GRACE_SECONDS", float, "how long in-flight steps may finish on SIGTERM"),
     Option("log_level", "STATION_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
-    Option("log_format", "STATION_LOG_FORMAT", str, "json (one object per line) or text"),
+    Option("log_format", "STATION_LOG_FORMAT", str, "auto (text on a terminal, else JSON), json (one object per line) or text"),
     Option("retention_days", "STATION_RETENTION_DAYS", float, "finished runs older than this are deleted (0: keep forever)"),
     Option("retention_interval_seconds", "STATION_RETENTION_INTERVAL_SECONDS", float, "how often retention runs"),
     # -- run bounds (core/limits.py) --
@@ -157,7 +157,7 @@ class Settings:
     reconcile_seconds: float = 5.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
-    log_format: str = "json"
+    log_format: str = "auto"  # issue 17: text for a person at a terminal, JSON for a collector
     retention_days: float = 30.0
     retention_interval_seconds: float = 3600.0
     # -- run bounds (core/limits.py) --

@@ -311,8 +311,10 @@ class Daemon:
             if self._tasks["api"].done():
                 self._tasks["api"].result()  # raises the bind error
             await asyncio.sleep(0.025)
-        log.info("station-wf ready on http://%s (nats %s, data %s)", s.http_addr, _without_credentials(url),
-                 self.data_dir.resolve())
+        # The last start-up line: where a person goes next (issue 17). A wildcard bind is browsed on loopback.
+        host = "127.0.0.1" if s.http_host in ("", "0.0.0.0", "::") else s.http_host
+        log.info("station-wf ready on http://%s (nats %s, data %s); dashboard: http://%s:%s/", s.http_addr,
+                 _without_credentials(url), self.data_dir.resolve(), f"[{host}]" if ":" in host else host, s.http_port)
 
     def _start_webhooks(self) -> None:
         """Approval webhooks (engine/approval_webhooks.py), only when URLs are configured."""

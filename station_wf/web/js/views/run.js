@@ -10,6 +10,7 @@ import { get, post, allEvents, EventStream } from '../api.js';
 import { jsonTree, jsonBlock, pathKey } from '../jsontree.js';
 import { diagram } from '../diagram.js';
 import { approvalCard, decidedApproval } from './approvals.js';
+import { lineageEl, rerunButtons } from './lineage.js';
 
 const TERMINAL_EVENTS = new Set(['run.completed', 'run.failed', 'run.cancelled', 'run.timed_out']);
 const OPEN = new Set(['PENDING', 'SCHEDULED', 'RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL']);
@@ -345,6 +346,7 @@ export async function runView(ctx) {
 
   // -- header and controls --------------------------------------------------------------------
   const liveEl = h('span', { class: 'conn', dataset: { state: 'idle' } });
+  const lineage = lineageEl(S.run, ctx.signal); // parent, re-run of, continued from/as, children
   let confirming = false;
   let confirmEl = null;
   function renderHeader() {
@@ -376,6 +378,7 @@ export async function runView(ctx) {
     if (!terminal) {
       actions.append(h('button', { type: 'button', class: 'btn btn-danger', id: 'cancel-run', onclick: () => { confirming = true; renderHeader(); } }, 'Cancel'));
     }
+    actions.append(...rerunButtons(r, busy));
     // The confirm panel survives re-renders (events keep arriving while someone types a reason).
     if (confirming && !terminal && !confirmEl) {
       const reason = h('input', { type: 'text', id: 'cancel-reason', placeholder: 'Reason (optional)', 'aria-label': 'Reason for cancelling' });
@@ -397,7 +400,8 @@ export async function runView(ctx) {
             h('a', { href: `#/workflows/${encodeURIComponent(r.workflowId)}` }, r.workflowId), ` v${r.workflowVersion}`,
             ' · created ', timeEl(r.createdAt),
             r.completedAt ? [' · finished ', h('span', { title: fmtTime(r.completedAt) }, fmtTime(r.completedAt))] : null,
-            ' · duration ', h('strong', { class: 'run-duration', dataset: terminal ? {} : { since: start || '' } }, fmtDuration(durationBetween(start, r.completedAt))))),
+            ' · duration ', h('strong', { class: 'run-duration', dataset: terminal ? {} : { since: start || '' } }, fmtDuration(durationBetween(start, r.completedAt)))),
+          lineage),
         actions),
       confirm,
       h('details', { class: 'run-input' }, h('summary', { class: 'small' }, 'Input ', h('span', { class: 'mono muted' }, preview(r.input, 80))), jsonBlock(r.input)));
