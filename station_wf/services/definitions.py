@@ -119,6 +119,13 @@ def recursion_problem(conn: sqlite3.Connection, defn: dict[str, Any], pending: d
     return cycle_message(cycle) if cycle else None
 
 
+def _refuse_recursion(conn: sqlite3.Connection, defn: dict[str, Any]) -> None:
+    """422 for a definition that would start itself (every write of a version passes here or plan_sync)."""
+    problem = recursion_problem(conn, defn)
+    if problem:
+        raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", [_problem("api", problem)])
+
+
 def _guess_id(raw: str) -> str | None:
     try:
         doc = yaml.safe_load(raw)
@@ -355,10 +362,7 @@ def _tx_create(defn: dict[str, Any], raw: str, *, must_exist: bool):
         if not must_exist and head is not None:
             raise ServiceError(409, "conflict", f"workflow {defn['id']!r} exists; PUT /api/v1/workflows/{defn['id']} makes a new version",
                                {"id": defn["id"], "version": head["version"]})
-        problem = recursion_problem(conn, defn)
-        if problem:
-            raise ServiceError(422, "invalid_definition", "the workflow definition is invalid",
-                               [_problem("api", problem)])
+        _refuse_recursion(conn, defn)
         version = ds.register(conn, defn, raw, source="api").version
         sync_schedules(conn, defn["id"], defn)
         return version
@@ -427,6 +431,7 @@ def load_workflow_file(path: Path, workflow_id: str, agents: AgentCatalog | None
 
 def _tx_register_file(defn: dict[str, Any], raw: str, file: str, environment: str | None):
     def apply(conn: sqlite3.Connection) -> ds.Registered:
+        _refuse_recursion(conn, defn)
         reg = ds.register(conn, defn, raw, source="file", source_file=file, environment=environment)
         sync_schedules(conn, defn["id"], defn)
         return reg
@@ -443,6 +448,7 @@ def _tx_rollback(workflow_id: str, version: int):
             raise ServiceError(409, "conflict", f"version {version} has the content of the latest version {head['version']}: nothing to roll back",
                                {"id": workflow_id, "version": version, "latest": head["version"]})
         defn = json.loads(old["definition"])
+        _refuse_recursion(conn, defn)
         made = ds.register(conn, defn, old["raw"], source="api").version
         sync_schedules(conn, workflow_id, defn)
         return made
