@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from station_wf.cli_agents import add_agents_commands
+from station_wf.cli_bundles import add_bundle_commands
 from station_wf.config import Settings, add_settings_flags, settings_from_args, settings_from_env
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     workflows.set_defaults(func=cmd_workflows)
 
     add_agents_commands(sub)
+    add_bundle_commands(sub)  # issue 19: bundle create|install|list, webhooks
 
     demo = sub.add_parser("demo-agent", help="serve the example environment's HTTP agent (greeter)")
     demo.add_argument("--host", default="127.0.0.1")

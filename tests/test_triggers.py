@@ -20,6 +20,8 @@ GH_SECRET = "github-hook-secret-0123456789"
 ST_SECRET = "station-hook-secret-012345678"
 STRIPE_SECRET = "whsec_stripe_secret_0123456789"
 TOKEN = "hook-bearer-token-0123456789"
+API = "api-token-for-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {API}"}
 
 FLOW = """\
 id: {id}
@@ -65,20 +67,16 @@ hooks:
 """
 
 
-def make(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None) -> Daemon:
+@pytest.fixture(scope="module")
+def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon with API tokens on: hooks that verify themselves need none, the rest of the API does."""
     root = tmp_path_factory.mktemp("triggers")
     (root / "environments" / "default" / "agents").mkdir(parents=True)
-    daemon = Daemon(root, None, {"GH_SECRET": GH_SECRET, **(env or {})})
+    daemon = Daemon(root, None, {"GH_SECRET": GH_SECRET, "STATION_API_TOKEN": API})
     daemon.add_workflow("trig_gh", FLOW.format(id="trig_gh"))
     daemon.add_workflow("trig_st", FLOW.format(id="trig_st"))
     daemon.add_workflow("trig_plain", PLAIN)
     (root / "environments" / "default" / "integrations.yaml").write_text(HOOKS)
-    return daemon
-
-
-@pytest.fixture(scope="module")
-def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    daemon = make(tmp_path_factory)
     daemon.start()
     yield daemon
     daemon.stop()
@@ -89,7 +87,7 @@ def post(d: Daemon, name: str, raw: bytes, headers: dict[str, str]) -> httpx.Res
 
 
 def runs_of(d: Daemon, workflow: str) -> list[dict[str, Any]]:
-    return d.request("GET", "/api/v1/workflow-runs", params={"workflowId": workflow}).json()["runs"]
+    return d.request("GET", "/api/v1/workflow-runs", params={"workflowId": workflow}, headers=AUTH).json()["runs"]
 
 
 def gh_headers(raw: bytes, delivery: str, secret: str = GH_SECRET) -> dict[str, str]:
@@ -167,26 +165,14 @@ def test_bearer_hook_and_header_key(d: Daemon) -> None:
     assert no_key.status_code == 400 and "X-Request-Key" in no_key.json()["error"]["message"]
 
 
-def test_workflow_id_as_hook_and_bad_requests(d: Daemon) -> None:
-    ok = post(d, "trig_plain", b'{"anything": [1, 2]}', {})
+def test_workflow_id_as_hook_needs_the_api_token_and_bad_requests(d: Daemon) -> None:
+    assert post(d, "trig_plain", b"{}", {}).status_code == 401       # no verify of its own: the API token it is
+    ok = post(d, "trig_plain", b'{"anything": [1, 2]}', AUTH)
     assert ok.status_code == 201 and ok.json()["run"]["input"] == {"anything": [1, 2]}
-    assert post(d, "no_such_workflow", b"{}", {}).status_code == 404
-    assert post(d, "trig_plain", b"{not json", {}).status_code == 400
-    assert post(d, "trig_gh", b'{"repo": 1}', {}).status_code == 400  # its input schema still holds
+    assert post(d, "no_such_workflow", b"{}", AUTH).status_code == 404
+    assert post(d, "trig_plain", b"{not json", AUTH).status_code == 400
+    assert post(d, "trig_gh", b'{"repo": 1}', {}).status_code == 401  # the workflow id as a hook: the token again
+    assert post(d, "trig_gh", b'{"repo": 1}', AUTH).status_code == 400  # its input schema still holds
     assert "hooks[4].input.repo" in d.log()  # a template that is not a path: refused at load, named
-    assert post(d, "bad", b'{"repo": "x"}', {}).status_code == 404  # so no hook of that name exists
-
-
-def test_api_tokens_do_not_cover_hooks_that_verify_themselves(tmp_path_factory: pytest.TempPathFactory) -> None:
-    api = "api-token-for-tests-0123456789"
-    daemon = make(tmp_path_factory, {"STATION_API_TOKEN": api})
-    daemon.start()
-    try:
-        raw = json.dumps({"ref": "r", "repository": {"full_name": "acme/x"}, "pusher": {"name": "a"}}).encode()
-        assert post(daemon, "gh", raw, gh_headers(raw, "t-1")).status_code == 201        # its signature is enough
-        assert post(daemon, "gh", raw, gh_headers(raw, "t-2", "wrong-secret-xyz-123")).status_code == 401
-        assert post(daemon, "trig_plain", b"{}", {}).status_code == 401                   # no verify of its own
-        assert post(daemon, "trig_plain", b"{}", {"Authorization": f"Bearer {api}"}).status_code == 201
-        assert daemon.request("GET", "/api/v1/webhook-subscriptions").status_code == 401  # the rest stays behind the token
-    finally:
-        daemon.stop()
+    assert post(d, "bad", b'{"repo": "x"}', AUTH).status_code == 404  # so no hook of that name exists
+    assert d.request("GET", "/api/v1/webhook-subscriptions").status_code == 401  # the rest stays behind the token

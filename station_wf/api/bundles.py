@@ -12,7 +12,7 @@ from station_wf.errors import not_found
 
 
 async def list_bundles(request: Request, state: ApiState) -> Response:
-    return SafeJSONResponse({"bundles": await state.integrations.bundles.list()})
+    return SafeJSONResponse({"bundles": await state.integrations.bundles.list(request.query_params.get("workflowId"))})
 
 
 async def get_bundle(request: Request, state: ApiState) -> Response:

@@ -63,23 +63,15 @@ def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | N
     failed_ids: set[str] = set()
     for file in workflow_files(environments_dir, environment):
         raw = file.read_text()
-        try:
-            defn = parse_definition(raw, source=str(file))
-        except DefinitionError as exc:
-            report.errors.append(str(exc))
-            guess = _guess_id(raw)
-            if guess:
-                failed_ids.add(guess)  # a broken file must not disable the workflow it defines
+        checked = check_workflow_file(file, raw, agents)
+        report.warnings.extend(checked.warnings)
+        if checked.errors:
+            report.errors.extend(checked.errors)
+            if checked.workflow_id:
+                failed_ids.add(checked.workflow_id)  # a broken file must not disable the workflow it defines
             continue
-        report.warnings.extend(str(w) for w in getattr(defn, "warnings", ()))
-        agent_errors, agent_warnings = check_definition_agents(defn, agents)
-        stored_errors = [p for p in (value_problem(defn, "definition"),) if p]
-        agent_errors = [*stored_errors, *schema_problems(defn.get("inputSchema")), *agent_errors]
-        report.warnings.extend(f"{file}: {w}" for w in agent_warnings)
-        if agent_errors:
-            report.errors.extend(f"{file}: {e}" for e in agent_errors)
-            failed_ids.add(defn["id"])
-            continue
+        defn = checked.definition
+        assert defn is not None
         if defn["id"] in seen_ids:
             report.errors.append(f"{file}: workflow id {defn['id']!r} is also defined in {seen_ids[defn['id']]}")
             continue
@@ -98,6 +90,31 @@ def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | N
         return report
 
     return apply
+
+
+@dataclass
+class CheckedFile:
+    """One workflow file as sync (and bundle install) sees it: the definition when it is usable, and
+    every problem as `FILE: message` (loader errors carry their own FILE:LINE)."""
+    definition: dict[str, Any] | None
+    workflow_id: str | None
+    errors: list[str]
+    warnings: list[str]
+
+
+def check_workflow_file(file: Path, raw: str, agents: AgentCatalog) -> CheckedFile:
+    """Load one file and check it as sync does: the loader and checker, storable values, the input
+    schema, and the agents it names (flow checks are warnings)."""
+    try:
+        defn = parse_definition(raw, source=str(file))
+    except DefinitionError as exc:
+        return CheckedFile(None, _guess_id(raw), [str(exc)], [])
+    warnings = [str(w) for w in getattr(defn, "warnings", ())]
+    agent_errors, agent_warnings = check_definition_agents(defn, agents)
+    stored_errors = [p for p in (value_problem(defn, "definition"),) if p]
+    errors = [*stored_errors, *schema_problems(defn.get("inputSchema")), *agent_errors]
+    warnings += [f"{file}: {w}" for w in agent_warnings]
+    return CheckedFile(None if errors else defn, defn["id"], [f"{file}: {e}" for e in errors], warnings)
 
 
 def _guess_id(raw: str) -> str | None:
