@@ -75,17 +75,26 @@ class WebhookDeliveries(Loop):
         self._http: aiohttp.ClientSession | None = None
 
     async def run(self, loops: int | None = None) -> None:
-        async with aiohttp.ClientSession() as http:
-            self._http = http
-            try:
-                await super().run(loops)
-            finally:
-                tasks = list(self._inflight.values())
-                for task in tasks:
-                    task.cancel()
-                if tasks:
-                    await asyncio.wait(tasks, timeout=2)
-                self._http = None
+        try:
+            await super().run(loops)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop the POSTs in flight (their rows stay pending: tried again by the next holder) and the session."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
 
     async def run_once(self) -> int:
         made = await self.enqueue()
@@ -134,10 +143,9 @@ class WebhookDeliveries(Loop):
         return slot
 
     async def _deliver(self, row: Any) -> None:
-        assert self._http is not None
         try:
             async with self._slot(row["subscription_id"], row["max_concurrency"]):
-                await self._post(self._http, row)
+                await self._post(self._session(), row)
         except Exception as exc:  # noqa: BLE001 - e.g. the lease lost mid-way: the row stays pending, tried again
             log.warning("webhook %s: attempt not recorded (%s); it stays queued", row["delivery_id"], exc)
 
