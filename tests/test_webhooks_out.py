@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import Daemon, wait_until
 from tests.receivers import Receiver, serving
 
+CHROMIUM = Path("/usr/bin/chromium")
 SECRET = "whsec-test-secret-0123456789"
 ENV_SECRET = "env-secret-abcdefghijklmnop"
 
@@ -180,6 +181,31 @@ def test_bad_subscriptions_are_refused(d: Daemon, rec: Receiver) -> None:
     assert d.request("POST", "/api/v1/webhook-subscriptions", json={"id": "dupe", "url": rec.url("/x")}).status_code == 409
     assert d.request("DELETE", f"/api/v1/webhook-subscriptions/{made['id']}").status_code == 204
     assert d.request("GET", "/api/v1/webhook-subscriptions/dupe").status_code == 404
+
+
+def test_dashboard_shows_the_delivery_log_and_redelivers(d: Daemon, rec: Receiver) -> None:
+    """The dashboard's #/webhooks page in a real Chromium: subscriptions, deliveries, attempts, redeliver."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    dead = [x for x in d.request("GET", "/api/v1/webhook-deliveries", params={"status": "dead"}).json()["deliveries"]]
+    assert dead, "an earlier test leaves dead letters"
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.set_default_timeout(15_000)
+        page.goto(d.base + "/#/webhooks")
+        sync_api.expect(page.locator("#webhook-subscriptions tr[data-subscription='env:ops']")).to_be_visible()
+        row = page.locator(f"#webhook-deliveries tr[data-delivery='{dead[0]['id']}']")
+        sync_api.expect(row).to_have_attribute("data-status", "dead")
+        row.locator("td").first.click()
+        sync_api.expect(page.locator("tr.delivery-open .delivery-detail table")).to_be_visible()
+        row.locator("button[data-redeliver]").click()
+        wait_until(lambda: delivery(d, dead[0]["id"])["attempts"] > dead[0]["attempts"], 15, what="the redelivery")
+        browser.close()
+    assert errors == []
 
 
 def test_kill9_with_deliveries_pending_loses_none(d: Daemon, rec: Receiver, tmp_path: Path) -> None:
