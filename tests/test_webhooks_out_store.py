@@ -64,6 +64,9 @@ def test_queue_on_both_stores(store_target: Path | str) -> None:
                 break
         shown = await subs.delivery(dead["id"])
         assert shown["status"] == "delivered" and [a["responseStatus"] for a in shown["attemptLog"]] == [500, 500, 200]
+        assert writer.run_sync(lambda c: hook_deliveries.prune(c, "2000")) == 0  # nothing that old
+        assert writer.run_sync(lambda c: hook_deliveries.prune(c, "9999")) == 3  # every finished delivery
+        assert (await subs.deliveries(None, None, None, None, 100))["deliveries"] == []
         await subs.delete("down")
         assert [s["id"] for s in await subs.list()] == ["ok"]
         await loop.close()

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -45,6 +46,8 @@ class DeliveryConfig:
     backoff_seconds: float = 2.0
     max_backoff_seconds: float = 300.0
     poll_seconds: float = 0.5
+    keep_days: float = 30.0        # finished deliveries are forgotten after this (STATION_RETENTION_DAYS; 0: kept)
+    prune_every_s: float = 3600.0
 
 
 def body_for(event: Any, delivery_id: str) -> str:
@@ -73,6 +76,7 @@ class WebhookDeliveries(Loop):
         self._inflight: dict[str, asyncio.Task] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._pruned_at = 0.0
 
     async def run(self, loops: int | None = None) -> None:
         try:
@@ -97,6 +101,7 @@ class WebhookDeliveries(Loop):
         return self._http
 
     async def run_once(self) -> int:
+        await self._prune()
         made = await self.enqueue()
         started = 0
         for row in await store.due(self.readers, time.time()):
@@ -133,6 +138,17 @@ class WebhookDeliveries(Loop):
             return await self.writer.run(lambda c: store.enqueue(c, expected, last, rows, time.time()))
         except store.CursorMoved:
             return 0  # another pass (a previous holder's, fenced now) got there: read again next pass
+
+    async def _prune(self) -> None:
+        """The delivery log is bounded like run history: finished deliveries older than the retention go."""
+        if self.config.keep_days <= 0 or time.monotonic() - self._pruned_at < self.config.prune_every_s:
+            return
+        self._pruned_at = time.monotonic()
+        cutoff = datetime.fromtimestamp(time.time() - self.config.keep_days * 86400, UTC)
+        before = cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        for _ in range(1000):
+            if await self.writer.run(lambda c: store.prune(c, before)) < 1000:
+                return
 
     def _slot(self, subscription_id: str, size: int) -> asyncio.Semaphore:
         slot = self._slots.get(subscription_id)

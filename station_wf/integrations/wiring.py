@@ -34,7 +34,7 @@ class Integrations:
         self.defaults = Defaults(max(1, settings.webhook_attempts), settings.webhook_timeout_seconds,
                                  max(1, settings.webhook_concurrency))
         self.loop = WebhookDeliveries(fenced, readers, DeliveryConfig(
-            settings.webhook_backoff_seconds, settings.webhook_max_backoff_seconds))
+            settings.webhook_backoff_seconds, settings.webhook_max_backoff_seconds, keep_days=settings.retention_days))
         self.subscriptions = SubscriptionService(writer, readers, self.defaults, on_change=self.loop.kick)
         self.triggers = TriggerService(runs, {}, settings.hook_replay_window_seconds, api_tokens)
         self.bundles: Any = None  # set by the daemon (integrations/bundles.py)

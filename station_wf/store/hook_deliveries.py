@@ -137,6 +137,17 @@ def redeliver(conn: Any, delivery_id: str, now: float) -> Any | None:
     return cur.rowcount == 1
 
 
+def prune(conn: Any, before: str, limit: int = 1000) -> int:
+    """Forget finished deliveries (delivered or dead) last changed before `before`, at most `limit` a call."""
+    ids = [r[0] for r in conn.execute("SELECT delivery_id FROM hook_deliveries WHERE status <> 'pending' AND updated_at < ?"
+                                      " ORDER BY updated_at LIMIT ?", (before, limit)).fetchall()]
+    if ids:
+        marks = ",".join("?" * len(ids))
+        conn.execute(f"DELETE FROM hook_delivery_attempts WHERE delivery_id IN ({marks})", ids)
+        conn.execute(f"DELETE FROM hook_deliveries WHERE delivery_id IN ({marks})", ids)
+    return len(ids)
+
+
 async def deliveries(readers: Readers, subscription_id: str | None, status: str | None, run_id: str | None,
                      before: int | None, limit: int) -> list[Any]:
     """The delivery log, newest event first, paged by `before` (an event id)."""
