@@ -90,7 +90,8 @@ states:
 
 def install(d: Daemon, src: Path) -> Installed:
     """The installer in this process (what `bundle install` runs; the CLI itself is tested below)."""
-    return install_bundle(src, d.root / "environments", "default", d.data_dir / "station-wf.db")
+    target = d.process_env().get("STATION_DATABASE_URL") or d.data_dir / "station-wf.db"
+    return install_bundle(src, d.root / "environments", "default", target)
 
 
 def refused(d: Daemon, src: Path) -> str:
