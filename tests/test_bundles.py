@@ -130,7 +130,7 @@ def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     daemon.add_workflow("own", GONE.replace("b_gone", "own_flow"))
     yield daemon
     if daemon.proc is not None and daemon.proc.poll() is None:
-        daemon.stop()
+        daemon.kill()  # test_webhooks_out checks the clean stop
 
 
 def test_round_trip_reinstall_and_upgrade(d: Daemon, tmp_path: Path) -> None:
@@ -166,6 +166,8 @@ def test_round_trip_reinstall_and_upgrade(d: Daemon, tmp_path: Path) -> None:
     assert listed["mcpServers"] == ["kubectl.json"]
     assert [b["name"] for b in bundles(d, workflowId="b_hello")] == ["sre-playbooks"]
     assert bundles(d, workflowId="own_flow") == []
+    assert d.request("GET", "/api/v1/workflows/b_hello").json()["bundle"] == {"name": "sre-playbooks", "version": "1.0.0"}
+    assert d.request("GET", "/api/v1/workflows/own_flow").json()["bundle"] is None
     run = d.start_run("b_hello")
     assert run["status"] == "COMPLETED", run
 

@@ -79,7 +79,7 @@ def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     (root / "environments" / "default" / "integrations.yaml").write_text(HOOKS)
     daemon.start()
     yield daemon
-    daemon.stop()
+    daemon.kill()  # test_webhooks_out checks the clean stop
 
 
 def post(d: Daemon, name: str, raw: bytes, headers: dict[str, str]) -> httpx.Response:

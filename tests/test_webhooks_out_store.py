@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from station_wf.errors import ServiceError
 from station_wf.integrations.delivery import DeliveryConfig, WebhookDeliveries
 from station_wf.integrations.subscriptions import Defaults, SubscriptionService
 from station_wf.store import bundles, hook_deliveries
@@ -64,11 +65,17 @@ def test_queue_on_both_stores(store_target: Path | str) -> None:
                 break
         shown = await subs.delivery(dead["id"])
         assert shown["status"] == "delivered" and [a["responseStatus"] for a in shown["attemptLog"]] == [500, 500, 200]
-        assert writer.run_sync(lambda c: hook_deliveries.prune(c, "2000")) == 0  # nothing that old
-        assert writer.run_sync(lambda c: hook_deliveries.prune(c, "9999")) == 3  # every finished delivery
-        assert (await subs.deliveries(None, None, None, None, 100))["deliveries"] == []
         await subs.delete("down")
         assert [s["id"] for s in await subs.list()] == ["ok"]
+        writer.run_sync(lambda c: _seed(c, "r2", ["run.completed"]))
+        assert await loop.enqueue() == 1  # the deleted subscription gets nothing new
+        with pytest.raises(ServiceError) as gone:
+            await subs.redeliver(f"down:{dead['eventId']}")
+        assert gone.value.status == 409 and gone.value.code == "subscription_deleted"
+        assert writer.run_sync(lambda c: hook_deliveries.prune(c, "2000")) == 0  # nothing that old
+        assert writer.run_sync(lambda c: hook_deliveries.prune(c, "9999")) == 3  # every finished delivery
+        left = (await subs.deliveries(None, None, None, None, 100))["deliveries"]
+        assert [(x["subscriptionId"], x["runId"], x["status"]) for x in left] == [("ok", "r2", "pending")]
         await loop.close()
         await readers.close()
 

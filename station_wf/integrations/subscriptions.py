@@ -237,7 +237,12 @@ class SubscriptionService:
 
     async def redeliver(self, delivery_id: str) -> dict[str, Any]:
         """Queue the delivery again now, with a fresh round of attempts; same delivery id (receivers de-duplicate)."""
-        if not await self.writer.run(lambda c: store.redeliver(c, delivery_id, time.time())):
+        row = await store.delivery(self.readers, delivery_id)
+        if row is None:
             raise not_found("webhook delivery", delivery_id)
+        if await store.get_subscription(self.readers, row["subscription_id"]) is None:
+            raise ServiceError(409, "subscription_deleted", f"the subscription of {delivery_id!r} was deleted",
+                               {"subscriptionId": row["subscription_id"]})
+        await self.writer.run(lambda c: store.redeliver(c, delivery_id, time.time()))
         self._kick()
         return await self.delivery(delivery_id)

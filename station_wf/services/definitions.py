@@ -23,6 +23,7 @@ from station_wf.services.isolated import IsolatedPool
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
 from station_wf.services.storable import refuse_hostile_json, value_problem
+from station_wf.store import bundles
 from station_wf.store import definitions as ds
 from station_wf.store.db import Readers, Writer
 
@@ -241,7 +242,9 @@ class DefinitionService:
         row = await ds.read_definition(self.readers, workflow_id, version)
         if row is None:
             raise not_found("workflow", workflow_id if version is None else f"{workflow_id}@{version}")
-        return definition_to_api(row)
+        out = definition_to_api(row)
+        out["bundle"] = await bundles.bundle_of(self.readers, row["environment"], workflow_id)  # issue 19
+        return out
 
     async def versions(self, workflow_id: str) -> list[dict[str, Any]]:
         rows = await ds.read_versions(self.readers, workflow_id)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from station_wf.store.db import Readers, utcnow
-from station_wf.store.jsontext import dumps
+from station_wf.store.jsontext import dumps, loads
 
-__all__ = ["get", "list_bundles", "record"]
+__all__ = ["bundle_of", "get", "latest_version", "list_bundles", "record"]
 
 
 def record(conn: Any, name: str, environment: str, version: str, content_hash: str, description: str | None,
@@ -31,6 +31,17 @@ def get(conn: Any, name: str, environment: str) -> Any | None:
 def latest_version(conn: Any, workflow_id: str) -> int | None:
     row = conn.execute("SELECT MAX(version) FROM workflow_definitions WHERE workflow_id = ?", (workflow_id,)).fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+async def bundle_of(readers: Readers, environment: str | None, workflow_id: str) -> dict[str, Any] | None:
+    """The bundle (name, version) that installed `workflow_id` into `environment`, or None."""
+    if environment is None:
+        return None
+    for row in await readers.fetchall("SELECT name, version, workflows FROM bundles WHERE environment = ? ORDER BY name",
+                                      (environment,)):
+        if any(w.get("id") == workflow_id for w in loads(row["workflows"])):
+            return {"name": row["name"], "version": row["version"]}
+    return None
 
 
 async def list_bundles(readers: Readers) -> list[Any]:
