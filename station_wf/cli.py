@@ -11,6 +11,7 @@ from typing import Any
 
 from station_wf.cli_agents import add_agents_commands
 from station_wf.cli_api import CliError
+from station_wf.cli_bundles import add_bundle_commands
 from station_wf.cli_remote import add_remote_commands
 from station_wf.config import Settings, add_settings_flags, settings_from_args
 
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_remote_commands(sub)
     add_agents_commands(sub)
+    add_bundle_commands(sub)  # issue 19: bundle create|install|list, webhooks
 
     completion = sub.add_parser("completion", help="print a shell completion script (bash, zsh or tcsh)",
                                 description="e.g. `station-wf completion bash > /etc/bash_completion.d/station-wf` or, "

@@ -132,6 +132,14 @@ OPTIONS: tuple[Option, ...] = (
            "how deep agents may call agents as tools (1: an agent's agent-tools may not call agents)"),
     Option("mcp_server_enabled", "STATION_MCP_SERVER", _bool,
            "serve the workflows as MCP tools at /mcp (streamable HTTP, the API's bearer auth)"),
+    # -- integrations (issue 19): outgoing webhooks, incoming hooks --
+    Option("webhook_attempts", "STATION_WEBHOOK_ATTEMPTS", int, "default attempts of a webhook delivery before it is dead"),
+    Option("webhook_backoff_seconds", "STATION_WEBHOOK_BACKOFF_SECONDS", float, "first retry delay of a webhook delivery (doubles per attempt)"),
+    Option("webhook_max_backoff_seconds", "STATION_WEBHOOK_MAX_BACKOFF_SECONDS", float, "longest retry delay of a webhook delivery"),
+    Option("webhook_timeout_seconds", "STATION_WEBHOOK_TIMEOUT_SECONDS", float, "default time bound of one webhook POST"),
+    Option("webhook_concurrency", "STATION_WEBHOOK_CONCURRENCY", int, "default open POSTs per subscription at most"),
+    Option("hook_replay_window_seconds", "STATION_HOOK_REPLAY_WINDOW_SECONDS", float,
+           "an incoming hook's signed timestamp may be this old (or this far ahead) at most"),
 )
 
 
@@ -206,6 +214,13 @@ class Settings:
     agent_max_steps: int = 10
     agent_tool_depth: int = 2
     mcp_server_enabled: bool = True
+    # -- integrations (issue 19) --
+    webhook_attempts: int = 8
+    webhook_backoff_seconds: float = 2.0
+    webhook_max_backoff_seconds: float = 300.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_concurrency: int = 4
+    hook_replay_window_seconds: float = 300.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

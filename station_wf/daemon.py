@@ -295,12 +295,14 @@ class Daemon:
             mcp_tools = WorkflowTools(definitions, run_service, control)
             extra_routes.append(mcp_tools.route())
             self._spawn("mcp", mcp_tools.run(self._stop))
+        integrations = await self._start_integrations(run_service)
         state = ApiState(run_service, definitions, self.writer, self.readiness, self.tokens,
                          control, self.hub, sse_ping=s.sse_ping_seconds,
                          extra_routes=extra_routes, agents=self.agents,
                          offloader=self.offloader, max_sse=s.max_sse_connections, body_timeout=s.http_body_timeout_seconds,
                          loopback=None if self.tokens.enabled else
-                         LoopbackPolicy(s.http_host, s.http_port, tuple(s.allowed_hosts.split(","))))
+                         LoopbackPolicy(s.http_host, s.http_port, tuple(s.allowed_hosts.split(","))),
+                         integrations=integrations)
         config = uvicorn.Config(build_app(state), host=s.http_host, port=s.http_port, log_level="warning",
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=5, log_config=None)
         self.server = _ApiServer(config)
@@ -329,6 +331,18 @@ class Daemon:
             urls, s.approval_webhook_secret, s.public_url or f"http://{s.http_addr}", s.approval_webhook_timeout_seconds,
             max(1, s.approval_webhook_attempts), s.approval_webhook_backoff_seconds))
         self._singleton(self.webhooks)
+
+    async def _start_integrations(self, runs: RunService) -> Any:
+        """Issue 19: webhook subscriptions (a singleton delivery loop), incoming hooks, bundles."""
+        from station_wf.integrations.bundles import BundleService
+        from station_wf.integrations.wiring import Integrations
+
+        assert self.keeper is not None
+        integrations = Integrations(self.settings, self.writer, self.readers, self.keeper.fenced, runs, self.tokens.enabled)
+        integrations.bundles = BundleService(self.readers)
+        await integrations.start()
+        self._singleton(integrations.loop)
+        return integrations
 
     def _kick_relays(self) -> None:
         """After every commit: publish new tasks and events now, and wake SSE subscribers."""

@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from station_wf.api import people, runs, schedules, streams, workflows
+from station_wf.api import bundles, hooks, people, runs, schedules, streams, webhook_subscriptions, workflows
 from station_wf.api.agents import agent_handlers
 from station_wf.api.door import RequestContext, error_response
 from station_wf.api.http import Handler, SafeJSONResponse, request_id
@@ -112,6 +112,8 @@ def build_app(state: ApiState) -> ASGIApp:
     routes = [route(path, handler, methods) for path, handler, methods in ROUTES]
     routes += [route(path, handler, methods) for path, handler, methods in agent_handlers(lambda: state.agents)]
     routes += [route(path, handler, methods) for path, handler, methods in station_handlers()]  # Station's REST shapes
+    if state.integrations is not None:  # issue 19: webhooks out, hooks in, bundles
+        routes += [route(p, h, m) for p, h, m in hooks.HANDLERS + webhook_subscriptions.HANDLERS + bundles.HANDLERS]
     routes.extend(state.extra_routes)
     routes.append(route("/api/{rest:path}", api_not_found, ["GET", "POST", "PUT", "DELETE", "PATCH"]))
     # The dashboard: static files served by the daemon itself (no build step), using only the API above.

@@ -32,6 +32,9 @@ AUTH_PATHS = ("/api/", "/metrics", "/mcp")
 """`/mcp` is the daemon's MCP server (issue 20): the same tokens, the same principals.
 `/healthz` and `/readyz` stay open: supervisors and load balancers probe them without a token, and
 they tell only up/ready (no ids, no counts). `/metrics` lists workflow ids and counts: behind auth."""
+OWN_AUTH_PATHS = ("/api/v1/hooks/",)
+"""Incoming hooks verify their own signature or token (an outside system cannot send our bearer token);
+a hook without one asks for the API token itself (`integrations/triggers.py`)."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 SSE_PATH = re.compile(r"^/api/v1/workflow-runs/(?:[^/]+/)?stream$")
 
@@ -112,7 +115,8 @@ class RequestContext:
         has_body = (length is not None and length.strip() not in ("", "0")) or "transfer-encoding" in headers
         if self.tokens.enabled:
             principal = self.tokens.authenticate(headers.get("authorization"))
-            if principal is None and path.startswith(AUTH_PATHS):
+            scope["state"]["authenticated"] = principal is not None
+            if principal is None and path.startswith(AUTH_PATHS) and not path.startswith(OWN_AUTH_PATHS):
                 await refuse(401, "unauthorized", "missing or wrong bearer token")
                 return
         else:  # loopback-only development: callers may name themselves

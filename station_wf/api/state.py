@@ -30,7 +30,7 @@ class ApiState:
                  hub: EventHub, sse_ping: float = 15.0, extra_routes: list[Route] | None = None,
                  agents: AgentCatalog | None = None, offloader: Offloader | None = None,
                  loopback: LoopbackPolicy | None = None, max_sse: int = 256, body_timeout: float = 30.0,
-                 schedules: ScheduleService | None = None) -> None:
+                 schedules: ScheduleService | None = None, integrations: Any = None) -> None:
         self.runs = runs
         self.definitions = definitions
         self.writer = writer  # for /healthz only: writes go through the services
@@ -47,3 +47,4 @@ class ApiState:
         self.loopback = loopback
         self.max_sse = max_sse
         self.body_timeout = body_timeout
+        self.integrations = integrations  # station_wf/integrations/wiring.py (issue 19)

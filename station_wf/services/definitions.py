@@ -24,6 +24,7 @@ from station_wf.services.isolated import IsolatedPool
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
 from station_wf.services.storable import refuse_hostile_json, value_problem
+from station_wf.store import bundles
 from station_wf.store import definitions as ds
 from station_wf.store.db import Readers, Writer
 
@@ -64,23 +65,15 @@ def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | N
     failed_ids: set[str] = set()
     for file in workflow_files(environments_dir, environment):
         raw = file.read_text()
-        try:
-            defn = parse_definition(raw, source=str(file))
-        except DefinitionError as exc:
-            report.errors.append(str(exc))
-            guess = _guess_id(raw)
-            if guess:
-                failed_ids.add(guess)  # a broken file must not disable the workflow it defines
+        checked = check_workflow_file(file, raw, agents)
+        report.warnings.extend(checked.warnings)
+        if checked.errors:
+            report.errors.extend(checked.errors)
+            if checked.workflow_id:
+                failed_ids.add(checked.workflow_id)  # a broken file must not disable the workflow it defines
             continue
-        report.warnings.extend(str(w) for w in getattr(defn, "warnings", ()))
-        agent_errors, agent_warnings = check_definition_agents(defn, agents)
-        stored_errors = [p for p in (value_problem(defn, "definition"),) if p]
-        agent_errors = [*stored_errors, *schema_problems(defn.get("inputSchema")), *agent_errors]
-        report.warnings.extend(f"{file}: {w}" for w in agent_warnings)
-        if agent_errors:
-            report.errors.extend(f"{file}: {e}" for e in agent_errors)
-            failed_ids.add(defn["id"])
-            continue
+        defn = checked.definition
+        assert defn is not None
         if defn["id"] in seen_ids:
             report.errors.append(f"{file}: workflow id {defn['id']!r} is also defined in {seen_ids[defn['id']]}")
             continue
@@ -124,6 +117,31 @@ def _refuse_recursion(conn: sqlite3.Connection, defn: dict[str, Any]) -> None:
     problem = recursion_problem(conn, defn)
     if problem:
         raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", [_problem("api", problem)])
+
+
+@dataclass
+class CheckedFile:
+    """One workflow file as sync (and bundle install) sees it: the definition when it is usable, and
+    every problem as `FILE: message` (loader errors carry their own FILE:LINE)."""
+    definition: dict[str, Any] | None
+    workflow_id: str | None
+    errors: list[str]
+    warnings: list[str]
+
+
+def check_workflow_file(file: Path, raw: str, agents: AgentCatalog) -> CheckedFile:
+    """Load one file and check it as sync does: the loader and checker, storable values, the input
+    schema, and the agents it names (flow checks are warnings)."""
+    try:
+        defn = parse_definition(raw, source=str(file))
+    except DefinitionError as exc:
+        return CheckedFile(None, _guess_id(raw), [str(exc)], [])
+    warnings = [str(w) for w in getattr(defn, "warnings", ())]
+    agent_errors, agent_warnings = check_definition_agents(defn, agents)
+    stored_errors = [p for p in (value_problem(defn, "definition"),) if p]
+    errors = [*stored_errors, *schema_problems(defn.get("inputSchema")), *agent_errors]
+    warnings += [f"{file}: {w}" for w in agent_warnings]
+    return CheckedFile(None if errors else defn, defn["id"], [f"{file}: {e}" for e in errors], warnings)
 
 
 def _guess_id(raw: str) -> str | None:
@@ -254,7 +272,9 @@ class DefinitionService:
         row = await ds.read_definition(self.readers, workflow_id, version)
         if row is None:
             raise not_found("workflow", workflow_id if version is None else f"{workflow_id}@{version}")
-        return definition_to_api(row)
+        out = definition_to_api(row)
+        out["bundle"] = await bundles.bundle_of(self.readers, row["environment"], workflow_id)  # issue 19
+        return out
 
     async def versions(self, workflow_id: str) -> list[dict[str, Any]]:
         rows = await ds.read_versions(self.readers, workflow_id)

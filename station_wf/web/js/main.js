@@ -6,6 +6,7 @@ import { workflowsView } from './views/workflows.js';
 import { workflowView } from './views/workflow.js';
 import { runView } from './views/run.js';
 import { approvalsView } from './views/approvals.js';
+import { webhooksView } from './views/webhooks.js';
 
 const app = document.getElementById('app');
 const ROUTES = [
@@ -13,6 +14,7 @@ const ROUTES = [
   [/^#\/workflows\/([^/]+)(?:\/(overview|runs|definition|versions))?\/?$/, 'workflows', () => workflowView],
   [/^#\/runs\/([^/]+)\/?$/, 'runs', () => runView],
   [/^#\/approvals\/?$/, 'approvals', () => approvalsView],
+  [/^#\/webhooks\/?$/, 'webhooks', () => webhooksView],
 ];
 
 let current = null; // {dispose, ctrl}

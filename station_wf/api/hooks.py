@@ -1,0 +1,32 @@
+"""`POST /api/v1/hooks/{name}`: an external system starts a run (see `integrations/triggers.py`).
+
+The door lets these requests through without the API's bearer token (a GitHub or Stripe cannot send
+ours); the hook verifies its own signature or token, and a hook without `verify:` needs the API token
+after all when the daemon has tokens."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from station_wf.api.http import SafeJSONResponse, parse_json, read_body, replayed
+from station_wf.api.state import ApiState
+from station_wf.errors import ServiceError
+
+
+async def fire_hook(request: Request, state: ApiState) -> Response:
+    raw = await read_body(request, state)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    authenticated = bool(request.scope.get("state", {}).get("authenticated"))
+    answer = await state.integrations.triggers.fire(request.path_params["name"], headers, raw, authenticated,
+                                                    parse_json, request.headers.get("traceparent"))
+    if answer.replayed:
+        return replayed(request, answer)
+    if answer.status >= 400:
+        error = answer.body["error"]
+        raise ServiceError(answer.status, error["code"], error["message"], error["details"])
+    run = answer.body["run"]
+    return SafeJSONResponse(answer.body, status_code=answer.status, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
+
+
+HANDLERS = [("/api/v1/hooks/{name}", fire_hook, ["POST"])]
