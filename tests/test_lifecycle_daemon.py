@@ -9,8 +9,6 @@ import threading
 from collections import Counter
 from typing import Any
 
-import pytest
-
 from tests.conftest import Daemon, wait_until
 
 LINEAR = """
@@ -323,9 +321,3 @@ def test_recursion_is_refused_at_load_bounded_at_run_time_and_continue_as_new_ch
     events = daemon.events(chain[0]["id"])
     assert any(e["type"] == "run.continued_as_new" and e["payload"]["runId"] == chain[1]["id"] for e in events)
 
-
-@pytest.fixture
-def daemon(daemon_factory: Any) -> Daemon:
-    d = daemon_factory()
-    d.add_agent("worker")
-    return d

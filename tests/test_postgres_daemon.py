@@ -1,6 +1,7 @@
 """The daemon on Postgres: a chosen set of the daemon tests run again with STATION_DATABASE_URL on a
-real Postgres server (each daemon a database of its own): runs, agents, approvals and their timeout
-timers, signals, pause/resume, cancel, idempotent starts, SSE, retention, and kill -9 recovery.
+real Postgres server (each daemon a database of its own): runs, agents, concurrent approval decisions,
+cancel, idempotent starts, SSE, retention, child workflows (their lineage SQL), and kill -9 recovery.
+(The store's SQL runs on both databases in the store tests; the replica tests run on Postgres.)
 
 The whole suite runs this way with `STATION_TEST_PG_SERVER=postgresql://USER@HOST:PORT make test`
 (see `Daemon.process_env` in tests/conftest.py); CI runs this module.
@@ -15,21 +16,15 @@ import pytest
 
 from tests.conftest import PLAIN, Daemon, wait_until
 from tests.pg_server import PgServer
-from tests.test_api import (  # noqa: F401 - collected again here, on Postgres
-    test_bad_input_is_a_clear_error_and_changes_nothing,
-    test_happy_path_context_and_events,
-    test_list_runs_pagination_and_filters,
-)
+from tests.test_api import test_happy_path_context_and_events  # noqa: F401 - collected again here, on Postgres
 from tests.test_crash import test_crash_between_commit_and_publish, test_kill9_during_agent_call_then_restart  # noqa: F401
+from tests.test_lifecycle_daemon import (  # noqa: F401
+    test_child_workflows_wait_detach_fail_and_are_cancelled_with_their_parent,
+)
 from tests.test_people import (  # noqa: F401
-    authed,
-    test_approval_timeout_fires_after_restart_and_late_decision_conflicts,
     test_approve_and_reject_race_exactly_one_wins,
-    test_approve_with_principals_and_a_second_decision_conflicts,
     test_cancel_during_a_long_agent_call_closes_the_connection,
     test_idempotent_run_start,
-    test_pause_during_foreach_then_resume,
-    test_signals_buffered_in_order_and_deduplicated,
     test_sse_reconnect_with_last_event_id_has_no_gap_and_no_duplicate,
 )
 from tests.test_schedules import test_retention_prunes_finished_runs_only  # noqa: F401

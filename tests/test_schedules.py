@@ -23,7 +23,7 @@ def runs_of(d: Daemon) -> list[dict]:
 
 def test_cron_fires_on_its_minute_once_across_restarts(daemon: Daemon) -> None:
     daemon.add_workflow("nightly", SCHEDULED)
-    daemon.start(extra_env={"STATION_TEST_CLOCK": "2026-01-01T00:02:45Z"})
+    daemon.start(extra_env={"STATION_TEST_CLOCK": "2026-01-01T00:02:50Z"})
     listed = daemon.request("GET", "/api/v1/workflow-schedules").json()["schedules"]
     assert [(s["id"], s["cron"], s["nextFireAt"]) for s in listed] == [("nightly:0", "*/3 * * * *", "2026-01-01T00:03:00Z")]
     wait_until(lambda: len(runs_of(daemon)) == 1, timeout=30, what="the 00:03 tick")
