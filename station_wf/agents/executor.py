@@ -184,7 +184,7 @@ class AgentRunExecutor:
                 raise ToolFailed(f"agent {route.agent.name!r} failed: {exc}") from None
             return done.output
 
-        limits = LoopLimits(spec.max_steps or self.max_steps, self.tool_timeout_s)
+        limits = LoopLimits(max(1, spec.max_steps or self.max_steps), self.tool_timeout_s)
         return await ToolLoop(provider, self.pool, box, limits, agent_tool, audit, path).run(request, self._http(), meta)
 
     def shape(self, spec: AgentSpec, reply: ProviderReply, meta: dict[str, Any]) -> dict[str, Any]:

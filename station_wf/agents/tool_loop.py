@@ -77,16 +77,22 @@ class ToolLoop:
             if not isinstance(calls, list) or len(calls) > MAX_CALLS_PER_TURN:
                 raise StepError(f"{what} asked for {len(calls) if isinstance(calls, list) else 'malformed'} tool calls "
                                 f"in one turn (at most {MAX_CALLS_PER_TURN})", metadata=meta)
+            if turn == self.limits.max_steps:  # review M1: a tool asked for on the last turn would never be answered
+                asked = [str(((c.get("function") or {}) if isinstance(c, dict) else {}).get("name") or "")[:EXCERPT_CHARS]
+                         for c in calls]
+                meta["turns"] = turn
+                raise StepError(f"agent {request.spec.name!r} reached max_steps ({self.limits.max_steps} model turns) "
+                                f"without a final answer; the {len(asked)} tool call(s) of the last turn were not run",
+                                type="max_steps",
+                                details={"maxSteps": self.limits.max_steps, "toolCalls": len(self.audit),
+                                         "notRun": asked},
+                                metadata={**meta, "usage": dict(self.usage)})
             calls = [_with_id(c, turn, n) for n, c in enumerate(calls)]  # a tool message answers its call by id
             messages.append({"role": "assistant", "content": message.get("content"), "tool_calls": calls})
             for n, tool_call in enumerate(calls):
                 content = await self._call(tool_call, request, turn, n, left, started, total)
                 messages.append({"role": "tool", "tool_call_id": tool_call["id"], "content": content})
-        meta["turns"] = self.limits.max_steps
-        raise StepError(f"agent {request.spec.name!r} reached max_steps ({self.limits.max_steps} model turns) "
-                        "without a final answer", type="max_steps",
-                        details={"maxSteps": self.limits.max_steps, "toolCalls": len(self.audit)},
-                        metadata={**meta, "usage": dict(self.usage)})
+        raise AssertionError("unreachable: the last turn returns or raises")  # pragma: no cover
 
     def _message(self, text: str, request: AgentRequest, meta: dict[str, Any], what: str) -> dict[str, Any]:
         try:
