@@ -101,3 +101,46 @@ async def test_what_the_model_gets_wrong_is_told_to_it_and_bad_files_fail(tmp_pa
                 assert err.value.type == kind and len(llm.requests) == before  # the model is never asked
         finally:
             await executor.close()
+
+
+WHO = """---
+model: openai/tiny
+tools: ["__whoami", "__get_pods"]
+max_steps: 4
+---
+Who.
+"""
+
+
+def _env(tmp_path: Path, agents: dict[str, str]) -> AgentRunExecutor:
+    env = tmp_path / "environments" / "default"
+    (env / "agents").mkdir(parents=True)
+    (env / "template.json").write_text(json.dumps({"mcpServers": {"ops": {
+        "command": sys.executable, "args": ["-m", "tests.mcp_servers.ops_server"], "cwd": str(REPO)}}}))
+    for name, text in agents.items():
+        (env / "agents" / f"{name}.prompt").write_text(text)
+    return AgentRunExecutor(AgentCatalog(tmp_path / "environments", "default"))
+
+
+async def test_the_tool_call_key_names_the_call_not_only_its_place(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review M2: a redelivered attempt whose model asks for another call at the same (turn, n) gets another
+    key; the same call (arguments in any key order) gets the same key."""
+    executor = _env(tmp_path, {"who": WHO})
+    with running_llm() as llm:
+        monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
+        try:
+            keys = []
+            for arguments in ({"namespace": "a", "x": 1}, {"x": 1, "namespace": "a"}, {"namespace": "b", "x": 1}):
+                llm.answer(calls(tool_call("get_pods", arguments)), "done")
+                result = await executor.execute(_call("who"))  # one step key: a redelivery of the attempt
+                (entry,) = result.metadata["toolCalls"]
+                keys.append(entry["idempotencyKey"])
+            assert keys[0] == keys[1] != keys[2]
+            assert all(k.startswith("run-1:s1:1:tool:who:1:0:") for k in keys)
+            llm.answer(calls(tool_call("whoami")), "done")
+            (entry,) = (await executor.execute(_call("who"))).metadata["toolCalls"]
+            assert entry["idempotencyKey"] not in keys  # another tool at the same place
+            assert json.loads(entry["excerpt"])["meta"]["io.station/idempotencyKey"] == entry["idempotencyKey"]
+        finally:
+            await executor.close()

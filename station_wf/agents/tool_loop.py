@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -122,7 +123,8 @@ class ToolLoop:
                 raise ToolFailed(f"unknown tool {name!r}; the tools are: {', '.join(sorted(self.box.routes))}")
             entry.update(kind=route.kind, server=route.server, mcpTool=route.tool,
                          agent=route.agent.name if route.agent else None)
-            key = f"{request.call.idempotency_key}:tool:{'/'.join(self.agent_path)}:{turn}:{n}"
+            key = (f"{request.call.idempotency_key}:tool:{'/'.join(self.agent_path)}:{turn}:{n}:"
+                   f"{call_digest(route, arguments)}")
             entry["idempotencyKey"] = key
             timeout = self.limits.tool_timeout_s
             if total is not None:  # the step's own deadline comes first: it cancels the call (the worker's wait)
@@ -177,6 +179,15 @@ class ToolFailed(Exception):
     """A tool call that did not produce a result; the model is told why."""
 
 
+def call_digest(route: Route, arguments: dict[str, Any]) -> str:
+    """What the call is, not only where it sits (review M2): after a redelivery the model may ask for a
+    different call at the same (turn, n), which must not reuse the key of the first one."""
+    target = {"server": route.server, "tool": route.tool if route.kind == "mcp" else None,
+              "agent": route.agent.name if route.agent else None, "arguments": arguments}
+    canonical = json.dumps(target, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def _with_id(call: Any, turn: int, n: int) -> dict[str, Any]:
     if not isinstance(call, dict):
         return {"id": f"call_{turn}_{n}", "type": "function", "function": {"name": "", "arguments": "{}"}}
@@ -221,4 +232,4 @@ def _usage_of(text: str) -> dict[str, Any]:
     return usage if isinstance(usage, dict) else {}
 
 
-__all__ = ["LoopLimits", "ToolFailed", "ToolLoop"]
+__all__ = ["LoopLimits", "ToolFailed", "ToolLoop", "call_digest"]
