@@ -12,7 +12,7 @@ import pytest
 
 from station_wf.agents.catalog import AgentCatalog
 from station_wf.agents.executor import AgentRunExecutor
-from station_wf.agents.tool_loop import MAX_CALLS_PER_TURN
+from station_wf.agents.tool_loop import EXCERPT_CHARS, MAX_CALLS_PER_TURN
 from station_wf.executors.base import StepCall, StepError
 from tests.conftest import REPO
 from tests.fake_llm import Reply, calls, running_llm, tool_call
@@ -142,5 +142,22 @@ async def test_the_tool_call_key_names_the_call_not_only_its_place(tmp_path: Pat
             (entry,) = (await executor.execute(_call("who"))).metadata["toolCalls"]
             assert entry["idempotencyKey"] not in keys  # another tool at the same place
             assert json.loads(entry["excerpt"])["meta"]["io.station/idempotencyKey"] == entry["idempotencyKey"]
+        finally:
+            await executor.close()
+
+
+async def test_what_a_call_tells_the_audit_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review M4: an error text of any size (here a model's 300 000-character tool name) reaches the audit, its
+    events and SSE cut to the excerpt size."""
+    executor = _env(tmp_path, {"who": WHO})
+    with running_llm() as llm:
+        monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
+        try:
+            llm.answer(calls(tool_call("x" * 300_000)), "done")
+            (entry,) = (await executor.execute(_call("who"))).metadata["toolCalls"]
+            assert "unknown tool 'xxx" in entry["error"] and "characters in all" in entry["error"]
+            assert len(entry["error"]) < EXCERPT_CHARS + 100 and len(entry["tool"]) < EXCERPT_CHARS + 100
+            (told,) = [m for m in llm.requests[1].body["messages"] if m["role"] == "tool"]
+            assert len(told["content"]) < 2000
         finally:
             await executor.close()

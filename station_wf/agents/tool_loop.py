@@ -113,14 +113,14 @@ class ToolLoop:
         """One tool call, audited; returns what the model is told."""
         fn = (tool_call.get("function") or {}) if isinstance(tool_call, dict) else {}
         name = str(fn.get("name") or "")
-        entry: dict[str, Any] = {"agentPath": list(self.agent_path), "turn": turn, "tool": name}
+        entry: dict[str, Any] = {"agentPath": list(self.agent_path), "turn": turn, "tool": cut(name, EXCERPT_CHARS)}
         t0 = time.monotonic()
         try:
             arguments = _arguments(fn.get("arguments"))
             entry["arguments"] = bounded_json(arguments, ARGUMENTS_CHARS)
             route = self.box.routes.get(name)
             if route is None:
-                raise ToolFailed(f"unknown tool {name!r}; the tools are: {', '.join(sorted(self.box.routes))}")
+                raise ToolFailed(f"unknown tool {cut(name, 200)!r}; the tools are: {', '.join(sorted(self.box.routes))}")
             entry.update(kind=route.kind, server=route.server, mcpTool=route.tool,
                          agent=route.agent.name if route.agent else None)
             key = (f"{request.call.idempotency_key}:tool:{'/'.join(self.agent_path)}:{turn}:{n}:"
@@ -139,7 +139,7 @@ class ToolLoop:
             entry.update(resultBytes=len(text.encode()), excerpt=text[:EXCERPT_CHARS], error=None)
         except ToolFailed as exc:
             text = f"error: {exc}"
-            entry.update(resultBytes=0, excerpt=None, error=str(exc))
+            entry.update(resultBytes=0, excerpt=None, error=cut(str(exc), EXCERPT_CHARS))  # review M4: it reaches events, SSE
         except asyncio.CancelledError:  # the step timed out or was cancelled: the call in flight is audited too
             entry.update(resultBytes=0, excerpt=None, error="cancelled: the step timed out or was cancelled during the call",
                          durationMs=round((time.monotonic() - t0) * 1000))
@@ -177,6 +177,11 @@ class ToolLoop:
 
 class ToolFailed(Exception):
     """A tool call that did not produce a result; the model is told why."""
+
+
+def cut(text: str, limit: int) -> str:
+    """At most about `limit` characters, saying how long the whole was."""
+    return text if len(text) <= limit else f"{text[:limit]}… [{len(text)} characters in all]"
 
 
 def call_digest(route: Route, arguments: dict[str, Any]) -> str:
