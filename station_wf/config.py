@@ -129,7 +129,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("agent_max_steps", "STATION_AGENT_MAX_STEPS", int,
            "model turns of an agent with tools when its file sets no max_steps; past it the step fails"),
     Option("agent_tool_depth", "STATION_AGENT_TOOL_DEPTH", int,
-           "how deep agents may call agents as tools (1: an agent's agent-tools may not call agents)"),
+           "how many levels of agents one agent.run step may hold, itself included (1: no agent may call agents; "
+           "2: its agent-tools may not call agents)"),
+    Option("agent_conversation_max_bytes", "STATION_AGENT_CONVERSATION_MAX_BYTES", int,
+           "bytes of messages one agent.run step's conversations (the agent's and its agent-tools') may hold; "
+           "past it the step fails (agent_limit)"),
+    Option("agent_max_tool_calls", "STATION_AGENT_MAX_TOOL_CALLS", int,
+           "tool calls one agent.run step may make (agent-tools' included); the next one fails the step (agent_limit)"),
     Option("mcp_server_enabled", "STATION_MCP_SERVER", _bool,
            "serve the workflows as MCP tools at /mcp (streamable HTTP, the API's bearer auth)"),
     # -- integrations (issue 19): outgoing webhooks, incoming hooks --
@@ -213,6 +219,8 @@ class Settings:
     mcp_start_timeout_seconds: float = 30.0
     agent_max_steps: int = 10
     agent_tool_depth: int = 2
+    agent_conversation_max_bytes: int = 16 * 1024 * 1024
+    agent_max_tool_calls: int = 256
     mcp_server_enabled: bool = True
     # -- integrations (issue 19) --
     webhook_attempts: int = 8
@@ -273,7 +281,8 @@ class Settings:
             raise ValueError("STATION_NATS_REPLICAS > 1 needs a NATS cluster (STATION_NATS_EMBEDDED=false, STATION_NATS_URL)")
         if self.lease_ttl_seconds <= 0:
             raise ValueError(f"STATION_LEASE_TTL_SECONDS must be positive, got {self.lease_ttl_seconds!r}")
-        for name in ("mcp_tool_timeout_seconds", "mcp_start_timeout_seconds", "agent_max_steps", "agent_tool_depth"):
+        for name in ("mcp_tool_timeout_seconds", "mcp_start_timeout_seconds", "agent_max_steps", "agent_tool_depth",
+                     "agent_conversation_max_bytes", "agent_max_tool_calls"):
             if getattr(self, name) <= 0:  # issue 20
                 raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")
         for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes",

@@ -170,7 +170,8 @@ class Daemon:
         self.mcp_pool = McpPool(settings.environments_dir, settings.mcp_start_timeout_seconds)  # issue 20
         self.agent_executor = AgentRunExecutor(self.agents, AgentLimits.from_settings(settings), self.mcp_pool,
                                                settings.agent_max_steps, settings.mcp_tool_timeout_seconds,
-                                               settings.agent_tool_depth)
+                                               settings.agent_tool_depth, settings.agent_conversation_max_bytes,
+                                               settings.agent_max_tool_calls)
         self.registry.register(self.agent_executor)
         self.tokens = TokenTable.load(settings.api_token, settings.api_tokens_file)
         self.hub = EventHub(self.readers)

@@ -161,3 +161,29 @@ async def test_what_a_call_tells_the_audit_is_bounded(tmp_path: Path, monkeypatc
             assert len(told["content"]) < 2000
         finally:
             await executor.close()
+
+
+async def test_a_step_holds_bounded_conversations_and_tool_calls(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review M5: past STATION_AGENT_MAX_TOOL_CALLS or STATION_AGENT_CONVERSATION_MAX_BYTES the step fails
+    (agent_limit) with what it did so far, and the call past the limit is not run."""
+    executor = _env(tmp_path, {"who": WHO})
+    executor.max_tool_calls = 2
+    with running_llm() as llm:
+        monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
+        try:
+            llm.answer(calls(*[tool_call("get_pods", {"namespace": f"n{i}"}) for i in range(3)]))
+            with pytest.raises(StepError, match="made 2 tool calls") as err:
+                await executor.execute(_call("who"))
+            assert err.value.type == "agent_limit" and err.value.details["limit"] == "tool_calls"
+            assert [c["arguments"]["namespace"] for c in err.value.metadata["toolCalls"]] == ["n0", "n1"]
+
+            executor.max_tool_calls, executor.conversation_max_bytes = 256, 4000
+            before = len(llm.requests)
+            llm.answer(calls(tool_call("get_pods", {"namespace": "n" * 5000})))
+            with pytest.raises(StepError, match="conversation reached .* STATION_AGENT_CONVERSATION_MAX_BYTES") as err:
+                await executor.execute(_call("who", 2))
+            assert err.value.type == "agent_limit" and "toolCalls" not in err.value.metadata  # nothing was run
+            assert len(llm.requests) == before + 1
+        finally:
+            await executor.close()

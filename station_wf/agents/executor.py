@@ -29,7 +29,7 @@ from station_wf.agents.providers import (
 )
 from station_wf.agents.providers.openai_chat import OpenAIChatProvider
 from station_wf.agents.schemas import validation_errors
-from station_wf.agents.tool_loop import LoopLimits, ToolFailed, ToolLoop
+from station_wf.agents.tool_loop import BudgetExceeded, LoopLimits, StepBudget, ToolFailed, ToolLoop
 from station_wf.agents.toolbox import Route, build_toolbox
 from station_wf.executors.base import StepCall, StepError, StepResult
 from station_wf.expr.limits import value_depth_exceeds
@@ -43,13 +43,16 @@ class AgentRunExecutor:
     action = "agent.run"
 
     def __init__(self, catalog: AgentCatalog, limits: AgentLimits | None = None, pool: McpPool | None = None,
-                 max_steps: int = 10, tool_timeout_s: float = 60.0, tool_depth: int = 2) -> None:
+                 max_steps: int = 10, tool_timeout_s: float = 60.0, tool_depth: int = 2,
+                 conversation_max_bytes: int = 16 * 1024 * 1024, max_tool_calls: int = 256) -> None:
         self.catalog = catalog
         self.limits = limits or AgentLimits()
         self.pool = pool or McpPool(catalog.environments_dir)  # issue 20: the MCP servers agents call tools on
         self.max_steps = max_steps
         self.tool_timeout_s = tool_timeout_s
         self.tool_depth = tool_depth
+        self.conversation_max_bytes = conversation_max_bytes  # review M5: one step's conversations, summed
+        self.max_tool_calls = max_tool_calls
         self.renderer = PromptRenderer()
         self._session: aiohttp.ClientSession | None = None
         self._interrupted: dict[str, dict[str, Any]] = {}
@@ -94,8 +97,9 @@ class AgentRunExecutor:
         task = call.input.get("task")  # any JSON value: "{{ item }}" keeps the item's type (DESIGN 3)
         audit: list[dict[str, Any]] = []
         try:
+            budget = StepBudget(self.conversation_max_bytes, self.max_tool_calls)
             result = await self._run(spec, ref, task, call.input.get("variables"), call, self.tool_depth, audit,
-                                     (spec.name,))
+                                     (spec.name,), budget)
         except StepError as exc:
             if audit:
                 exc.metadata = {**exc.metadata, "toolCalls": audit}
@@ -111,7 +115,7 @@ class AgentRunExecutor:
         return result
 
     async def _run(self, spec: AgentSpec, ref: str, task: Any, variables: Any, call: StepCall, depth_left: int,
-                   audit: list[dict[str, Any]], path: tuple[str, ...]) -> StepResult:
+                   audit: list[dict[str, Any]], path: tuple[str, ...], budget: StepBudget) -> StepResult:
         """One agent, its tools included; an agent-as-tool comes back here one level deeper."""
         if variables is None:
             variables = {}
@@ -141,7 +145,7 @@ class AgentRunExecutor:
                          "run.id": call.run_id, "step.id": call.step_id}) as aspan:
             try:
                 if spec.tools:
-                    reply = await self._tool_loop(request, provider, depth_left, audit, path, meta)
+                    reply = await self._tool_loop(request, provider, depth_left, audit, path, meta, budget)
                 else:
                     reply = await provider.complete(request, self._http())
             except StepError as exc:
@@ -164,7 +168,8 @@ class AgentRunExecutor:
         return StepResult(self.shape(spec, reply, meta), meta)
 
     async def _tool_loop(self, request: AgentRequest, provider: Provider, depth_left: int,
-                         audit: list[dict[str, Any]], path: tuple[str, ...], meta: dict[str, Any]) -> ProviderReply:
+                         audit: list[dict[str, Any]], path: tuple[str, ...], meta: dict[str, Any],
+                         budget: StepBudget) -> ProviderReply:
         spec = request.spec
         if not isinstance(provider, OpenAIChatProvider):
             raise StepError(f"agent {spec.name!r}: 'tools' need an OpenAI-compatible model (openai/...), "
@@ -179,13 +184,16 @@ class AgentRunExecutor:
             sub = dataclasses.replace(request.call, idempotency_key=key)
             try:
                 done = await self._run(route.agent, route.agent.name, arguments.get("task"), arguments.get("variables"),
-                                       sub, depth_left - 1, audit, (*path, route.agent.name))
+                                       sub, depth_left - 1, audit, (*path, route.agent.name), budget)
+            except BudgetExceeded:
+                raise  # the step's own limit, not this tool's failure
             except StepError as exc:
                 raise ToolFailed(f"agent {route.agent.name!r} failed: {exc}") from None
             return done.output
 
         limits = LoopLimits(max(1, spec.max_steps or self.max_steps), self.tool_timeout_s)
-        return await ToolLoop(provider, self.pool, box, limits, agent_tool, audit, path).run(request, self._http(), meta)
+        loop = ToolLoop(provider, self.pool, box, limits, agent_tool, audit, path, budget)
+        return await loop.run(request, self._http(), meta)
 
     def shape(self, spec: AgentSpec, reply: ProviderReply, meta: dict[str, Any]) -> dict[str, Any]:
         """DESIGN 3: the structured output when the answer is JSON (schema-checked), else {"response": text}."""

@@ -44,9 +44,40 @@ class LoopLimits:
     tool_timeout_s: float
 
 
+@dataclasses.dataclass
+class StepBudget:
+    """What one step's conversations may hold (review M5), shared by the agent and its agents-as-tools:
+    the bytes of every message they send the model (counted once, when added) and the tool calls made."""
+
+    conversation_bytes: int = 16 * 1024 * 1024
+    max_tool_calls: int = 256
+    used_bytes: int = 0
+
+    def add(self, message: dict[str, Any], what: str, meta: dict[str, Any]) -> None:
+        self.used_bytes += len(json.dumps(message, default=str, ensure_ascii=False).encode())
+        if self.used_bytes > self.conversation_bytes:
+            raise BudgetExceeded(f"{what}: the step's conversation reached {self.used_bytes} bytes, more than "
+                                 f"STATION_AGENT_CONVERSATION_MAX_BYTES ({self.conversation_bytes})",
+                                 type="agent_limit",
+                                 details={"limit": "conversation_bytes", "max": self.conversation_bytes},
+                                 metadata=dict(meta))  # the executor adds the tool calls
+
+    def check_calls(self, made: int, what: str, meta: dict[str, Any]) -> None:
+        if made >= self.max_tool_calls:
+            raise BudgetExceeded(f"{what}: the step made {made} tool calls, the most STATION_AGENT_MAX_TOOL_CALLS "
+                                 f"allows ({self.max_tool_calls}); the next one was not run", type="agent_limit",
+                                 details={"limit": "tool_calls", "max": self.max_tool_calls},
+                                 metadata=dict(meta))  # the executor adds the tool calls
+
+
+class BudgetExceeded(StepError):
+    """A step-wide limit: it fails the step itself, even from an agent called as a tool."""
+
+
 class ToolLoop:
     def __init__(self, provider: OpenAIChatProvider, pool: McpPool, box: Toolbox, limits: LoopLimits,
-                 agent_tool: AgentTool, audit: list[dict[str, Any]], agent_path: tuple[str, ...]) -> None:
+                 agent_tool: AgentTool, audit: list[dict[str, Any]], agent_path: tuple[str, ...],
+                 budget: StepBudget | None = None) -> None:
         self.provider = provider
         self.pool = pool
         self.box = box
@@ -55,6 +86,7 @@ class ToolLoop:
         self.audit = audit
         self.agent_path = agent_path
         self.usage: dict[str, int] = {}
+        self.budget = budget or StepBudget()
 
     async def run(self, request: AgentRequest, http: aiohttp.ClientSession, meta: dict[str, Any]) -> ProviderReply:
         assert request.prompt is not None
@@ -62,6 +94,9 @@ class ToolLoop:
         total = request.call.timeout_seconds
         messages: list[dict[str, Any]] = [dict(m) for m in request.prompt.messages]
         what = f"model {request.model!r}"
+        who = f"agent {request.spec.name!r}"
+        for m in messages:
+            self.budget.add(m, who, meta)
         for turn in range(1, self.limits.max_steps + 1):
             left = None if total is None else max(0.001, total - (time.monotonic() - started))
             turn_request = dataclasses.replace(request, call=dataclasses.replace(request.call, timeout_seconds=left))
@@ -90,9 +125,12 @@ class ToolLoop:
                                 metadata={**meta, "usage": dict(self.usage)})
             calls = [_with_id(c, turn, n) for n, c in enumerate(calls)]  # a tool message answers its call by id
             messages.append({"role": "assistant", "content": message.get("content"), "tool_calls": calls})
+            self.budget.add(messages[-1], who, meta)
             for n, tool_call in enumerate(calls):
+                self.budget.check_calls(len(self.audit), who, meta)
                 content = await self._call(tool_call, request, turn, n, left, started, total)
                 messages.append({"role": "tool", "tool_call_id": tool_call["id"], "content": content})
+                self.budget.add(messages[-1], who, meta)
         raise AssertionError("unreachable: the last turn returns or raises")  # pragma: no cover
 
     def _message(self, text: str, request: AgentRequest, meta: dict[str, Any], what: str) -> dict[str, Any]:
@@ -237,4 +275,4 @@ def _usage_of(text: str) -> dict[str, Any]:
     return usage if isinstance(usage, dict) else {}
 
 
-__all__ = ["LoopLimits", "ToolFailed", "ToolLoop", "call_digest"]
+__all__ = ["BudgetExceeded", "LoopLimits", "StepBudget", "ToolFailed", "ToolLoop", "call_digest"]
