@@ -150,6 +150,18 @@ class StepTransactions:
             rs.append_event(conn, run_id, "agent.tool_called", {"attempt": attempt, **call}, step)
         return recorded
 
+    def record_interrupted_tool_calls(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int,
+                                      calls: list[dict[str, Any]]) -> int:
+        """Issue 20 review M3: the tool calls of a delivery the worker gave up on when stopping (its grace ran
+        out), as `agent.tool_called` events; the attempt stays open and runs again on the redelivery."""
+        row = rs.load_step(conn, run_id, step, attempt)
+        if row is None or row["status"] != model.RUNNING or row["result"] is not None:
+            return 0  # recorded or closed meanwhile: its own record says what happened
+        for call in calls:
+            rs.append_event(conn, run_id, "agent.tool_called",
+                            {"attempt": attempt, **call, "interrupted": "the worker stopped during the step"}, step)
+        return len(calls)
+
     def decide(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> tuple[int, bool]:
         """What follows the recorded result; returns (tasks enqueued, whether a failed attempt will be retried)."""
         run = rs.load_run(conn, run_id)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 FETCH_BATCH = 64
 NOT_OURS_DELAY_S = 30.0
 CANCELLED_MEMORY_S = 300.0
+AUDIT_ON_STOP_S = 3.0  # issue 20 review M3: recording the tool calls of a delivery given up on when stopping
 
 
 class TaskWorker:
@@ -128,6 +129,20 @@ class TaskWorker:
             if pending:
                 log.warning("worker: %d in-flight task(s) left unacked for redelivery", len(pending))
                 await asyncio.wait(pending, timeout=5)
+
+    async def _audit_interrupted(self, executor: Any, call: StepCall) -> None:
+        """The tool calls a delivery made before the worker's grace ran out are audited now (review M3 of
+        issue 20): the redelivery runs the attempt again, and without this they would leave no trace."""
+        calls = (_partial(executor, call) or {}).get("toolCalls")
+        if not calls:
+            return
+        try:
+            await asyncio.wait_for(self.writer.run(lambda c: self.tx.record_interrupted_tool_calls(
+                c, call.run_id, call.step_id, call.attempt, calls)), AUDIT_ON_STOP_S)
+            self.on_commit()
+        except Exception as exc:  # noqa: BLE001 - stopping goes on: the attempt runs again anyway
+            log.warning("worker: the tool calls of %s/%s#%d were not audited: %s", call.run_id, call.step_id,
+                        call.attempt, exc)
 
     def cancel_run(self, run_id: str) -> int:
         """Cancel this run's executor calls in flight (closing their connections); their results are dropped.
@@ -278,6 +293,7 @@ class TaskWorker:
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
+                    await self._audit_interrupted(executor, call)
                     raise  # the worker itself is stopping: leave the task unacked
                 return None, {"type": "cancelled", "message": "the run was cancelled during the call"}, _partial(executor, call)
             if isinstance(output, StepResult):
