@@ -4,6 +4,7 @@ agent files whose tools cannot work. Each is told to the model or fails the step
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -185,5 +186,34 @@ async def test_a_step_holds_bounded_conversations_and_tool_calls(tmp_path: Path,
                 await executor.execute(_call("who", 2))
             assert err.value.type == "agent_limit" and "toolCalls" not in err.value.metadata  # nothing was run
             assert len(llm.requests) == before + 1
+        finally:
+            await executor.close()
+
+
+async def test_stopping_a_server_keeps_the_callers_cancel_and_function_names_never_collide(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review L6: a caller cancelled while a server stops (a step waiting on a restart) stays cancelled; two
+    different tools whose function names would be the same fail the step naming both."""
+    server = {"command": sys.executable, "args": ["-m", "tests.mcp_servers.ops_server"], "cwd": str(REPO)}
+    env = tmp_path / "environments" / "default"
+    (env / "agents").mkdir(parents=True)
+    (env / "template.json").write_text(json.dumps({"mcpServers": {"o.p": server, "o_p": server}}))
+    (env / "agents" / "twins.prompt").write_text('---\nmodel: openai/tiny\ntools: ["o.p/get_pods", "o_p/get_pods"]\n'
+                                                 '---\nTwins.\n')
+    executor = AgentRunExecutor(AgentCatalog(tmp_path / "environments", "default"))
+    with running_llm() as llm:
+        monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
+        try:
+            with pytest.raises(StepError, match=r"tools 'o.p/get_pods' and 'o_p/get_pods' .* 'o_p__get_pods'") as err:
+                await executor.execute(_call("twins"))
+            assert err.value.type == "validation" and not llm.requests  # the model is never asked
+
+            handle = await executor.pool.handle("default", executor.pool.servers("default")["o.p"])
+            stopping = asyncio.ensure_future(handle.stop())
+            await asyncio.sleep(0.01)  # inside stop(), waiting on the server to go
+            assert not stopping.done()
+            stopping.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stopping
         finally:
             await executor.close()

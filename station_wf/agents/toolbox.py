@@ -34,6 +34,23 @@ class Route:
     server: str | None = None
     tool: str | None = None
     agent: AgentSpec | None = None
+    entry: str = ""  # the `tools:` entry it comes from
+
+
+def _add(spec: AgentSpec, box: Toolbox, route: Route, function: dict[str, Any]) -> None:
+    """Two spellings of one tool are one function; two tools under one function name fail the step."""
+    found = box.routes.get(route.function)
+    if found is None:
+        box.routes[route.function] = route
+        box.functions.append(function)
+        return
+    same = (found.kind, found.server, found.tool, found.agent and found.agent.name) == \
+        (route.kind, route.server, route.tool, route.agent and route.agent.name)
+    if not same:
+        raise StepError(f"agent {spec.name!r}: tools {found.entry!r} and {route.entry!r} are different tools but both "
+                        f"become the function {route.function!r} the model calls; name one differently "
+                        "(a server name spelled without '.', or an explicit server/tool)", type="validation",
+                        details={"function": route.function, "tools": [found.entry, route.entry]})
 
 
 @dataclass
@@ -96,10 +113,7 @@ async def build_toolbox(spec: AgentSpec, catalog: AgentCatalog, pool: McpPool, d
                 raise StepError(f"agent {spec.name!r}: tool {entry!r}: agents call agents at most "
                                 "STATION_AGENT_TOOL_DEPTH levels deep", type="validation")
             fn = function_name(entry)
-            if fn in box.routes:
-                continue  # two spellings of one tool
-            box.routes[fn] = Route(fn, "agent", agent=found)
-            box.functions.append(_agent_function(fn, found))
+            _add(spec, box, Route(fn, "agent", agent=found, entry=entry), _agent_function(fn, found))
     if mcp_wanted:
         await _resolve_mcp(spec, env, pool, mcp_wanted, box)
     return box
@@ -140,11 +154,9 @@ async def _resolve_mcp(spec: AgentSpec, env: str, pool: McpPool, wanted: list[tu
         if len(choices) > 1:
             box.clashes[tool] = [c.server for c in choices]
         info = choices[0]
-        fn = function_name(entry)
-        if fn in box.routes:
-            continue  # `__get_pods` and `get_pods`: one function
-        box.routes[fn] = Route(fn, "mcp", server=info.server, tool=info.name)
-        box.functions.append(_function(fn, info.description, info.input_schema))
+        fn = function_name(entry)  # `__get_pods` and `get_pods`: one function
+        _add(spec, box, Route(fn, "mcp", server=info.server, tool=info.name, entry=entry),
+             _function(fn, info.description, info.input_schema))
 
 
 def bounded_json(value: Any, limit: int) -> Any:

@@ -146,8 +146,13 @@ class ServerHandle:
             return
         try:
             await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_S)
-        except (TimeoutError, asyncio.CancelledError):
+        except TimeoutError:
             task.cancel()
+        except asyncio.CancelledError:
+            task.cancel()
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller was cancelled (its step was, say): it must not go on as if stopping had ended
         except BaseException:  # noqa: BLE001 - stopping never fails the caller
             pass
 
