@@ -254,6 +254,7 @@ class Daemon:
             log.warning("start-up outbox flush incomplete (the relay retries): %s", exc)
         self.worker = TaskWorker(self.writer, self.bus, self.registry, self.definitions, self._kick_relays,
                                  concurrency=s.worker_concurrency, ack_wait=s.ack_wait_seconds)
+        self.agent_executor.tool_call_sink = self.worker.log_tool_call  # issue 20: each tool call logged as it happens
         self.reconciler = Reconciler(self.readers, self.bus, self.worker.is_inflight, interval=s.reconcile_seconds)
         self.timers = TimerLoop(fenced, self.readers, self.definitions, self._kick_relays,
                                 max_attempts=s.timer_max_attempts)

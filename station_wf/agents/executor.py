@@ -29,7 +29,14 @@ from station_wf.agents.providers import (
 )
 from station_wf.agents.providers.openai_chat import OpenAIChatProvider
 from station_wf.agents.schemas import validation_errors
-from station_wf.agents.tool_loop import BudgetExceeded, LoopLimits, StepBudget, ToolFailed, ToolLoop
+from station_wf.agents.tool_loop import (
+    BudgetExceeded,
+    LoopLimits,
+    StepBudget,
+    ToolCallSink,
+    ToolFailed,
+    ToolLoop,
+)
 from station_wf.agents.toolbox import Route, build_toolbox
 from station_wf.executors.base import StepCall, StepError, StepResult
 from station_wf.expr.limits import value_depth_exceeds
@@ -53,6 +60,7 @@ class AgentRunExecutor:
         self.tool_depth = tool_depth
         self.conversation_max_bytes = conversation_max_bytes  # review M5: one step's conversations, summed
         self.max_tool_calls = max_tool_calls
+        self.tool_call_sink: ToolCallSink | None = None  # the daemon's worker logs each tool call as it happens
         self.renderer = PromptRenderer()
         self._session: aiohttp.ClientSession | None = None
         self._interrupted: dict[str, dict[str, Any]] = {}
@@ -192,7 +200,7 @@ class AgentRunExecutor:
             return done.output
 
         limits = LoopLimits(max(1, spec.max_steps or self.max_steps), self.tool_timeout_s)
-        loop = ToolLoop(provider, self.pool, box, limits, agent_tool, audit, path, budget)
+        loop = ToolLoop(provider, self.pool, box, limits, agent_tool, audit, path, budget, self.tool_call_sink)
         return await loop.run(request, self._http(), meta)
 
     def shape(self, spec: AgentSpec, reply: ProviderReply, meta: dict[str, Any]) -> dict[str, Any]:

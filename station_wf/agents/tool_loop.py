@@ -24,7 +24,7 @@ import aiohttp
 from station_wf.agents.providers import AgentRequest, ProviderReply, loads_json
 from station_wf.agents.providers.openai_chat import OpenAIChatProvider
 from station_wf.agents.toolbox import Route, Toolbox, bounded_json
-from station_wf.executors.base import StepError
+from station_wf.executors.base import StepCall, StepError
 from station_wf.mcp.pool import McpPool, McpUnavailable, ServerDied
 
 EXCERPT_CHARS = 500
@@ -36,6 +36,8 @@ STEP_GRACE_S = 1.0  # past the step's deadline: only a caller that enforces no d
 
 AgentTool = Callable[[Route, dict[str, Any], str], Awaitable[Any]]
 """Runs an agent-as-tool: (route, arguments, idempotency key) -> its output."""
+ToolCallSink = Callable[[StepCall, dict[str, Any]], Awaitable[None]]
+"""Writes one audit entry as it happens (the worker's `log_tool_call`); it never raises."""
 
 
 @dataclasses.dataclass
@@ -77,7 +79,7 @@ class BudgetExceeded(StepError):
 class ToolLoop:
     def __init__(self, provider: OpenAIChatProvider, pool: McpPool, box: Toolbox, limits: LoopLimits,
                  agent_tool: AgentTool, audit: list[dict[str, Any]], agent_path: tuple[str, ...],
-                 budget: StepBudget | None = None) -> None:
+                 budget: StepBudget | None = None, sink: ToolCallSink | None = None) -> None:
         self.provider = provider
         self.pool = pool
         self.box = box
@@ -87,6 +89,7 @@ class ToolLoop:
         self.agent_path = agent_path
         self.usage: dict[str, int] = {}
         self.budget = budget or StepBudget()
+        self.sink = sink
 
     async def run(self, request: AgentRequest, http: aiohttp.ClientSession, meta: dict[str, Any]) -> ProviderReply:
         assert request.prompt is not None
@@ -185,6 +188,8 @@ class ToolLoop:
             raise
         entry["durationMs"] = round((time.monotonic() - t0) * 1000)
         self.audit.append(entry)
+        if self.sink is not None:  # review M3: in the event log now, not only when the step ends
+            await self.sink(request.call, entry)
         if len(text) > MAX_TOOL_RESULT_CHARS:
             text = text[:MAX_TOOL_RESULT_CHARS] + f"\n[truncated: {len(text)} characters in all]"
         return text

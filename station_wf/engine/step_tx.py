@@ -29,6 +29,8 @@ from station_wf.store import timers
 from station_wf.store.definitions import DefinitionCache
 from station_wf.store.jsontext import loads
 
+LOGGED_MARK = "_logged"  # issue 20 review M3: a tool-call entry already written as its event (never stored)
+
 log = logging.getLogger(__name__)
 
 
@@ -144,11 +146,23 @@ class StepTransactions:
 
     def record(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int, result_json: str,
                metadata: dict[str, Any] | None) -> bool:
+        pending = _unlogged((metadata or {}).get("toolCalls"))
+        if metadata and isinstance(metadata.get("toolCalls"), list):  # the marks are never stored
+            metadata = {**metadata, "toolCalls": [_unmarked(c) for c in metadata["toolCalls"]]}
         recorded = rs.record_result(conn, run_id, step, attempt, result_json, rs.dumps(metadata) if metadata else None)
-        tool_calls = (metadata or {}).get("toolCalls") if recorded else None
-        for call in tool_calls or ():  # issue 20: the agent's tool calls, in the result's own transaction
+        for call in pending if recorded else ():  # issue 20: the agent's tool calls, in the result's own transaction
             rs.append_event(conn, run_id, "agent.tool_called", {"attempt": attempt, **call}, step)
         return recorded
+
+    def log_tool_call(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int,
+                      call: dict[str, Any]) -> bool:
+        """Issue 20 review M3: one tool call as it happens, so a delivery that dies (kill -9) leaves its trace;
+        False when the attempt is no longer open (cancelled, recorded): its record says what happened."""
+        row = rs.load_step(conn, run_id, step, attempt)
+        if row is None or row["status"] != model.RUNNING or row["result"] is not None:
+            return False
+        rs.append_event(conn, run_id, "agent.tool_called", {"attempt": attempt, **call}, step)
+        return True
 
     def record_interrupted_tool_calls(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int,
                                       calls: list[dict[str, Any]]) -> int:
@@ -157,6 +171,7 @@ class StepTransactions:
         row = rs.load_step(conn, run_id, step, attempt)
         if row is None or row["status"] != model.RUNNING or row["result"] is not None:
             return 0  # recorded or closed meanwhile: its own record says what happened
+        calls = _unlogged(calls)
         for call in calls:
             rs.append_event(conn, run_id, "agent.tool_called",
                             {"attempt": attempt, **call, "interrupted": "the worker stopped during the step"}, step)
@@ -205,3 +220,15 @@ class StepTransactions:
             log.error("worker: failing run %s outright: %s: %s", run.run_id, type(exc).__name__, exc)
             t = ip.engine_failure(rs.run_state(conn, run), view, {**error, "decision": f"{type(exc).__name__}: {exc}"})
             return commit_transition(conn, self.definitions, run, t, view, checked=False)
+
+
+def _unlogged(calls: Any) -> list[dict[str, Any]]:
+    """The tool-call entries not yet written as events (the worker marks those it logged as they happened).
+    Pure: the writer may run a transaction again."""
+    if not isinstance(calls, list):
+        return []
+    return [_unmarked(c) for c in calls if isinstance(c, dict) and not c.get(LOGGED_MARK)]
+
+
+def _unmarked(call: Any) -> Any:
+    return {k: v for k, v in call.items() if k != LOGGED_MARK} if isinstance(call, dict) else call

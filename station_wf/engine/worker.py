@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from station_wf.bus.jetstream import Bus
 from station_wf.core import interpreter as ip
 from station_wf.core.limits import LIMITS
-from station_wf.engine.step_tx import Committed, Skip, StepTransactions, Unknown, encode_result
+from station_wf.engine.step_tx import LOGGED_MARK, Committed, Skip, StepTransactions, Unknown, encode_result
 from station_wf.executors.base import ExecutorRegistry, StepCall, StepError, StepResult
 from station_wf.protocol import MalformedTask, Task, decode_task
 from station_wf.store.db import Writer
@@ -129,6 +129,21 @@ class TaskWorker:
             if pending:
                 log.warning("worker: %d in-flight task(s) left unacked for redelivery", len(pending))
                 await asyncio.wait(pending, timeout=5)
+
+    async def log_tool_call(self, call: StepCall, entry: dict[str, Any]) -> None:
+        """An agent's tool call as it happens (review M3 of issue 20): its own small transaction, so a
+        delivery killed later still leaves it; the step's record then skips it. Never fails the step."""
+        row = dict(entry)
+        entry[LOGGED_MARK] = True  # first: a cancel during the commit below must not make the record write it twice
+        try:
+            logged = await self.writer.run(lambda c: self.tx.log_tool_call(c, call.run_id, call.step_id,
+                                                                           call.attempt, row))
+        except Exception as exc:  # noqa: BLE001 - the record writes it instead
+            entry.pop(LOGGED_MARK, None)
+            log.warning("worker: tool call of %s/%s#%d not logged now: %s", call.run_id, call.step_id, call.attempt, exc)
+            return
+        if logged:
+            self.on_commit()
 
     async def _audit_interrupted(self, executor: Any, call: StepCall) -> None:
         """The tool calls a delivery made before the worker's grace ran out are audited now (review M3 of
