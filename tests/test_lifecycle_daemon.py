@@ -301,6 +301,15 @@ def test_recursion_is_refused_at_load_bounded_at_run_time_and_continue_as_new_ch
         {"name": "s", "type": "operation", "action": "workflow.run", "input": {"workflow": "selfish"}, "end": True}]}
     resp = daemon.request("POST", "/api/v1/workflows", json=body)
     assert resp.status_code == 422 and "would start itself" in resp.text
+    # a disabled workflow is out of the graph, so enabling it again is checked too
+    def starter(name: str, target: str) -> dict[str, Any]:
+        return {"id": name, "start": "s", "states": [
+            {"name": "s", "type": "operation", "action": "workflow.run", "input": {"workflow": target}, "end": True}]}
+    assert daemon.request("POST", "/api/v1/workflows", json=starter("ping", "pong")).status_code == 201
+    assert daemon.request("DELETE", "/api/v1/workflows/ping").status_code == 200
+    assert daemon.request("POST", "/api/v1/workflows", json=starter("pong", "ping")).status_code == 201
+    enabled = daemon.request("POST", "/api/v1/workflows/ping/enable")
+    assert enabled.status_code == 422 and "would start itself" in enabled.text
 
     # allowed recursion still stops at STATION_MAX_CHILD_DEPTH
     run = daemon.start_run("rec")
