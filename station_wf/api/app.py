@@ -25,6 +25,7 @@ from station_wf.api.http import Handler, SafeJSONResponse, request_id
 from station_wf.api.state import ApiState
 from station_wf.api.station_routes import station_handlers
 from station_wf.errors import ServiceError
+from station_wf.governance import gate
 
 __all__ = ["ApiState", "build_app"]
 
@@ -84,11 +85,15 @@ ROUTES: list[tuple[str, Handler, list[str]]] = [
 
 def build_app(state: ApiState) -> ASGIApp:
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
+        needs = gate.route_permissions(path, methods)  # issue 18: every route declares a permission
+
         async def endpoint(request: Request) -> Response:
             try:
+                gate.check(request, needs)
                 return await handler(request, state)
             except ServiceError as exc:
-                return error_response(request_id(request), exc.status, exc.code, exc.message, exc.details)
+                return error_response(request_id(request), exc.status, exc.code, exc.message, exc.details,
+                                      gate.error_headers(exc))
             except ClientDisconnect:  # the client went away mid-body: nothing to answer, nothing to log loudly
                 log.info("client disconnected during %s %s", request.method, request.url.path)
                 return Response(status_code=400)
@@ -100,7 +105,8 @@ def build_app(state: ApiState) -> ASGIApp:
     routes = [route(path, handler, methods) for path, handler, methods in ROUTES]
     routes += [route(path, handler, methods) for path, handler, methods in agent_handlers(lambda: state.agents)]
     routes += [route(path, handler, methods) for path, handler, methods in station_handlers()]  # Station's REST shapes
-    routes.extend(state.extra_routes)
+    routes += [route(r.path, lambda request, _state, e=r.endpoint: e(request), sorted(r.methods or ()))
+               for r in state.extra_routes]
     routes.append(route("/api/{rest:path}", api_not_found, ["GET", "POST", "PUT", "DELETE", "PATCH"]))
     # The dashboard: static files served by the daemon itself (no build step), using only the API above.
     routes.append(Mount("/", app=StaticFiles(directory=str(WEB_DIR), html=True), name="web"))
