@@ -33,6 +33,7 @@ from station_wf.dsl.spec import (
 from station_wf.dsl.states import StateTypes
 from station_wf.expr.cron import CronError, CronSchedule
 from station_wf.expr.paths import RESERVED_INPUT_KEYS
+from station_wf.governance import concurrency
 
 
 @dataclass
@@ -119,6 +120,10 @@ class Checker(StateTypes, FieldChecks):
             "schedules": schedules,
             "states": states,
         }
+        if obj.get("concurrency") is not None:  # issue 18: only when written (definitions without it are unchanged)
+            for sub, message in concurrency.problems(obj["concurrency"]):
+                self.error(("concurrency", *sub), message)
+            result["concurrency"] = obj["concurrency"]
         self.report.raise_if_any()
         return station_dialect.finish(result, prep, self.report)
 

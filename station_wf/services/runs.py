@@ -11,11 +11,13 @@ from station_wf.core import model
 from station_wf.engine.runs import input_problems
 from station_wf.errors import ServiceError, invalid, not_found
 from station_wf.faults import crash_point
+from station_wf.governance.admission import RunMeta, run_meta
+from station_wf.governance.queries import RunFilters
 from station_wf.services import idempotency as idem
 from station_wf.services import run_start as rstart
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
-from station_wf.store import run_reads
+from station_wf.store import governance_runs, governance_slots, run_reads
 from station_wf.store.db import Readers, Writer
 from station_wf.store.definitions import DefinitionCache, Head, read_definition
 from station_wf.store.events import LIST_FIELDS, event_from_row, event_view, run_events
@@ -49,6 +51,7 @@ def run_to_api(row: sqlite3.Row, steps: list[sqlite3.Row] | None = None, include
         "error": _json(row["error"]), "version": row["version"], "lastEventSeq": row["event_seq"],
         "createdAt": row["created_at"], "startedAt": row["started_at"], "updatedAt": row["updated_at"],
         "completedAt": row["completed_at"],
+        "correlationId": row["correlation_id"], "tags": _json(row["tags"]) or {},
     }
     if include_context:
         out["context"] = _json(row["context"])
@@ -98,18 +101,18 @@ class RunService:
         self.idempotency = idem.IdempotencyStore(writer)
 
     async def start(self, workflow_id: Any, run_input: Any, version: Any = None, traceparent: str | None = None,
-                    run_id: str | None = None) -> dict[str, Any]:
+                    run_id: str | None = None, meta: RunMeta | None = None) -> dict[str, Any]:
         """Start a run (started in the same transaction, see `run_start`); with `run_id` (an idempotency
         key's effect id) a run that already has it is returned instead."""
-        outcome = await self._start(workflow_id, run_input, version, traceparent, run_id, None)
+        outcome = await self._start(workflow_id, run_input, version, traceparent, run_id, None, meta)
         return outcome.render(run_to_api)["run"]
 
     async def start_keyed(self, keyed: idem.Keyed, workflow_id: Any, run_input: Any, version: Any = None,
-                          traceparent: str | None = None) -> idem.Answer:
+                          traceparent: str | None = None, meta: RunMeta | None = None) -> idem.Answer:
         """A start with an Idempotency-Key: reservation, run and answer in one transaction; a retry
         gets the stored answer (`replayed`)."""
         try:
-            outcome = await self._start(workflow_id, run_input, version, traceparent, None, keyed)
+            outcome = await self._start(workflow_id, run_input, version, traceparent, None, keyed, meta)
         except ServiceError as exc:
             if not idem.stores_error(exc):
                 raise
@@ -118,13 +121,13 @@ class RunService:
         return idem.Answer(outcome.status, outcome.render(run_to_api), outcome.replayed)
 
     async def _start(self, workflow_id: Any, run_input: Any, version: Any, traceparent: str | None,
-                     run_id: str | None, keyed: idem.Keyed | None) -> rstart.Outcome:
+                     run_id: str | None, keyed: idem.Keyed | None, meta: RunMeta | None = None) -> rstart.Outcome:
         rstart.check_ids(workflow_id, version)
         run_input = {} if run_input is None else run_input
         for _ in range(rstart.MAX_PREPARES):
             head = await self._head(workflow_id, version)
             await self._check_input(head, workflow_id, run_input)
-            s = rstart.new_start(head, version, run_input, traceparent, run_id, keyed)
+            s = rstart.new_start(head, version, run_input, traceparent, run_id, keyed, meta=meta)
             try:
                 outcome = await self.writer.run(lambda conn, s=s: rstart.start_in_tx(conn, self.definitions, s, run_to_api))
             except rstart.StaleHead:
@@ -192,7 +195,8 @@ class RunService:
                     problems = input_problems(None, run_input)
                     if problems:
                         raise self._invalid_input(wf, problems)
-                prepared.append(rstart.new_start(head, version, run_input, traceparent, run_ids.get(i), keyed, i))
+                meta = run_meta(item.get("correlationId"), item.get("tags"))
+                prepared.append(rstart.new_start(head, version, run_input, traceparent, run_ids.get(i), keyed, i, meta))
             except ServiceError as exc:
                 prepared.append(rstart.Refused(exc, keyed, i))
         if to_check:
@@ -257,9 +261,13 @@ class RunService:
         if row is None:
             raise not_found("run", run_id)
         steps = await run_reads.run_steps(self.readers, run_id)
-        return run_to_api(row, steps)
+        out = run_to_api(row, steps)
+        if row["status"] == model.PENDING:  # issue 18: waiting for a concurrency slot, and where in line
+            out["queue"] = await governance_slots.queue_position(self.readers, run_id)
+        return out
 
-    async def list(self, workflow_id: str | None, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+    async def list(self, workflow_id: str | None, status: str | None, limit: int, cursor: str | None,
+                   filters: RunFilters | None = None) -> dict[str, Any]:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise invalid(f"limit must be between 1 and {MAX_LIST_LIMIT}", {"limit": limit})
         statuses: list[str] | None = None
@@ -269,7 +277,9 @@ class RunService:
             if unknown:
                 raise invalid(f"unknown run status: {unknown[0][:40]!r}", {"status": unknown[:5], "allowed": sorted(RUN_STATUSES)})
         before = decode_cursor(cursor) if cursor else None
-        rows = await run_reads.list_runs(self.readers, workflow_id, statuses, before, limit + 1)
+        f = filters or RunFilters()
+        extra = governance_runs.list_filters(f.correlation_id, f.tags, f.started_after, f.started_before)
+        rows = await run_reads.list_runs(self.readers, workflow_id, statuses, before, limit + 1, extra)
         more = len(rows) > limit
         rows = rows[:limit]
         return {
