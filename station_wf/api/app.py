@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 from station_wf.api import people, runs, schedules, streams, workflows
 from station_wf.api.agents import agent_handlers
 from station_wf.api.door import RequestContext, error_response
+from station_wf.api.governance import governance_handlers
 from station_wf.api.http import Handler, SafeJSONResponse, request_id
 from station_wf.api.state import ApiState
 from station_wf.api.station_routes import station_handlers
@@ -105,6 +106,7 @@ def build_app(state: ApiState) -> ASGIApp:
     routes = [route(path, handler, methods) for path, handler, methods in ROUTES]
     routes += [route(path, handler, methods) for path, handler, methods in agent_handlers(lambda: state.agents)]
     routes += [route(path, handler, methods) for path, handler, methods in station_handlers()]  # Station's REST shapes
+    routes += [route(path, handler, methods) for path, handler, methods in governance_handlers()]  # issue 18
     routes += [route(r.path, lambda request, _state, e=r.endpoint: e(request), sorted(r.methods or ()))
                for r in state.extra_routes]
     routes.append(route("/api/{rest:path}", api_not_found, ["GET", "POST", "PUT", "DELETE", "PATCH"]))

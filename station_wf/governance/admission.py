@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from station_wf.errors import invalid
-from station_wf.governance import concurrency, rates
+from station_wf.governance import concurrency, policies, rates
 from station_wf.governance.settings import GOVERNANCE
+from station_wf.principals import Principal
 from station_wf.store import governance_runs, governance_slots
 
 MAX_CORRELATION_ID = 256
@@ -25,16 +26,18 @@ MAX_TAG_TEXT = 128
 
 @dataclass(frozen=True)
 class RunMeta:
-    """What a start adds to the run for finding it later (OKRA's WorkflowInput)."""
+    """What a start adds to the run for finding it later (OKRA's WorkflowInput), and who asks
+    (for the policies; not stored)."""
     correlation_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    principal: Principal | None = None
 
     @property
     def empty(self) -> bool:
         return self.correlation_id is None and not self.tags
 
 
-def run_meta(correlation_id: Any, tags: Any, where: str = "") -> RunMeta:
+def run_meta(correlation_id: Any, tags: Any, where: str = "", principal: Principal | None = None) -> RunMeta:
     """The start body's `correlationId` and `tags`, checked (400 naming the field)."""
     if correlation_id is not None and (not isinstance(correlation_id, str) or not correlation_id.strip()
                                        or len(correlation_id) > MAX_CORRELATION_ID):
@@ -49,7 +52,7 @@ def run_meta(correlation_id: Any, tags: Any, where: str = "") -> RunMeta:
                 or ":" in name:
             raise invalid(f"{where}tags.{name[:40]}: names and values are strings of 1-{MAX_TAG_TEXT} characters"
                           " (a name without ':')", {"field": f"tags.{name[:40]}"})
-    return RunMeta(correlation_id, dict(tags))
+    return RunMeta(correlation_id, dict(tags), principal)
 
 
 def admit(conn: sqlite3.Connection, run_id: str, workflow_id: str, defn: dict[str, Any], run_input: Any,
@@ -90,7 +93,11 @@ def release(conn: sqlite3.Connection, run_id: str) -> None:
     governance_slots.release(conn, run_id, GOVERNANCE.max_concurrent_runs)
 
 
-def check_start_rate(conn: sqlite3.Connection, workflow_id: str) -> None:
+def check_start(conn: sqlite3.Connection, workflow_id: str, version: int, run_input: Any, meta: RunMeta | None) -> None:
+    """A start asked for by someone (the API; the lead's rerun and child starts): the policies, then
+    the rate limit (a refused start counts nothing). Raises PolicyDenied or a 429 ServiceError."""
+    m = meta or RunMeta()
+    policies.check_start(conn, m.principal, workflow_id, version, run_input, m.correlation_id, m.tags)
     rates.hit(conn, f"start:{workflow_id}", GOVERNANCE.run_rate, f"starts of {workflow_id!r}")
 
 

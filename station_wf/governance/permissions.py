@@ -63,6 +63,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/workflow-schedules/{schedule_id}/disable"): "schedules:write",
     ("GET", "/api/v1/agents"): "agents:read",
     ("GET", "/api/v1/agents/{name}"): "agents:read",
+    ("GET", "/api/v1/governance/denials"): "system:read",
+    ("GET", "/api/v1/governance/policies"): "system:read",
 }
 CATCH_ALL = "/api/{rest:path}"
 """The API's 404 route answers every method: public (it only says 'not found')."""

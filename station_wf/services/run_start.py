@@ -20,7 +20,7 @@ from station_wf.deferral import Deferred
 from station_wf.engine.runs import create_and_start
 from station_wf.errors import ServiceError, invalid
 from station_wf.faults import crash_point
-from station_wf.governance import admission
+from station_wf.governance import admission, policies
 from station_wf.services import idempotency as idem
 from station_wf.store import run_reads, run_start
 from station_wf.store import runs as rs
@@ -131,7 +131,7 @@ def start_in_tx(conn: sqlite3.Connection, defs: DefinitionCache, s: Start, view:
     created = False
     if not run_reads.run_exists(conn, s.run_id):  # else: made by an earlier attempt of this request
         _check_head(conn, s)
-        admission.check_start_rate(conn, s.workflow_id)  # issue 18: 429 before anything is written
+        admission.check_start(conn, s.workflow_id, s.head.row["version"], s.run_input, s.meta)  # issue 18: policies, rate
         create_and_start(conn, defs, s.head.row, s.head.definition, s.run_id, s.run_input, s.traceparent, s.meta)
         created = True
     rows = run_start.run_with_steps(conn, s.run_id)
@@ -174,6 +174,8 @@ class BatchTx:
                 if not conn.in_transaction:
                     raise
                 point.undo()
+                if isinstance(exc, policies.PolicyDenied):
+                    policies.record(conn, exc.denial)  # issue 18: the audit log keeps the refusal
                 out.append(Outcome(exc.status, idem.error_body(exc)))
             else:
                 point.keep()

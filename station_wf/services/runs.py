@@ -11,8 +11,10 @@ from station_wf.core import model
 from station_wf.engine.runs import input_problems
 from station_wf.errors import ServiceError, invalid, not_found
 from station_wf.faults import crash_point
+from station_wf.governance import policies
 from station_wf.governance.admission import RunMeta, run_meta
 from station_wf.governance.queries import RunFilters
+from station_wf.principals import Principal
 from station_wf.services import idempotency as idem
 from station_wf.services import run_start as rstart
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
@@ -130,6 +132,9 @@ class RunService:
             s = rstart.new_start(head, version, run_input, traceparent, run_id, keyed, meta=meta)
             try:
                 outcome = await self.writer.run(lambda conn, s=s: rstart.start_in_tx(conn, self.definitions, s, run_to_api))
+            except policies.PolicyDenied as denied:  # issue 18: recorded apart (the start's transaction is undone)
+                await self.writer.run(lambda conn, d=denied.denial: policies.record(conn, d))
+                raise
             except rstart.StaleHead:
                 self.definitions.forget_head(workflow_id)
                 continue
@@ -140,12 +145,13 @@ class RunService:
             return outcome
         raise ServiceError(503, "busy", "the workflow's definition kept changing during the start; try again")
 
-    async def start_batch(self, items: list[Any], traceparent: str | None, scope: str) -> list[dict[str, Any]]:
+    async def start_batch(self, items: list[Any], traceparent: str | None, scope: str,
+                          principal: Principal | None = None) -> list[dict[str, Any]]:
         """Every valid item started in ONE transaction; per-item results in order (`index`, `status`,
         `run` or `error`). Keys live in `scope` (the batch route and principal)."""
         run_ids: dict[int, str] = {}
         for _ in range(rstart.MAX_PREPARES):
-            prepared = await self._prepare_batch(items, traceparent, scope, run_ids)
+            prepared = await self._prepare_batch(items, traceparent, scope, run_ids, principal)
             tx = rstart.BatchTx(self.definitions, prepared, run_to_api)
             try:
                 outcomes = await self.writer.run(tx)
@@ -167,7 +173,7 @@ class RunService:
         raise ServiceError(503, "busy", "the workflows' definitions kept changing during the batch; try again")
 
     async def _prepare_batch(self, items: list[Any], traceparent: str | None, scope: str,
-                             run_ids: dict[int, str]) -> list[rstart.Start | rstart.Refused]:
+                             run_ids: dict[int, str], principal: Principal | None = None) -> list[rstart.Start | rstart.Refused]:
         """Check each item alone (its errors are its answer), with one head read per workflow and the
         schema checks done together off the loop."""
         prepared: list[rstart.Start | rstart.Refused] = []
@@ -195,7 +201,7 @@ class RunService:
                     problems = input_problems(None, run_input)
                     if problems:
                         raise self._invalid_input(wf, problems)
-                meta = run_meta(item.get("correlationId"), item.get("tags"))
+                meta = run_meta(item.get("correlationId"), item.get("tags"), principal=principal)
                 prepared.append(rstart.new_start(head, version, run_input, traceparent, run_ids.get(i), keyed, i, meta))
             except ServiceError as exc:
                 prepared.append(rstart.Refused(exc, keyed, i))
@@ -267,7 +273,7 @@ class RunService:
         return out
 
     async def list(self, workflow_id: str | None, status: str | None, limit: int, cursor: str | None,
-                   filters: RunFilters | None = None) -> dict[str, Any]:
+                   filters: RunFilters | None = None, principal: Principal | None = None) -> dict[str, Any]:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise invalid(f"limit must be between 1 and {MAX_LIST_LIMIT}", {"limit": limit})
         statuses: list[str] | None = None
@@ -276,6 +282,12 @@ class RunService:
             unknown = [s for s in statuses if s not in RUN_STATUSES]
             if unknown:
                 raise invalid(f"unknown run status: {unknown[0][:40]!r}", {"status": unknown[:5], "allowed": sorted(RUN_STATUSES)})
+        if policies.active():  # issue 18: the query policy (its condition runs in a transaction: sandboxed)
+            try:
+                limit = await self.writer.run(lambda c: policies.check_query(principal, workflow_id, statuses, limit))
+            except policies.PolicyDenied as denied:
+                await self.writer.run(lambda conn, d=denied.denial: policies.record(conn, d))
+                raise
         before = decode_cursor(cursor) if cursor else None
         f = filters or RunFilters()
         extra = governance_runs.list_filters(f.correlation_id, f.tags, f.started_after, f.started_before)
