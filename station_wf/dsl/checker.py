@@ -12,7 +12,7 @@ from typing import Any
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 
-from station_wf.dsl import limits
+from station_wf.dsl import concurrency, limits
 from station_wf.dsl import station as station_dialect
 from station_wf.dsl.diagnostics import choices_text
 from station_wf.dsl.fields import FieldChecks
@@ -33,7 +33,6 @@ from station_wf.dsl.spec import (
 from station_wf.dsl.states import StateTypes
 from station_wf.expr.cron import CronError, CronSchedule
 from station_wf.expr.paths import RESERVED_INPUT_KEYS
-from station_wf.governance import concurrency
 
 
 @dataclass

@@ -13,8 +13,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from station_wf.dsl import concurrency
 from station_wf.errors import invalid
-from station_wf.governance import concurrency, policies, rates
+from station_wf.governance import policies, rates
 from station_wf.governance.settings import GOVERNANCE
 from station_wf.principals import Principal
 from station_wf.store import governance_runs, governance_slots

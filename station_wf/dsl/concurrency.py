@@ -1,4 +1,5 @@
-"""A workflow's `concurrency: {limit, key}`: how many of its runs may be active at once, per key.
+"""A workflow's `concurrency: {limit, key}` (issue 18): how many of its runs may be active at once, per key;
+checked by the loader, applied by `governance/admission.py`.
 
 `key` is a template over the run input limited to paths (`"{{ input.customer }}"`, `"{{ input.region }}-{{
 input.tier }}"`): it is rendered inside the start transaction, on the writer thread, so it must
