@@ -75,6 +75,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_events_per_run", "STATION_MAX_EVENTS_PER_RUN", int, "history events one run may append; past it the run fails"),
     Option("max_context_bytes", "STATION_MAX_CONTEXT_BYTES", int, "JSON size of a run's context (and of its scopes' state); past it the run fails"),
     Option("retry_max_backoff_seconds", "STATION_RETRY_MAX_BACKOFF_SECONDS", float, "cap of a retry back-off without maxBackoffSeconds"),
+    Option("max_child_depth", "STATION_MAX_CHILD_DEPTH", int, "how deep runs may start runs (workflow.run); a deeper start fails its step"),
     # -- storage and loops (issue 11) --
     Option("database_max_bytes", "STATION_DATABASE_MAX_BYTES", int,
            "cap on the SQLite file's size (PRAGMA max_page_count); writes past it answer 507 (0: no cap)"),
@@ -168,6 +169,7 @@ class Settings:
     max_events_per_run: int = 100_000
     max_context_bytes: int = 16 * 1024 * 1024
     retry_max_backoff_seconds: float = 3600.0
+    max_child_depth: int = 8
     # -- storage and loops (issue 11) --
     database_max_bytes: int = 0
     timer_max_attempts: int = 5
@@ -261,7 +263,8 @@ class Settings:
             parse_rate(getattr(self, name), f"STATION_{name.upper()}")
         if self.max_concurrent_runs < 0 or self.run_timeout_default_seconds < 0 or self.run_timeout_max_seconds < 0:
             raise ValueError("STATION_MAX_CONCURRENT_RUNS and STATION_RUN_TIMEOUT_*_SECONDS must be >= 0")
-        for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes"):
+        for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes",
+                     "max_child_depth"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")
 

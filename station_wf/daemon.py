@@ -40,6 +40,7 @@ from station_wf.bus.nats_server import EmbeddedNats
 from station_wf.bus.relay import EventRelay, OutboxRelay, RelayPublishError
 from station_wf.config import Settings
 from station_wf.core import limits
+from station_wf.engine import children
 from station_wf.engine.lease import LeaseKeeper, default_replica_id
 from station_wf.engine.reconciler import Reconciler
 from station_wf.engine.retention import Retention
@@ -278,6 +279,9 @@ class Daemon:
                                  offloader=self.offloader)
         self.control_channel = ControlChannel(self.bus, self.readers, self.worker.cancel_run)
         await self.control_channel.start()  # cancels committed by other replicas interrupt our executions
+        loop, channel = asyncio.get_running_loop(), self.control_channel
+        # Children cancelled with their parent (inside any transaction) are interrupted like a cancel by API.
+        children.set_cancel_announcer(lambda run_id: loop.call_soon_threadsafe(channel.cancel, run_id))
         control = ControlService(self.writer, self.readers, self.definitions, run_service, self._kick_relays,
                                  self.control_channel.cancel)
         self._spawn("event-hub", self.hub.run())
@@ -441,6 +445,7 @@ class Daemon:
         await self.sandbox.close()
         self.offloader.close()
         self.isolated.close()
+        children.set_cancel_announcer(None)
         if self.control_channel is not None:
             await self.control_channel.close()
         if self.bus is not None:

@@ -86,6 +86,10 @@ class Replay:
 
     def run(self, max_tasks: int = 5000) -> Replay:
         self.apply(ip.start_run(self.defn, self.state()))
+        return self.drain(max_tasks)
+
+    def drain(self, max_tasks: int = 5000) -> Replay:
+        """Execute queued tasks and due timers until the run ends or nothing is left to do."""
         for _ in range(max_tasks):
             if not self.queue:
                 if not self.timers or self.status in model.TERMINAL_RUN_STATUSES:

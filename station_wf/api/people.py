@@ -64,3 +64,22 @@ async def cancel_run(request: Request, state: ApiState) -> Response:
     body = json_object(await read_body(request, state))
     return SafeJSONResponse(await state.control.cancel(request.path_params["run_id"], body.get("reason"),
                                                        principal_of(request)))
+
+
+async def redrive_run(request: Request, state: ApiState) -> Response:
+    """Continue an ended run in place (idempotent with a key: a retried request does not redrive twice)."""
+    async def action(raw: bytes, effect_id: str | None) -> Response:
+        json_object(raw)
+        return SafeJSONResponse({"run": await state.control.redrive(request.path_params["run_id"], principal_of(request))})
+
+    return await idempotent(request, state, action)
+
+
+async def rerun_run(request: Request, state: ApiState) -> Response:
+    """A new run from this one's input and version (or the body's); 201 with its Location."""
+    async def action(raw: bytes, effect_id: str | None) -> Response:
+        run = await state.runs.rerun(request.path_params["run_id"], json_object(raw),
+                                     request.headers.get("traceparent"), effect_id, principal_of(request))
+        return SafeJSONResponse({"run": run}, status_code=201, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
+
+    return await idempotent(request, state, action)

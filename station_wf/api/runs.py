@@ -101,7 +101,8 @@ async def started(request: Request, state: ApiState, workflow_id: Any, body: dic
 async def list_runs(request: Request, state: ApiState) -> Response:
     q = request.query_params
     return SafeJSONResponse(await state.runs.list(q.get("workflowId"), q.get("status"), int_param(request, "limit", 50),
-                                                  q.get("cursor"), run_filters(q), principal_of(request)))
+                                                  q.get("cursor"), run_filters(q), principal_of(request),
+                                                  q.get("parentRunId")))
 
 
 async def get_run(request: Request, state: ApiState) -> Response:
@@ -111,3 +112,8 @@ async def get_run(request: Request, state: ApiState) -> Response:
 async def run_events(request: Request, state: ApiState) -> Response:
     return SafeJSONResponse(await state.runs.events(
         request.path_params["run_id"], int_param(request, "afterSeq", 0), int_param(request, "limit", 100)))
+
+
+async def run_children(request: Request, state: ApiState) -> Response:
+    """The runs this run started (`workflow.run`), oldest first."""
+    return SafeJSONResponse(await state.runs.children(request.path_params["run_id"]))

@@ -352,8 +352,9 @@ def _scope_failed(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t
 
 
 def _container_failed(defn: dict[str, Any], run: RunState, engine: dict[str, Any], t: Transition, record: dict[str, Any], error: dict[str, Any]) -> None:
+    """The container fails; a foreach keeps its live iterations and its results so that a redrive
+    (core/redrive.py) continues it without running a finished iteration again."""
     record["closed"] = True
-    _close_foreach(engine, record)
     step = _container_step(record)
     t.step_updates.append(StepUpdate(step.step_id, step.attempt, FAILED, error=error))
     t.events.append(Event("step.failed", {"attempt": step.attempt, "error": error, "willRetry": False}, step.step_id))

@@ -27,6 +27,7 @@ class Limits:
     max_context_bytes: int = 16 * MIB
     rules: Rules = field(default_factory=Rules)  # step timeouts, retry cap, expression timeout
     run_cache_bytes: int = 64 * MIB  # the writer's decoded-run-state cache (store/run_cache.py)
+    max_child_depth: int = 8  # runs started by runs (`workflow.run`), counted from the top-level run
 
 
 LIMITS = Limits()
@@ -39,6 +40,7 @@ def configure(settings: Any) -> None:
     LIMITS.max_events_per_run = int(settings.max_events_per_run)
     LIMITS.max_context_bytes = int(settings.max_context_bytes)
     LIMITS.run_cache_bytes = max(0, int(getattr(settings, "run_cache_mb", 64))) * MIB
+    LIMITS.max_child_depth = int(getattr(settings, "max_child_depth", 8))
     LIMITS.rules = Rules(
         expression_timeout_s=float(settings.expression_timeout_ms) / 1000,
         retry_max_backoff_s=float(settings.retry_max_backoff_seconds),

@@ -128,6 +128,7 @@ class NewStep:
     idempotency_key: str
     delay_seconds: float = 0.0  # > 0: held by a durable timer (retry back-off) before its task
     inline: bool = False  # decided without an executor: may run in the same transaction as its cause
+    reopened: bool = False  # a container's new attempt on redrive: RUNNING at once, no task, never begun
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class Event:
     type: str
     payload: dict[str, Any]
     step_id: str | None = None
+    actor: str | None = None  # who caused it, when a person did (redrive); the event log's `actor`
 
 
 @dataclass
@@ -175,6 +177,7 @@ class Transition:
     events: list[Event] = field(default_factory=list)
     approvals: list[NewApproval] = field(default_factory=list)
     consumed_signals: list[tuple[int, str]] = field(default_factory=list)  # (signal id, step id)
+    reopen: bool = False  # an ended run continues (redrive): its error and completion time are cleared
 
 
 @dataclass(frozen=True)

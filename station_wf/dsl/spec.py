@@ -15,7 +15,10 @@ from station_wf.expr.paths import RESERVED_INPUT_KEYS
 
 WORKFLOW_FILE_SUFFIXES = (".workflow.yaml", ".workflow.yml", ".workflow.json")
 
-KNOWN_ACTIONS = ("agent.run", "human.approval", "signal.wait")
+KNOWN_ACTIONS = ("agent.run", "human.approval", "signal.wait", "workflow.run", "workflow.continueAsNew")
+RUN_CHILD, CONTINUE_AS_NEW = "workflow.run", "workflow.continueAsNew"
+CHILD_INPUT_KEYS = ("workflow", "version", "input", "wait", "allowRecursion")
+CONTINUE_INPUT_KEYS = ("input", "version")
 ACTION_ALIASES = {"await": "signal.wait", "await.signal": "signal.wait"}
 
 STATE_TYPES = (

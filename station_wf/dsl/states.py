@@ -15,12 +15,16 @@ from station_wf.dsl.spec import (
     AGENT_INPUT_KEYS,
     APPROVAL_INPUT_KEYS,
     APPROVAL_OUTCOMES,
+    CHILD_INPUT_KEYS,
+    CONTINUE_AS_NEW,
+    CONTINUE_INPUT_KEYS,
     IDENT_RE,
     JOIN_MODES,
     KNOWN_ACTIONS,
     MISSING,
     NAME_RE,
     RESERVED_ITEM_NAMES,
+    RUN_CHILD,
     STATION_INPUT_RENAMES,
     canonical_action,
     is_number,
@@ -110,11 +114,36 @@ class StateTypes:
                 if key in payload and payload[key] not in APPROVAL_OUTCOMES:
                     self.error(at(key), f"must be one of {', '.join(APPROVAL_OUTCOMES)}, got {payload[key]!r}")
             self._input_timeout(payload, at)
+        elif action in (RUN_CHILD, CONTINUE_AS_NEW):
+            self._child_input(action, payload, at)
         elif action == "signal.wait":
             self._input_timeout(payload, at)
             if "onTimeout" in payload and payload["onTimeout"] not in APPROVAL_OUTCOMES:
                 self.error(at("onTimeout"), f"must be one of {', '.join(APPROVAL_OUTCOMES)}, "
                            f"got {payload['onTimeout']!r}")
+
+    def _child_input(self, action: str, payload: dict[str, Any], at: Callable[[str], PathT]) -> None:
+        """`workflow.run {workflow, version?, input?, wait?, allowRecursion?}`, `workflow.continueAsNew {input?,
+        version?}`; a template stands for any value (checked again when rendered: core/children.py)."""
+        known = CHILD_INPUT_KEYS if action == RUN_CHILD else CONTINUE_INPUT_KEYS
+        for key in payload:
+            if key not in known:
+                self.error(at(key), unknown_message(key, known, f"in {action} input"))
+        if action == RUN_CHILD:
+            name = payload.get("workflow")
+            if name is None:
+                self.error(at("workflow"), "missing required key 'workflow' (the id of the workflow to run)")
+            elif not isinstance(name, str) or not name.strip():
+                self.error(at("workflow"), f"must be a workflow id, got {kind_of(name)}")
+        version = payload.get("version")
+        if version is not None and version != "latest" and not is_template(version) and (
+                not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            self.error(at("version"), f"must be a positive integer or 'latest', got {version!r:.40}")
+        if "input" in payload and not isinstance(payload["input"], dict) and not is_template(payload["input"]):
+            self.error(at("input"), f"must be a mapping (the run's input), got {kind_of(payload['input'])}")
+        for key in ("wait", "allowRecursion"):
+            if key in payload and not isinstance(payload[key], bool) and not is_template(payload[key]):
+                self.error(at(key), f"must be true or false, got {kind_of(payload[key])}")
 
     def _reserved_result(self, state: dict[str, Any], path: PathT) -> None:
         """The engine's `workflow` and `steps` keys are never a result's target (DESIGN 3)."""

@@ -40,16 +40,19 @@ def decide_and_commit(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.R
 
 
 def commit_transition(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, t: model.Transition,
-                      step: model.StepView | None = None, *, unit: RunUnit | None = None) -> int:
-    """apply_transition plus the inline chain, on one unit of work (one load of the run, one flush);
-    returns the number of tasks enqueued."""
+                      step: model.StepView | None = None, *, unit: RunUnit | None = None, checked: bool = True) -> int:
+    """apply_transition plus the inline chain, on one unit of work (one load of the run, one flush),
+    then what it means for the run's parent and children (engine/children.py); returns the number of
+    tasks enqueued. `checked=False` skips the per-run caps (a transition that fails the run for one)."""
     unit = unit if unit is not None else RunUnit.load(conn, run)
     if unit is None:
         return 0
-    pending: list[tuple[str, int]] = []
-    tasks = unit.apply(conn, t, step, inline=pending)
-    budget = MAX_INLINE_STEPS
     defn = defs.get(conn, run.workflow_id, run.workflow_version)
+    was = unit.status
+    waits = children.closing_waits(defn, unit)
+    pending: list[tuple[str, int]] = []
+    tasks = unit.apply(conn, t, step, inline=pending, checked=checked)
+    budget = MAX_INLINE_STEPS
     while pending:
         sid, attempt = pending.pop(0)
         view = unit.step(sid, attempt)
@@ -68,4 +71,9 @@ def commit_transition(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.R
             unit.enqueue(conn, sid, attempt)
             tasks += 1
     unit.flush(conn)
+    children.after_commit_of(conn, defs, defn, unit, was, waits)
     return tasks
+
+
+# Last: children.py uses this module's functions (and those of the modules that import it).
+from station_wf.engine import children  # noqa: E402

@@ -13,10 +13,11 @@ from typing import Any
 
 from station_wf.core import interpreter as ip
 from station_wf.core import model, waits
+from station_wf.core import redrive as redrive_core
 from station_wf.core.limits import LIMITS
 from station_wf.engine.commit import commit_transition, decide_and_commit
 from station_wf.governance import admission
-from station_wf.store import approvals, timers
+from station_wf.store import approvals, lineage, timers
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
 from station_wf.store.definitions import DefinitionCache
@@ -123,7 +124,8 @@ def _consume_signal(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.Run
     return None
 
 
-def pause(conn: sqlite3.Connection, run_id: str, actor: str | None) -> Outcome:
+def pause(conn: sqlite3.Connection, run_id: str, actor: str | None, depth: int = 0) -> Outcome:
+    """PAUSED, and so is every child run it waits for (a paused parent's children do not advance)."""
     run = _run_or_missing(conn, run_id)
     if run.status == model.PAUSED:
         return Outcome()  # idempotent
@@ -132,14 +134,22 @@ def pause(conn: sqlite3.Connection, run_id: str, actor: str | None) -> Outcome:
     now = utcnow()
     rs.mark_paused(conn, run_id, run.status, now)
     rs.append_event(conn, run_id, "run.paused", {"from": run.status}, actor=actor, now=now)
+    if run.engine.get("children") and depth < LIMITS.max_child_depth:
+        for child in lineage.active_children(conn, run_id, waited_only=True):
+            if rs.run_status(conn, child) != model.PAUSED:
+                pause(conn, child, actor, depth + 1)
     return Outcome()
 
 
-def resume(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor: str | None) -> Outcome:
-    """Back to work: re-dispatch every step that is due (tasks dropped while paused), under fresh message ids.
+def resume(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor: str | None, depth: int = 0) -> Outcome:
+    """Back to work: re-dispatch every step that is due (tasks dropped while paused), under fresh message ids;
+    the paused children it waits for resume too.
 
     Timers that came due during the pause were held back by the timer loop and fire now."""
     run = _run_or_missing(conn, run_id)
+    if run.status == model.PAUSED and run.engine.get("children") and depth < LIMITS.max_child_depth:
+        for child in lineage.active_children(conn, run_id, statuses=(model.PAUSED,), waited_only=True):
+            resume(conn, defs, child, actor, depth + 1)
     if run.status in model.ACTIVE_RUN_STATUSES:
         return Outcome()  # idempotent
     if run.status != model.PAUSED:
@@ -183,6 +193,26 @@ def cancel(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, reason:
     t = ip.cancel_run(state, reason or "cancelled by request", actor)
     commit_transition(conn, defs, run, t)
     return Outcome(cancelled_run=run_id)
+
+
+def redrive(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor: str | None) -> Outcome:
+    """Continue an ended run in place (core/redrive.py decides which steps run again), in one transaction."""
+    run = _run_or_missing(conn, run_id)
+    try:
+        defs.get(conn, run.workflow_id, run.workflow_version)
+    except LookupError:
+        raise Conflict(f"the run's workflow {run.workflow_id!r} version {run.workflow_version} no longer exists: "
+                       "re-run it on another version", {"status": run.status}) from None
+    if run.status not in redrive_core.REDRIVABLE_RUN_STATUSES:
+        raise Conflict(redrive_core.not_redrivable_message(run.status), {"status": run.status})
+    number = lineage.count_redrive(conn, run_id)
+    latest = lineage.latest_attempts(conn, run_id)
+    try:
+        tasks = decide_and_commit(conn, defs, run, lambda defn, state: redrive_core.redrive_run(
+            defn, state, run.status, latest, actor, number))
+    except redrive_core.NotRedrivable as exc:
+        raise Conflict(str(exc), {"status": run.status}) from None
+    return Outcome(tasks)
 
 
 def fire_approval_timeout(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, approval_id: str) -> Outcome:

@@ -17,7 +17,9 @@ from typing import Any
 
 from station_wf.core import interpreter as ip
 from station_wf.core import model
+from station_wf.core.children import ACTIONS as child_actions
 from station_wf.core.limits import LIMITS
+from station_wf.engine import children
 from station_wf.engine.commit import commit_transition, decide_and_commit
 from station_wf.executors.base import StepCall
 from station_wf.faults import crash_point, fault_error
@@ -88,7 +90,8 @@ class StepTransactions:
             error = _engine_error("(start)", deliveries, cause)
             error["message"] = (f"the run's start task failed or was interrupted {deliveries} times"
                                 f" (STATION_MAX_DELIVERIES={LIMITS.max_deliveries})")
-            return rs.apply_transition(conn, run, ip.engine_failure(rs.run_state(conn, run), None, error), checked=False)
+            return commit_transition(conn, self.definitions, run, ip.engine_failure(rs.run_state(conn, run), None, error),
+                                     checked=False)
         def start(defn: dict[str, Any], state: model.RunState) -> model.Transition:
             crash_point("worker.start_run")
             return ip.start_run(defn, state)
@@ -123,6 +126,9 @@ class StepTransactions:
             return Skip(f"step attempt is already {row['status']}")
         if isinstance(decided, model.Transition):
             return Committed(commit_transition(conn, self.definitions, run, decided, view))
+        if decided.action in child_actions:  # a run that starts a run: begun here, in this transaction
+            explicit = LIMITS.rules.step_timeout(decided.timeout_seconds) if decided.timeout_seconds else None
+            return Committed(children.begin(conn, self.definitions, run, row, view, decided.action, decided.input, explicit))
         timeout = LIMITS.rules.step_timeout(decided.timeout_seconds)
         left = timers.step_timeout_left(conn, run_id, step, attempt)
         if left is not None and left <= 0:  # the deadline passed while no process was executing it
@@ -186,4 +192,4 @@ class StepTransactions:
         except Exception as exc:  # noqa: BLE001 - the definition's failure path is poisoned too
             log.error("worker: failing run %s outright: %s: %s", run.run_id, type(exc).__name__, exc)
             t = ip.engine_failure(rs.run_state(conn, run), view, {**error, "decision": f"{type(exc).__name__}: {exc}"})
-            return rs.apply_transition(conn, run, t, view, checked=False)
+            return commit_transition(conn, self.definitions, run, t, view, checked=False)

@@ -16,7 +16,7 @@ from station_wf.core import interpreter as ip
 from station_wf.core import model
 from station_wf.deferral import Deferred
 from station_wf.engine import control
-from station_wf.engine.commit import decide_and_commit
+from station_wf.engine.commit import commit_transition, decide_and_commit
 from station_wf.faults import fault_error
 from station_wf.loop import Loop
 from station_wf.store import runs as rs
@@ -123,7 +123,8 @@ class TimerLoop(Loop):
         view = rs.step_view(step_row) if step_row is not None and step_row["status"] in model.OPEN_STEP_STATUSES else None
         failure = {"type": "engine_error", "message": f"{row['kind']} timer failed {attempts} times: "
                                                       f"{error['type']}: {error['message']}"}
-        rs.apply_transition(conn, run, ip.engine_failure(rs.run_state(conn, run), view, failure), view, checked=False)
+        commit_transition(conn, self.definitions, run, ip.engine_failure(rs.run_state(conn, run), view, failure), view,
+                          checked=False)
 
     def _fire(self, conn: sqlite3.Connection, timer: sqlite3.Row) -> None:
         run = rs.load_run(conn, timer["run_id"])

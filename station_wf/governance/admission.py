@@ -102,5 +102,19 @@ def check_start(conn: sqlite3.Connection, workflow_id: str, version: int, run_in
     rates.hit(conn, f"start:{workflow_id}", GOVERNANCE.run_rate, f"starts of {workflow_id!r}")
 
 
+def child_refusal(conn: sqlite3.Connection, parent_workflow: str, workflow_id: str, version: int,
+                  run_input: Any) -> str | None:
+    """A workflow starting a workflow (`workflow.run`, continue-as-new): the policies, as for any start,
+    with the principal `workflow:<parent id>` (role `system`). The refusal is audited here, in the
+    parent's transaction (its step fails with the message); None when the start may go."""
+    principal = Principal(f"workflow:{parent_workflow}", (), ("system",))
+    try:
+        policies.check_start(conn, principal, workflow_id, version, run_input, rate=False)
+    except policies.PolicyDenied as denied:
+        policies.record(conn, denied.denial)
+        return denied.message
+    return None
+
+
 def check_signal_rate(conn: sqlite3.Connection, workflow_id: str) -> None:
     rates.hit(conn, f"signal:{workflow_id}", GOVERNANCE.signal_rate, f"signals to runs of {workflow_id!r}")

@@ -111,8 +111,10 @@ def _condition(rule: Rule, principal: Principal | None, workflow_id: str, run_id
 
 
 def check_start(conn: sqlite3.Connection, principal: Principal | None, workflow_id: str, version: int,
-                run_input: Any, correlation_id: str | None = None, tags: dict[str, str] | None = None) -> None:
-    """Every start (API, batch, rerun, a workflow's child): lists, input size and fields, rate, condition."""
+                run_input: Any, correlation_id: str | None = None, tags: dict[str, str] | None = None,
+                rate: bool = True) -> None:
+    """Every start (API, batch, rerun, a workflow's child): lists, input size and fields, condition, and
+    (unless `rate` is False: a child start waits for nobody) the policy's rate."""
     rule = POLICIES.current().rule("run")
     if rule is None:
         return
@@ -133,7 +135,7 @@ def check_start(conn: sqlite3.Connection, principal: Principal | None, workflow_
         "run": {"input": run_input, "correlationId": correlation_id, "tags": tags or {}},
         "request": {"action": "run"},
     })
-    if rule.rate is not None:
+    if rate and rule.rate is not None:
         rates.hit(conn, f"policy-start:{workflow_id}", rule.rate, f"starts of {workflow_id!r}")
 
 

@@ -129,6 +129,11 @@ class ControlService:
         await self._tx(lambda c: ec.resume(c, self.definitions, run_id, principal.name))
         return await self.runs.get(run_id)
 
+    async def redrive(self, run_id: str, principal: Principal) -> dict[str, Any]:
+        """Continue a FAILED, TIMED_OUT or CANCELLED run in place: 409 with the reason when it cannot be."""
+        await self._tx(lambda c: ec.redrive(c, self.definitions, run_id, principal.name))
+        return await self.runs.get(run_id)
+
     async def cancel(self, run_id: str, reason: Any, principal: Principal) -> dict[str, Any]:
         if reason is not None and not isinstance(reason, str):
             raise invalid("reason must be a string")

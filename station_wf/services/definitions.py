@@ -12,6 +12,7 @@ import yaml
 
 from station_wf.agents.catalog import AgentCatalog
 from station_wf.agents.flow_check import check_definition_agents
+from station_wf.dsl.child_refs import child_references, cycle_message, find_cycle
 from station_wf.dsl.input_schema import schema_problems
 from station_wf.dsl.limits import document_size_problem
 from station_wf.dsl.loader import normalize_definition, parse_definition
@@ -87,6 +88,12 @@ def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | N
         parsed.append((defn, raw, str(file)))
 
     def apply(conn: sqlite3.Connection) -> SyncReport:
+        for defn, raw, file in list(parsed):
+            problem = recursion_problem(conn, defn, {d["id"]: d for d, _, _ in parsed})
+            if problem:
+                report.errors.append(f"{file}: {problem}")
+                parsed.remove((defn, raw, file))
+                failed_ids.add(defn["id"])
         for defn, raw, file in parsed:
             reg = ds.register(conn, defn, raw, source="file", source_file=file, environment=environment)
             sync_schedules(conn, defn["id"], defn)
@@ -98,6 +105,18 @@ def plan_sync(environments_dir: Path, environment: str, agents: AgentCatalog | N
         return report
 
     return apply
+
+
+def recursion_problem(conn: sqlite3.Connection, defn: dict[str, Any], pending: dict[str, dict[str, Any]] | None = None) -> str | None:
+    """Why `defn` cannot be stored: it would start itself through `workflow.run` (directly or through
+    the stored workflows and those `pending` beside it), or None."""
+    if not child_references(defn):
+        return None
+    graph = {wf: child_references(json.loads(text)) for wf, text in ds.child_starters(conn)}
+    graph.update({wf: child_references(d) for wf, d in (pending or {}).items()})
+    graph[defn["id"]] = child_references(defn)
+    cycle = find_cycle(graph, defn["id"])
+    return cycle_message(cycle) if cycle else None
 
 
 def _guess_id(raw: str) -> str | None:
@@ -288,6 +307,10 @@ def _tx_create(defn: dict[str, Any], raw: str, *, must_exist: bool):
         if not must_exist and head is not None:
             raise ServiceError(409, "conflict", f"workflow {defn['id']!r} exists; PUT /api/v1/workflows/{defn['id']} makes a new version",
                                {"id": defn["id"], "version": head["version"]})
+        problem = recursion_problem(conn, defn)
+        if problem:
+            raise ServiceError(422, "invalid_definition", "the workflow definition is invalid",
+                               [_problem("api", problem)])
         version = ds.register(conn, defn, raw, source="api").version
         sync_schedules(conn, defn["id"], defn)
         return version

@@ -25,6 +25,7 @@ from station_wf.services import idempotency as idem
 from station_wf.store import run_reads, run_start
 from station_wf.store import runs as rs
 from station_wf.store.definitions import DefinitionCache, Head, definition_status, latest_head
+from station_wf.store.lineage import Origin
 from station_wf.telemetry.tracing import new_run_traceparent
 
 MAX_BATCH = 1000
@@ -72,6 +73,7 @@ class Start:
     traceparent: str | None
     keyed: idem.Keyed | None = None
     index: int = 0
+    origin: Origin | None = None  # a re-run names the run it re-runs
     meta: admission.RunMeta | None = None
 
     @property
@@ -99,11 +101,11 @@ class Outcome:
 
 def new_start(head: Head, version: int | None, run_input: dict[str, Any], traceparent: str | None,
               run_id: str | None = None, keyed: idem.Keyed | None = None, index: int = 0,
-              meta: admission.RunMeta | None = None) -> Start:
+              origin: Origin | None = None, meta: admission.RunMeta | None = None) -> Start:
     run_id = run_id or str(uuid.uuid4())
     tp = new_run_traceparent(traceparent, {"workflow.id": head.row["workflow_id"], "workflow.version": head.row["version"],
                                            "run.id": run_id})
-    return Start(head, version, run_input, run_id, tp, keyed, index, meta)
+    return Start(head, version, run_input, run_id, tp, keyed, index, origin, meta)
 
 
 def _check_head(conn: sqlite3.Connection, s: Start) -> None:
@@ -132,7 +134,8 @@ def start_in_tx(conn: sqlite3.Connection, defs: DefinitionCache, s: Start, view:
     if not run_reads.run_exists(conn, s.run_id):  # else: made by an earlier attempt of this request
         _check_head(conn, s)
         admission.check_start(conn, s.workflow_id, s.head.row["version"], s.run_input, s.meta)  # issue 18: policies, rate
-        create_and_start(conn, defs, s.head.row, s.head.definition, s.run_id, s.run_input, s.traceparent, s.meta)
+        create_and_start(conn, defs, s.head.row, s.head.definition, s.run_id, s.run_input, s.traceparent, origin=s.origin,
+                         meta=s.meta)
         created = True
     rows = run_start.run_with_steps(conn, s.run_id)
     if s.keyed is None:

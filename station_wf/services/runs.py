@@ -19,10 +19,11 @@ from station_wf.services import idempotency as idem
 from station_wf.services import run_start as rstart
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
-from station_wf.store import governance_runs, governance_slots, run_reads
+from station_wf.store import governance_runs, governance_slots, lineage, run_reads
 from station_wf.store.db import Readers, Writer
 from station_wf.store.definitions import DefinitionCache, Head, read_definition
 from station_wf.store.events import LIST_FIELDS, event_from_row, event_view, run_events
+from station_wf.store.lineage import Origin
 from station_wf.telemetry.metrics import runs_started_total
 
 MAX_LIST_LIMIT = 1000
@@ -52,7 +53,7 @@ def run_to_api(row: sqlite3.Row, steps: list[sqlite3.Row] | None = None, include
         "contentHash": row["content_hash"], "status": row["status"], "input": _json(row["input"]),
         "error": _json(row["error"]), "version": row["version"], "lastEventSeq": row["event_seq"],
         "createdAt": row["created_at"], "startedAt": row["started_at"], "updatedAt": row["updated_at"],
-        "completedAt": row["completed_at"],
+        "completedAt": row["completed_at"], **lineage.lineage_to_api(row),
         "correlationId": row["correlation_id"], "tags": _json(row["tags"]) or {},
     }
     if include_context:
@@ -103,18 +104,41 @@ class RunService:
         self.idempotency = idem.IdempotencyStore(writer)
 
     async def start(self, workflow_id: Any, run_input: Any, version: Any = None, traceparent: str | None = None,
-                    run_id: str | None = None, meta: RunMeta | None = None) -> dict[str, Any]:
+                    run_id: str | None = None, origin: Origin | None = None, meta: RunMeta | None = None) -> dict[str, Any]:
         """Start a run (started in the same transaction, see `run_start`); with `run_id` (an idempotency
         key's effect id) a run that already has it is returned instead."""
-        outcome = await self._start(workflow_id, run_input, version, traceparent, run_id, None, meta)
+        outcome = await self._start(workflow_id, run_input, version, traceparent, run_id, None, origin, meta)
         return outcome.render(run_to_api)["run"]
+
+    async def rerun(self, run_id: str, body: dict[str, Any], traceparent: str | None = None,
+                    effect_id: str | None = None, principal: Principal | None = None) -> dict[str, Any]:
+        """A new run with the old one's input (or `input`) on its version (or `version`: a number or
+        "latest"); it records the run it re-runs (`rerunOf`), keeps its correlation id and tags, and
+        passes the policies and limits as any start (issue 18)."""
+        unknown = sorted(set(body) - {"version", "input"})
+        if unknown:
+            raise invalid(f"unknown field(s): {', '.join(unknown)}", {"fields": unknown})
+        row = await run_reads.run_row(self.readers, run_id)
+        if row is None:
+            raise not_found("run", run_id)
+        version = body.get("version", row["workflow_version"])
+        if version == "latest":
+            version = None
+        run_input = body["input"] if body.get("input") is not None else json.loads(row["input"])
+        meta = RunMeta(row["correlation_id"], _json(row["tags"]) or {}, principal)
+        return await self.start(row["workflow_id"], run_input, version, traceparent, effect_id, Origin(rerun_of=run_id), meta)
+
+    async def children(self, run_id: str) -> dict[str, Any]:
+        if not await run_reads.run_known(self.readers, run_id):
+            raise not_found("run", run_id)
+        return {"runs": [run_to_api(r, include_context=False) for r in await lineage.children(self.readers, run_id)]}
 
     async def start_keyed(self, keyed: idem.Keyed, workflow_id: Any, run_input: Any, version: Any = None,
                           traceparent: str | None = None, meta: RunMeta | None = None) -> idem.Answer:
         """A start with an Idempotency-Key: reservation, run and answer in one transaction; a retry
         gets the stored answer (`replayed`)."""
         try:
-            outcome = await self._start(workflow_id, run_input, version, traceparent, None, keyed, meta)
+            outcome = await self._start(workflow_id, run_input, version, traceparent, None, keyed, meta=meta)
         except ServiceError as exc:
             if not idem.stores_error(exc):
                 raise
@@ -123,13 +147,14 @@ class RunService:
         return idem.Answer(outcome.status, outcome.render(run_to_api), outcome.replayed)
 
     async def _start(self, workflow_id: Any, run_input: Any, version: Any, traceparent: str | None,
-                     run_id: str | None, keyed: idem.Keyed | None, meta: RunMeta | None = None) -> rstart.Outcome:
+                     run_id: str | None, keyed: idem.Keyed | None, origin: Origin | None = None,
+                     meta: RunMeta | None = None) -> rstart.Outcome:
         rstart.check_ids(workflow_id, version)
         run_input = {} if run_input is None else run_input
         for _ in range(rstart.MAX_PREPARES):
             head = await self._head(workflow_id, version)
             await self._check_input(head, workflow_id, run_input)
-            s = rstart.new_start(head, version, run_input, traceparent, run_id, keyed, meta=meta)
+            s = rstart.new_start(head, version, run_input, traceparent, run_id, keyed, origin=origin, meta=meta)
             try:
                 outcome = await self.writer.run(lambda conn, s=s: rstart.start_in_tx(conn, self.definitions, s, run_to_api))
             except policies.PolicyDenied as denied:  # issue 18: recorded apart (the start's transaction is undone)
@@ -273,7 +298,8 @@ class RunService:
         return out
 
     async def list(self, workflow_id: str | None, status: str | None, limit: int, cursor: str | None,
-                   filters: RunFilters | None = None, principal: Principal | None = None) -> dict[str, Any]:
+                   filters: RunFilters | None = None, principal: Principal | None = None,
+                   parent_run_id: str | None = None) -> dict[str, Any]:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise invalid(f"limit must be between 1 and {MAX_LIST_LIMIT}", {"limit": limit})
         statuses: list[str] | None = None
@@ -291,7 +317,7 @@ class RunService:
         before = decode_cursor(cursor) if cursor else None
         f = filters or RunFilters()
         extra = governance_runs.list_filters(f.correlation_id, f.tags, f.started_after, f.started_before)
-        rows = await run_reads.list_runs(self.readers, workflow_id, statuses, before, limit + 1, extra)
+        rows = await run_reads.list_runs(self.readers, workflow_id, statuses, before, limit + 1, parent_run_id, extra)
         more = len(rows) > limit
         rows = rows[:limit]
         return {

@@ -33,6 +33,21 @@ def latest_row(conn: sqlite3.Connection, workflow_id: str) -> sqlite3.Row | None
     return conn.execute(_LATEST, (workflow_id,)).fetchone()
 
 
+def child_starters(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(workflow id, definition JSON) of each workflow whose latest version is active and may start
+    runs (`workflow.run`): the graph a new definition's cycle check is made against."""
+    rows = conn.execute(
+        """SELECT d.workflow_id, d.definition FROM workflow_definitions d
+           WHERE d.status = 'active' AND d.definition LIKE '%workflow.run%'
+             AND d.version = (SELECT MAX(x.version) FROM workflow_definitions x WHERE x.workflow_id = d.workflow_id)""").fetchall()
+    return [(r["workflow_id"], r["definition"]) for r in rows]
+
+
+def version_row(conn: sqlite3.Connection, workflow_id: str, version: int | None) -> sqlite3.Row | None:
+    """Inside a writer transaction: one version's row, or the latest (None)."""
+    return latest_row(conn, workflow_id) if version is None else conn.execute(_VERSION, (workflow_id, version)).fetchone()
+
+
 _generation = itertools.count(1)
 _written = [0]
 """Bumped by every definition write (in its transaction and again once it committed): cached heads

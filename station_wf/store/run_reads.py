@@ -33,7 +33,8 @@ async def run_steps(readers: Readers, run_id: str) -> list[sqlite3.Row]:
 
 
 async def list_runs(readers: Readers, workflow_id: str | None, statuses: Collection[str] | None, before_id: int | None,
-                    limit: int, extra: tuple[list[str], list[Any]] = ([], [])) -> list[sqlite3.Row]:
+                    limit: int, parent_run_id: str | None = None,
+                    extra: tuple[list[str], list[Any]] = ([], [])) -> list[sqlite3.Row]:
     """Newest first (their `context` column is the blob without its patches: not for showing); `before_id` is the page cursor (the last row id of the previous page). `statuses`
     None is every status; an empty collection matches no run."""
     where, params = [], []
@@ -43,6 +44,9 @@ async def list_runs(readers: Readers, workflow_id: str | None, statuses: Collect
     if statuses is not None:
         where.append(f"status IN ({','.join('?' * len(statuses))})")
         params.extend(statuses)
+    if parent_run_id:
+        where.append("parent_run_id = ?")
+        params.append(parent_run_id)
     if before_id is not None:
         where.append("id < ?")
         params.append(before_id)

@@ -228,13 +228,24 @@ class RunUnit:
                 self._sets.setdefault("started_at", now)
             if t.run_status in model.TERMINAL_RUN_STATUSES:
                 self._sets["completed_at"] = now
+        if t.reopen:
+            self._sets["error"] = self._sets["completed_at"] = None
         if t.run_error is not None:
             self._sets["error"] = dumps(t.run_error)
         for event, text in zip(t.events, payloads, strict=True):
-            self.event(event.type, event.payload, event.step_id, now=now, text=text)
+            self.event(event.type, event.payload, event.step_id, actor=event.actor, now=now, text=text)
         tasks = 0
         for new in t.new_steps:
             attempt, key = self._insert_step(conn, new, now)
+            if new.reopened:  # a container continued by a redrive: open at once, its children carry on
+                self._new_rows[(new.step_id, attempt)].update(status=model.RUNNING, started_at=now)
+                self.open[(new.step_id, attempt)] = dataclasses.replace(self.open[(new.step_id, attempt)], status=model.RUNNING)
+                self.event("step.scheduled", {"stateName": new.state_name, "stateType": new.state_type,
+                                              "branchPath": new.branch_path, "foreachIndex": new.foreach_index,
+                                              "attempt": attempt, "redrive": True}, new.step_id, now=now)
+                self.event("step.started", {"attempt": attempt, "executor": new.state_type, "redrive": True},
+                           new.step_id, now=now)
+                continue
             self.event("step.scheduled",
                        {"stateName": new.state_name, "stateType": new.state_type, "branchPath": new.branch_path,
                         "foreachIndex": new.foreach_index, "attempt": attempt, "delaySeconds": new.delay_seconds or None},

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from station_wf.core import limits, model
+from station_wf.core.children import RUN_CHILD
 from station_wf.protocol import run_task, step_task
 from station_wf.store import approvals, outbox, run_cache, timers
 from station_wf.store import vocab as v
@@ -229,10 +230,12 @@ def steps_waiting_signal(conn: sqlite3.Connection, run_id: str) -> list[sqlite3.
     ).fetchall()
 
 
-# Open attempts that need a task to progress: not a container or sleep RUNNING on purpose, and not
-# held by a timer of their own (a retry back-off, a wait timeout); a step timeout holds nothing.
+# Open attempts that need a task to progress: not a container or sleep RUNNING on purpose, nor a step
+# waiting for its child run (the child's end records its result and enqueues its task), and not held
+# by a timer of their own (a retry back-off, a wait timeout); a step timeout holds nothing.
 _NEEDS_TASK = f"""s.status IN {v.DISPATCHABLE_STEPS}
     AND NOT (s.status = '{model.RUNNING}' AND s.state_type IN {v.HELD_TYPES})
+    AND NOT (s.status = '{model.RUNNING}' AND s.executor = '{RUN_CHILD}' AND s.result IS NULL)
     AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.run_id = s.run_id AND t.step_id = s.step_id
                     AND t.fired_at IS NULL AND t.kind != '{timers.STEP_TIMEOUT}')"""
 
