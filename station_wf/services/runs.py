@@ -227,7 +227,7 @@ class RunService:
                     if problems:
                         raise self._invalid_input(wf, problems)
                 meta = run_meta(item.get("correlationId"), item.get("tags"), principal=principal)
-                prepared.append(rstart.new_start(head, version, run_input, traceparent, run_ids.get(i), keyed, i, meta))
+                prepared.append(rstart.new_start(head, version, run_input, traceparent, run_ids.get(i), keyed, i, meta=meta))
             except ServiceError as exc:
                 prepared.append(rstart.Refused(exc, keyed, i))
         if to_check:
