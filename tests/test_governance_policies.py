@@ -48,6 +48,14 @@ states:
 """
 
 
+PARENT = """
+id: parent
+start: call
+states:
+  - { name: call, type: operation, action: workflow.run, input: { workflow: legacy.old, input: {}, wait: true }, end: true }
+"""
+
+
 def _policies_path(d: Daemon) -> Path:
     return d.root / "environments" / "default" / "policies.yaml"
 
@@ -61,6 +69,7 @@ def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     daemon = Daemon(root, None, {"STATION_API_TOKENS_FILE": str(tokens)})
     for wf in ("hold", "pay", "legacy.old"):
         daemon.add_workflow(wf, HOLD.format(id=wf))
+    daemon.add_workflow("parent", PARENT)
     _policies_path(daemon).write_text(POLICIES)
     daemon.start()
     yield daemon
@@ -102,6 +111,17 @@ def test_start_policies_refuse_and_are_audited_with_file_and_line(d: Daemon) -> 
     assert statuses == [201, 403], batch.text
     actions = [(x["action"], x["workflowId"]) for x in _denials(d)[:6]]
     assert actions.count(("run", "legacy.old")) == 3 and ("run", "pay") in actions
+
+
+def test_a_workflow_starting_a_blocked_workflow_fails_its_step_and_is_audited(d: Daemon) -> None:
+    run = _post(d, "/api/v1/workflow-runs", {"workflowId": "parent"}, ADMIN).json()["run"]
+    wait_until(lambda: d.request("GET", f"/api/v1/workflow-runs/{run['id']}", headers=ADMIN).json()["status"] == "FAILED",
+               20, what="the parent to fail")
+    failed = d.request("GET", f"/api/v1/workflow-runs/{run['id']}", headers=ADMIN).json()
+    assert "blocked" in json.dumps(failed["steps"]) and f"{_policies_path(d)}:1 (run)" in json.dumps(failed["steps"])
+    assert [(x["principal"], x["workflowId"]) for x in _denials(d)[:1]] == [("workflow:parent", "legacy.old")]
+    children = d.request("GET", f"/api/v1/workflow-runs/{run['id']}/children", headers=ADMIN).json()["runs"]
+    assert children == []
 
 
 def test_signal_cancel_and_query_policies(d: Daemon) -> None:
