@@ -6,8 +6,6 @@ file:line at start-up and ignored (the last good one kept) when edited in."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import httpx
 import pytest
 
 from station_wf.dsl.problems import DefinitionError
+from station_wf.governance.policies import PolicyFileError, open_environment
 from station_wf.governance.policy_file import parse_policies
 from tests.conftest import Daemon, wait_until
 
@@ -163,14 +162,13 @@ def test_policies_reload_on_change_and_a_broken_edit_keeps_the_last_good(d: Daem
 
 
 def test_a_broken_policies_file_stops_the_start_with_file_and_line(tmp_path: Path) -> None:
-    root = tmp_path / "broken"
-    (root / "environments" / "default" / "workflows").mkdir(parents=True)
-    d = Daemon(root, None, {})
-    _policies_path(d).write_text("run:\n  allow: [a]\n  condition: \"principal.name ==\"\n")
-    proc = subprocess.run([sys.executable, "-m", "station_wf.cli", "serve"], env=d.process_env(), cwd=root,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert f"{_policies_path(d)}:3" in proc.stderr and "condition" in proc.stderr, proc.stderr[-2000:]
+    """What `serve` prints (cli.py turns PolicyFileError into its one error message) before anything starts."""
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "policies.yaml").write_text("run:\n  allow: [a]\n  condition: \"principal.name ==\"\n")
+    with pytest.raises(PolicyFileError) as caught:
+        open_environment(str(tmp_path), "default")
+    assert f"{tmp_path / 'default' / 'policies.yaml'}:3" in str(caught.value) and "condition" in str(caught.value)
+    assert open_environment(str(tmp_path), "other").current().rules == {}  # no file: no policies
 
 
 @pytest.mark.parametrize("text, expected", [

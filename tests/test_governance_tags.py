@@ -1,5 +1,6 @@
 """Correlation ids and tags on start, and the run list's filters by them and by start time (OKRA's
-QueryOptions), with cursor paging as before."""
+QueryOptions), with cursor paging as before; on the same daemon, the start and signal rate limits
+(429 with Retry-After) and the default run duration."""
 
 from __future__ import annotations
 
@@ -18,14 +19,24 @@ start: a
 states:
   - { name: a, type: inject, data: { x: 1 }, end: true }
 """
+HOLD = """
+id: {id}
+{timeout}start: hold
+states:
+  - {{ name: hold, type: operation, action: signal.wait, input: {{ signal: go }}, end: true }}
+"""
+STARTS_PER_HOUR = 12
 
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("tags")
     (root / "environments" / "default" / "agents").mkdir(parents=True)
-    daemon = Daemon(root, None, {})
+    daemon = Daemon(root, None, {"STATION_RUN_RATE_LIMIT": f"{STARTS_PER_HOUR}/hour", "STATION_SIGNAL_RATE_LIMIT": "2/hour",
+                                 "STATION_RUN_TIMEOUT_DEFAULT_SECONDS": "1"})
     daemon.add_workflow("tiny", TINY)
+    daemon.add_workflow("rated", HOLD.format(id="rated", timeout="timeoutSeconds: 60\n"))
+    daemon.add_workflow("endless", HOLD.format(id="endless", timeout=""))
     daemon.start()
     yield daemon
     daemon.stop()
@@ -89,3 +100,27 @@ def test_bad_correlation_or_tags_are_400(d: Daemon, body: dict, field: str) -> N
 def test_bad_list_filters_are_400(d: Daemon, params: dict) -> None:
     resp = httpx.get(d.base + "/api/v1/workflow-runs", params=params, timeout=10)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_request", resp.text
+
+
+def test_rate_limits_answer_429_with_retry_after(d: Daemon) -> None:
+    made = [d.start_run("rated") for _ in range(STARTS_PER_HOUR)]
+    refused = d.request("POST", "/api/v1/workflow-runs", json={"workflowId": "rated"})
+    assert refused.status_code == 429, refused.text
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3600
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limited" and f"{STARTS_PER_HOUR}/hour" in error["message"]
+    keyed = d.request("POST", "/api/v1/workflow-runs", json={"workflowId": "rated"}, headers={"Idempotency-Key": "k-429"})
+    assert keyed.status_code == 429 and "Retry-After" in keyed.headers
+    batch = d.request("POST", "/api/v1/workflow-runs:batch", json={"runs": [{"workflowId": "rated"}]}).json()
+    assert batch["results"][0]["status"] == 429
+    assert len(_ids(d, workflowId="rated")) == STARTS_PER_HOUR  # a refused start wrote nothing
+    d.wait_status(made[0]["id"], "WAITING_SIGNAL")
+    codes = [d.request("POST", f"/api/v1/workflow-runs/{made[0]['id']}/signals", json={"name": "x"}).status_code
+             for _ in range(3)]
+    assert codes == [202, 202, 429], codes
+
+
+def test_a_run_without_a_timeout_gets_the_default(d: Daemon) -> None:
+    run = d.start_run("endless")
+    ended = d.wait_status(run["id"], "TIMED_OUT", timeout=20)
+    assert "timed out after 1s" in ended["error"]["message"]
