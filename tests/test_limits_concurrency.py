@@ -25,6 +25,18 @@ states:
   - {{ name: hold, type: operation, action: signal.wait, input: {{ signal: go }}, end: true }}
 """
 ACTIVE = ("RUNNING", "WAITING_SIGNAL")
+PARENT = """
+id: parent
+start: call
+states:
+  - { name: call, type: operation, action: workflow.run, input: { workflow: leaf, input: {}, wait: true }, end: true }
+"""
+LEAF = """
+id: leaf
+start: hold
+states:
+  - { name: hold, type: operation, action: signal.wait, input: { signal: go }, end: true }
+"""
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +45,8 @@ def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     (root / "environments" / "default" / "agents").mkdir(parents=True)
     daemon = Daemon(root, None, {"STATION_MAX_CONCURRENT_RUNS": str(OVERALL)})
     daemon.add_workflow("gate", GATE)
+    daemon.add_workflow("parent", PARENT)
+    daemon.add_workflow("leaf", LEAF)
     daemon.start()
     yield daemon
     daemon.stop()
@@ -127,6 +141,26 @@ def test_overall_maximum_and_queue_positions_hold_across_a_kill(d: Daemon) -> No
     final = {r["id"]: r["status"] for r in _runs(d, tag="t:overall")}
     assert final[ids[OVERALL + 2]] == "CANCELLED"
     assert sum(s == "COMPLETED" for s in final.values()) == OVERALL + 3
+
+
+def test_children_never_wait_for_the_overall_maximum_their_parents_hold(d: Daemon) -> None:
+    """Parents filling the overall maximum (one batch: all admitted at once) wait for their children:
+    the children must not wait for them, or nothing would ever end."""
+    batch = d.request("POST", "/api/v1/workflow-runs:batch", json={"runs": [{"workflowId": "parent"}] * OVERALL})
+    parents = [r["run"]["id"] for r in batch.json()["results"]]
+    assert len(parents) == OVERALL
+
+    def leaves() -> list[dict[str, Any]]:
+        return _runs(d, workflowId="leaf", status="PENDING,RUNNING,WAITING_SIGNAL")
+
+    wait_until(lambda: sum(r["status"] == "WAITING_SIGNAL" for r in leaves()) == OVERALL, 30,
+               what="every child running past the overall maximum")
+    _signal_all(d, leaves())
+    for run_id in parents:
+        d.wait_status(run_id, "COMPLETED", timeout=30)
+    after = d.start_run("gate", {"customer": "after"})  # the slots all came back
+    d.wait_status(after["id"], "WAITING_SIGNAL")
+    _signal_all(d, [after])
 
 
 AGENT = """---

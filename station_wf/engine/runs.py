@@ -64,7 +64,8 @@ def insert_new_run(conn: sqlite3.Connection, row: sqlite3.Row, defn: dict[str, A
                   run_task=False)
     if origin is not None:
         lineage.record_origin(conn, run_id, origin)
-    if admission.admit(conn, run_id, row["workflow_id"], defn, run_input, meta) and run_task:  # issue 18: limits, tags
+    child = origin is not None and bool(origin.parent_run_id)
+    if admission.admit(conn, run_id, row["workflow_id"], defn, run_input, meta, child) and run_task:  # issue 18: limits
         rs.enqueue_run_task(conn, run_id, traceparent)
     return context
 

@@ -57,8 +57,12 @@ def run_meta(correlation_id: Any, tags: Any, where: str = "", principal: Princip
 
 
 def admit(conn: sqlite3.Connection, run_id: str, workflow_id: str, defn: dict[str, Any], run_input: Any,
-          meta: RunMeta | None = None) -> bool:
-    """In the start transaction, after the run's row: True when the run may start now."""
+          meta: RunMeta | None = None, child: bool = False) -> bool:
+    """In the start transaction, after the run's row: True when the run may start now.
+
+    A child run (`workflow.run`) counts toward the overall maximum but never waits for it: its parent
+    holds a slot while it waits for the child, so parents filling the maximum would otherwise wait
+    for children that wait for them. (A child under its own workflow's per-key limit still waits.)"""
     if meta is not None and not meta.empty:
         governance_runs.set_meta(conn, run_id, meta.correlation_id, meta.tags)
     limit = concurrency.of_definition(defn)
@@ -70,7 +74,7 @@ def admit(conn: sqlite3.Connection, run_id: str, workflow_id: str, defn: dict[st
     if limit is not None:
         ok = (governance_slots.running_for_key(conn, workflow_id, key) < limit.limit
               and not governance_slots.waiting_for_key(conn, workflow_id, key))
-    if ok and overall > 0:
+    if ok and overall > 0 and not child:
         ok = governance_slots.running_overall(conn) < overall
     governance_slots.hold(conn, run_id, workflow_id, key, limit.limit if limit is not None else None, queued=not ok)
     return ok
