@@ -9,32 +9,17 @@ from starlette.responses import Response
 
 from station_wf.api.http import Handler, SafeJSONResponse
 from station_wf.api.params import int_param
-from station_wf.errors import invalid
-from station_wf.governance import policies
-from station_wf.store import governance_denials
-
-
-def _denial(row: Any) -> dict[str, Any]:
-    return {"id": row["id"], "at": row["at"], "principal": row["principal"], "action": row["action"],
-            "workflowId": row["workflow_id"], "runId": row["run_id"], "policy": row["policy"], "message": row["message"]}
+from station_wf.services import governance
 
 
 async def list_denials(request: Request, state: Any) -> Response:
     """Newest first; `?before=<id>` pages on."""
-    limit = int_param(request, "limit", 100)
-    if not 1 <= limit <= 1000:
-        raise invalid("limit must be between 1 and 1000", {"limit": limit})
     before = int_param(request, "before", 0) or None
-    rows = await governance_denials.recent(state.runs.readers, limit, before)
-    return SafeJSONResponse({"denials": [_denial(r) for r in rows],
-                             "nextBefore": rows[-1]["id"] if len(rows) == limit else None})
+    return SafeJSONResponse(await governance.denials(state.runs.readers, int_param(request, "limit", 100), before))
 
 
 async def show_policies(request: Request, state: Any) -> Response:
-    current = policies.POLICIES.current()
-    return SafeJSONResponse({"file": str(policies.POLICIES.path) if policies.POLICIES.path else None,
-                             "loaded": current.source is not None, "actions": sorted(current.rules),
-                             "error": policies.POLICIES.error})
+    return SafeJSONResponse(governance.policies_status())
 
 
 def governance_handlers() -> list[tuple[str, Handler, list[str]]]:
