@@ -32,14 +32,19 @@ def _catalog(args: argparse.Namespace) -> Any:
 def cmd_agents_list(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
     specs = catalog.all()
+    from station_wf.cli_output import agents_table, emit, output_format
+
+    doc = {"agents": [s.to_dict(template=False) for s in specs], "errors": catalog.errors}
     if args.json:
-        print(json.dumps({"agents": [s.to_dict(template=False) for s in specs], "errors": catalog.errors}, indent=2))
-    else:
+        print(json.dumps(doc, indent=2))
+    elif args.output or output_format(args) == "table":  # a terminal: a table (colours where it takes them)
+        emit(args, doc, lambda d: agents_table(d["agents"]))
+    else:  # a pipe: one tab-separated line per agent, as before
         for spec in specs:
             target = spec.endpoint or spec.model
             print(f"{spec.name}\t{target}\t{spec.content_hash[:19]}\t{spec.source_file}")
-        if not specs:
-            print(f"no agents in {catalog.directory}", file=sys.stderr)
+    if not specs and not args.json:
+        print(f"no agents in {catalog.directory}", file=sys.stderr)
     for err in catalog.errors:
         print(f"station-wf: {err}", file=sys.stderr)
     return 1 if catalog.errors else 0
@@ -105,7 +110,8 @@ def add_agents_commands(subparsers: Any) -> None:
 
     ls = sub.add_parser("list", help="list agent files (name, model or endpoint, content hash, file)")
     env_flag(ls)
-    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument("--json", action="store_true", help="print JSON (the same as -o json)")
+    ls.add_argument("-o", "--output", choices=("table", "json", "yaml"), help="table (default on a terminal), json or yaml")
     ls.set_defaults(func=cmd_agents_list)
 
     show = sub.add_parser("show", help="show one agent (schemas, config, template) as JSON")

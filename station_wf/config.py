@@ -64,7 +64,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("reconcile_seconds", "STATION_RECONCILE_SECONDS", float, "period of the reconciler"),
     Option("shutdown_grace_seconds", "STATION_SHUTDOWN_GRACE_SECONDS", float, "how long in-flight steps may finish on SIGTERM"),
     Option("log_level", "STATION_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
-    Option("log_format", "STATION_LOG_FORMAT", str, "json (one object per line) or text"),
+    Option("log_format", "STATION_LOG_FORMAT", str, "auto (text on a terminal, else JSON), json (one object per line) or text"),
     Option("retention_days", "STATION_RETENTION_DAYS", float, "finished runs older than this are deleted (0: keep forever)"),
     Option("retention_interval_seconds", "STATION_RETENTION_INTERVAL_SECONDS", float, "how often retention runs"),
     # -- run bounds (core/limits.py) --
@@ -133,6 +133,17 @@ OPTIONS: tuple[Option, ...] = (
            "a run's timeout when its workflow names no timeoutSeconds (0: none)"),
     Option("run_timeout_max_seconds", "STATION_RUN_TIMEOUT_MAX_SECONDS", float,
            "the longest a run may last, whatever its workflow says (0: no maximum)"),
+    # -- agents with MCP tools, agents as tools, workflows as MCP tools (issue 20, station_wf/mcp/) --
+    Option("mcp_tool_timeout_seconds", "STATION_MCP_TOOL_TIMEOUT_SECONDS", float,
+           "bound on one MCP tool call of an agent (the step's own timeout cuts it sooner); a hung tool fails the call"),
+    Option("mcp_start_timeout_seconds", "STATION_MCP_START_TIMEOUT_SECONDS", float,
+           "bound on starting (or connecting to) one MCP server and listing its tools"),
+    Option("agent_max_steps", "STATION_AGENT_MAX_STEPS", int,
+           "model turns of an agent with tools when its file sets no max_steps; past it the step fails"),
+    Option("agent_tool_depth", "STATION_AGENT_TOOL_DEPTH", int,
+           "how deep agents may call agents as tools (1: an agent's agent-tools may not call agents)"),
+    Option("mcp_server_enabled", "STATION_MCP_SERVER", _bool,
+           "serve the workflows as MCP tools at /mcp (streamable HTTP, the API's bearer auth)"),
 )
 
 
@@ -158,7 +169,7 @@ class Settings:
     reconcile_seconds: float = 5.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
-    log_format: str = "json"
+    log_format: str = "auto"  # issue 17: text for a person at a terminal, JSON for a collector
     retention_days: float = 30.0
     retention_interval_seconds: float = 3600.0
     # -- run bounds (core/limits.py) --
@@ -207,6 +218,12 @@ class Settings:
     signal_rate_limit: str = ""
     run_timeout_default_seconds: float = 0.0
     run_timeout_max_seconds: float = 0.0
+    # -- agents with MCP tools, workflows as MCP tools (issue 20) --
+    mcp_tool_timeout_seconds: float = 60.0
+    mcp_start_timeout_seconds: float = 30.0
+    agent_max_steps: int = 10
+    agent_tool_depth: int = 2
+    mcp_server_enabled: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -263,6 +280,9 @@ class Settings:
             parse_rate(getattr(self, name), f"STATION_{name.upper()}")
         if self.max_concurrent_runs < 0 or self.run_timeout_default_seconds < 0 or self.run_timeout_max_seconds < 0:
             raise ValueError("STATION_MAX_CONCURRENT_RUNS and STATION_RUN_TIMEOUT_*_SECONDS must be >= 0")
+        for name in ("mcp_tool_timeout_seconds", "mcp_start_timeout_seconds", "agent_max_steps", "agent_tool_depth"):
+            if getattr(self, name) <= 0:  # issue 20
+                raise ValueError(f"STATION_{name.upper()} must be positive, got {getattr(self, name)!r}")
         for name in ("max_deliveries", "step_timeout_default_seconds", "max_steps_per_run", "max_events_per_run", "max_context_bytes",
                      "max_child_depth"):
             if getattr(self, name) <= 0:

@@ -53,6 +53,8 @@ from station_wf.governance import agents as governance_agents
 from station_wf.governance import policies as governance_policies
 from station_wf.governance import settings as governance_settings
 from station_wf.loop import Loop, cancel
+from station_wf.mcp.pool import McpPool
+from station_wf.mcp.serve import WorkflowTools
 from station_wf.protocol import Namespace
 from station_wf.services.control import ControlService
 from station_wf.services.definitions import DefinitionService, SyncReport, plan_sync
@@ -168,7 +170,10 @@ class Daemon:
         self.definitions = DefinitionCache()
         self.agents = AgentCatalog(Path(settings.environments_dir), settings.environment)
         self.registry = ExecutorRegistry()
-        self.agent_executor = AgentRunExecutor(self.agents, AgentLimits.from_settings(settings))
+        self.mcp_pool = McpPool(settings.environments_dir, settings.mcp_start_timeout_seconds)  # issue 20
+        self.agent_executor = AgentRunExecutor(self.agents, AgentLimits.from_settings(settings), self.mcp_pool,
+                                               settings.agent_max_steps, settings.mcp_tool_timeout_seconds,
+                                               settings.agent_tool_depth)
         self.registry.register(self.agent_executor)
         self.tokens = TokenTable.load(settings.api_token, settings.api_tokens_file)
         self.hub = EventHub(self.readers)
@@ -289,10 +294,15 @@ class Daemon:
             self.change_feed = ChangeFeed(s.database_target, BOOT, self._on_remote_commit)
             self._spawn("change-feed", self.change_feed.run())
         definitions = DefinitionService(self.readers, self.writer, self.agents, self.offloader, self.isolated)
+        extra_routes = [Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                        Route("/api/v1/leases", self.leases_endpoint, methods=["GET"])]
+        if s.mcp_server_enabled:  # issue 20: workflows as MCP tools at /mcp, behind the API's door
+            mcp_tools = WorkflowTools(definitions, run_service, control)
+            extra_routes.append(mcp_tools.route())
+            self._spawn("mcp", mcp_tools.run(self._stop))
         state = ApiState(run_service, definitions, self.writer, self.readiness, self.tokens,
                          control, self.hub, sse_ping=s.sse_ping_seconds,
-                         extra_routes=[Route("/metrics", self.metrics_endpoint, methods=["GET"]),
-                                       Route("/api/v1/leases", self.leases_endpoint, methods=["GET"])], agents=self.agents,
+                         extra_routes=extra_routes, agents=self.agents,
                          offloader=self.offloader, max_sse=s.max_sse_connections, body_timeout=s.http_body_timeout_seconds,
                          loopback=None if self.tokens.enabled else
                          LoopbackPolicy(s.http_host, s.http_port, tuple(s.allowed_hosts.split(","))))
@@ -306,8 +316,10 @@ class Daemon:
             if self._tasks["api"].done():
                 self._tasks["api"].result()  # raises the bind error
             await asyncio.sleep(0.025)
-        log.info("station-wf ready on http://%s (nats %s, data %s)", s.http_addr, _without_credentials(url),
-                 self.data_dir.resolve())
+        # The last start-up line: where a person goes next (issue 17). A wildcard bind is browsed on loopback.
+        host = "127.0.0.1" if s.http_host in ("", "0.0.0.0", "::") else s.http_host
+        log.info("station-wf ready on http://%s (nats %s, data %s); dashboard: http://%s:%s/", s.http_addr,
+                 _without_credentials(url), self.data_dir.resolve(), f"[{host}]" if ":" in host else host, s.http_port)
 
     def _start_webhooks(self) -> None:
         """Approval webhooks (engine/approval_webhooks.py), only when URLs are configured."""

@@ -35,6 +35,16 @@ class Reply:
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 11, "completion_tokens": 7,
                                                             "total_tokens": 18})
     finish_reason: str = "stop"
+    tool_calls: list[dict[str, Any]] | None = None  # [{"name": ..., "arguments": {...}}]: the model asks for tools
+
+
+def tool_call(name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "arguments": arguments or {}}
+
+
+def calls(*requested: dict[str, Any]) -> Reply:
+    """A turn in which the model asks for these tool calls (and says nothing else)."""
+    return Reply(content=None, tool_calls=list(requested), finish_reason="tool_calls")
 
 
 @dataclass
@@ -46,6 +56,9 @@ class LLMRequest:
 
     def messages(self, role: str) -> list[str]:
         return [m["content"] for m in self.body.get("messages", []) if m.get("role") == role]
+
+    def tool_names(self) -> list[str]:
+        return [t["function"]["name"] for t in self.body.get("tools") or []]
 
 
 class FakeLLM:
@@ -100,14 +113,19 @@ class FakeLLM:
         if reply.status >= 300:
             return web.json_response(reply.error_body or {"error": {"message": "scripted failure"}},
                                      status=reply.status)
-        content = reply.content if isinstance(reply.content, str) else json.dumps(reply.content)
+        content = reply.content if isinstance(reply.content, str) or reply.content is None else json.dumps(reply.content)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reply.tool_calls is not None:
+            message["tool_calls"] = [
+                {"id": f"call_{len(self.requests)}_{i}", "type": "function",
+                 "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments") or {})}}
+                for i, c in enumerate(reply.tool_calls)]
         return web.json_response({
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": reply.finish_reason}],
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
             "usage": reply.usage,
         })
 

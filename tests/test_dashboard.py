@@ -392,3 +392,140 @@ def test_every_page_with_auth_on(daemon: Daemon, web: Page, tmp_path: Path) -> N
     page.click("#signout")
     expect(page.locator("#token")).to_be_visible()
     assert web.take_errors() == []
+
+
+def test_disable_enable_sync_and_rollback(daemon: Daemon, web: Page) -> None:
+    """PRD §7: Disable / Enable on the list and the detail page, the file's sync status with its Sync
+    button, rollback from the Versions tab (a new version made from an old one)."""
+    file = daemon.add_workflow("signals", SIGNALS)
+    daemon.start()
+    page = web.page
+    page.goto(daemon.base + "/#/workflows")
+    row = page.locator("tr[data-workflow=signals]")
+    expect(row.locator("[data-sync=in_sync]")).to_have_text("in sync")
+    expect(row.locator("button[data-sync-workflow]")).to_have_count(0)  # nothing to sync
+
+    # Disable and Enable on the list: the daemon's status changes, the Run button follows.
+    row.locator("button[data-disable=signals]").click()
+    expect(row.locator(".pill-disabled")).to_have_text("disabled")
+    expect(row.locator("button[data-run=signals]")).to_be_disabled()
+    assert daemon.request("GET", "/api/v1/workflows/signals").json()["status"] == "disabled"
+    row.locator("button[data-enable=signals]").click()
+    expect(row.locator(".pill-active")).to_have_text("active")
+    expect(row.locator("button[data-run=signals]")).to_be_enabled()
+    assert daemon.request("GET", "/api/v1/workflows/signals").json()["status"] == "active"
+
+    # The file changes on disk: the list says so; Sync on the list makes version 2 from it.
+    file.write_text(SIGNALS.replace("signal: go", "signal: went"))
+    page.reload()
+    expect(row.locator("[data-sync=file_changed]")).to_have_text("file changed")
+    web.shot("workflows-sync-file-changed")
+    row.locator("button[data-sync-workflow=signals]").click()
+    expect(row.locator("[data-sync=in_sync]")).to_be_visible()
+    expect(row).to_contain_text("v2")
+    assert daemon.request("GET", "/api/v1/workflows/signals").json()["version"] == 2
+
+    # The detail page: Disable / Enable there too; the file removed, Sync disables the workflow.
+    page.goto(daemon.base + "/#/workflows/signals")
+    expect(page.locator("#wf-status")).to_have_text("active")
+    page.click("#wf-disable")
+    expect(page.locator("#wf-status")).to_have_text("disabled")
+    page.click("#wf-enable")
+    expect(page.locator("#wf-status")).to_have_text("active")
+    file.unlink()
+    page.reload()
+    expect(page.locator(".page-head [data-sync=file_removed]")).to_have_text("file removed")
+    web.shot("workflow-sync-file-removed")
+    page.click("#sync-wf")
+    expect(page.locator("#wf-status")).to_have_text("disabled")
+    assert daemon.request("GET", "/api/v1/workflows/signals").json()["status"] == "disabled"
+    page.click("#wf-enable")
+    expect(page.locator("#wf-status")).to_have_text("active")
+
+    # Rollback from the Versions tab: v3 is made from v1 (a confirm step first); history stays.
+    page.goto(daemon.base + "/#/workflows/signals/versions")
+    expect(page.locator("tr[data-version='2'] .cell-actions")).to_have_text("latest")
+    page.click("tr[data-version='1'] button[data-rollback='1']")
+    expect(page.locator("#confirm-rollback")).to_have_text("Make v3 from v1")
+    web.shot("versions-rollback-confirm")
+    page.click("#confirm-rollback")
+    expect(page.locator("tr[data-version='3'] .cell-actions")).to_have_text("latest")
+    versions = daemon.request("GET", "/api/v1/workflows/signals/versions").json()["versions"]
+    assert [v["version"] for v in versions] == [3, 2, 1] and versions[0]["contentHash"] == versions[2]["contentHash"]
+    expect(page.locator("tr[data-version='1'] button[data-rollback='1']")).to_be_disabled()  # v3 has its content
+    web.shot("versions-after-rollback")
+    assert web.take_errors() == []
+
+
+PARENT = """
+id: parent
+start: call
+states:
+  - { name: call, type: operation, action: workflow.run, input: { workflow: kid, input: { n: 1 }, wait: true }, resultPath: child, end: true }
+"""
+KID = """
+id: kid
+start: a
+states:
+  - { name: a, type: inject, data: { kid: true }, end: true }
+"""
+
+
+def test_rerun_redrive_and_run_lineage(daemon: Daemon, web: Page) -> None:
+    """The run page's Re-run and Redrive buttons and its links to parent, re-run and child runs (issue 16's API)."""
+    from station_wf.api.app import ROUTES
+
+    if not any(path.endswith("/redrive") for path, _, _ in ROUTES):
+        pytest.skip("the daemon has no redrive route yet (issue 16's re-run and redrive)")
+    daemon.add_workflow("gated", gated())
+    daemon.add_workflow("parent", PARENT)
+    daemon.add_workflow("kid", KID)
+    daemon.start()
+    run = daemon.start_run("gated")
+
+    def reject_pending() -> None:
+        found: dict[str, str] = {}
+
+        def pending() -> bool:
+            for a in daemon.request("GET", f"/api/v1/workflow-runs/{run['id']}/approvals").json()["approvals"]:
+                if a["status"] == "pending":
+                    found["id"] = a["id"]
+                    return True
+            return False
+
+        wait_until(pending, what="a pending approval")
+        resp = daemon.request("POST", f"/api/v1/workflow-runs/{run['id']}/approvals/{found['id']}/reject", json={})
+        assert resp.status_code == 200, resp.text
+
+    reject_pending()
+    daemon.wait_status(run["id"], "FAILED")
+    page = web.page
+    page.goto(f"{daemon.base}/#/runs/{run['id']}")
+    expect(page.locator(".run-head .badge[data-status=FAILED]")).to_be_visible()
+    expect(page.locator("#rerun-run")).to_be_visible()
+    web.shot("run-failed-rerun-redrive")
+
+    # Redrive: the same run, RUNNING again, only the failed approval step re-executed.
+    page.click("#redrive-run")
+    expect(page.locator(".run-head .badge[data-status=WAITING_APPROVAL]")).to_be_visible()
+    assert daemon.run(run["id"])["redriveCount"] == 1
+    expect(page.locator("#redrive-run")).to_have_count(0)  # an active run has nothing to redrive
+    reject_pending()
+    expect(page.locator(".run-head .badge[data-status=FAILED]")).to_be_visible()
+
+    # Re-run: a new run of the same version and input; its page links back to this one.
+    page.click("#rerun-run")
+    page.wait_for_url(re.compile(r"#/runs/(?!" + run["id"] + r")[0-9a-f-]+$"))
+    new_id = page.url.rsplit("/", 1)[1]
+    assert daemon.run(new_id)["rerunOf"] == run["id"]
+    expect(page.locator("[data-link='re-run of']")).to_have_attribute("href", f"#/runs/{run['id']}")
+
+    # A parent run links to its child and the child back to its parent.
+    parent = daemon.start_run("parent")
+    daemon.wait_status(parent["id"], "COMPLETED")
+    page.goto(f"{daemon.base}/#/runs/{parent['id']}")
+    expect(page.locator("[data-link=child]")).to_have_count(1)
+    page.click("[data-link=child]")
+    expect(page.locator("[data-link=parent]")).to_have_attribute("href", f"#/runs/{parent['id']}")
+    web.shot("run-child-lineage")
+    assert web.take_errors() == []

@@ -177,6 +177,10 @@ def test_child_workflows_wait_detach_fail_and_are_cancelled_with_their_parent(da
     daemon.add_workflow("holds", _parent("holds", "{ n: 4, agent: held }"))
     daemon.add_workflow("mistyped", _parent("mistyped", "{ n: not-a-number }"))
     daemon.add_workflow("racer", RACER)
+    daemon.add_agent("flaky")
+    daemon.agent_server.behave("flaky", fail_first=1)
+    daemon.add_workflow("two_step", TWO_STEP)
+    daemon.add_workflow("calls_two", _parent("calls_two", "{ n: 6 }").replace("workflow: child", "workflow: two_step"))
     daemon.start()
 
     # wait: true -> the child's result is the step's result; each links to the other
@@ -202,6 +206,17 @@ def test_child_workflows_wait_detach_fail_and_are_cancelled_with_their_parent(da
     failed = daemon.wait_status(run["id"], "FAILED")
     assert failed["error"]["type"] == "child_workflow" and "inputSchema" in failed["error"]["message"]
     assert daemon.request("GET", f"/api/v1/workflow-runs/{run['id']}/children").json()["runs"] == []
+
+    # redriving the parent continues its failed child in place: the child's succeeded step is not run again
+    run = daemon.start_run("calls_two")
+    daemon.wait_status(run["id"], "FAILED")
+    kid_id = daemon.request("GET", f"/api/v1/workflow-runs/{run['id']}/children").json()["runs"][0]["id"]
+    refused = daemon.request("POST", f"/api/v1/workflow-runs/{kid_id}/redrive", json={})
+    assert refused.status_code == 409 and run["id"] in refused.json()["error"]["message"]
+    _redrive(daemon, run["id"])
+    done = daemon.wait_status(run["id"], "COMPLETED")
+    assert done["context"]["steps"]["call"]["runId"] == kid_id and daemon.run(kid_id)["redriveCount"] == 1
+    assert _tasks(daemon, "worker")["first"] == 1 and _tasks(daemon, "flaky") == {"second": 2}
 
     # wait: false -> the parent goes on at once; the child outlives it
     detached = daemon.start_run("detached")
@@ -231,6 +246,14 @@ def test_child_workflows_wait_detach_fail_and_are_cancelled_with_their_parent(da
     hold.set()
     daemon.wait_status(loose, "COMPLETED")
 
+
+TWO_STEP = """
+id: two_step
+start: one
+states:
+  - { name: one, type: operation, action: agent.run, input: { agent: worker, task: first }, next: two }
+  - { name: two, type: operation, action: agent.run, input: { agent: flaky, task: second }, end: true }
+"""
 
 RACER = """
 id: racer

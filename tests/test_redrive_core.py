@@ -207,3 +207,55 @@ states:
     r.drain()
     assert r.status == model.COMPLETED and r.context["steps"]["gate"]["decidedBy"] == "ann"
     assert [s["status"] for s in r.steps.values() if s["state"] == "gate"] == [model.SUCCEEDED]
+
+
+def test_a_loop_that_revisits_a_try_continues_this_visits_section() -> None:
+    """Visit 1's body failed and its catch handled it; visit 2 is cancelled inside the body: the
+    redrive runs visit 2's body again (an earlier visit's sections change nothing)."""
+    from station_wf.core import interpreter as ip
+
+    defn = normalize_definition({"id": "loop", "start": "G", "states": [
+        {"name": "G", "type": "try", "next": "count", "try": [op("risky")], "catch": [op("handle")]},
+        {"name": "count", "type": "transform", "expression": "(steps.get('count') or 0) + 1", "resultPath": "steps.count",
+         "next": "check"},
+        {"name": "check", "type": "switch", "conditions": [{"if": "steps.count < 2", "next": "G"}], "defaultNext": "done"},
+        {"name": "done", "type": "inject", "data": {"ok": True}, "end": True}]})
+    r = Redrivable(defn)
+    r.apply(ip.start_run(defn, r.state()))
+    for _ in range(100):  # drive by hand: visit 1's risky fails, visit 2's is in flight when the run is cancelled
+        key = r.queue.popleft()
+        if r.steps[key]["status"] not in model.OPEN_STEP_STATUSES:
+            continue
+        decided = ip.begin_step(defn, r.state(), r.view(key))
+        if isinstance(decided, model.Transition):
+            r.apply(decided)
+            continue
+        r.steps[key]["status"] = model.RUNNING
+        if r.steps[key]["state"] == "risky" and key[1] == 2:
+            break
+        if r.steps[key]["state"] == "risky":
+            r.apply(ip.step_failed(defn, r.state(), r.view(key), {"type": "x", "message": "boom"}))
+        else:
+            r.apply(ip.step_succeeded(defn, r.state(), r.view(key), {"ok": 1}))
+    r.apply(ip.cancel_run(r.state(), "stop", "me"))
+    r.redrive()
+    assert r.status == model.COMPLETED and [c[0] for c in r.calls] == ["risky"]
+
+
+def test_a_run_cancelled_before_it_started_is_started_with_its_history_whole() -> None:
+    from station_wf.core import interpreter as ip
+
+    defn = load("""
+id: t
+start: a
+states:
+  - { name: a, type: inject, data: { x: 1 }, next: b }
+  - { name: b, type: operation, action: agent.run, input: { agent: w, task: b }, end: true }
+""")
+    r = Redrivable(defn)
+    r.apply(ip.cancel_run(r.state(), "stop", "me"))
+    r.redrive()
+    assert r.status == model.COMPLETED and [c[0] for c in r.calls] == ["b"]
+    kinds = [k for k, _, _ in r.events]
+    assert kinds.index("run.redriven") < kinds.index("run.started")
+    assert history.rebuild_context([(k, p) for k, p, _ in r.events]) == r.context

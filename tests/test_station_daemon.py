@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -219,6 +220,9 @@ def test_station_prompt_file_loads_and_runs(daemon: Daemon, llm: FakeLLM) -> Non
     (daemon.agents_dir / "cost-spike-rca.prompt").write_text(STATION_AGENT)
     daemon.add_workflow("cost-rca", USES_AGENT)
     daemon.env["OPENAI_BASE_URL"] = llm.base_url
+    # issue 20: the agent's `tools:` are offered from the environment's MCP servers, so it has one
+    (daemon.agents_dir.parent / "template.json").write_text(json.dumps({"mcpServers": {"costs": {
+        "command": sys.executable, "args": ["-m", "tests.mcp_servers.ops_server"], "cwd": str(REPO)}}}))
     llm.answer({"root_cause": "NAT gateway traffic"})
     daemon.start()
     agents = {a["name"]: a for a in daemon.request("GET", "/api/v1/agents").json()["agents"]}
@@ -232,3 +236,4 @@ def test_station_prompt_file_loads_and_runs(daemon: Daemon, llm: FakeLLM) -> Non
     assert request.messages("system") == ["You are a FinOps analyst. Explain cost spikes."]
     assert request.messages("user") == ["Why did billing-api cost more?"]  # {{userInput}} is the task, once
     assert request.body["response_format"]["type"] == "json_schema"
+    assert [t["function"]["name"] for t in request.body["tools"]] == ["get_cost_and_usage"]

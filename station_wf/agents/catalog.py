@@ -64,6 +64,9 @@ class AgentSpec:
     output_format: str | None = None  # `output.format: json` asks the model for JSON
     notes: tuple[str, ...] = ()  # front matter loaded but not used yet (Station's tools, max_steps, ...)
     max_concurrency: int | None = None  # issue 18: steps of this agent running at once, deployment-wide (LLM quota)
+    notes: tuple[str, ...] = ()  # front matter loaded but not used yet (Station's app, tags, ...)
+    tools: tuple[str, ...] = ()  # issue 20: MCP tools (`__get_pods`) and agents (`__agent_<name>`) it may call
+    max_steps: int | None = None  # issue 20: model turns of the tool loop (None: STATION_AGENT_MAX_STEPS)
 
     def to_dict(self, *, template: bool = True) -> dict[str, Any]:
         """The API's view of an agent (camelCase, like the rest of the API)."""
@@ -83,6 +86,8 @@ class AgentSpec:
             "displayName": self.display_name,
             "notes": list(self.notes),
             "maxConcurrency": self.max_concurrency,
+            "tools": list(self.tools),
+            "maxSteps": self.max_steps,
         }
         if template:
             out["template"] = self.template
@@ -137,6 +142,7 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
     if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
                                         or not 1 <= max_concurrency <= 100_000):
         raise AgentFileError(f"{source_file}: 'maxConcurrency' must be an integer 1-100000, got {max_concurrency!r:.40}")
+    tools, max_steps = _tool_fields(front, source_file)
     return AgentSpec(
         name=name,
         source_file=source_file,
@@ -157,7 +163,24 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
         output_format=station.output_format if station else None,
         notes=station.notes if station else (),
         max_concurrency=max_concurrency,
+        tools=tools,
+        max_steps=max_steps,
     )
+
+
+def _tool_fields(front: dict[str, Any], where: str) -> tuple[tuple[str, ...], int | None]:
+    """`tools:` (a list of names) and `max_steps:` (a positive integer), checked at load (issue 20)."""
+    tools = front.get("tools")
+    if tools is None:
+        tools = []
+    if not isinstance(tools, list) or not all(isinstance(t, str) and t.strip() for t in tools):
+        raise AgentFileError(f"{where}: 'tools' must be a list of tool names (like \"__get_pods\")")
+    if len(tools) > 128:
+        raise AgentFileError(f"{where}: 'tools' lists {len(tools)} tools; at most 128")
+    steps = front.get("max_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000):
+        raise AgentFileError(f"{where}: 'max_steps' must be an integer from 1 to 1000, got {steps!r}")
+    return tuple(dict.fromkeys(t.strip() for t in tools)), steps
 
 
 def parse_agent_file(path: Path, environment: str | None = None) -> AgentSpec:

@@ -8,6 +8,8 @@ failures are `StepError(type="validation")`, retried like any other error by the
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import time
 from typing import Any
@@ -20,24 +22,41 @@ from station_wf.agents.providers import (
     MAX_ERROR_BODY,
     AgentLimits,
     AgentRequest,
+    Provider,
     ProviderReply,
     select_provider,
     too_deep,
 )
+from station_wf.agents.providers.openai_chat import OpenAIChatProvider
 from station_wf.agents.schemas import validation_errors
+from station_wf.agents.tool_loop import LoopLimits, ToolFailed, ToolLoop
+from station_wf.agents.toolbox import Route, build_toolbox
 from station_wf.executors.base import StepCall, StepError, StepResult
 from station_wf.expr.limits import value_depth_exceeds
+from station_wf.mcp.pool import McpPool
 from station_wf.telemetry.tracing import agent_span, token_attributes
+
+MAX_INTERRUPTED = 1024  # audits of interrupted attempts the worker has not taken yet (a bound, never reached)
 
 
 class AgentRunExecutor:
     action = "agent.run"
 
-    def __init__(self, catalog: AgentCatalog, limits: AgentLimits | None = None) -> None:
+    def __init__(self, catalog: AgentCatalog, limits: AgentLimits | None = None, pool: McpPool | None = None,
+                 max_steps: int = 10, tool_timeout_s: float = 60.0, tool_depth: int = 2) -> None:
         self.catalog = catalog
         self.limits = limits or AgentLimits()
+        self.pool = pool or McpPool(catalog.environments_dir)  # issue 20: the MCP servers agents call tools on
+        self.max_steps = max_steps
+        self.tool_timeout_s = tool_timeout_s
+        self.tool_depth = tool_depth
         self.renderer = PromptRenderer()
         self._session: aiohttp.ClientSession | None = None
+        self._interrupted: dict[str, dict[str, Any]] = {}
+
+    def interrupted_metadata(self, call: StepCall) -> dict[str, Any] | None:
+        """The tool calls of an attempt that was cancelled or timed out (taken once, by the worker)."""
+        return self._interrupted.pop(call.idempotency_key, None)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -52,6 +71,7 @@ class AgentRunExecutor:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        await self.pool.close()
 
     def lookup(self, ref: Any) -> AgentSpec:
         if not isinstance(ref, str) or not ref.strip():
@@ -72,7 +92,27 @@ class AgentRunExecutor:
         spec = self.lookup(ref)
         assert isinstance(ref, str)
         task = call.input.get("task")  # any JSON value: "{{ item }}" keeps the item's type (DESIGN 3)
-        variables = call.input.get("variables")
+        audit: list[dict[str, Any]] = []
+        try:
+            result = await self._run(spec, ref, task, call.input.get("variables"), call, self.tool_depth, audit,
+                                     (spec.name,))
+        except StepError as exc:
+            if audit:
+                exc.metadata = {**exc.metadata, "toolCalls": audit}
+            raise
+        except asyncio.CancelledError:  # timed out or cancelled: the worker records what was done so far
+            if audit:
+                while len(self._interrupted) >= MAX_INTERRUPTED:
+                    self._interrupted.pop(next(iter(self._interrupted)))
+                self._interrupted[call.idempotency_key] = {"agent": spec.name, "toolCalls": audit}
+            raise
+        if audit:
+            result.metadata["toolCalls"] = audit
+        return result
+
+    async def _run(self, spec: AgentSpec, ref: str, task: Any, variables: Any, call: StepCall, depth_left: int,
+                   audit: list[dict[str, Any]], path: tuple[str, ...]) -> StepResult:
+        """One agent, its tools included; an agent-as-tool comes back here one level deeper."""
         if variables is None:
             variables = {}
         if not isinstance(variables, dict):
@@ -100,7 +140,10 @@ class AgentRunExecutor:
         with agent_span({"agent.name": spec.name, "agent.provider": provider.name, "agent.model": model,
                          "run.id": call.run_id, "step.id": call.step_id}) as aspan:
             try:
-                reply = await provider.complete(request, self._http())
+                if spec.tools:
+                    reply = await self._tool_loop(request, provider, depth_left, audit, path, meta)
+                else:
+                    reply = await provider.complete(request, self._http())
             except StepError as exc:
                 aspan.set_status("failed", exc.type if exc.type in ("timeout", "validation") else "agent_error", str(exc))
                 exc.metadata = {**meta, "latencyMs": _ms(started), **exc.metadata}
@@ -119,6 +162,30 @@ class AgentRunExecutor:
         if reply.usage is not None:
             meta["usage"] = reply.usage
         return StepResult(self.shape(spec, reply, meta), meta)
+
+    async def _tool_loop(self, request: AgentRequest, provider: Provider, depth_left: int,
+                         audit: list[dict[str, Any]], path: tuple[str, ...], meta: dict[str, Any]) -> ProviderReply:
+        spec = request.spec
+        if not isinstance(provider, OpenAIChatProvider):
+            raise StepError(f"agent {spec.name!r}: 'tools' need an OpenAI-compatible model (openai/...), "
+                            f"not the {provider.name!r} provider", type="validation", metadata=meta)
+        box = await build_toolbox(spec, self.catalog, self.pool, depth_left - 1)
+        meta["tools"] = sorted(box.routes)
+        if box.clashes:
+            meta["toolClashes"] = box.clashes
+
+        async def agent_tool(route: Route, arguments: dict[str, Any], key: str) -> Any:
+            assert route.agent is not None
+            sub = dataclasses.replace(request.call, idempotency_key=key)
+            try:
+                done = await self._run(route.agent, route.agent.name, arguments.get("task"), arguments.get("variables"),
+                                       sub, depth_left - 1, audit, (*path, route.agent.name))
+            except StepError as exc:
+                raise ToolFailed(f"agent {route.agent.name!r} failed: {exc}") from None
+            return done.output
+
+        limits = LoopLimits(spec.max_steps or self.max_steps, self.tool_timeout_s)
+        return await ToolLoop(provider, self.pool, box, limits, agent_tool, audit, path).run(request, self._http(), meta)
 
     def shape(self, spec: AgentSpec, reply: ProviderReply, meta: dict[str, Any]) -> dict[str, Any]:
         """DESIGN 3: the structured output when the answer is JSON (schema-checked), else {"response": text}."""

@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-# Front matter Station reads that this daemon does not use yet: loaded, shown as a note.
+# Front matter Station reads, shown as a note saying what it does here.
 _NOTED = {
-    "tools": "MCP tools are not called by this daemon yet; the agent answers without them",
-    "max_steps": "the agent loop's step bound applies once tools are called; one model call is made",
+    "tools": "offered to the model from the environment's MCP servers and agents (docs/agents.md)",
+    "max_steps": "bounds the model turns of the tool loop; past it the step fails",
     "app": "Station's app grouping is kept as information only",
     "app_type": "Station's app grouping is kept as information only",
     "tags": "kept as information only",

@@ -23,6 +23,8 @@ from station_wf.api.agents import agent_handlers
 from station_wf.api.door import RequestContext, error_response
 from station_wf.api.governance import governance_handlers
 from station_wf.api.http import Handler, SafeJSONResponse, request_id
+from station_wf.api.openapi import openapi_json
+from station_wf.api.openapi_docs import docs_vendor
 from station_wf.api.state import ApiState
 from station_wf.api.station_routes import station_handlers
 from station_wf.errors import ServiceError
@@ -63,6 +65,11 @@ ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/api/v1/workflows/{workflow_id}", workflows.update_workflow, ["PUT"]),
     ("/api/v1/workflows/{workflow_id}", workflows.delete_workflow, ["DELETE"]),
     ("/api/v1/workflows/{workflow_id}/versions", workflows.workflow_versions, ["GET"]),
+    # issue 17: enable (disable is DELETE), the file's sync status and a sync of it, rollback
+    ("/api/v1/workflows/{workflow_id}/enable", workflows.enable_workflow, ["POST"]),
+    ("/api/v1/workflows/{workflow_id}/sync", workflows.workflow_sync_status, ["GET"]),
+    ("/api/v1/workflows/{workflow_id}/sync", workflows.sync_workflow, ["POST"]),
+    ("/api/v1/workflows/{workflow_id}/rollback", workflows.rollback_workflow, ["POST"]),
     ("/api/v1/workflow-runs", runs.start_run, ["POST"]),
     ("/api/v1/workflow-runs:batch", runs.start_batch, ["POST"]),
     ("/api/v1/workflow-runs", runs.list_runs, ["GET"]),
@@ -84,6 +91,8 @@ ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/api/v1/workflow-schedules", schedules.list_schedules, ["GET"]),
     ("/api/v1/workflow-schedules/{schedule_id}/enable", schedules.enable_schedule, ["POST"]),
     ("/api/v1/workflow-schedules/{schedule_id}/disable", schedules.disable_schedule, ["POST"]),
+    ("/api/v1/openapi.json", openapi_json, ["GET"]),  # issue 17: the contract (api/openapi.py); the docs page is /docs/
+    ("/docs/vendor/{name}", docs_vendor, ["GET"]),
 ]
 
 

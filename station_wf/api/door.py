@@ -28,8 +28,9 @@ JSON_TYPES = frozenset({"application/json"})
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 YAML_ROUTES = frozenset({"/api/v1/workflows/validate"})
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-AUTH_PATHS = ("/api/", "/metrics")
-"""`/healthz` and `/readyz` stay open: supervisors and load balancers probe them without a token, and
+AUTH_PATHS = ("/api/", "/metrics", "/mcp")
+"""`/mcp` is the daemon's MCP server (issue 20): the same tokens, the same principals.
+`/healthz` and `/readyz` stay open: supervisors and load balancers probe them without a token, and
 they tell only up/ready (no ids, no counts). `/metrics` lists workflow ids and counts: behind auth."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 SSE_PATH = re.compile(r"^/api/v1/workflow-runs/(?:[^/]+/)?stream$")
@@ -73,7 +74,7 @@ class LoopbackPolicy:
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin):
             return 403, "forbidden_origin", f"Origin {origin[:100]!r} may not call this daemon (no-auth mode: same origin only)"
-        if method in MUTATING and path.startswith("/api/"):
+        if method in MUTATING and path.startswith(("/api/", "/mcp")):  # /mcp: issue 20, JSON-RPC over POST
             ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
             allowed = JSON_TYPES | (YAML_TYPES if path in YAML_ROUTES else frozenset())
             untyped_ok = path in YAML_ROUTES  # stores nothing; an untyped body is read as YAML (the CLI's way)

@@ -1,5 +1,6 @@
-"""`/api/v1/workflows`: list, show, create, new version (PUT), disable (DELETE), versions, the JSON
-Schema of a definition, and validate-without-storing."""
+"""`/api/v1/workflows`: list, show, create, new version (PUT), disable (DELETE), enable, versions,
+rollback, the file's sync status and a sync of it, the JSON Schema of a definition, and
+validate-without-storing."""
 
 from __future__ import annotations
 
@@ -51,3 +52,20 @@ async def delete_workflow(request: Request, state: ApiState) -> Response:
 async def workflow_versions(request: Request, state: ApiState) -> Response:
     return SafeJSONResponse({"versions": await state.definitions.versions(request.path_params["workflow_id"])})
 
+
+
+async def enable_workflow(request: Request, state: ApiState) -> Response:
+    return SafeJSONResponse(await state.definitions.enable(request.path_params["workflow_id"]))
+
+
+async def workflow_sync_status(request: Request, state: ApiState) -> Response:
+    return SafeJSONResponse(await state.definitions.sync_status(request.path_params["workflow_id"]))
+
+
+async def sync_workflow(request: Request, state: ApiState) -> Response:
+    return SafeJSONResponse(await state.definitions.sync_file(request.path_params["workflow_id"]))
+
+
+async def rollback_workflow(request: Request, state: ApiState) -> Response:
+    body, _ = await json_body(request, state)
+    return SafeJSONResponse(await state.definitions.rollback(request.path_params["workflow_id"], body), status_code=201)

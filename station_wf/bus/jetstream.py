@@ -144,7 +144,8 @@ class Bus:
         try:
             info = await self.js.stream_info(config.name)
         except NotFoundError:
-            log.warning("creating JetStream stream %s (%d replica(s))", config.name, self.replicas)
+            # A fresh start creates its streams: expected, so INFO (a warning must mean something is wrong).
+            log.info("creating JetStream stream %s (%d replica(s))", config.name, self.replicas)
             await self.js.add_stream(config)
             return
         if scale and (info.config.num_replicas or 1) != self.replicas:

@@ -238,8 +238,15 @@ def _iteration_done(defn: dict[str, Any], run: RunState, engine: dict[str, Any],
 
 def _prune(engine: dict[str, Any], path: str) -> None:
     """Drop a closed scope and every scope and container nested in it (none of their steps is open)."""
+    engine["scopes"].pop(path, None)
+    _prune_inside(engine, path)
+
+
+def _prune_inside(engine: dict[str, Any], path: str) -> None:
+    """Drop what a closed scope holds (the containers in it and their scopes), keeping the scope itself:
+    a failure it handled (try -> catch) leaves nothing a redrive would continue."""
     prefix = path + "/"
-    for p in [p for p in engine["scopes"] if p == path or p.startswith(prefix)]:
+    for p in [p for p in engine["scopes"] if p.startswith(prefix)]:
         del engine["scopes"][p]
     for sid in [sid for sid, r in engine["containers"].items() if r["path"] == path or r["path"].startswith(prefix)]:
         del engine["containers"][sid]
@@ -281,6 +288,7 @@ def _try_section_done(defn: dict[str, Any], run: RunState, engine: dict[str, Any
     if error is not None and phase == "try" and container.get("catch"):
         record["phase"] = "catch"
         record["caught"] = error
+        _prune_inside(engine, scopes.join(record["path"], f"{container['name']}!try"))  # handled: kept for no redrive
         _open_scope(defn, run, engine, t, record, f"{container['name']}!catch", "try", {"error": error})
         return
     if error is not None:

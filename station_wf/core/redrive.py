@@ -22,9 +22,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from station_wf.core import scopes
+from station_wf.core.children import RUN_CHILD
 from station_wf.core.cow import fork_engine
 from station_wf.core.flow import new_step
 from station_wf.core.history import empty_engine
+from station_wf.core.interpreter import start_run
 from station_wf.core.model import (
     CANCELLED,
     FAILED,
@@ -73,20 +75,21 @@ def redrive_run(defn: dict[str, Any], run: RunState, status: str, latest: Iterab
     in the order the steps were created; `redrive` numbers this redrive (1 for the first)."""
     if status not in REDRIVABLE_RUN_STATUSES:
         raise NotRedrivable(not_redrivable_message(status))
-    engine = fork_engine(run.engine) if run.engine.get("scopes") else empty_engine()
-    engine.pop("pausedFrom", None)
-    plan = _Plan(run, engine, list(latest))
-    if not plan.last_in_scope:  # it never started (cancelled while PENDING): start it now
-        plan.t.new_steps.append(new_step(run.run_id, defn["states"][defn["start"]], ""))
+    views = list(latest)
+    if not views:  # it never started (cancelled while PENDING): start it now, as its run task would have
+        t = start_run(defn, run)
     else:
+        engine = fork_engine(run.engine) if run.engine.get("scopes") else empty_engine()
+        engine.pop("pausedFrom", None)
+        plan = _Plan(run, engine, views)
         _resume_scope(defn, plan, "")
-    t = plan.t
-    t.run_status = RUNNING
+        t = plan.t
+        t.run_status = RUNNING
+        if defn.get("timeoutSeconds"):
+            t.timers.append(NewTimer("run_timeout", float(defn["timeoutSeconds"])))
     t.reopen = True
     t.events.insert(0, Event("run.redriven", {"redrive": redrive, "from": status,
-                                              "steps": plan.retried}, actor=actor))
-    if defn.get("timeoutSeconds"):
-        t.timers.append(NewTimer("run_timeout", float(defn["timeoutSeconds"])))
+                                              "steps": plan.retried if views else []}, actor=actor))
     return t
 
 
@@ -101,13 +104,17 @@ def _resume_scope(defn: dict[str, Any], plan: _Plan, path: str) -> None:
     if path:
         plan.engine["scopes"][path]["status"] = RUNNING
     record = plan.engine["containers"].get(current.step_id)
-    if record is not None and record["path"] == path:
+    if record is not None and record["path"] == path and record["attempt"] == current.attempt:
         _reopen_container(defn, plan, current, record)
         return
+    # A leaf; or a container closed before this visit entered it (the record, if any, is an earlier
+    # visit's): entered afresh.
     state = scopes.scope_states(defn, path)[current.state_name]
     plan.t.new_steps.append(new_step(plan.run.run_id, state, path))
     plan.retried.append({"stepId": current.step_id, "stateName": current.state_name, "branchPath": path,
                          "previousAttempt": current.attempt, "previousStatus": current.status})
+    if state.get("action") == RUN_CHILD:  # its new attempt continues the child it started, if that failed
+        plan.engine["redriven"] = {**plan.engine.get("redriven", {}), current.step_id: current.attempt}
 
 
 def _reopen_container(defn: dict[str, Any], plan: _Plan, current: StepView, record: dict[str, Any]) -> None:
@@ -148,8 +155,9 @@ def _reopen_try(defn: dict[str, Any], plan: _Plan, record: dict[str, Any], conta
         return scopes.join(record["path"], f"{name}!{key}")
 
     live = plan.engine["scopes"]
-    order = ["catch", "finally"] if section("catch") in live else ["try", "finally"]
-    target = next((key for key in order if section(key) in live and live[section(key)]["status"] != SUCCEEDED), None)
+    opened = record["children"]  # this visit's sections, in order (scopes of earlier visits may linger)
+    order = ["catch", "finally"] if section("catch") in opened else ["try", "finally"]
+    target = next((key for key in order if section(key) in opened and live[section(key)]["status"] != SUCCEEDED), None)
     if target is None:
         raise NotRedrivable(f"try {name!r} has no unfinished section to continue")
     record["phase"] = target

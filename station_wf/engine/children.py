@@ -22,9 +22,10 @@ from station_wf.core import model, scopes
 from station_wf.core.identity import child_run_id, idempotency_key, successor_run_id
 from station_wf.core.limits import LIMITS
 from station_wf.deferral import after_commit
-from station_wf.engine import commit, runs, step_tx  # commit.py imports this module last: no cycle
+from station_wf.engine import commit, control, runs, step_tx  # commit.py imports this module last: no cycle
 from station_wf.governance import admission
-from station_wf.store import lineage, run_reads
+from station_wf.protocol import step_task
+from station_wf.store import lineage, outbox, run_reads
 from station_wf.store import runs as rs
 from station_wf.store.definitions import DefinitionCache, version_row
 from station_wf.store.jsontext import loads
@@ -54,8 +55,13 @@ def begin(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, row: 
     if action == cc.CONTINUE_AS_NEW:
         return _continue(conn, defs, run, defn, row, view, req, rendered)
     child_id = child_run_id(run.run_id, view.step_id, view.attempt)
-    if run_reads.run_exists(conn, child_id):
+    if row["status"] == model.RUNNING or run_reads.run_exists(conn, child_id):
         return 0  # an earlier delivery of this task started it: the step waits for it (or went on)
+    previous = (run.engine.get("redriven") or {}).get(view.step_id)
+    if previous is not None and req.wait:
+        adopted = _continue_child(conn, defs, run, row, view, int(previous), action, rendered, timeout_s)
+        if adopted is not None:
+            return adopted
     origin = lineage.origin_of(conn, run.run_id) or lineage.Origin()
     assert req.workflow is not None
     found = _resolve(conn, defs, req.workflow, req.version)
@@ -87,6 +93,41 @@ def begin(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, row: 
         t = cc.child_started(state, view, child_id, req.workflow, head["version"], True)
     else:
         t = cc.child_detached(defn, state, view, child_id, req.workflow, head["version"])
+    return _commit(conn, defs, fresh, t, view)
+
+
+def _continue_child(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, row: sqlite3.Row,
+                    view: model.StepView, previous: int, action: str, rendered: dict[str, Any],
+                    timeout_s: float | None) -> int | None:
+    """A redriven parent step continues the child its earlier attempt waited for: a child that failed,
+    timed out or was cancelled is redriven in place (its succeeded steps are not run again), a child
+    that completed hands its outcome to the new attempt. None: there is no such child (start a new one)."""
+    old = lineage.waited_child(conn, run.run_id, view.step_id, previous)
+    if old is None:
+        return None
+    child_id, status = old
+    if status not in model.TERMINAL_RUN_STATUSES:
+        return None
+    point = rs.Savepoint(conn, "continue_child")
+    try:
+        rs.mark_running(conn, run, row, action, rendered, timeout_s)
+        lineage.repoint_parent(conn, child_id, view.attempt)
+        if status == model.COMPLETED:
+            child = rs.load_run(conn, child_id)
+            assert child is not None
+            _hand_back(conn, defs.get(conn, child.workflow_id, child.workflow_version), child_id, child.context,
+                       child.engine, status)
+        else:
+            control.redrive(conn, defs, child_id, "parent", by_parent=True)
+    except control.Conflict:
+        point.undo()
+        return None
+    point.keep()
+    fresh = rs.load_run(conn, run.run_id) or run
+    head = lineage.head_of(conn, child_id)
+    assert head is not None
+    t = cc.child_started(rs.run_state(conn, fresh), view, child_id, head["workflow_id"], head["workflow_version"], True)
+    t.events[0] = model.Event(t.events[0].type, {**t.events[0].payload, "continued": status}, view.step_id)
     return _commit(conn, defs, fresh, t, view)
 
 
@@ -142,6 +183,8 @@ def _refuse(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, def
 
 def _commit(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, t: model.Transition,
             view: model.StepView | None = None) -> int:
+    if view is not None and t.engine is not None and view.step_id in (t.engine.get("redriven") or {}):
+        t.engine["redriven"] = {k: v for k, v in t.engine["redriven"].items() if k != view.step_id}  # used once
     return commit.commit_transition(conn, defs, run, t, view)
 
 
@@ -162,37 +205,44 @@ def closing_waits(defn: dict[str, Any], unit: RunUnit) -> dict[tuple[str, int], 
 def after_commit_of(conn: sqlite3.Connection, defs: DefinitionCache, defn: dict[str, Any], unit: RunUnit, was: str,
                     waits: dict[tuple[str, int], model.StepView]) -> None:
     """What a committed chain means for other runs: a wait that closed any other way than by its child's
-    end cancels the child; a run that ended hands its outcome to its parent and cancels the children
-    it still waited for."""
+    end cancels the child (or its successor); a run that ended hands its outcome to its parent and
+    cancels the children it still waited for."""
     for key in waits:
         if key not in unit.open:
-            _cancel(conn, defs, child_run_id(unit.run_id, key[0], key[1]), "its parent step ended")
+            for child in lineage.waited_children_of_step(conn, unit.run_id, key[0], key[1]):
+                _cancel(conn, defs, child, "its parent step ended")
     if was in model.TERMINAL_RUN_STATUSES or unit.status not in model.TERMINAL_RUN_STATUSES:
         return
     parent = (unit.context.get("workflow") or {}).get("parent")
     if isinstance(parent, dict) and parent.get("wait") and not unit.engine.get("continuedAs"):
-        _hand_back(conn, defn, unit, parent)
-    if unit.engine.get("children"):
-        for child in lineage.active_children(conn, unit.run_id, waited_only=True):
-            _cancel(conn, defs, child, f"its parent run {unit.run_id} ended {unit.status}")
+        _hand_back(conn, defn, unit.run_id, unit.context, unit.engine, unit.status)
+    # Not only when the engine says it started one: a transition replaced by a cap's failure drops that flag.
+    for child in lineage.active_children(conn, unit.run_id, waited_only=True):
+        _cancel(conn, defs, child, f"its parent run {unit.run_id} ended {unit.status}")
 
 
-def _hand_back(conn: sqlite3.Connection, defn: dict[str, Any], unit: RunUnit, parent: dict[str, Any]) -> None:
-    error = lineage.run_error(conn, unit.run_id)
-    output, failure = cc.child_outcome(defn, unit.run_id, unit.context, unit.engine, unit.status,
-                                       None if error is None else loads(error))
-    step, attempt = parent["stepId"], int(parent["attempt"])
-    if rs.record_result(conn, parent["runId"], step, attempt, step_tx.encode_result(output, failure), None):
-        owner = rs.load_run(conn, parent["runId"])
-        if owner is not None:
-            rs.enqueue_step_task(conn, owner, step, attempt, idempotency_key(owner.run_id, step, attempt),
-                                 redispatch=f"child-{unit.run_id}")
+def _hand_back(conn: sqlite3.Connection, defn: dict[str, Any], run_id: str, context: dict[str, Any],
+               engine: dict[str, Any], status: str) -> None:
+    """The child's outcome as its parent step's result (the step attempt the columns name now: a redrive
+    of the parent re-points them), and the parent step's task to decide it."""
+    link = lineage.parent_link(conn, run_id)
+    if link is None or not link.parent_waits or link.parent_run_id is None or link.parent_step_id is None:
+        return
+    error = lineage.run_error(conn, run_id)
+    output, failure = cc.child_outcome(defn, run_id, context, engine, status, None if error is None else loads(error))
+    step, attempt = link.parent_step_id, int(link.parent_attempt or 0)
+    if rs.record_result(conn, link.parent_run_id, step, attempt, step_tx.encode_result(output, failure), None):
+        owner = lineage.head_of(conn, link.parent_run_id)
+        outbox.enqueue_task(conn, step_task(link.parent_run_id, step, attempt,
+                                            idempotency_key(link.parent_run_id, step, attempt),
+                                            None if owner is None else owner["traceparent"], f"child-{run_id}-{attempt}"))
 
 
 def _cancel(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, reason: str) -> None:
+    if rs.run_status(conn, run_id) in (None, *model.TERMINAL_RUN_STATUSES):
+        return  # checked before decoding the run: most closed waits find their child ended already
     run = rs.load_run(conn, run_id)
-    if run is None or run.status in model.TERMINAL_RUN_STATUSES:
-        return
+    assert run is not None
     _commit(conn, defs, run, ip.cancel_run(rs.run_state(conn, run), reason, "parent"))
     for fn in _announce:
         after_commit(functools.partial(fn, run_id))

@@ -21,6 +21,7 @@ from station_wf.store import approvals, lineage, timers
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
 from station_wf.store.definitions import DefinitionCache
+from station_wf.store.jsontext import loads
 
 
 class Conflict(Exception):
@@ -195,8 +196,10 @@ def cancel(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, reason:
     return Outcome(cancelled_run=run_id)
 
 
-def redrive(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor: str | None) -> Outcome:
-    """Continue an ended run in place (core/redrive.py decides which steps run again), in one transaction."""
+def redrive(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor: str | None,
+            by_parent: bool = False) -> Outcome:
+    """Continue an ended run in place (core/redrive.py decides which steps run again), in one transaction.
+    A child whose parent step took its outcome is continued through its parent (`by_parent`)."""
     run = _run_or_missing(conn, run_id)
     try:
         defs.get(conn, run.workflow_id, run.workflow_version)
@@ -205,6 +208,17 @@ def redrive(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor:
                        "re-run it on another version", {"status": run.status}) from None
     if run.status not in redrive_core.REDRIVABLE_RUN_STATUSES:
         raise Conflict(redrive_core.not_redrivable_message(run.status), {"status": run.status})
+    link = lineage.parent_link(conn, run_id)
+    if link is not None and link.parent_waits and not by_parent:
+        raise Conflict(f"run {run_id} is the child run {link.parent_run_id}'s step waited for, and that step has its "
+                       f"outcome: redrive run {link.parent_run_id} (it continues this child in place)",
+                       {"status": run.status, "parentRunId": link.parent_run_id})
+    error = lineage.run_error(conn, run_id)
+    cap = loads(error) if error else None
+    if isinstance(cap, dict) and cap.get("type") == "limit_exceeded" and cap.get("limit") in ("max_steps_per_run",
+                                                                                           "max_events_per_run"):
+        raise Conflict(f"the run ended on its cap ({cap.get('setting')}={cap.get('max')}): a redrive would pass it "
+                       "again; re-run it instead", {"status": run.status, "limit": cap.get("limit")})
     number = lineage.count_redrive(conn, run_id)
     latest = lineage.latest_attempts(conn, run_id)
     try:

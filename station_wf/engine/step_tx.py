@@ -148,7 +148,11 @@ class StepTransactions:
 
     def record(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int, result_json: str,
                metadata: dict[str, Any] | None) -> bool:
-        return rs.record_result(conn, run_id, step, attempt, result_json, rs.dumps(metadata) if metadata else None)
+        recorded = rs.record_result(conn, run_id, step, attempt, result_json, rs.dumps(metadata) if metadata else None)
+        tool_calls = (metadata or {}).get("toolCalls") if recorded else None
+        for call in tool_calls or ():  # issue 20: the agent's tool calls, in the result's own transaction
+            rs.append_event(conn, run_id, "agent.tool_called", {"attempt": attempt, **call}, step)
+        return recorded
 
     def decide(self, conn: sqlite3.Connection, run_id: str, step: str, attempt: int) -> tuple[int, bool]:
         """What follows the recorded result; returns (tasks enqueued, whether a failed attempt will be retried)."""

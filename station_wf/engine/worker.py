@@ -279,14 +279,15 @@ class TaskWorker:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise  # the worker itself is stopping: leave the task unacked
-                return None, {"type": "cancelled", "message": "the run was cancelled during the call"}, None
+                return None, {"type": "cancelled", "message": "the run was cancelled during the call"}, _partial(executor, call)
             if isinstance(output, StepResult):
                 return output.output, None, output.metadata
             return output, None, None
         except StepError as exc:
             return None, exc.to_dict(), exc.metadata or None
         except TimeoutError:
-            return None, ip.step_timeout_error(call.state_name, timeout_s or call.timeout_seconds or 0), None
+            return None, ip.step_timeout_error(call.state_name, timeout_s or call.timeout_seconds or 0), \
+                _partial(self.registry.get(call.action), call)
         except Exception as exc:  # noqa: BLE001 - an executor bug is a failed attempt, not a dead worker
             log.exception("executor %s raised", call.action)
             return None, {"type": "executor_error", "message": f"{type(exc).__name__}: {exc}"}, None
@@ -294,3 +295,9 @@ class TaskWorker:
             beat.cancel()
             self._executions.pop(key, None)
             log.debug("step %s/%s#%d took %.1f ms", call.run_id, call.step_id, call.attempt, (time.monotonic() - started) * 1000)
+
+
+def _partial(executor: Any, call: StepCall) -> dict[str, Any] | None:
+    """What an interrupted executor had done (issue 20: an agent's tool calls so far), for the record."""
+    take = getattr(executor, "interrupted_metadata", None)
+    return take(call) if callable(take) else None

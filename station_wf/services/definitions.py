@@ -119,6 +119,13 @@ def recursion_problem(conn: sqlite3.Connection, defn: dict[str, Any], pending: d
     return cycle_message(cycle) if cycle else None
 
 
+def _refuse_recursion(conn: sqlite3.Connection, defn: dict[str, Any]) -> None:
+    """422 for a definition that would start itself (every write of a version passes here or plan_sync)."""
+    problem = recursion_problem(conn, defn)
+    if problem:
+        raise ServiceError(422, "invalid_definition", "the workflow definition is invalid", [_problem("api", problem)])
+
+
 def _guess_id(raw: str) -> str | None:
     try:
         doc = yaml.safe_load(raw)
@@ -229,13 +236,17 @@ class DefinitionService:
     # -- reads ------------------------------------------------------------------------------------
     async def list(self, status: str | None = None, q: str | None = None) -> list[dict[str, Any]]:
         out = []
-        for row in await ds.read_heads(self.readers):
+        files = {r["workflow_id"]: r for r in await ds.read_file_sources(self.readers)}
+        heads = await ds.read_heads(self.readers)
+        sync = await self.offloader.run(file_states, [(h, files.get(h["workflow_id"])) for h in heads])
+        for row in heads:
             if status and row["status"] != status:
                 continue
             if q and q.lower() not in (row["workflow_id"] + " " + (row["name"] or "")).lower():
                 continue
             item = definition_to_api(row, include_definition=False)
             item["lastRunAt"] = row["last_run_at"]
+            item["sync"] = sync.get(row["workflow_id"])
             out.append(item)
         return out
 
@@ -280,6 +291,50 @@ class DefinitionService:
         await self.writer.run(_tx_disable(workflow_id))
         return await self.get(workflow_id)
 
+    async def enable(self, workflow_id: str) -> dict[str, Any]:
+        """Make a disabled workflow startable again (the list's Disable is DELETE)."""
+        await self.writer.run(_tx_set_status(workflow_id, "active"))
+        return await self.get(workflow_id)
+
+    async def sync_status(self, workflow_id: str) -> dict[str, Any]:
+        """The file against the database: `in_sync`, `file_changed`, `file_removed`, or `not_file_synced`."""
+        head = await ds.read_definition(self.readers, workflow_id)
+        if head is None:
+            raise not_found("workflow", workflow_id)
+        files = await ds.read_file_sources(self.readers, workflow_id)
+        found = await self.offloader.run(file_states, [(head, files[0] if files else None)])
+        return found.get(workflow_id) or {"workflowId": workflow_id, "state": "not_file_synced", "sourceFile": None,
+                                          "environment": None, "storedVersion": head["version"],
+                                          "storedHash": head["content_hash"], "fileHash": None}
+
+    async def sync_file(self, workflow_id: str) -> dict[str, Any]:
+        """Register this one workflow's file now (what `station-wf sync` does for every file): a new version
+        when it changed, disabled when it is gone; a file that does not load is refused (422) and the
+        stored version keeps serving."""
+        status = await self.sync_status(workflow_id)
+        if status["state"] == "not_file_synced":
+            raise ServiceError(409, "conflict", f"workflow {workflow_id!r} was not synced from a file", {"id": workflow_id})
+        if status["state"] == "file_removed":
+            await self.writer.run(_tx_set_status(workflow_id, "disabled"))
+            result = "disabled"
+        else:
+            defn, raw = await self.offloader.run(load_workflow_file, Path(status["sourceFile"]), workflow_id, self.agents)
+            reg = await self.writer.run(_tx_register_file(defn, raw, status["sourceFile"], status["environment"]))
+            result = "registered" if reg.created else "reactivated" if reg.reactivated else "unchanged"
+        return {"result": result, "workflow": await self.get(workflow_id), "sync": await self.sync_status(workflow_id)}
+
+    async def rollback(self, workflow_id: str, body: Any) -> dict[str, Any]:
+        """A new version made from an old one (history is never rewritten); 409 when it is the latest's content."""
+        version = body.get("version") if isinstance(body, dict) else None
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise invalid("the body must be {\"version\": N} with N a stored version (a positive integer)", {"version": version})
+        old = await ds.read_definition(self.readers, workflow_id, version)
+        if old is None:
+            raise not_found("workflow", f"{workflow_id}@{version}")
+        await self.offloader.run(require_known_agents, json.loads(old["definition"]), self.agents)
+        made = await self.writer.run(_tx_rollback(workflow_id, version))
+        return await self.get(workflow_id, made)
+
     async def _checked(self, body: Any, raw: str) -> dict[str, Any]:
         defn = await self.isolated.run(parse_api_body, body, raw)
         await self.offloader.run(require_known_agents, defn, self.agents)
@@ -307,10 +362,7 @@ def _tx_create(defn: dict[str, Any], raw: str, *, must_exist: bool):
         if not must_exist and head is not None:
             raise ServiceError(409, "conflict", f"workflow {defn['id']!r} exists; PUT /api/v1/workflows/{defn['id']} makes a new version",
                                {"id": defn["id"], "version": head["version"]})
-        problem = recursion_problem(conn, defn)
-        if problem:
-            raise ServiceError(422, "invalid_definition", "the workflow definition is invalid",
-                               [_problem("api", problem)])
+        _refuse_recursion(conn, defn)
         version = ds.register(conn, defn, raw, source="api").version
         sync_schedules(conn, defn["id"], defn)
         return version
@@ -318,8 +370,86 @@ def _tx_create(defn: dict[str, Any], raw: str, *, must_exist: bool):
 
 
 def _tx_disable(workflow_id: str):
+    return _tx_set_status(workflow_id, "disabled")
+
+
+def _tx_set_status(workflow_id: str, status: str):
     def apply(conn: sqlite3.Connection) -> None:
         if ds.latest_row(conn, workflow_id) is None:
             raise not_found("workflow", workflow_id)
-        ds.set_status(conn, workflow_id, "disabled")
+        ds.set_status(conn, workflow_id, status)
+    return apply
+
+
+# -- issue 17: the file's sync status, syncing one file, rollback ------------------------------------
+def file_states(pairs: list[tuple[sqlite3.Row, sqlite3.Row | None]]) -> dict[str, dict[str, Any]]:
+    """For each (latest version, newest file-synced version) pair with a file: the file on disk against
+    the latest stored version, by content hash (reads files: run it off the event loop)."""
+    out: dict[str, dict[str, Any]] = {}
+    for head, source in pairs:
+        if source is None:
+            continue
+        path = Path(source["source_file"])
+        try:
+            file_hash: str | None = ds.content_hash(path.read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            file_hash = None
+        except (OSError, UnicodeDecodeError):
+            file_hash = "unreadable"
+        state = "file_removed" if file_hash is None else "in_sync" if file_hash == head["content_hash"] else "file_changed"
+        out[head["workflow_id"]] = {
+            "workflowId": head["workflow_id"], "state": state, "sourceFile": source["source_file"],
+            "environment": source["environment"], "storedVersion": head["version"],
+            "storedHash": head["content_hash"], "fileHash": file_hash,
+        }
+    return out
+
+
+def load_workflow_file(path: Path, workflow_id: str, agents: AgentCatalog | None) -> tuple[dict[str, Any], str]:
+    """One workflow file checked as `plan_sync` checks it (422 with the problems when it does not load)."""
+    try:
+        raw = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServiceError(422, "invalid_definition", f"cannot read {path}: {exc}") from None
+    try:
+        defn = parse_definition(raw, source=str(path))
+    except DefinitionError as exc:
+        raise ServiceError(422, "invalid_definition", f"{path} does not load; the stored version keeps serving",
+                           [str(p) for p in exc.problems]) from None
+    if defn["id"] != workflow_id:
+        raise ServiceError(422, "invalid_definition", f"{path} now defines workflow {defn['id']!r}, not {workflow_id!r}",
+                           {"id": defn["id"]})
+    if agents is None or agents.directory.parent != path.parent.parent:
+        agents = AgentCatalog(path.parent.parent.parent, path.parent.parent.name)
+    agents.reload()
+    errors, _ = check_definition_agents(defn, agents)
+    problems = [p for p in (value_problem(defn, "definition"),) if p] + schema_problems(defn.get("inputSchema")) + errors
+    if problems:
+        raise ServiceError(422, "invalid_definition", f"{path} is invalid; the stored version keeps serving", problems)
+    return defn, raw
+
+
+def _tx_register_file(defn: dict[str, Any], raw: str, file: str, environment: str | None):
+    def apply(conn: sqlite3.Connection) -> ds.Registered:
+        _refuse_recursion(conn, defn)
+        reg = ds.register(conn, defn, raw, source="file", source_file=file, environment=environment)
+        sync_schedules(conn, defn["id"], defn)
+        return reg
+    return apply
+
+
+def _tx_rollback(workflow_id: str, version: int):
+    def apply(conn: sqlite3.Connection) -> int:
+        old = ds.version_row(conn, workflow_id, version)
+        head = ds.latest_row(conn, workflow_id)
+        if old is None or head is None:
+            raise not_found("workflow", f"{workflow_id}@{version}")
+        if old["content_hash"] == head["content_hash"]:
+            raise ServiceError(409, "conflict", f"version {version} has the content of the latest version {head['version']}: nothing to roll back",
+                               {"id": workflow_id, "version": version, "latest": head["version"]})
+        defn = json.loads(old["definition"])
+        _refuse_recursion(conn, defn)
+        made = ds.register(conn, defn, old["raw"], source="api").version
+        sync_schedules(conn, workflow_id, defn)
+        return made
     return apply

@@ -228,3 +228,18 @@ async def read_heads(readers: Readers) -> list[sqlite3.Row]:
            FROM workflow_definitions d
            WHERE d.version = (SELECT MAX(version) FROM workflow_definitions WHERE workflow_id = d.workflow_id)
            ORDER BY d.workflow_id""")
+
+
+# -- issue 17: file sync status, enable, rollback ------------------------------------------------------
+_FILE_SOURCES = """SELECT d.workflow_id, d.version, d.source_file, d.environment FROM workflow_definitions d
+   WHERE d.source = 'file' AND d.source_file IS NOT NULL
+     AND d.version = (SELECT MAX(version) FROM workflow_definitions
+                      WHERE workflow_id = d.workflow_id AND source = 'file' AND source_file IS NOT NULL)"""
+
+
+async def read_file_sources(readers: Readers, workflow_id: str | None = None) -> list[sqlite3.Row]:
+    """Each workflow's newest version that came from a file (its file and environment): what a file sync
+    compares the latest stored version against. A PUT after the file keeps the file tracked."""
+    if workflow_id is None:
+        return await readers.fetchall(_FILE_SOURCES)
+    return await readers.fetchall(_FILE_SOURCES + " AND d.workflow_id = ?", (workflow_id,))

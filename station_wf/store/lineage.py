@@ -51,6 +51,41 @@ def origin_of(conn: sqlite3.Connection, run_id: str) -> Origin | None:
                   tuple(loads(row["lineage"])) if row["lineage"] else (), row["rerun_of"], row["continued_from"])
 
 
+def parent_link(conn: sqlite3.Connection, run_id: str) -> Origin | None:
+    """The run's parent step as the columns name it now (None for a top-level run)."""
+    origin = origin_of(conn, run_id)
+    return origin if origin is not None and origin.parent_run_id else None
+
+
+def waited_child(conn: sqlite3.Connection, parent_run_id: str, step_id: str, attempt: int) -> tuple[str, str] | None:
+    """(run id, status) of the run a step attempt waited for: the last of a continue-as-new chain."""
+    row = conn.execute(
+        """SELECT run_id, status FROM workflow_runs WHERE parent_run_id = ? AND parent_step_id = ? AND parent_attempt = ?
+             AND parent_waits = 1 AND continued_as IS NULL ORDER BY id DESC LIMIT 1""",
+        (parent_run_id, step_id, attempt)).fetchone()
+    return None if row is None else (row["run_id"], row["status"])
+
+
+def waited_children_of_step(conn: sqlite3.Connection, parent_run_id: str, step_id: str, attempt: int) -> list[str]:
+    """The active runs a step attempt waits for (its child, or that child's continue-as-new successor)."""
+    rows = conn.execute(
+        f"""SELECT run_id FROM workflow_runs WHERE parent_run_id = ? AND parent_step_id = ? AND parent_attempt = ?
+              AND parent_waits = 1 AND status NOT IN {v.TERMINAL_RUNS} ORDER BY id""",
+        (parent_run_id, step_id, attempt)).fetchall()
+    return [r["run_id"] for r in rows]
+
+
+def repoint_parent(conn: sqlite3.Connection, run_id: str, attempt: int) -> None:
+    """A redriven parent step's new attempt now waits for this child."""
+    conn.execute("UPDATE workflow_runs SET parent_attempt = ? WHERE run_id = ?", (attempt, run_id))
+
+
+def head_of(conn: sqlite3.Connection, run_id: str) -> sqlite3.Row | None:
+    """A run's workflow, version, status and traceparent, without decoding its context."""
+    return conn.execute("SELECT workflow_id, workflow_version, status, traceparent FROM workflow_runs WHERE run_id = ?",
+                        (run_id,)).fetchone()
+
+
 def mark_continued(conn: sqlite3.Connection, run_id: str, successor: str) -> None:
     conn.execute("UPDATE workflow_runs SET continued_as = ? WHERE run_id = ?", (successor, run_id))
 

@@ -65,11 +65,35 @@ class JsonFormatter(logging.Formatter):
             return json.dumps(out, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
-class TextFormatter(logging.Formatter):
-    """The usual one-liner, with `extra` fields appended as key=value."""
+LEVEL_COLOURS = {"DEBUG": "2", "INFO": "36", "WARNING": "33", "ERROR": "31", "CRITICAL": "1;31"}
+"""SGR codes of the level name on a colour terminal (the one place the daemon writes escape codes:
+the log handler runs on every line and must not pay for a rendering library)."""
 
-    def __init__(self) -> None:
+
+def _colour(stream: IO[str]) -> bool:
+    import os
+
+    try:
+        return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+class TextFormatter(logging.Formatter):
+    """The usual one-liner for a person, with `extra` fields appended as key=value; the level coloured
+    on a terminal."""
+
+    def __init__(self, colour: bool = False) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.colour = colour
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        line = super().formatMessage(record)
+        if self.colour:
+            code = LEVEL_COLOURS.get(record.levelname)
+            if code:
+                line = line.replace(record.levelname, f"\x1b[{code}m{record.levelname}\x1b[0m", 1)
+        return line
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -81,18 +105,31 @@ class TextFormatter(logging.Formatter):
         return f"{head} {tail}{sep}{rest}"
 
 
+def resolve_format(fmt: str, stream: IO[str]) -> str:
+    """`auto`: text for a person (the stream is a terminal), JSON for a collector (a file, a pipe, journald)."""
+    fmt = fmt.strip().lower()
+    if fmt == "auto":
+        try:
+            return "text" if stream.isatty() else "json"
+        except (AttributeError, ValueError):  # a closed or odd stream: machines read it
+            return "json"
+    if fmt not in ("json", "text"):
+        raise ValueError(f"log format must be 'auto', 'json' or 'text', got {fmt!r}")
+    return fmt
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text", stream: IO[str] | None = None) -> logging.Handler:
     """Install one handler on the root logger (replacing the one a previous call installed).
 
-    `fmt` is "json" or "text". Pass `log_config=None` to uvicorn so its loggers propagate here."""
-    fmt = fmt.strip().lower()
-    if fmt not in ("json", "text"):
-        raise ValueError(f"log format must be 'json' or 'text', got {fmt!r}")
+    `fmt` is "json", "text" or "auto" (text on a terminal, else JSON). Pass `log_config=None` to
+    uvicorn so its loggers propagate here."""
+    out = stream if stream is not None else sys.stderr
+    fmt = resolve_format(fmt, out)
     numeric = logging.getLevelName(level.strip().upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(colour=_colour(out)))
     setattr(handler, _HANDLER_FLAG, True)
     root = logging.getLogger()
     for old in list(root.handlers):

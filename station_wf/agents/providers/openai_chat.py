@@ -107,11 +107,19 @@ class OpenAIChatProvider:
         return body
 
     async def complete(self, request: AgentRequest, http: aiohttp.ClientSession) -> ProviderReply:
-        url, headers = self.endpoint(request)
+        url, _ = self.endpoint(request)
         what = f"model {request.model!r} at {url}"
         meta: dict[str, Any] = {"baseUrl": url.removesuffix("/chat/completions")}
+        text = await self.post(request, http, self.body(request), meta)
+        return self.reply(request, text, meta, what)
+
+    async def post(self, request: AgentRequest, http: aiohttp.ClientSession, body: dict[str, Any],
+                   meta: dict[str, Any]) -> str:
+        """One Chat Completions request; the body's text (the tool loop sends one per model turn)."""
+        url, headers = self.endpoint(request)
+        what = f"model {request.model!r} at {url}"
         try:
-            async with http.post(url, json=self.body(request), headers=headers, allow_redirects=False,
+            async with http.post(url, json=body, headers=headers, allow_redirects=False,
                                  timeout=request_timeout(request.call, request.limits)) as resp:
                 text = await read_body(resp, what, request.limits, meta)
                 if not 200 <= resp.status < 300:
@@ -120,7 +128,7 @@ class OpenAIChatProvider:
             raise timeout_error(what, request.call, meta, request.limits) from None
         except aiohttp.ClientError as exc:
             raise StepError(f"{what}: {type(exc).__name__}: {exc}", metadata=meta) from None
-        return self.reply(request, text, meta, what)
+        return text
 
     def reply(self, request: AgentRequest, text: str, meta: dict[str, Any], what: str) -> ProviderReply:
         try:

@@ -265,3 +265,5 @@ export const hub = {
     return () => stateListeners.delete(fn);
   },
 };
+
+export const del = (path, opts) => api('DELETE', path, undefined, opts);

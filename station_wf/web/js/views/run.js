@@ -10,6 +10,7 @@ import { get, post, allEvents, EventStream } from '../api.js';
 import { jsonTree, jsonBlock, pathKey } from '../jsontree.js';
 import { diagram } from '../diagram.js';
 import { approvalCard, decidedApproval } from './approvals.js';
+import { lineageEl, rerunButtons } from './lineage.js';
 
 const TERMINAL_EVENTS = new Set(['run.completed', 'run.failed', 'run.cancelled', 'run.timed_out']);
 const OPEN = new Set(['PENDING', 'SCHEDULED', 'RUNNING', 'WAITING_APPROVAL', 'WAITING_SIGNAL']);
@@ -92,6 +93,21 @@ export function contextWrites(steps, events) {
 }
 
 /** The definition of the state a step runs (its scope walked down from the top level), or null. */
+// The agent's tool calls (issue 20): step metadata `toolCalls`, one row each, its arguments and result excerpt on open.
+export function toolCallsEl(st) {
+  const calls = (st.metadata && Array.isArray(st.metadata.toolCalls)) ? st.metadata.toolCalls : [];
+  if (!calls.length) return null;
+  return h('div', { class: 'tl-io tl-tools' }, h('div', { class: 'tl-io-label' }, `Tool calls (${calls.length})`),
+    h('ol', { class: 'small tool-calls' }, calls.map((c) => h('li', { class: c.error ? 'tool-call tool-error' : 'tool-call', dataset: { tool: c.tool || '' } },
+      h('details', null,
+        h('summary', null, h('code', null, c.tool || '?'),
+          c.server ? h('span', { class: 'muted' }, ` @ ${c.server}`) : null,
+          c.agentPath && c.agentPath.length > 1 ? h('span', { class: 'muted' }, ` via ${c.agentPath.slice(1).join(' → ')}`) : null,
+          ` · ${fmtDuration(c.durationMs)}`, c.error ? h('span', { class: 'tl-error' }, ` · ${c.error}`) : ` · ${c.resultBytes ?? 0} B`),
+        h('div', { class: 'tl-io-label' }, 'Arguments'), jsonBlock(c.arguments ?? {}),
+        c.excerpt ? [h('div', { class: 'tl-io-label' }, 'Result (excerpt)'), h('pre', { class: 'mono small' }, c.excerpt)] : null)))));
+}
+
 export function stateDef(defn, branchPath, name) {
   if (!defn) return null;
   let states = defn.states || {};
@@ -330,6 +346,7 @@ export async function runView(ctx) {
 
   // -- header and controls --------------------------------------------------------------------
   const liveEl = h('span', { class: 'conn', dataset: { state: 'idle' } });
+  const lineage = lineageEl(S.run, ctx.signal); // parent, re-run of, continued from/as, children
   let confirming = false;
   let confirmEl = null;
   function renderHeader() {
@@ -361,6 +378,7 @@ export async function runView(ctx) {
     if (!terminal) {
       actions.append(h('button', { type: 'button', class: 'btn btn-danger', id: 'cancel-run', onclick: () => { confirming = true; renderHeader(); } }, 'Cancel'));
     }
+    actions.append(...rerunButtons(r, busy));
     // The confirm panel survives re-renders (events keep arriving while someone types a reason).
     if (confirming && !terminal && !confirmEl) {
       const reason = h('input', { type: 'text', id: 'cancel-reason', placeholder: 'Reason (optional)', 'aria-label': 'Reason for cancelling' });
@@ -382,7 +400,8 @@ export async function runView(ctx) {
             h('a', { href: `#/workflows/${encodeURIComponent(r.workflowId)}` }, r.workflowId), ` v${r.workflowVersion}`,
             ' · created ', timeEl(r.createdAt),
             r.completedAt ? [' · finished ', h('span', { title: fmtTime(r.completedAt) }, fmtTime(r.completedAt))] : null,
-            ' · duration ', h('strong', { class: 'run-duration', dataset: terminal ? {} : { since: start || '' } }, fmtDuration(durationBetween(start, r.completedAt))))),
+            ' · duration ', h('strong', { class: 'run-duration', dataset: terminal ? {} : { since: start || '' } }, fmtDuration(durationBetween(start, r.completedAt)))),
+          lineage),
         actions),
       confirm,
       h('details', { class: 'run-input' }, h('summary', { class: 'small' }, 'Input ', h('span', { class: 'mono muted' }, preview(r.input, 80))), jsonBlock(r.input)));
@@ -434,6 +453,7 @@ export async function runView(ctx) {
       st.input !== null && st.input !== undefined ? h('div', { class: 'tl-io' }, h('div', { class: 'tl-io-label' }, 'Input'), jsonBlock(st.input)) : null,
       st.output !== null && st.output !== undefined ? h('div', { class: 'tl-io' }, h('div', { class: 'tl-io-label' }, 'Output'), jsonBlock(st.output)) : null,
       st.error ? h('div', { class: 'tl-io tl-error' }, h('div', { class: 'tl-io-label' }, 'Error'), jsonBlock(st.error)) : null,
+      toolCallsEl(st),
       wrote.length ? h('div', { class: 'small' }, 'Wrote ', wrote.map((segs, i) => [i ? ', ' : '', h('code', { class: 'changed-key' }, segsText(segs))]), ' — highlighted in the context.') : null)
       : null;
     return h('li', { class: cls, dataset: { stepId: st.stepId, state: st.stateName, status: st.status, scope: st.branchPath || '' } },

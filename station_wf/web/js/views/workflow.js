@@ -5,6 +5,7 @@ import { openRunDialog } from '../schemaform.js';
 import { diagram, diagramLegend } from '../diagram.js';
 import { codeView, diffView, prettyIfJson } from '../code.js';
 import { recentRuns, runStats, rateEl, RUN_FILTERS } from './common.js';
+import { syncPill, syncButton, toggleButton, rollbackButton } from './wfactions.js';
 
 const TABS = [['overview', 'Overview'], ['runs', 'Runs'], ['definition', 'Definition'], ['versions', 'Versions']];
 
@@ -24,13 +25,23 @@ export async function workflowView(ctx) {
     clear(head, errorState(e, () => window.dispatchEvent(new HashChangeEvent('hashchange'))));
     return;
   }
+  // The file's sync status is a look at the disk: it must not hold up the page.
+  let sync = null;
+  try {
+    sync = await get(`/workflows/${enc}/sync`, { signal: ctx.signal });
+  } catch (e) {
+    if (e.name === 'AbortError') return;
+  }
+  const reload = () => window.dispatchEvent(new HashChangeEvent('hashchange'));
   clear(head,
     h('div', { class: 'page-head' },
       h('div', null,
-        h('h1', null, wf.name || wf.id, ' ', h('span', { class: `pill pill-${wf.status}` }, wf.status)),
+        h('h1', null, wf.name || wf.id, ' ', h('span', { class: `pill pill-${wf.status}`, id: 'wf-status' }, wf.status), syncPill(sync)),
         h('div', { class: 'muted small' }, h('span', { class: 'mono' }, wf.id), ` · version ${wf.version}`, wf.versionLabel ? ` (${wf.versionLabel})` : '',
           ` · ${wf.source === 'file' ? 'from file' : 'from the API'}`, wf.environment ? ` · environment ${wf.environment}` : '')),
       h('div', { class: 'page-actions' },
+        syncButton(wf.id, sync, reload, { id: 'sync-wf' }),
+        toggleButton(wf, reload, { id: 'wf' }),
         h('button', { type: 'button', class: 'btn btn-primary', disabled: wf.status !== 'active', onclick: () => openRunDialog(wf.id), dataset: { run: wf.id } }, '▶ Run'))),
     wf.description ? h('p', { class: 'lead' }, wf.description) : null,
     tabs(TABS, tab, (key) => `#/workflows/${enc}${key === 'overview' ? '' : `/${key}`}`));
@@ -177,11 +188,14 @@ async function versionsTab(ctx, wf, panel) {
   }
   versions.sort((a, b) => b.version - a.version);
   const table = h('table', { class: 'table table-compact table-cards' },
-    h('thead', null, h('tr', null, h('th', null, 'Version'), h('th', null, 'Label'), h('th', null, 'Stored'), h('th', null, 'Status'), h('th', null, 'Content hash'))),
+    h('thead', null, h('tr', null, h('th', null, 'Version'), h('th', null, 'Label'), h('th', null, 'Stored'), h('th', null, 'Status'), h('th', null, 'Content hash'),
+      h('th', null, h('span', { class: 'sr-only' }, 'Actions')))),
     h('tbody', null, versions.map((v) => h('tr', { dataset: { version: v.version } },
       h('td', { class: 'mono', dataset: { label: 'Version' } }, `v${v.version}`), h('td', { dataset: { label: 'Label' } }, v.versionLabel || '—'),
       h('td', { dataset: { label: 'Stored' } }, timeEl(v.createdAt)), h('td', { dataset: { label: 'Status' } }, h('span', { class: `pill pill-${v.status}` }, v.status)),
-      h('td', { class: 'mono small muted', dataset: { label: 'Hash' }, title: v.contentHash }, (v.contentHash || '').replace(/^sha256:/, '').slice(0, 12))))));
+      h('td', { class: 'mono small muted', dataset: { label: 'Hash' }, title: v.contentHash }, (v.contentHash || '').replace(/^sha256:/, '').slice(0, 12)),
+      h('td', { class: 'cell-actions' }, v.version === versions[0].version ? h('span', { class: 'muted small' }, 'latest')
+        : rollbackButton(wf.id, v, versions[0], () => window.dispatchEvent(new HashChangeEvent('hashchange'))))))));
   const diffCard = h('section', { class: 'card' }, h('h2', null, 'Compare versions'));
   clear(body, h('section', { class: 'card' }, h('h2', null, `${versions.length} version${versions.length === 1 ? '' : 's'}`), table), diffCard);
   if (versions.length < 2) {

@@ -1,8 +1,10 @@
-// #/workflows: every workflow with its version, status, last run and 30-day success rate.
+// #/workflows: every workflow with its version, status (and its file's sync status), last run, 30-day
+// success rate and its actions (Run, Disable / Enable, Sync).
 import { h, clear, loading, empty, errorState, timeEl, throttle } from '../dom.js';
 import { get, hub } from '../api.js';
 import { openRunDialog } from '../schemaform.js';
 import { recentRuns, runStats, rateEl, pageHead } from './common.js';
+import { syncPill, syncButton, toggleButton } from './wfactions.js';
 
 export async function workflowsView(ctx) {
   const search = h('input', { type: 'search', placeholder: 'Search by id, name or description', 'aria-label': 'Search workflows', id: 'wf-search' });
@@ -37,12 +39,14 @@ export async function workflowsView(ctx) {
         w.name && w.name !== w.id ? h('div', { class: 'mono muted small' }, w.id) : null,
         w.description ? h('div', { class: 'muted small clamp' }, w.description) : null),
       h('td', { dataset: { label: 'Version' } }, h('span', { class: 'mono' }, `v${w.version}`), w.versionLabel ? h('span', { class: 'muted small' }, ` (${w.versionLabel})`) : null),
-      h('td', { dataset: { label: 'Status' } }, h('span', { class: `pill pill-${w.status}` }, w.status)),
+      h('td', { dataset: { label: 'Status' } }, h('span', { class: `pill pill-${w.status}` }, w.status), syncPill(w.sync)),
       h('td', { dataset: { label: 'Last run' } }, w.lastRunAt ? timeEl(w.lastRunAt) : h('span', { class: 'muted' }, 'never')),
       h('td', { dataset: { label: 'Success (30 d)' }, class: 'cell-rate' },
         statsError ? h('span', { class: 'muted', title: statsError }, 'unavailable') : rateEl(stats ? (stats.get(w.id) || runStats([])) : null)),
       h('td', { class: 'cell-actions' },
-        h('button', { type: 'button', class: 'btn btn-small btn-primary', disabled: w.status !== 'active', title: w.status !== 'active' ? 'disabled workflows cannot start runs' : `Start a run of ${w.id}`, onclick: () => openRunDialog(w.id), dataset: { run: w.id } }, '▶ Run'))));
+        h('button', { type: 'button', class: 'btn btn-small btn-primary', disabled: w.status !== 'active', title: w.status !== 'active' ? 'disabled workflows cannot start runs' : `Start a run of ${w.id}`, onclick: () => openRunDialog(w.id), dataset: { run: w.id } }, '▶ Run'),
+        toggleButton(w, refresh, { small: true }),
+        syncButton(w.id, w.sync, refresh, { small: true }))));
     clear(body, h('table', { class: 'table table-cards' },
       h('thead', null, h('tr', null, h('th', null, 'Name'), h('th', null, 'Version'), h('th', null, 'Status'), h('th', null, 'Last run'),
         h('th', { title: 'completed of finished runs, last 30 days' }, 'Success (30 d)'), h('th', null, h('span', { class: 'sr-only' }, 'Actions')))),
@@ -73,6 +77,14 @@ export async function workflowsView(ctx) {
       if (e.name === 'AbortError') return;
       clear(body, errorState(e, () => { clear(body, loading('Loading workflows…')); load(); }));
     }
+  };
+
+  // After an action: the list again (statuses, versions and sync states changed), kept in place.
+  const refresh = async () => {
+    try {
+      workflows = (await get('/workflows', { signal: ctx.signal })).workflows;
+    } catch { return; }
+    if (ctx.alive) render();
   };
 
   search.addEventListener('input', render);
