@@ -87,8 +87,8 @@ def _concrete(path: str) -> str:
 
 def _ask(d: Daemon, method: str, path: str, headers: dict[str, str]) -> int:
     url = d.base + _concrete(path)
-    if path.endswith("/stream"):
-        with httpx.stream(method, url, headers=headers, timeout=10) as resp:
+    if path.endswith("/stream") or path == "/mcp":  # streams: the status line is the answer
+        with httpx.stream(method, url, headers=headers, timeout=10, **({"json": {}} if method == "POST" else {})) as resp:
             return resp.status_code
     body = {"json": {}} if method in ("POST", "PUT") else {}
     return httpx.request(method, url, headers=headers, timeout=15, **body).status_code

@@ -8,6 +8,7 @@ call a service, and render; every error is a `ServiceError` rendered here in the
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from station_wf.api import people, runs, schedules, streams, workflows
 from station_wf.api.agents import agent_handlers
@@ -96,6 +97,22 @@ ROUTES: list[tuple[str, Handler, list[str]]] = [
 ]
 
 
+class _Guarded:
+    """An ASGI app behind the route permission check (an object, so Starlette passes it the raw scope)."""
+
+    def __init__(self, inner: ASGIApp, needs: dict[str, str]) -> None:
+        self.inner, self.needs = inner, needs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            gate.check(Request(scope), self.needs)
+        except ServiceError as exc:
+            rid = scope.get("state", {}).get("request_id", "")
+            await error_response(rid, exc.status, exc.code, exc.message, exc.details)(scope, receive, send)
+            return
+        await self.inner(scope, receive, send)
+
+
 def build_app(state: ApiState) -> ASGIApp:
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
         needs = gate.route_permissions(path, methods)  # issue 18: every route declares a permission
@@ -119,8 +136,15 @@ def build_app(state: ApiState) -> ASGIApp:
     routes += [route(path, handler, methods) for path, handler, methods in agent_handlers(lambda: state.agents)]
     routes += [route(path, handler, methods) for path, handler, methods in station_handlers()]  # Station's REST shapes
     routes += [route(path, handler, methods) for path, handler, methods in governance_handlers()]  # issue 18
-    routes += [route(r.path, lambda request, _state, e=r.endpoint: e(request), sorted(r.methods or ()))
-               for r in state.extra_routes]
+    def guarded(r: Route) -> Route:
+        """An extra route through the same permission check: a function endpoint gets the wrapper; an
+        ASGI app (the /mcp endpoint) is checked before it sees the request (issue 18)."""
+        if inspect.isfunction(r.endpoint) or inspect.ismethod(r.endpoint):
+            return route(r.path, lambda request, _state, e=r.endpoint: e(request), sorted(r.methods or ()))
+        return Route(r.path, _Guarded(r.endpoint, gate.route_permissions(r.path, sorted(r.methods or ("GET", "POST", "DELETE")))),
+                     methods=list(r.methods) if r.methods else None)
+
+    routes += [guarded(r) for r in state.extra_routes]
     routes.append(route("/api/{rest:path}", api_not_found, ["GET", "POST", "PUT", "DELETE", "PATCH"]))
     # The dashboard: static files served by the daemon itself (no build step), using only the API above.
     routes.append(Mount("/", app=StaticFiles(directory=str(WEB_DIR), html=True), name="web"))

@@ -20,6 +20,12 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): "system:read",
     ("GET", "/api/v1/leases"): "system:read",
+    ("GET", "/api/v1/openapi.json"): PUBLIC,   # the contract: any authenticated caller (the door still asks a token)
+    ("GET", "/docs/vendor/{name}"): PUBLIC,    # the docs page's packaged Swagger UI files
+    # /mcp (issue 20): the workflows as MCP tools start and follow runs; the door authenticates the caller
+    ("GET", "/mcp"): "runs:start",
+    ("POST", "/mcp"): "runs:start",
+    ("DELETE", "/mcp"): "runs:start",
     # workflows
     ("GET", "/api/v1/workflows"): "workflows:read",
     ("POST", "/api/v1/workflows"): "workflows:write",
@@ -29,6 +35,10 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("PUT", _WF): "workflows:write",
     ("DELETE", _WF): "workflows:write",
     ("GET", f"{_WF}/versions"): "workflows:read",
+    ("POST", f"{_WF}/enable"): "workflows:write",
+    ("GET", f"{_WF}/sync"): "workflows:read",
+    ("POST", f"{_WF}/sync"): "workflows:write",
+    ("POST", f"{_WF}/rollback"): "workflows:write",
     ("POST", f"{_WF}/runs"): "runs:start",
     # runs
     ("POST", "/api/v1/workflow-runs"): "runs:start",
