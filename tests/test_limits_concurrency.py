@@ -99,7 +99,7 @@ def test_two_hundred_concurrent_starts_under_a_key_limit(d: Daemon) -> None:
         return len(holder["wait"]) == min(LIMIT, len(left))
 
     for rnd in range(200 // LIMIT + 5):
-        wait_until(settled, 30, interval=0.05, what=f"round {rnd}: {LIMIT} runs waiting for their signal")
+        wait_until(settled, 30, interval=0.2, what=f"round {rnd}: {LIMIT} runs waiting for their signal")
         if not holder["wait"]:
             break
         for run in holder["wait"]:
