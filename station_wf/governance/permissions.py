@@ -75,6 +75,18 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/agents/{name}"): "agents:read",
     ("GET", "/api/v1/governance/denials"): "system:read",
     ("GET", "/api/v1/governance/policies"): "system:read",
+    # integrations (issue 19): a hook verifies its caller itself (a hook without `verify:` asks for the
+    # API token and `runs:start`: integrations/triggers.py); subscriptions send run data to any URL: admin
+    ("POST", "/api/v1/hooks/{name}"): PUBLIC,
+    ("GET", "/api/v1/webhook-subscriptions"): "integrations:read",
+    ("POST", "/api/v1/webhook-subscriptions"): "integrations:write",
+    ("GET", "/api/v1/webhook-subscriptions/{sid}"): "integrations:read",
+    ("DELETE", "/api/v1/webhook-subscriptions/{sid}"): "integrations:write",
+    ("GET", "/api/v1/webhook-deliveries"): "integrations:read",
+    ("GET", "/api/v1/webhook-deliveries/{did}"): "integrations:read",
+    ("POST", "/api/v1/webhook-deliveries/{did}/redeliver"): "integrations:write",
+    ("GET", "/api/v1/bundles"): "workflows:read",
+    ("GET", "/api/v1/bundles/{name}"): "workflows:read",
 }
 CATCH_ALL = "/api/{rest:path}"
 """The API's 404 route answers every method: public (it only says 'not found')."""

@@ -26,10 +26,12 @@ PERMISSIONS: dict[str, str] = {
     "schedules:write": "enable and disable schedules",
     "system:read": "metrics and the leases table",
     "workflows:write": "create, update and disable workflows",
+    "integrations:read": "list webhook subscriptions and their delivery log",
+    "integrations:write": "create and delete webhook subscriptions, redeliver (they send run data to any URL)",
 }
 
 _VIEWER = frozenset({"workflows:read", "runs:read", "agents:read", "schedules:read", APPROVALS_DECIDE})
-_OPERATOR = _VIEWER | {"runs:start", "runs:control", "schedules:write", "system:read"}
+_OPERATOR = _VIEWER | {"runs:start", "runs:control", "schedules:write", "system:read", "integrations:read"}
 _AUTHOR = _OPERATOR | {"workflows:write"}
 GRANTS: dict[str, frozenset[str]] = {
     "viewer": _VIEWER,
