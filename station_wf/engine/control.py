@@ -219,6 +219,10 @@ def redrive(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor:
                                                                                            "max_events_per_run"):
         raise Conflict(f"the run ended on its cap ({cap.get('setting')}={cap.get('max')}): a redrive would pass it "
                        "again; re-run it instead", {"status": run.status, "limit": cap.get("limit")})
+    refused = admission.readmit(conn, run_id, run.workflow_id, defs.get(conn, run.workflow_id, run.workflow_version),
+                                (run.context.get("workflow") or {}).get("input", {}))
+    if refused:
+        raise Conflict(f"the run cannot be redriven now: {refused}", {"status": run.status})
     number = lineage.count_redrive(conn, run_id)
     latest = lineage.latest_attempts(conn, run_id)
     try:

@@ -80,6 +80,23 @@ def admit(conn: sqlite3.Connection, run_id: str, workflow_id: str, defn: dict[st
     return ok
 
 
+def readmit(conn: sqlite3.Connection, run_id: str, workflow_id: str, defn: dict[str, Any], run_input: Any) -> str | None:
+    """A redrive makes an ended run active again: it takes a slot now (its row back) or is refused, with
+    the reason; it never queues (a queued run is a PENDING one, and this run has already started)."""
+    limit = concurrency.of_definition(defn)
+    overall = GOVERNANCE.max_concurrent_runs
+    if limit is None and overall <= 0:
+        return None
+    key = limit.render_key(run_input) if limit is not None else ""
+    if limit is not None and (governance_slots.running_for_key(conn, workflow_id, key) >= limit.limit
+                              or governance_slots.waiting_for_key(conn, workflow_id, key)):
+        return f"its concurrency limit is full ({limit.limit} active for key {key!r}): redrive it when a slot frees"
+    if overall > 0 and governance_slots.running_overall(conn) >= overall:
+        return f"STATION_MAX_CONCURRENT_RUNS={overall} runs are active: redrive it when one ends"
+    governance_slots.hold(conn, run_id, workflow_id, key, limit.limit if limit is not None else None, queued=False)
+    return None
+
+
 def waiting(conn: sqlite3.Connection, run_id: str, defn: dict[str, Any]) -> bool:
     """Is the run queued (its start must wait)? No read when nothing could have queued it."""
     if concurrency.of_definition(defn) is None and GOVERNANCE.max_concurrent_runs <= 0:
