@@ -20,13 +20,14 @@ from station_wf.config import Settings, add_settings_flags, settings_from_args
 def cmd_serve(args: argparse.Namespace) -> int:
     from station_wf.api.auth import TokenTableError
     from station_wf.daemon import DataDirLocked, serve
+    from station_wf.governance.policies import PolicyFileError
     from station_wf.telemetry.logs import configure_logging
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level.upper(), settings.log_format)
     try:
         run_event_loop(serve(settings), settings.event_loop)
-    except (DataDirLocked, TokenTableError) as exc:
+    except (DataDirLocked, TokenTableError, PolicyFileError) as exc:
         raise CliError(str(exc)) from None
     return 0
 

@@ -126,6 +126,8 @@ class RunFollower:
             self.line(event, text)
 
 
+MAX_REFOLLOWS = 100
+"""A run's stream followed again after it closed with the run still going, at most this many times."""
 MAX_CONTINUATIONS = 1000
 """`run --wait` follows a run that continued as new into its continuation, at most this many times."""
 
@@ -142,16 +144,21 @@ def follow(args: argparse.Namespace, run: dict[str, Any], timeout: float | None)
             out.print(Text.assemble("following run ", (run_id, "bold"), f" of {run['workflowId']} v{run['workflowVersion']}"
                                     " (Ctrl-C stops watching; the run goes on)", style="dim"), soft_wrap=True)
         follower = RunFollower(args, run_id, out)
-        ended = True
-        try:
-            for event in follow_run(args, run_id, 0, deadline):
-                follower.handle(event)
-        except StreamTimeout:
-            ended = False
-        except KeyboardInterrupt:
-            out.print(Text(f"stopped watching; run {run_id} goes on", style="dim"))
-            return 130
-        final = api_call(args, "GET", f"/api/v1/workflow-runs/{run_id}")
+        ended, last = True, 0
+        for _ in range(MAX_REFOLLOWS):  # a stream closed while the run goes on (a daemon stopping): follow again
+            try:
+                for event in follow_run(args, run_id, last, deadline):
+                    last = event.id or last
+                    follower.handle(event)
+            except StreamTimeout:
+                ended = False
+            except KeyboardInterrupt:
+                out.print(Text(f"stopped watching; run {run_id} goes on", style="dim"))
+                return 130
+            final = api_call(args, "GET", f"/api/v1/workflow-runs/{run_id}")
+            if not ended or final["status"] in EXIT_CODES or final.get("continuedAs"):
+                break
+            time.sleep(0.2)
         if not final.get("continuedAs"):  # a run that continued as new ended COMPLETED and names its successor
             break
         out.print(Text(f"run {run_id} continued as new: {final['continuedAs']}", style="dim"), soft_wrap=True)

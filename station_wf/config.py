@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from station_wf.governance.rates import parse_rate
 from station_wf.protocol import Namespace
 
 
@@ -121,6 +122,17 @@ OPTIONS: tuple[Option, ...] = (
            "the singleton loops' lease lasts this long unrenewed (renewed every third of it); a dead holder's is taken "
            "over within TTL + TTL/3. Must exceed the worst clock skew between replicas"),
     Option("replica_id", "STATION_REPLICA_ID", _opt_str, "this replica's name in the lease table (default: hostname:pid:random)"),
+    # -- governance: limits, rate limits, run durations, policies (issue 18, station_wf/governance/) --
+    Option("max_concurrent_runs", "STATION_MAX_CONCURRENT_RUNS", int,
+           "active runs at most, all workflows together (0: no limit); more wait in order, queued"),
+    Option("run_rate_limit", "STATION_RUN_RATE_LIMIT", str,
+           "starts per workflow, as N/second, N/minute or N/hour (empty: none); over it: 429 with Retry-After"),
+    Option("signal_rate_limit", "STATION_SIGNAL_RATE_LIMIT", str,
+           "signals per workflow, as N/second, N/minute or N/hour (empty: none); over it: 429 with Retry-After"),
+    Option("run_timeout_default_seconds", "STATION_RUN_TIMEOUT_DEFAULT_SECONDS", float,
+           "a run's timeout when its workflow names no timeoutSeconds (0: none)"),
+    Option("run_timeout_max_seconds", "STATION_RUN_TIMEOUT_MAX_SECONDS", float,
+           "the longest a run may last, whatever its workflow says (0: no maximum)"),
     # -- agents with MCP tools, agents as tools, workflows as MCP tools (issue 20, station_wf/mcp/) --
     Option("mcp_tool_timeout_seconds", "STATION_MCP_TOOL_TIMEOUT_SECONDS", float,
            "bound on one MCP tool call of an agent (the step's own timeout cuts it sooner); a hung tool fails the call"),
@@ -214,6 +226,12 @@ class Settings:
     # -- several replicas: the lease (issue 15) --
     lease_ttl_seconds: float = 10.0
     replica_id: str | None = None
+    # -- governance (issue 18) --
+    max_concurrent_runs: int = 0
+    run_rate_limit: str = ""
+    signal_rate_limit: str = ""
+    run_timeout_default_seconds: float = 0.0
+    run_timeout_max_seconds: float = 0.0
     # -- agents with MCP tools, workflows as MCP tools (issue 20) --
     mcp_tool_timeout_seconds: float = 60.0
     mcp_start_timeout_seconds: float = 30.0
@@ -281,6 +299,10 @@ class Settings:
             raise ValueError("STATION_NATS_REPLICAS > 1 needs a NATS cluster (STATION_NATS_EMBEDDED=false, STATION_NATS_URL)")
         if self.lease_ttl_seconds <= 0:
             raise ValueError(f"STATION_LEASE_TTL_SECONDS must be positive, got {self.lease_ttl_seconds!r}")
+        for name in ("run_rate_limit", "signal_rate_limit"):  # issue 18
+            parse_rate(getattr(self, name), f"STATION_{name.upper()}")
+        if self.max_concurrent_runs < 0 or self.run_timeout_default_seconds < 0 or self.run_timeout_max_seconds < 0:
+            raise ValueError("STATION_MAX_CONCURRENT_RUNS and STATION_RUN_TIMEOUT_*_SECONDS must be >= 0")
         for name in ("mcp_tool_timeout_seconds", "mcp_start_timeout_seconds", "agent_max_steps", "agent_tool_depth",
                      "agent_conversation_max_bytes", "agent_max_tool_calls"):
             if getattr(self, name) <= 0:  # issue 20

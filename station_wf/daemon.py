@@ -49,6 +49,9 @@ from station_wf.engine.timers import TimerLoop
 from station_wf.engine.worker import TaskWorker
 from station_wf.executors.base import ExecutorRegistry
 from station_wf.expr import sandbox
+from station_wf.governance import agents as governance_agents
+from station_wf.governance import policies as governance_policies
+from station_wf.governance import settings as governance_settings
 from station_wf.loop import Loop, cancel
 from station_wf.mcp.pool import McpPool
 from station_wf.mcp.serve import WorkflowTools
@@ -181,6 +184,8 @@ class Daemon:
         self.sandbox = sandbox.SandboxPool(settings.expression_workers, memory_mb=settings.expression_memory_mb,
                                            max_result_bytes=settings.expression_max_result_bytes)
         limits.configure(settings)
+        governance_settings.configure(settings, governance_agents.limit_lookup(self.agents))  # issue 18
+        self.policies = governance_policies.open_environment(settings.environments_dir, settings.environment)
         self.embedded: EmbeddedNats | None = None
         self.bus: Bus | None = None
         self.relay: OutboxRelay | None = None

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 class Principal:
     name: str
     groups: tuple[str, ...] = field(default_factory=tuple)
+    roles: tuple[str, ...] = field(default_factory=tuple)
+    """What the principal may do (`governance/roles.py`: viewer, operator, author, admin); approver
+    lists still match on name and groups only, whatever the roles."""
 
 
 def may_decide(principal: Principal, approvers: object) -> bool:

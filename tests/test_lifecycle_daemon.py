@@ -47,6 +47,15 @@ states:
 """
 
 
+LIMITED = """
+id: limited
+concurrency: { limit: 1 }
+start: a
+states:
+  - { name: a, type: operation, action: agent.run, input: { agent: lim, task: a }, end: true }
+"""
+
+
 def _tasks(daemon: Daemon, agent: str) -> Counter[str]:
     return Counter(c.body.get("task") for c in daemon.agent_server.calls_for(agent))
 
@@ -70,6 +79,8 @@ def test_redrive_runs_only_the_failed_steps_at_every_level_and_rerun_starts_afre
     daemon.agent_server.behave("flaky2", fail_first=1)
     daemon.add_workflow("linear", LINEAR)
     daemon.add_workflow("fan", FAN)
+    daemon.add_agent("lim")
+    daemon.add_workflow("limited", LIMITED)
     daemon.start()
 
     # a linear run: b fails; a redrive calls b again, then c; a never again
@@ -119,6 +130,21 @@ def test_redrive_runs_only_the_failed_steps_at_every_level_and_rerun_starts_afre
     assert _tasks(daemon, "flaky2") == {"bad": 2}
     assert len(done["context"]["steps"]["each"]) == 3
     _gap_free(daemon, run["id"])
+
+    # a redriven run takes a concurrency slot again, or is refused while none is free (never over the limit)
+    daemon.agent_server.behave("lim", status=500)
+    first = daemon.start_run("limited")
+    daemon.wait_status(first["id"], "FAILED")
+    hold = threading.Event()
+    daemon.agent_server.behave("lim", hold=hold)
+    second = daemon.start_run("limited")
+    wait_until(lambda: len(daemon.agent_server.calls_for("lim")) >= 2, what="the second run's call")
+    refused = daemon.request("POST", f"/api/v1/workflow-runs/{first['id']}/redrive", json={})
+    assert refused.status_code == 409 and "concurrency limit" in refused.json()["error"]["message"]
+    hold.set()
+    daemon.wait_status(second["id"], "COMPLETED")
+    _redrive(daemon, first["id"])
+    daemon.wait_status(first["id"], "COMPLETED")
 
 
 def test_redrive_survives_a_kill_9_during_the_redriven_step(daemon: Daemon) -> None:
@@ -301,6 +327,15 @@ def test_recursion_is_refused_at_load_bounded_at_run_time_and_continue_as_new_ch
         {"name": "s", "type": "operation", "action": "workflow.run", "input": {"workflow": "selfish"}, "end": True}]}
     resp = daemon.request("POST", "/api/v1/workflows", json=body)
     assert resp.status_code == 422 and "would start itself" in resp.text
+    # a disabled workflow is out of the graph, so enabling it again is checked too
+    def starter(name: str, target: str) -> dict[str, Any]:
+        return {"id": name, "start": "s", "states": [
+            {"name": "s", "type": "operation", "action": "workflow.run", "input": {"workflow": target}, "end": True}]}
+    assert daemon.request("POST", "/api/v1/workflows", json=starter("ping", "pong")).status_code == 201
+    assert daemon.request("DELETE", "/api/v1/workflows/ping").status_code == 200
+    assert daemon.request("POST", "/api/v1/workflows", json=starter("pong", "ping")).status_code == 201
+    enabled = daemon.request("POST", "/api/v1/workflows/ping/enable")
+    assert enabled.status_code == 422 and "would start itself" in enabled.text
 
     # allowed recursion still stops at STATION_MAX_CHILD_DEPTH
     run = daemon.start_run("rec")

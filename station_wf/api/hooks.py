@@ -19,7 +19,8 @@ async def fire_hook(request: Request, state: ApiState) -> Response:
     headers = {k.lower(): v for k, v in request.headers.items()}
     authenticated = bool(request.scope.get("state", {}).get("authenticated"))
     answer = await state.integrations.triggers.fire(request.path_params["name"], headers, raw, authenticated,
-                                                    parse_json, request.headers.get("traceparent"))
+                                                    parse_json, request.headers.get("traceparent"),
+                                                    request.scope.get("state", {}).get("principal"))
     if answer.replayed:
         return replayed(request, answer)
     if answer.status >= 400:

@@ -82,6 +82,7 @@ class Op:
 
 
 LIMIT = q("limit", {**INT, "minimum": 1, "maximum": 1000}, "page size")
+TIME_Q = {**STR, "format": "date-time"}
 STATUSES = q("status", STR, "comma-separated run statuses (e.g. RUNNING,WAITING_APPROVAL)")
 WORKFLOW = q("workflowId", STR, "only this workflow's")
 LAST_ID = Param("Last-Event-ID", {**INT, "minimum": 0}, "resume after this event id (a run's seq; the global stream's id)",
@@ -147,7 +148,11 @@ OPERATIONS: list[Op] = [
        body=obj(["runs"], runs={**arr(ref("BatchItem")), "minItems": 1, "maxItems": 1000}), body_required=True),
     Op("GET", f"{API}/workflow-runs", "runs", "List runs, newest first", ref("RunPage"),
        query=(WORKFLOW, STATUSES, LIMIT, q("cursor", STR, "nextCursor of the previous page"),
-              q("parentRunId", STR, "only the children of this run"))),
+              q("parentRunId", STR, "only the children of this run"),
+              q("correlationId", STR, "only runs started with this correlation id"),
+              q("tag", STR, "name:value; only runs with this tag (repeat for several: all must match)"),
+              q("startedAfter", TIME_Q, "only runs created at or after this ISO-8601 time"),
+              q("startedBefore", TIME_Q, "only runs created before this ISO-8601 time"))),
     Op("GET", f"{API}/workflow-runs/stream", "streams", "Every run's events, live (SSE)", stream=True,
        query=(WORKFLOW, q("status", STR, "only runs now in these statuses (comma-separated)"), LAST_ID_Q, LAST_ID),
        description=SSE_DOC + " Without Last-Event-ID the stream starts live (no backlog)."),
@@ -204,11 +209,11 @@ OPERATIONS: list[Op] = [
        query=(q("environment", STR, "another environment under the same directory"),)),
     Op("GET", f"{API}/agents/{{name}}", "agents", "An agent (`name` or `name@environment`)",
        obj(["agent"], agent=ref("Agent")), query=(q("environment", STR),)),
-    # -- issue 18 (governance); published once its routes land (then drop `pending`)
+    # -- issue 18 (governance)
     Op("GET", f"{API}/governance/denials", "governance", "The audit log of policy denials, newest first",
        obj(["denials"], denials=arr({"type": "object"}), nextBefore=nullable(INT)),
-       query=(LIMIT, q("before", {**INT, "minimum": 0}, "nextBefore of the previous page")), pending="18"),
-    Op("GET", f"{API}/governance/policies", "governance", "The policies in force", {"type": "object"}, pending="18"),
+       query=(LIMIT, q("before", {**INT, "minimum": 0}, "nextBefore of the previous page"))),
+    Op("GET", f"{API}/governance/policies", "governance", "The policies in force", {"type": "object"}),
     # -- issue 19 (webhooks out, triggers in, bundles)
     Op("GET", f"{API}/webhook-subscriptions", "integrations", "Webhook subscriptions",
        obj(["subscriptions"], subscriptions=arr({"type": "object"}))),

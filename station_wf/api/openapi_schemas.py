@@ -63,6 +63,9 @@ RUN = obj(
     # issue 16: re-run, redrive, child workflows, continue-as-new
     parent=nullable(obj(["runId", "stepId"], runId=STR, stepId=STR)), rerunOf=nullable(STR),
     continuedFrom=nullable(STR), continuedAs=nullable(STR), depth=INT, redriveCount=INT,
+    # issue 18: correlation and tags; a run waiting for a concurrency slot shows where it is in line
+    correlationId=nullable(STR), tags={"type": "object", "additionalProperties": STR},
+    queue=nullable(obj(["key", "position"], key=STR, position=INT, limit=nullable(INT))),
 )
 
 EVENT = obj(
@@ -124,12 +127,15 @@ START = {
     "properties": {"workflowId": STR, "version": {**INT, "minimum": 1}, "input": ANY,
                    "workflow_id": {**STR, "description": "Station's name for workflowId"},
                    "environmentId": {"description": "Station's; accepted and unused"},
-                   "options": {"description": "Station's; accepted and unused"}},
+                   "options": {"description": "Station's; accepted and unused"},
+                   "correlationId": {**STR, "maxLength": 256, "description": "for finding related runs (issue 18)"},
+                   "tags": {"type": "object", "additionalProperties": STR, "maxProperties": 32}},
     "description": "workflowId (or Station's workflow_id) is required; input is checked against the workflow's inputSchema",
     "examples": [{"workflowId": "hello", "input": {"name": "Ada"}}],
 }
 
-BATCH_ITEM = {**obj(["workflowId"], workflowId=STR, version={**INT, "minimum": 1}, input=ANY, idempotencyKey=STR),
+BATCH_ITEM = {**obj(["workflowId"], workflowId=STR, version={**INT, "minimum": 1}, input=ANY, idempotencyKey=STR,
+                    correlationId=STR, tags={"type": "object", "additionalProperties": STR}),
               "examples": [{"workflowId": "hello", "input": {"name": "a"}, "idempotencyKey": "job-1"}]}
 BATCH_RESULT = obj(["index", "status"], index=INT, status=INT, run=ref("Run"),
                    error=obj(["code", "message"], code=STR, message=STR, details=ANY), replayed=BOOL)

@@ -79,7 +79,7 @@ async def rerun_run(request: Request, state: ApiState) -> Response:
     """A new run from this one's input and version (or the body's); 201 with its Location."""
     async def action(raw: bytes, effect_id: str | None) -> Response:
         run = await state.runs.rerun(request.path_params["run_id"], json_object(raw),
-                                     request.headers.get("traceparent"), effect_id)
+                                     request.headers.get("traceparent"), effect_id, principal_of(request))
         return SafeJSONResponse({"run": run}, status_code=201, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
 
     return await idempotent(request, state, action)

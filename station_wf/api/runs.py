@@ -14,15 +14,18 @@ from station_wf.api.http import (
     key_scope,
     keyed_request,
     parse_json,
+    principal_of,
     read_body,
     replayed,
 )
 from station_wf.api.params import int_param
 from station_wf.api.state import ApiState
 from station_wf.errors import ServiceError, invalid
+from station_wf.governance.admission import run_meta
+from station_wf.governance.queries import run_filters
 from station_wf.services.run_start import batch_items
 
-START_FIELDS = frozenset({"workflowId", "version", "input"})
+START_FIELDS = frozenset({"workflowId", "version", "input", "correlationId", "tags"})
 
 
 def station_start_body(body: Any) -> Any:
@@ -61,7 +64,9 @@ async def start_run(request: Request, state: ApiState) -> Response:
         answer = await state.idempotency.refuse(keyed, exc)
     else:
         answer = await state.runs.start_keyed(keyed, body.get("workflowId"), body.get("input"), body.get("version"),
-                                              traceparent=request.headers.get("traceparent"))
+                                              traceparent=request.headers.get("traceparent"),
+                                              meta=run_meta(body.get("correlationId"), body.get("tags"),
+                                                            principal=principal_of(request)))
     if answer.replayed:
         return replayed(request, answer)
     if answer.status >= 400:
@@ -80,21 +85,24 @@ async def start_batch(request: Request, state: ApiState) -> Response:
                       {"header": "Idempotency-Key"})
     body, _ = await json_body(request, state)
     items = batch_items(body)
-    results = await state.runs.start_batch(items, request.headers.get("traceparent"), key_scope(request))
+    results = await state.runs.start_batch(items, request.headers.get("traceparent"), key_scope(request),
+                                           principal_of(request))
     return SafeJSONResponse({"results": results})
 
 
 async def started(request: Request, state: ApiState, workflow_id: Any, body: dict[str, Any], effect_id: str | None) -> Response:
     """Start the run and answer 201 with its Location (shared with Station's nested start route)."""
     run = await state.runs.start(workflow_id, body.get("input"), body.get("version"),
-                                 traceparent=request.headers.get("traceparent"), run_id=effect_id)
+                                 traceparent=request.headers.get("traceparent"), run_id=effect_id,
+                                 meta=run_meta(body.get("correlationId"), body.get("tags"), principal=principal_of(request)))
     return SafeJSONResponse({"run": run}, status_code=201, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
 
 
 async def list_runs(request: Request, state: ApiState) -> Response:
     q = request.query_params
     return SafeJSONResponse(await state.runs.list(q.get("workflowId"), q.get("status"), int_param(request, "limit", 50),
-                                                  q.get("cursor"), q.get("parentRunId")))
+                                                  q.get("cursor"), run_filters(q), principal_of(request),
+                                                  q.get("parentRunId")))
 
 
 async def get_run(request: Request, state: ApiState) -> Response:

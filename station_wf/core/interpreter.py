@@ -60,8 +60,9 @@ def start_run(defn: dict[str, Any], run: RunState) -> Transition:
     engine = empty_engine()
     t = Transition(run_status=RUNNING, engine=engine, events=[Event("run.started", started_payload(run.context))])
     t.new_steps.append(new_step(run.run_id, defn["states"][defn["start"]], ""))
-    if defn.get("timeoutSeconds"):
-        t.timers.append(NewTimer("run_timeout", float(defn["timeoutSeconds"])))
+    timeout = run.rules.run_timeout(defn.get("timeoutSeconds"))
+    if timeout is not None:
+        t.timers.append(NewTimer("run_timeout", timeout))
     return t
 
 
@@ -214,7 +215,9 @@ def timer_fired(defn: dict[str, Any], run: RunState, kind: str, step: StepView |
     engine = fork_engine(run.engine)
     if kind == "run_timeout":
         t = Transition(engine=engine)
-        end_run(run, engine, t, TIMED_OUT, {"type": "timeout", "message": f"workflow timed out after {defn.get('timeoutSeconds')}s"})
+        limit = run.rules.run_timeout(defn.get("timeoutSeconds"))
+        after = f" after {limit:g}s" if limit is not None else ""
+        end_run(run, engine, t, TIMED_OUT, {"type": "timeout", "message": f"workflow timed out{after}"})
         return t
     if kind == "approval_timeout" and step is not None and step.status == WAITING_APPROVAL:
         return None  # decided through approval_decided by the shell, which owns the approval row

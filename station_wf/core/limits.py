@@ -46,6 +46,8 @@ def configure(settings: Any) -> None:
         retry_max_backoff_s=float(settings.retry_max_backoff_seconds),
         step_timeout_default_s=float(settings.step_timeout_default_seconds),
         step_timeout_max_s=float(settings.step_timeout_max_seconds),
+        run_timeout_default_s=float(getattr(settings, "run_timeout_default_seconds", 0.0)),
+        run_timeout_max_s=float(getattr(settings, "run_timeout_max_seconds", 0.0)),
     )
 
 

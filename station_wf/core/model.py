@@ -49,6 +49,15 @@ class Rules:
     retry_max_backoff_s: float = 3600.0
     step_timeout_default_s: float = 3600.0
     step_timeout_max_s: float = 86400.0
+    run_timeout_default_s: float = 0.0  # issue 18: a run's timeout when its workflow names none (0: none)
+    run_timeout_max_s: float = 0.0      # issue 18: the longest any run may last (0: no maximum)
+
+    def run_timeout(self, requested: float | None) -> float | None:
+        """The run's durable timeout: its workflow's `timeoutSeconds` or the default, at most the maximum."""
+        value = float(requested) if requested else self.run_timeout_default_s
+        if self.run_timeout_max_s > 0:
+            value = min(value, self.run_timeout_max_s) if value > 0 else self.run_timeout_max_s
+        return value if value > 0 else None
 
     def step_timeout(self, requested: float | None) -> float:
         """A step's `timeoutSeconds`, or the default; clamped to the maximum (never refused at run time)."""

@@ -12,7 +12,7 @@ from typing import Any
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 
-from station_wf.dsl import limits
+from station_wf.dsl import concurrency, limits
 from station_wf.dsl import station as station_dialect
 from station_wf.dsl.diagnostics import choices_text
 from station_wf.dsl.fields import FieldChecks
@@ -119,6 +119,10 @@ class Checker(StateTypes, FieldChecks):
             "schedules": schedules,
             "states": states,
         }
+        if obj.get("concurrency") is not None:  # issue 18: only when written (definitions without it are unchanged)
+            for sub, message in concurrency.problems(obj["concurrency"]):
+                self.error(("concurrency", *sub), message)
+            result["concurrency"] = obj["concurrency"]
         self.report.raise_if_any()
         return station_dialect.finish(result, prep, self.report)
 

@@ -36,7 +36,7 @@ MISSING: Any = object()
 
 TOP_KEYS = (
     "id", "version", "name", "description", "inputSchema", "timeoutSeconds", "start", "states",
-    "schedules", "metadata", "specVersion",
+    "schedules", "metadata", "specVersion", "concurrency",
 )
 COMMON_KEYS = ("name", "id", "type", "next", "transition", "end", "resultPath", "description", "metadata")
 TYPE_KEYS: dict[str, tuple[str, ...]] = {

@@ -23,6 +23,7 @@ from station_wf.core.identity import child_run_id, idempotency_key, successor_ru
 from station_wf.core.limits import LIMITS
 from station_wf.deferral import after_commit
 from station_wf.engine import commit, control, runs, step_tx  # commit.py imports this module last: no cycle
+from station_wf.governance import admission
 from station_wf.protocol import step_task
 from station_wf.store import lineage, outbox, run_reads
 from station_wf.store import runs as rs
@@ -79,6 +80,9 @@ def begin(conn: sqlite3.Connection, defs: DefinitionCache, run: rs.RunRow, row: 
     problems = _input_problems(child_defn, req.input)
     if problems:
         return _refuse(conn, defs, run, defn, view, f"the input does not match {req.workflow!r}'s inputSchema: {problems}")
+    refused = admission.child_refusal(conn, run.workflow_id, req.workflow, head["version"], req.input)  # issue 18: policies
+    if refused is not None:
+        return _refuse(conn, defs, run, defn, view, refused)
     rs.mark_running(conn, run, row, action, rendered, timeout_s)
     _create(conn, defs, head, child_defn, child_id, req.input, run.traceparent, lineage.Origin(
         parent_run_id=run.run_id, parent_step_id=view.step_id, parent_attempt=view.attempt, parent_waits=req.wait,

@@ -16,6 +16,7 @@ from station_wf.core import model, waits
 from station_wf.core import redrive as redrive_core
 from station_wf.core.limits import LIMITS
 from station_wf.engine.commit import commit_transition, decide_and_commit
+from station_wf.governance import admission
 from station_wf.store import approvals, lineage, timers
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
@@ -91,6 +92,7 @@ def deliver_signal(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str,
     if rs.run_counts(conn, run_id)[1] >= LIMITS.max_events_per_run:  # a signal is an event: refused, the run kept
         raise Conflict(f"the run has {LIMITS.max_events_per_run} events, its cap (STATION_MAX_EVENTS_PER_RUN)",
                        {"status": run.status, "limit": "max_events_per_run"})
+    admission.check_signal_rate(conn, run.workflow_id)  # issue 18: 429 with Retry-After over the rate
     now = utcnow()
     signal_id = approvals.insert_signal(conn, run_id, name, payload, sender, now, effect_id)
     rs.append_event(conn, run_id, "signal.received", {"signal": name, "signalId": signal_id, "payload": payload}, actor=sender)
@@ -217,6 +219,10 @@ def redrive(conn: sqlite3.Connection, defs: DefinitionCache, run_id: str, actor:
                                                                                            "max_events_per_run"):
         raise Conflict(f"the run ended on its cap ({cap.get('setting')}={cap.get('max')}): a redrive would pass it "
                        "again; re-run it instead", {"status": run.status, "limit": cap.get("limit")})
+    refused = admission.readmit(conn, run_id, run.workflow_id, defs.get(conn, run.workflow_id, run.workflow_version),
+                                (run.context.get("workflow") or {}).get("input", {}))
+    if refused:
+        raise Conflict(f"the run cannot be redriven now: {refused}", {"status": run.status})
     number = lineage.count_redrive(conn, run_id)
     latest = lineage.latest_attempts(conn, run_id)
     try:

@@ -19,6 +19,7 @@ from station_wf.dsl.input_schema import SchemaProblem, input_schema_errors
 from station_wf.engine.commit import decide_and_commit
 from station_wf.errors import ServiceError
 from station_wf.faults import fault_error
+from station_wf.governance import admission
 from station_wf.store import lineage
 from station_wf.store import runs as rs
 from station_wf.store.db import utcnow
@@ -47,10 +48,11 @@ def input_problems(schema: dict[str, Any] | None, run_input: Any) -> list[dict[s
 
 def insert_new_run(conn: sqlite3.Connection, row: sqlite3.Row, defn: dict[str, Any], run_id: str, run_input: dict[str, Any],
                    traceparent: str | None, extra_context: dict[str, Any] | None = None,
-                   run_task: bool = True, origin: lineage.Origin | None = None) -> dict[str, Any]:
+                   run_task: bool = True, origin: lineage.Origin | None = None,
+                   meta: admission.RunMeta | None = None) -> dict[str, Any]:
     """The one way a run is created (API, schedules, re-runs, child runs, continue-as-new): its context,
-    row, first event, where it came from, and (unless the caller starts it in this transaction) its run
-    task. A child's context names its parent under `workflow.parent`."""
+    row, first event, where it came from, and (unless the caller starts it in this transaction, or it
+    waits for a concurrency slot) its run task. A child's context names its parent under `workflow.parent`."""
     now = utcnow()
     context = history.initial_context(defn, run_id, row["version"], run_input, now)
     context.update(extra_context or {})
@@ -59,21 +61,27 @@ def insert_new_run(conn: sqlite3.Connection, row: sqlite3.Row, defn: dict[str, A
                                          "attempt": origin.parent_attempt, "wait": origin.parent_waits,
                                          "workflowId": origin.lineage[-1] if origin.lineage else None}
     rs.insert_run(conn, run_id, row["workflow_id"], row["version"], row["content_hash"], run_input, context, traceparent, now,
-                  run_task=run_task)
+                  run_task=False)
     if origin is not None:
         lineage.record_origin(conn, run_id, origin)
+    child = origin is not None and bool(origin.parent_run_id)
+    if admission.admit(conn, run_id, row["workflow_id"], defn, run_input, meta, child) and run_task:  # issue 18: limits
+        rs.enqueue_run_task(conn, run_id, traceparent)
     return context
 
 
 def create_and_start(conn: sqlite3.Connection, defs: DefinitionCache, row: sqlite3.Row, defn: dict[str, Any], run_id: str,
-                     run_input: dict[str, Any], traceparent: str | None, origin: lineage.Origin | None = None) -> bool:
+                     run_input: dict[str, Any], traceparent: str | None, origin: lineage.Origin | None = None,
+                     meta: admission.RunMeta | None = None) -> bool:
     """Insert the run and decide its start in this transaction; True when it started here.
 
     The decision runs in a savepoint: if it raises (other than for storage), only it is undone and the run is committed PENDING
     with its run task (the worker tries again, within its delivery budget). A `Deferred` (an expression
     for the sandbox) is a BaseException: it undoes the whole transaction, which the writer runs again;
     nothing here depends on an earlier attempt."""
-    insert_new_run(conn, row, defn, run_id, run_input, traceparent, run_task=False, origin=origin)
+    insert_new_run(conn, row, defn, run_id, run_input, traceparent, run_task=False, origin=origin, meta=meta)
+    if admission.waiting(conn, run_id, defn):
+        return False  # issue 18: queued for a concurrency slot; the run that frees one starts it
     point = rs.Savepoint(conn, "start_run")
     try:
         if fault_error("api.start_run"):  # tests: a start decision that fails

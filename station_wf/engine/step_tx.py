@@ -23,6 +23,7 @@ from station_wf.engine import children
 from station_wf.engine.commit import commit_transition, decide_and_commit
 from station_wf.executors.base import StepCall
 from station_wf.faults import crash_point, fault_error
+from station_wf.governance import admission, agents
 from station_wf.protocol import Task
 from station_wf.store import runs as rs
 from station_wf.store import timers
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Skip:
     reason: str
+    later: float | None = None  # issue 18: give the task back, to be tried again this many seconds later
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,8 @@ class StepTransactions:
         run = rs.load_run(conn, run_id)
         if run is None:
             return Unknown()
-        if run.status != model.PENDING:
-            return 0
+        if run.status != model.PENDING or not admission.may_start(conn, run_id):
+            return 0  # started already, or (issue 18) waiting for a concurrency slot
         deliveries, cause = rs.run_deliveries(conn, run_id)
         if deliveries > LIMITS.max_deliveries:
             error = _engine_error("(start)", deliveries, cause)
@@ -135,6 +137,8 @@ class StepTransactions:
             t = ip.step_failed(defn, rs.run_state(conn, run), view, ip.step_timeout_error(row["state_name"], timeout))
             timers.close_step_timeout(conn, run_id, step, attempt)
             return Committed(commit_transition(conn, self.definitions, run, t, view))
+        if not agents.take_slot(conn, row["id"], run_id, decided.action, decided.input):  # issue 18: maxConcurrency
+            return Skip("its agent runs maxConcurrency steps already", later=agents.RETRY_DELAY_S)
         rs.mark_running(conn, run, row, decided.action, decided.input, timeout)
         return Run(StepCall(
             run_id=run_id, step_id=step, attempt=attempt, idempotency_key=row["idempotency_key"],

@@ -246,7 +246,7 @@ class TaskWorker:
                 return
             if isinstance(begun, Skip):
                 log.debug("worker: skip %s/%s#%d: %s", run_id, step, attempt, begun.reason)
-                await msg.ack()
+                await (msg.nak(delay=begun.later) if begun.later is not None else msg.ack())
                 return
             if isinstance(begun, Committed):
                 self.on_commit()

@@ -30,8 +30,11 @@ from typing import Any
 
 from station_wf.errors import ServiceError, invalid
 from station_wf.expr.paths import PathError, get_path
+from station_wf.governance.admission import RunMeta
+from station_wf.governance.permissions import require
 from station_wf.integrations.signing import hex_digest, matches
 from station_wf.integrations.subscriptions import read_integrations
+from station_wf.principals import Principal
 from station_wf.services import idempotency as idem
 from station_wf.services.runs import RunService
 
@@ -237,20 +240,24 @@ class TriggerService:
         return self.hooks.get(name) or Hook(name, name, declared=False)
 
     async def fire(self, name: str, headers: dict[str, str], body: bytes, authenticated: bool,
-                   parse: Any, traceparent: str | None) -> idem.Answer:
+                   parse: Any, traceparent: str | None, principal: Principal | None = None) -> idem.Answer:
         hook = self.hook(name)
-        if hook.verify == "none" and self.api_tokens and not authenticated:
-            raise ServiceError(401, "unauthorized", f"hook {name!r} has no verify: of its own; send the API's bearer token")
+        if hook.verify == "none" and self.api_tokens:
+            if not authenticated:
+                raise ServiceError(401, "unauthorized", f"hook {name!r} has no verify: of its own; send the API's bearer token")
+            require(principal, "runs:start")  # the API's token: its roles as for POST /workflow-runs
+        # Who starts the run, for the policies: the API caller, or the verified outside system.
+        meta = RunMeta(principal=principal if hook.verify == "none" else Principal(f"hook:{hook.name}", (), ("system",)))
         signature = verify(hook, headers, body, self.window_s, time.time())
         payload = parse(body)
         run_input = map_input(hook.input, payload)
         key = self._key(hook, headers, payload, signature)
         scope = f"hook {hook.name}"
         if key is None:
-            run = await self.runs.start(hook.workflow, run_input, hook.version, traceparent=traceparent)
+            run = await self.runs.start(hook.workflow, run_input, hook.version, traceparent=traceparent, meta=meta)
             return idem.Answer(201, {"run": run})
         keyed = idem.Keyed(scope, key, idem.request_hash("POST", scope, body))
-        return await self.runs.start_keyed(keyed, hook.workflow, run_input, hook.version, traceparent=traceparent)
+        return await self.runs.start_keyed(keyed, hook.workflow, run_input, hook.version, traceparent=traceparent, meta=meta)
 
     @staticmethod
     def _key(hook: Hook, headers: dict[str, str], payload: Any, signature: str | None) -> str | None:

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from station_wf.errors import ServiceError
+from station_wf.governance.admission import RunMeta
 from station_wf.principals import Principal
 
 WAIT_ARG = "_waitSeconds"
@@ -176,7 +177,7 @@ class WorkflowTools:
 
     async def _start(self, wf_id: str, args: dict[str, Any]) -> dict[str, Any]:
         wait = args.pop(WAIT_ARG, None)
-        run = await self.runs.start(wf_id, args)
+        run = await self.runs.start(wf_id, args, meta=RunMeta(principal=_principal.get()))  # issue 18: its policies
         if not isinstance(wait, int | float) or isinstance(wait, bool) or wait <= 0:
             return {"run": run}
         deadline = time.monotonic() + min(float(wait), MAX_WAIT_S)

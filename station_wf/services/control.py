@@ -12,6 +12,7 @@ from typing import Any
 from station_wf.engine import control as ec
 from station_wf.engine.approval_webhooks import deliveries_to_api
 from station_wf.errors import ServiceError, invalid, not_found
+from station_wf.governance import policies
 from station_wf.principals import Principal, may_decide
 from station_wf.services.runs import RunService
 from station_wf.store import approval_lookup as approvals
@@ -47,6 +48,10 @@ class ControlService:
     async def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         try:
             result = await self.writer.run(fn)
+        except policies.PolicyDenied as denied:  # issue 18: the refusal is audited in a transaction of its own
+            denial = denied.denial
+            await self.writer.run(lambda c: policies.record(c, denial))
+            raise
         except ec.Missing as exc:
             raise ServiceError(404, "not_found", str(exc)) from None
         except ec.Conflict as exc:
@@ -108,7 +113,11 @@ class ControlService:
     async def signal(self, run_id: str, name: Any, payload: Any, principal: Principal, effect_id: str | None = None) -> dict[str, Any]:
         if not isinstance(name, str) or not SIGNAL_NAME.match(name):
             raise invalid("signal name must be 1-128 letters, digits, '_' or '-'", {"name": name})
-        _, info = await self._tx(lambda c: ec.deliver_signal(c, self.definitions, run_id, name, payload, principal.name, effect_id))
+        def tx(c: sqlite3.Connection) -> Any:
+            policies.guard(c, run_id, lambda run: policies.check_signal(c, principal, run, name, payload))  # issue 18
+            return ec.deliver_signal(c, self.definitions, run_id, name, payload, principal.name, effect_id)
+
+        _, info = await self._tx(tx)
         return info
 
     # -- run control ------------------------------------------------------------------------------
@@ -128,6 +137,10 @@ class ControlService:
     async def cancel(self, run_id: str, reason: Any, principal: Principal) -> dict[str, Any]:
         if reason is not None and not isinstance(reason, str):
             raise invalid("reason must be a string")
-        await self._tx(lambda c: ec.cancel(c, self.definitions, run_id, reason, principal.name))
+        def tx(c: sqlite3.Connection) -> Any:
+            policies.guard(c, run_id, lambda run: policies.check_cancel(principal, run, reason))  # issue 18
+            return ec.cancel(c, self.definitions, run_id, reason, principal.name)
+
+        await self._tx(tx)
         self.cancel_executions(run_id)  # after the commit: the late results find the steps closed
         return await self.runs.get(run_id)

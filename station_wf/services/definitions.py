@@ -395,8 +395,11 @@ def _tx_disable(workflow_id: str):
 
 def _tx_set_status(workflow_id: str, status: str):
     def apply(conn: sqlite3.Connection) -> None:
-        if ds.latest_row(conn, workflow_id) is None:
+        head = ds.latest_row(conn, workflow_id)
+        if head is None:
             raise not_found("workflow", workflow_id)
+        if status == "active" and head["status"] != "active":  # back in the graph of starters: a cycle now?
+            _refuse_recursion(conn, json.loads(head["definition"]))
         ds.set_status(conn, workflow_id, status)
     return apply
 
@@ -468,8 +471,11 @@ def _tx_rollback(workflow_id: str, version: int):
             raise ServiceError(409, "conflict", f"version {version} has the content of the latest version {head['version']}: nothing to roll back",
                                {"id": workflow_id, "version": version, "latest": head["version"]})
         defn = json.loads(old["definition"])
-        _refuse_recursion(conn, defn)
+        if head["status"] == "active":
+            _refuse_recursion(conn, defn)
         made = ds.register(conn, defn, old["raw"], source="api").version
+        if head["status"] != "active":  # a rollback changes the content, not whether it may start
+            ds.set_status(conn, workflow_id, head["status"])
         sync_schedules(conn, workflow_id, defn)
         return made
     return apply

@@ -72,8 +72,9 @@ def error_body(exc: ServiceError) -> dict[str, Any]:
 
 
 def stores_error(exc: ServiceError) -> bool:
-    """A 4xx is the key's answer; a 409 (busy, disabled) or 5xx is not: the key is free again."""
-    return exc.status < 500 and exc.status != 409
+    """A 4xx is the key's answer; a 409 (busy, disabled), a 429 (rate limited: retry later) or 5xx
+    is not: the key is free again."""
+    return exc.status < 500 and exc.status not in (409, 429)
 
 
 def claim(conn: Any, keyed: Keyed, effect: str) -> tuple[str | None, Answer | None]:

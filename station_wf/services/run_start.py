@@ -20,6 +20,7 @@ from station_wf.deferral import Deferred
 from station_wf.engine.runs import create_and_start
 from station_wf.errors import ServiceError, invalid
 from station_wf.faults import crash_point
+from station_wf.governance import admission, policies
 from station_wf.services import idempotency as idem
 from station_wf.store import run_reads, run_start
 from station_wf.store import runs as rs
@@ -28,7 +29,7 @@ from station_wf.store.lineage import Origin
 from station_wf.telemetry.tracing import new_run_traceparent
 
 MAX_BATCH = 1000
-BATCH_ITEM_FIELDS = frozenset({"workflowId", "version", "input", "idempotencyKey"})
+BATCH_ITEM_FIELDS = frozenset({"workflowId", "version", "input", "idempotencyKey", "correlationId", "tags"})
 MAX_PREPARES = 3
 """Starts prepared again after a stale head or a taken-over key, at most (then 503)."""
 
@@ -73,6 +74,7 @@ class Start:
     keyed: idem.Keyed | None = None
     index: int = 0
     origin: Origin | None = None  # a re-run names the run it re-runs
+    meta: admission.RunMeta | None = None
 
     @property
     def workflow_id(self) -> str:
@@ -99,11 +101,11 @@ class Outcome:
 
 def new_start(head: Head, version: int | None, run_input: dict[str, Any], traceparent: str | None,
               run_id: str | None = None, keyed: idem.Keyed | None = None, index: int = 0,
-              origin: Origin | None = None) -> Start:
+              origin: Origin | None = None, meta: admission.RunMeta | None = None) -> Start:
     run_id = run_id or str(uuid.uuid4())
     tp = new_run_traceparent(traceparent, {"workflow.id": head.row["workflow_id"], "workflow.version": head.row["version"],
                                            "run.id": run_id})
-    return Start(head, version, run_input, run_id, tp, keyed, index, origin)
+    return Start(head, version, run_input, run_id, tp, keyed, index, origin, meta)
 
 
 def _check_head(conn: sqlite3.Connection, s: Start) -> None:
@@ -131,7 +133,9 @@ def start_in_tx(conn: sqlite3.Connection, defs: DefinitionCache, s: Start, view:
     created = False
     if not run_reads.run_exists(conn, s.run_id):  # else: made by an earlier attempt of this request
         _check_head(conn, s)
-        create_and_start(conn, defs, s.head.row, s.head.definition, s.run_id, s.run_input, s.traceparent, origin=s.origin)
+        admission.check_start(conn, s.workflow_id, s.head.row["version"], s.run_input, s.meta)  # issue 18: policies, rate
+        create_and_start(conn, defs, s.head.row, s.head.definition, s.run_id, s.run_input, s.traceparent, origin=s.origin,
+                         meta=s.meta)
         created = True
     rows = run_start.run_with_steps(conn, s.run_id)
     if s.keyed is None:
@@ -173,6 +177,8 @@ class BatchTx:
                 if not conn.in_transaction:
                     raise
                 point.undo()
+                if isinstance(exc, policies.PolicyDenied):
+                    policies.record(conn, exc.denial)  # issue 18: the audit log keeps the refusal
                 out.append(Outcome(exc.status, idem.error_body(exc)))
             else:
                 point.keep()
@@ -222,7 +228,7 @@ def batch_items(body: Any) -> list[Any]:
 def batch_item(item: Any) -> dict[str, Any]:
     """One item, checked alone (its errors are its own answer)."""
     if not isinstance(item, dict):
-        raise invalid("each item must be a JSON object {workflowId, version?, input?, idempotencyKey?}")
+        raise invalid("each item must be a JSON object {workflowId, version?, input?, idempotencyKey?, correlationId?, tags?}")
     unknown = sorted(set(item) - BATCH_ITEM_FIELDS)
     if unknown:
         raise invalid(f"unknown field(s): {', '.join(unknown)}", {"fields": unknown})
@@ -232,5 +238,6 @@ def batch_item(item: Any) -> dict[str, Any]:
             raise ServiceError(400, "invalid_idempotency_key", "idempotencyKey must be a string of 1-255 characters")
         idem.check_key(key)
     check_ids(item.get("workflowId"), item.get("version"))
+    admission.run_meta(item.get("correlationId"), item.get("tags"))
     return item
 

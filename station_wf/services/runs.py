@@ -11,11 +11,15 @@ from station_wf.core import model
 from station_wf.engine.runs import input_problems
 from station_wf.errors import ServiceError, invalid, not_found
 from station_wf.faults import crash_point
+from station_wf.governance import policies
+from station_wf.governance.admission import RunMeta, run_meta
+from station_wf.governance.queries import RunFilters
+from station_wf.principals import Principal
 from station_wf.services import idempotency as idem
 from station_wf.services import run_start as rstart
 from station_wf.services.offload import DEFAULT as DEFAULT_OFFLOADER
 from station_wf.services.offload import Offloader
-from station_wf.store import lineage, run_reads
+from station_wf.store import governance_runs, governance_slots, lineage, run_reads
 from station_wf.store.db import Readers, Writer
 from station_wf.store.definitions import DefinitionCache, Head, read_definition
 from station_wf.store.events import LIST_FIELDS, event_from_row, event_view, run_events
@@ -50,6 +54,7 @@ def run_to_api(row: sqlite3.Row, steps: list[sqlite3.Row] | None = None, include
         "error": _json(row["error"]), "version": row["version"], "lastEventSeq": row["event_seq"],
         "createdAt": row["created_at"], "startedAt": row["started_at"], "updatedAt": row["updated_at"],
         "completedAt": row["completed_at"], **lineage.lineage_to_api(row),
+        "correlationId": row["correlation_id"], "tags": _json(row["tags"]) or {},
     }
     if include_context:
         out["context"] = _json(row["context"])
@@ -99,16 +104,17 @@ class RunService:
         self.idempotency = idem.IdempotencyStore(writer)
 
     async def start(self, workflow_id: Any, run_input: Any, version: Any = None, traceparent: str | None = None,
-                    run_id: str | None = None, origin: Origin | None = None) -> dict[str, Any]:
+                    run_id: str | None = None, origin: Origin | None = None, meta: RunMeta | None = None) -> dict[str, Any]:
         """Start a run (started in the same transaction, see `run_start`); with `run_id` (an idempotency
         key's effect id) a run that already has it is returned instead."""
-        outcome = await self._start(workflow_id, run_input, version, traceparent, run_id, None, origin)
+        outcome = await self._start(workflow_id, run_input, version, traceparent, run_id, None, origin, meta)
         return outcome.render(run_to_api)["run"]
 
     async def rerun(self, run_id: str, body: dict[str, Any], traceparent: str | None = None,
-                    effect_id: str | None = None) -> dict[str, Any]:
+                    effect_id: str | None = None, principal: Principal | None = None) -> dict[str, Any]:
         """A new run with the old one's input (or `input`) on its version (or `version`: a number or
-        "latest"); it records the run it re-runs (`rerunOf`)."""
+        "latest"); it records the run it re-runs (`rerunOf`), keeps its correlation id and tags, and
+        passes the policies and limits as any start (issue 18)."""
         unknown = sorted(set(body) - {"version", "input"})
         if unknown:
             raise invalid(f"unknown field(s): {', '.join(unknown)}", {"fields": unknown})
@@ -119,7 +125,8 @@ class RunService:
         if version == "latest":
             version = None
         run_input = body["input"] if body.get("input") is not None else json.loads(row["input"])
-        return await self.start(row["workflow_id"], run_input, version, traceparent, effect_id, Origin(rerun_of=run_id))
+        meta = RunMeta(row["correlation_id"], _json(row["tags"]) or {}, principal)
+        return await self.start(row["workflow_id"], run_input, version, traceparent, effect_id, Origin(rerun_of=run_id), meta)
 
     async def children(self, run_id: str) -> dict[str, Any]:
         if not await run_reads.run_known(self.readers, run_id):
@@ -127,11 +134,11 @@ class RunService:
         return {"runs": [run_to_api(r, include_context=False) for r in await lineage.children(self.readers, run_id)]}
 
     async def start_keyed(self, keyed: idem.Keyed, workflow_id: Any, run_input: Any, version: Any = None,
-                          traceparent: str | None = None) -> idem.Answer:
+                          traceparent: str | None = None, meta: RunMeta | None = None) -> idem.Answer:
         """A start with an Idempotency-Key: reservation, run and answer in one transaction; a retry
         gets the stored answer (`replayed`)."""
         try:
-            outcome = await self._start(workflow_id, run_input, version, traceparent, None, keyed)
+            outcome = await self._start(workflow_id, run_input, version, traceparent, None, keyed, meta=meta)
         except ServiceError as exc:
             if not idem.stores_error(exc):
                 raise
@@ -140,15 +147,19 @@ class RunService:
         return idem.Answer(outcome.status, outcome.render(run_to_api), outcome.replayed)
 
     async def _start(self, workflow_id: Any, run_input: Any, version: Any, traceparent: str | None,
-                     run_id: str | None, keyed: idem.Keyed | None, origin: Origin | None = None) -> rstart.Outcome:
+                     run_id: str | None, keyed: idem.Keyed | None, origin: Origin | None = None,
+                     meta: RunMeta | None = None) -> rstart.Outcome:
         rstart.check_ids(workflow_id, version)
         run_input = {} if run_input is None else run_input
         for _ in range(rstart.MAX_PREPARES):
             head = await self._head(workflow_id, version)
             await self._check_input(head, workflow_id, run_input)
-            s = rstart.new_start(head, version, run_input, traceparent, run_id, keyed, origin=origin)
+            s = rstart.new_start(head, version, run_input, traceparent, run_id, keyed, origin=origin, meta=meta)
             try:
                 outcome = await self.writer.run(lambda conn, s=s: rstart.start_in_tx(conn, self.definitions, s, run_to_api))
+            except policies.PolicyDenied as denied:  # issue 18: recorded apart (the start's transaction is undone)
+                await self.writer.run(lambda conn, d=denied.denial: policies.record(conn, d))
+                raise
             except rstart.StaleHead:
                 self.definitions.forget_head(workflow_id)
                 continue
@@ -159,12 +170,13 @@ class RunService:
             return outcome
         raise ServiceError(503, "busy", "the workflow's definition kept changing during the start; try again")
 
-    async def start_batch(self, items: list[Any], traceparent: str | None, scope: str) -> list[dict[str, Any]]:
+    async def start_batch(self, items: list[Any], traceparent: str | None, scope: str,
+                          principal: Principal | None = None) -> list[dict[str, Any]]:
         """Every valid item started in ONE transaction; per-item results in order (`index`, `status`,
         `run` or `error`). Keys live in `scope` (the batch route and principal)."""
         run_ids: dict[int, str] = {}
         for _ in range(rstart.MAX_PREPARES):
-            prepared = await self._prepare_batch(items, traceparent, scope, run_ids)
+            prepared = await self._prepare_batch(items, traceparent, scope, run_ids, principal)
             tx = rstart.BatchTx(self.definitions, prepared, run_to_api)
             try:
                 outcomes = await self.writer.run(tx)
@@ -186,7 +198,7 @@ class RunService:
         raise ServiceError(503, "busy", "the workflows' definitions kept changing during the batch; try again")
 
     async def _prepare_batch(self, items: list[Any], traceparent: str | None, scope: str,
-                             run_ids: dict[int, str]) -> list[rstart.Start | rstart.Refused]:
+                             run_ids: dict[int, str], principal: Principal | None = None) -> list[rstart.Start | rstart.Refused]:
         """Check each item alone (its errors are its answer), with one head read per workflow and the
         schema checks done together off the loop."""
         prepared: list[rstart.Start | rstart.Refused] = []
@@ -214,7 +226,8 @@ class RunService:
                     problems = input_problems(None, run_input)
                     if problems:
                         raise self._invalid_input(wf, problems)
-                prepared.append(rstart.new_start(head, version, run_input, traceparent, run_ids.get(i), keyed, i))
+                meta = run_meta(item.get("correlationId"), item.get("tags"), principal=principal)
+                prepared.append(rstart.new_start(head, version, run_input, traceparent, run_ids.get(i), keyed, i, meta=meta))
             except ServiceError as exc:
                 prepared.append(rstart.Refused(exc, keyed, i))
         if to_check:
@@ -279,9 +292,13 @@ class RunService:
         if row is None:
             raise not_found("run", run_id)
         steps = await run_reads.run_steps(self.readers, run_id)
-        return run_to_api(row, steps)
+        out = run_to_api(row, steps)
+        if row["status"] == model.PENDING:  # issue 18: waiting for a concurrency slot, and where in line
+            out["queue"] = await governance_slots.queue_position(self.readers, run_id)
+        return out
 
     async def list(self, workflow_id: str | None, status: str | None, limit: int, cursor: str | None,
+                   filters: RunFilters | None = None, principal: Principal | None = None,
                    parent_run_id: str | None = None) -> dict[str, Any]:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise invalid(f"limit must be between 1 and {MAX_LIST_LIMIT}", {"limit": limit})
@@ -291,8 +308,16 @@ class RunService:
             unknown = [s for s in statuses if s not in RUN_STATUSES]
             if unknown:
                 raise invalid(f"unknown run status: {unknown[0][:40]!r}", {"status": unknown[:5], "allowed": sorted(RUN_STATUSES)})
+        if policies.active():  # issue 18: the query policy (its condition runs in a transaction: sandboxed)
+            try:
+                limit = await self.writer.run(lambda c: policies.check_query(principal, workflow_id, statuses, limit))
+            except policies.PolicyDenied as denied:
+                await self.writer.run(lambda conn, d=denied.denial: policies.record(conn, d))
+                raise
         before = decode_cursor(cursor) if cursor else None
-        rows = await run_reads.list_runs(self.readers, workflow_id, statuses, before, limit + 1, parent_run_id)
+        f = filters or RunFilters()
+        extra = governance_runs.list_filters(f.correlation_id, f.tags, f.started_after, f.started_before)
+        rows = await run_reads.list_runs(self.readers, workflow_id, statuses, before, limit + 1, parent_run_id, extra)
         more = len(rows) > limit
         rows = rows[:limit]
         return {

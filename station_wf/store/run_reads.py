@@ -33,7 +33,8 @@ async def run_steps(readers: Readers, run_id: str) -> list[sqlite3.Row]:
 
 
 async def list_runs(readers: Readers, workflow_id: str | None, statuses: Collection[str] | None, before_id: int | None,
-                    limit: int, parent_run_id: str | None = None) -> list[sqlite3.Row]:
+                    limit: int, parent_run_id: str | None = None,
+                    extra: tuple[list[str], list[Any]] = ([], [])) -> list[sqlite3.Row]:
     """Newest first (their `context` column is the blob without its patches: not for showing); `before_id` is the page cursor (the last row id of the previous page). `statuses`
     None is every status; an empty collection matches no run."""
     where, params = [], []
@@ -49,6 +50,8 @@ async def list_runs(readers: Readers, workflow_id: str | None, statuses: Collect
     if before_id is not None:
         where.append("id < ?")
         params.append(before_id)
+    where.extend(extra[0])  # issue 18: correlation id, tags, start times (store/governance_runs.list_filters)
+    params.extend(extra[1])
     sql = "SELECT * FROM workflow_runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
     return await readers.fetchall(sql, (*params, limit))
 

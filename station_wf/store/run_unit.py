@@ -25,8 +25,9 @@ from station_wf.core import interpreter as ip
 from station_wf.core import limits, model
 from station_wf.core.identity import idempotency_key
 from station_wf.deferral import after_commit
+from station_wf.governance.settings import GOVERNANCE
 from station_wf.protocol import step_task
-from station_wf.store import approvals, context_patches, dialect, outbox, run_cache, timers
+from station_wf.store import approvals, context_patches, dialect, governance_slots, outbox, run_cache, timers
 from station_wf.store import vocab as v
 from station_wf.store.db import utcnow
 from station_wf.store.dialect import per_dialect
@@ -267,6 +268,7 @@ class RunUnit:
             self.signals = tuple(s for s in self.signals if s.id not in gone)
         if t.run_status in model.TERMINAL_RUN_STATUSES:
             after_commit(functools.partial(runs_finished_total.inc, workflow=self.run.workflow_id, status=t.run_status))
+            governance_slots.release(conn, self.run_id, GOVERNANCE.max_concurrent_runs)  # issue 18: next queued run
         if self.status in model.TERMINAL_RUN_STATUSES:
             timers.close_for_run(conn, self.run_id, now)
             approvals.close_pending(conn, self.run_id, now)

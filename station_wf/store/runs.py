@@ -256,8 +256,12 @@ async def lost_task_candidates(readers: Readers, created_before: str) -> list[sq
 
 
 async def unstarted_runs(readers: Readers, created_before: str) -> list[sqlite3.Row]:
+    """PENDING runs whose run task may be lost; not those waiting for a concurrency slot (issue 18:
+    they have no task on purpose, the run that frees a slot gives them one)."""
     return await readers.fetchall(
-        f"SELECT run_id, traceparent FROM workflow_runs WHERE status = '{model.PENDING}' AND created_at < ?", (created_before,))
+        f"SELECT run_id, traceparent FROM workflow_runs WHERE status = '{model.PENDING}' AND created_at < ?"
+        " AND NOT EXISTS (SELECT 1 FROM governance_slots g WHERE g.run_id = workflow_runs.run_id AND g.queued = 1)",
+        (created_before,))
 
 
 async def count_unfinished_by_status(readers: Readers) -> dict[str, int]:

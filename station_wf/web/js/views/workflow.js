@@ -104,25 +104,31 @@ function stat(label, value) {
 async function runsTab(ctx, wf, panel) {
   const PAGE = 20;
   const filter = h('select', { 'aria-label': 'Filter runs by status', id: 'runs-status' }, RUN_FILTERS.map(([v, label]) => h('option', { value: v }, label)));
+  // Correlation id and tag filters (issue 18): the list API's `correlationId` and `tag=name:value`.
+  const corr = h('input', { type: 'search', id: 'runs-correlation', 'aria-label': 'Filter runs by correlation id', placeholder: 'Correlation id' });
+  const tag = h('input', { type: 'search', id: 'runs-tag', 'aria-label': 'Filter runs by tag (name:value)', placeholder: 'Tag name:value' });
   const info = h('span', { class: 'muted small', role: 'status' });
   const newer = h('button', { type: 'button', class: 'btn btn-small', disabled: true }, '← Newer');
   const older = h('button', { type: 'button', class: 'btn btn-small', disabled: true }, 'Older →');
   const list = h('div', null, loading('Loading runs…'));
-  panel.append(h('div', { class: 'toolbar' }, filter, info, h('span', { class: 'spacer' }), newer, older), list);
+  panel.append(h('div', { class: 'toolbar' }, filter, corr, tag, info, h('span', { class: 'spacer' }), newer, older), list);
   let cursors = [null]; // cursor of each page visited; the last one is the current page
   let shownIds = new Set();
 
   const load = async () => {
     const cursor = cursors[cursors.length - 1];
     try {
-      const page = await get(`/workflow-runs${q({ workflowId: wf.id, status: filter.value, limit: PAGE, cursor })}`, { signal: ctx.signal });
+      const page = await get(`/workflow-runs${q({ workflowId: wf.id, status: filter.value, correlationId: corr.value.trim(),
+        tag: tag.value.trim(), limit: PAGE, cursor })}`, { signal: ctx.signal });
       shownIds = new Set(page.runs.map((r) => r.id));
       newer.disabled = cursors.length === 1;
       older.disabled = !page.nextCursor;
       older.onclick = () => { cursors.push(page.nextCursor); clear(list, loading('Loading runs…')); load(); };
       info.textContent = page.runs.length ? `page ${cursors.length} · ${page.runs.length} run${page.runs.length === 1 ? '' : 's'}` : '';
+      const byMeta = corr.value.trim() || tag.value.trim();
       if (!page.runs.length) {
-        clear(list, empty(filter.value ? 'No run with this status' : 'No runs yet', filter.value ? 'Choose another status.' : 'Start one with the Run button.'));
+        if (byMeta) clear(list, empty('No run matches these filters', 'Change the correlation id or tag.'));
+        else clear(list, empty(filter.value ? 'No run with this status' : 'No runs yet', filter.value ? 'Choose another status.' : 'Start one with the Run button.'));
         return;
       }
       clear(list, runsTable(page.runs));
@@ -131,7 +137,7 @@ async function runsTab(ctx, wf, panel) {
     }
   };
   newer.onclick = () => { cursors.pop(); clear(list, loading('Loading runs…')); load(); };
-  filter.addEventListener('change', () => { cursors = [null]; clear(list, loading('Loading runs…')); load(); });
+  for (const el of [filter, corr, tag]) el.addEventListener('change', () => { cursors = [null]; clear(list, loading('Loading runs…')); load(); });
   const live = throttle(() => ctx.alive && load(), 1000);
   ctx.onDispose(live.cancel);
   ctx.onDispose(hub.subscribe((ev) => {
