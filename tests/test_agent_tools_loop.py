@@ -168,7 +168,7 @@ async def test_a_step_holds_bounded_conversations_and_tool_calls(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Review M5: past STATION_AGENT_MAX_TOOL_CALLS or STATION_AGENT_CONVERSATION_MAX_BYTES the step fails
     (agent_limit) with what it did so far, and the call past the limit is not run."""
-    executor = _env(tmp_path, {"who": WHO})
+    executor = _env(tmp_path, {"who": WHO, "boss": '---\nmodel: openai/tiny\ntools: ["__agent_who"]\n---\nBoss.\n'})
     executor.max_tool_calls = 2
     with running_llm() as llm:
         monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
@@ -178,6 +178,14 @@ async def test_a_step_holds_bounded_conversations_and_tool_calls(tmp_path: Path,
                 await executor.execute(_call("who"))
             assert err.value.type == "agent_limit" and err.value.details["limit"] == "tool_calls"
             assert [c["arguments"]["namespace"] for c in err.value.metadata["toolCalls"]] == ["n0", "n1"]
+
+            with llm._lock:
+                llm.script.clear()
+            llm.answer(calls(tool_call("agent_who", {"task": "look"})),
+                       calls(*[tool_call("get_pods", {"namespace": f"m{i}"}) for i in range(3)]))
+            with pytest.raises(StepError, match="made 2 tool calls") as err:  # the limit is the step's, not a
+                await executor.execute(_call("boss", 3))                     # failure the boss is told about
+            assert err.value.metadata["agent"] == "boss" and len(err.value.metadata["toolCalls"]) == 2
 
             executor.max_tool_calls, executor.conversation_max_bytes = 256, 4000
             before = len(llm.requests)

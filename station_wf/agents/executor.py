@@ -193,8 +193,9 @@ class AgentRunExecutor:
             try:
                 done = await self._run(route.agent, route.agent.name, arguments.get("task"), arguments.get("variables"),
                                        sub, depth_left - 1, audit, (*path, route.agent.name), budget)
-            except BudgetExceeded:
-                raise  # the step's own limit, not this tool's failure
+            except BudgetExceeded as exc:
+                exc.metadata = {}  # the step's own limit, not this tool's failure: the step's metadata is the caller's
+                raise
             except StepError as exc:
                 raise ToolFailed(f"agent {route.agent.name!r} failed: {exc}") from None
             return done.output
