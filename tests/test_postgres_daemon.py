@@ -22,6 +22,7 @@ from tests.test_lifecycle_daemon import (  # noqa: F401
     test_child_workflows_wait_detach_fail_and_are_cancelled_with_their_parent,
 )
 from tests.test_people import (  # noqa: F401
+    authed,
     test_approve_and_reject_race_exactly_one_wins,
     test_cancel_during_a_long_agent_call_closes_the_connection,
     test_idempotent_run_start,
