@@ -192,8 +192,8 @@ def test_database_full_answers_507_then_everything_completes_after_the_cap_is_ra
 
 
 def test_repeated_fatal_writer_errors_stop_the_daemon_non_zero(daemon: Daemon) -> None:
-    """From its fifth commit on (start-up commits the definitions, the lease, the environment's webhook
-    subscriptions and their cursor) every COMMIT fails with an
+    """After start-up's four commits (the definitions, the lease, the environment's webhook subscriptions,
+    ...) every COMMIT fails with an
     I/O error (a test hook): API writes answer 503 at once, and after a few broken groups the daemon exits
     75 for its supervisor, instead of hanging with /healthz green. Restarted healthy, nothing half-written is left and runs complete."""
     daemon.add_workflow("one", ONE_STEP.format(id="one", agent="worker"))
