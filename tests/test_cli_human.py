@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests.conftest import PLAIN, WAITS, Daemon, free_port
+from tests.test_lifecycle_daemon import COUNTER
 
 CLI = [sys.executable, "-m", "station_wf.cli"]
 GATED = """
@@ -51,17 +52,6 @@ states:
   - { name: a, type: inject, data: { v: 1 }, end: true }
 """
 API_MADE = {"id": "api-made", "start": "a", "states": [{"name": "a", "type": "inject", "data": {"ok": True}, "end": True}]}
-COUNTER = """
-id: counter
-start: check
-states:
-  - name: check
-    type: switch
-    conditions: [ { if: "n < 3", next: again } ]
-    defaultNext: done
-  - { name: again, type: operation, action: workflow.continueAsNew, input: { input: { n: "{{ n + 1 }}" } }, end: true }
-  - { name: done, type: inject, data: { finished: true }, end: true }
-"""
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from station_wf.api.http import SafeJSONResponse, parse_json, read_body, replayed
+from station_wf.api.http import parse_json, read_body
+from station_wf.api.runs import start_answer
 from station_wf.api.state import ApiState
-from station_wf.errors import ServiceError
 
 
 async def fire_hook(request: Request, state: ApiState) -> Response:
@@ -21,13 +21,7 @@ async def fire_hook(request: Request, state: ApiState) -> Response:
     answer = await state.integrations.triggers.fire(request.path_params["name"], headers, raw, authenticated,
                                                     parse_json, request.headers.get("traceparent"),
                                                     request.scope.get("state", {}).get("principal"))
-    if answer.replayed:
-        return replayed(request, answer)
-    if answer.status >= 400:
-        error = answer.body["error"]
-        raise ServiceError(answer.status, error["code"], error["message"], error["details"])
-    run = answer.body["run"]
-    return SafeJSONResponse(answer.body, status_code=answer.status, headers={"Location": f"/api/v1/workflow-runs/{run['id']}"})
+    return start_answer(request, answer)
 
 
 HANDLERS = [("/api/v1/hooks/{name}", fire_hook, ["POST"])]

@@ -67,6 +67,12 @@ async def start_run(request: Request, state: ApiState) -> Response:
                                               traceparent=request.headers.get("traceparent"),
                                               meta=run_meta(body.get("correlationId"), body.get("tags"),
                                                             principal=principal_of(request)))
+    return start_answer(request, answer)
+
+
+def start_answer(request: Request, answer: Any) -> Response:
+    """A keyed start's answer as HTTP: a replay as it was stored, an error raised, a run with its Location
+    (shared with the incoming hooks, which start runs the same way)."""
     if answer.replayed:
         return replayed(request, answer)
     if answer.status >= 400:
